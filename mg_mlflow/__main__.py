@@ -1,0 +1,3 @@
+from mg_mlflow.cli import main
+
+main()

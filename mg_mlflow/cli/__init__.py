@@ -1,0 +1,57 @@
+"""The ``model-garden`` command: a thin click shell over the library.
+
+Each command parses options, calls one library function and prints the result with rich.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mg_mlflow.cli.base import MGGroup
+
+
+@click.group(cls=MGGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="model-garden-mlflow", prog_name="model-garden")
+def cli() -> None:
+    """Model Garden: fine-tune LLMs on MLflow, register the result, deploy it with vLLM.
+
+    \b
+    Quick start (offline, tiny model, local sqlite store in ./.model-garden):
+      model-garden dev tiny-model ./tiny
+      model-garden data sample ./data.jsonl
+      model-garden train --base-model ./tiny --dataset ./data.jsonl --max-steps 30 --alias champion
+      model-garden runs list
+      model-garden ui
+
+    Set MLFLOW_TRACKING_URI to use a tracking server instead of the local store.
+    """
+
+
+def _register() -> None:
+    from mg_mlflow.cli import data, dev, runs, train
+
+    for module in (train, data, runs, dev):
+        module.register(cli)
+    try:
+        from mg_mlflow.cli import deploy
+    except ImportError:  # deployment commands land with issue 4
+        deploy = None
+    if deploy is not None:
+        deploy.register(cli)
+    try:
+        from mg_mlflow.cli import carbon
+    except ImportError:
+        carbon = None
+    if carbon is not None:
+        carbon.register(cli)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="model-garden")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Shared CLI pieces: error handling, options generated from config dataclasses, the console."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import click
+
+from mg_mlflow.errors import MGError
+
+
+def console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+class MGGroup(click.Group):
+    """A click group that turns MGError into a clear message and a non-zero exit (no traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MGError as err:
+            console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, soft_wrap=True)
+            ctx.exit(err.exit_code)
+
+
+def config_options(cls: type, skip: tuple[str, ...] = ()):
+    """Decorator adding one ``--field-name`` option per dataclass field (help and choices from metadata).
+
+    Values arrive as strings (or None when not given) and are coerced and validated by
+    :func:`mg_mlflow.config.build_config`, so the CLI, YAML and MLproject share one set of rules.
+    """
+    hints = typing.get_type_hints(cls)
+
+    def decorate(func):
+        for f in reversed(dataclasses.fields(cls)):
+            if f.name in skip:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices:
+                help_text += f" [{'|'.join(choices)}]"
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if hints[f.name] is bool:
+                func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None,
+                                    help=f"{help_text} (default: {'on' if default else 'off'})")(func)
+            else:
+                shown = "" if default in ("", None) else f" (default: {default})"
+                func = click.option(flag, f.name, default=None, metavar=f.name.upper(),
+                                    help=help_text + shown)(func)
+        return func
+
+    return decorate
+
+
+def print_kv(title: str, rows: list[tuple[str, object]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        if value not in (None, ""):
+            table.add_row(key, str(value))
+    console().print(table)

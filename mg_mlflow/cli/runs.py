@@ -1,0 +1,96 @@
+"""``model-garden runs`` and ``model-garden ui``: read jobs back from MLflow (MLflow is the job store)."""
+
+from __future__ import annotations
+
+import click
+
+from mg_mlflow.cli.base import console, print_kv
+
+KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
+KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds", "carbon/emissions_kg",
+               "carbon/energy_kwh")
+
+
+@click.group("runs")
+def runs_group():
+    """List and inspect training runs recorded in MLflow."""
+
+
+@runs_group.command("list")
+@click.option("--experiment", "-e", default="model-garden", show_default=True, help="experiment name")
+@click.option("--max", "max_results", type=int, default=20, show_default=True)
+def list_cmd(experiment, max_results):
+    """List recent runs: status, backend, loss and the version each registered.
+
+    \b
+    Example:
+      model-garden runs list --experiment model-garden
+    """
+    from rich.table import Table
+
+    from mg_mlflow.tracking.query import list_runs
+
+    runs = list_runs(experiment, max_results)
+    table = Table(title=f"runs in experiment {experiment!r}", title_justify="left")
+    for col in ("run id", "name", "status", "backend/method", "loss", "registered", "started"):
+        table.add_column(col)
+    for r in runs:
+        loss = r["metrics"].get("loss_final")
+        table.add_row(r["run_id"][:12], r["name"] or "", r["status"],
+                      f"{r['params'].get('backend', '')}/{r['params'].get('method', '')}",
+                      f"{loss:.4f}" if loss is not None else "", r["registered"] or "", r["start"])
+    console().print(table)
+    if not runs:
+        console().print("no runs yet: try `model-garden train --help`")
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+def show_cmd(run_id):
+    """Show one run: status, key params, final metrics, registered version, artifacts.
+
+    \b
+    Example:
+      model-garden runs show 3f2a9c
+    """
+    from mg_mlflow.tracking.query import get_run
+
+    r = get_run(run_id)
+    rows = [("run id", r["run_id"]), ("status", r["status"]), ("experiment", r["experiment"]),
+            ("started", r["start"]), ("error", r["tags"].get("mg.error")),
+            ("backend", f"{r['tags'].get('mg.backend', '')} ({r['tags'].get('mg.backend_reason', '')})"),
+            ("registered", r["registered"]), ("git commit", r["tags"].get("mg.git_commit"))]
+    rows += [(k, r["params"].get(k)) for k in KEY_PARAMS]
+    rows += [(k, f"{r['metrics'][k]:.5g}") for k in KEY_METRICS if k in r["metrics"]]
+    rows += [("datasets", ", ".join(r["datasets"]))]
+    print_kv(f"run {r['run_id']}", rows)
+
+
+@click.command("ui")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+def ui_cmd(port, host):
+    """Open the MLflow UI on the Model Garden store (compare runs, promote versions).
+
+    \b
+    Example:
+      model-garden ui --port 5000   # then open http://127.0.0.1:5000
+    """
+    import os
+    import sys
+
+    from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
+
+    setup_env()
+    uri = default_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port)]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", (mg_home() / "mlartifacts").as_uri()]
+    console().print("running: " + " ".join(cmd))
+    os.execv(sys.executable, cmd)
+
+
+def register(group: click.Group) -> None:
+    group.add_command(runs_group)
+    group.add_command(ui_cmd)

@@ -1,0 +1,1 @@
+"""Datasets: load, validate (file:line errors), digest and format training records."""

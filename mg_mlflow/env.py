@@ -1,0 +1,61 @@
+"""Process environment: caches and offline switches, set before any Hugging Face import.
+
+Model Garden keeps everything it writes inside one home folder, ``$MG_HOME`` (default
+``./.model-garden`` of the current directory), so nothing lands in ``~`` unless the user asks:
+the Hugging Face cache, the embedded MLflow store (``mlflow.db`` + ``mlartifacts/``), the download
+cache of deployments and their state files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULTS = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+def mg_home() -> Path:
+    """The folder Model Garden writes into (``$MG_HOME``, default ``./.model-garden``)."""
+    return Path(os.environ.get("MG_HOME") or Path.cwd() / ".model-garden").absolute()
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the embedded sqlite store in ``mg_home()``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{mg_home() / 'mlflow.db'}"
+
+
+def default_artifact_root() -> str:
+    return (mg_home() / "mlartifacts").as_uri()
+
+
+def setup_env() -> Path:
+    """Set cache and telemetry variables (only those the user has not set) and return MG_HOME.
+
+    Call before importing transformers, datasets, huggingface_hub, vllm or codecarbon.
+    """
+    home = mg_home()
+    home.mkdir(parents=True, exist_ok=True)
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MG_HOME", str(home))
+    os.environ.setdefault("HF_HOME", str(home / "hf"))
+    os.environ.setdefault("HF_DATASETS_CACHE", str(home / "hf" / "datasets"))
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(home / "vllm-cache"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(home / "inductor-cache"))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(home / "triton-cache"))
+    os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(home / "unsloth_compiled_cache"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
+    return home

@@ -1,0 +1,63 @@
+"""Load a Model Garden model folder or registry URI back as transformers / peft objects.
+
+This is the documented loader for what MLflow's transformers flavor cannot hold faithfully (an
+adapter whose base was a local folder; see FACTS.md and mlflow #22020)::
+
+    from mg_mlflow.registry.loader import load_transformers
+    model, tokenizer = load_transformers("models:/tiny-lora@champion")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mg_mlflow.errors import MGError
+from mg_mlflow.registry.metadata import read_metadata
+
+
+def is_adapter_dir(folder: Path) -> bool:
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def _dtype(name: str | None):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name or "", None)
+
+
+def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) from a merged model folder or an adapter folder (base resolved by reference)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    torch_dtype = _dtype(dtype or meta.get("dtype"))
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if is_adapter_dir(folder):
+        from peft import PeftModel
+
+        from mg_mlflow.registry.base_ref import resolve_base
+
+        ref = meta.get("base_model")
+        if not ref:
+            raise MGError(f"{folder}: adapter without a Model Garden base reference ({'mg_model.json'})",
+                          hint="load it with peft and pass the base model yourself")
+        base, revision = resolve_base(ref)
+        if revision:
+            kwargs["revision"] = revision
+        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        model = PeftModel.from_pretrained(model, str(folder))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def load_transformers(uri: str, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) for any registry URI or folder that ``resolve_model_uri`` accepts."""
+    from mg_mlflow.registry.resolve import resolve_model_uri
+
+    return load_model_dir(resolve_model_uri(uri).local_dir, dtype=dtype, device=device)

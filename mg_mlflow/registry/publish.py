@@ -1,0 +1,125 @@
+"""Log a model folder to MLflow, verify it reloads with the same logits, then register it.
+
+No version is registered unless the artifact, loaded back through ``models:/m-<id>``, reproduces
+the trained model's logits on a probe input within tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mg_mlflow.errors import MGError
+
+PROBE_TEXT = "Model Garden checks that the registered model answers exactly like the trained one."
+REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "accelerate", "tokenizers",
+                "safetensors", "pandas")
+
+
+def pip_requirements() -> list[str]:
+    reqs = []
+    for name in REQUIREMENTS:
+        try:
+            reqs.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def package_dir() -> str:
+    return str(Path(__file__).resolve().parents[1])
+
+
+def max_logit_diff(reference, candidate, tokenizer, text: str = PROBE_TEXT) -> float:
+    import torch
+
+    enc = tokenizer(text, return_tensors="pt")
+    with torch.no_grad():
+        a = reference(**enc.to(reference.device)).logits.float().cpu()
+        b = candidate(**enc.to(candidate.device)).logits.float().cpu()
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max())
+
+
+@contextmanager
+def staged(model_dir: Path):
+    """``model_dir`` seen as ``<tmp>/model_dir`` (hard links, copies across filesystems), so the
+    artifact layout is always ``artifacts/model_dir`` whatever the folder was called."""
+    with tempfile.TemporaryDirectory(prefix=".mg-stage-", dir=Path(model_dir).parent) as tmp:
+        dest = Path(tmp) / "model_dir"
+        shutil.copytree(model_dir, dest, copy_function=_link_or_copy)
+        yield dest
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def log_text_model(model_dir: Path, name: str = "model", python_model=None):
+    """Log ``model_dir`` as a pyfunc model of the active run; returns MLflow's ModelInfo."""
+    import mlflow
+
+    from mg_mlflow.registry.pyfunc_model import TextModel, signature
+
+    with staged(model_dir) as folder:
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=python_model or TextModel(), artifacts={"model_dir": str(folder)},
+            signature=signature(), pip_requirements=pip_requirements(), code_paths=[package_dir()],
+        )
+
+
+def verify(model_info, reference, tokenizer, tolerance: float) -> float:
+    import mlflow
+
+    loaded = mlflow.pyfunc.load_model(model_info.model_uri)
+    inner = loaded.unwrap_python_model()
+    diff = max_logit_diff(reference, inner.model, tokenizer)
+    if not diff <= tolerance:
+        raise MGError(f"the logged model does not reproduce the trained model: max |logit diff| "
+                      f"{diff:.3g} > tolerance {tolerance:g}; nothing was registered",
+                      hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
+    return diff
+
+
+def register(model_uri: str, name: str, tags: dict[str, Any], alias: str = ""):
+    """Register ``model_uri`` under ``name`` with version tags and an optional alias."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    clean = {k: str(v) for k, v in tags.items() if v is not None and v != ""}
+    mv = mlflow.register_model(model_uri, name, tags=clean)
+    if alias:
+        client.set_registered_model_alias(name, alias, mv.version)
+    return mv
+
+
+def register_base_folder(folder: Path) -> str:
+    """Register a local base model folder once (keyed by content digest); return models:/NAME/V."""
+    import mlflow
+
+    from mg_mlflow.registry.base_ref import default_registered_name
+    from mg_mlflow.registry.loader import load_model_dir
+    from mg_mlflow.registry.metadata import folder_digest
+
+    folder = Path(folder).resolve()
+    digest = folder_digest(folder)
+    name = default_registered_name(str(folder), "base")
+    client = mlflow.tracking.MlflowClient()
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get("mg.content_digest") == digest:
+            return f"models:/{name}/{mv.version}"
+    reference, tokenizer = load_model_dir(folder)
+    info = log_text_model(folder, name="base_model")
+    verify(info, reference, tokenizer, 1e-5)
+    mv = register(info.model_uri, name, {"mg.content_digest": digest, "mg.save_method": "base",
+                                          "mg.source_folder_name": folder.name, "mg.modality": "text"})
+    return f"models:/{name}/{mv.version}"

@@ -1,0 +1,180 @@
+"""Resolve a model reference to a local Hugging Face folder, downloading into a per-version cache.
+
+Accepted: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``models:/NAME/latest``,
+``models:/m-<id>`` (MLflow 3 logged-model id), ``runs:/RUN_ID/PATH``, and local folders (a Hugging
+Face model folder, or a downloaded MLflow model folder with ``artifacts/model_dir``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mg_mlflow.errors import MGError
+from mg_mlflow.registry.metadata import read_metadata
+
+MODEL_SUBDIR = ("artifacts", "model_dir")
+
+
+@dataclass
+class ResolvedModel:
+    uri: str                         # what the user gave
+    local_dir: Path                  # the Hugging Face folder (config.json or adapter_config.json)
+    name: str | None = None          # registered model name
+    version: str | None = None       # registered version
+    model_id: str | None = None      # MLflow 3 logged-model id
+    run_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # mg_model.json
+    tags: dict[str, str] = field(default_factory=dict)      # version tags
+
+    @property
+    def canonical_uri(self) -> str:
+        if self.name and self.version:
+            return f"models:/{self.name}/{self.version}"
+        return self.uri
+
+
+def cache_root() -> Path:
+    from mg_mlflow.env import mg_home
+
+    return mg_home() / "models"
+
+
+def _client():
+    import mlflow
+
+    from mg_mlflow.tracking.run import use_tracking_uri
+
+    use_tracking_uri()
+    return mlflow.tracking.MlflowClient()
+
+
+def _known_models(client) -> str:
+    names = [m.name for m in client.search_registered_models(max_results=50)]
+    return ", ".join(names) if names else "(none registered yet)"
+
+
+def _versions_text(client, name: str) -> str:
+    versions = client.search_model_versions(f"name='{name}'")
+    rm = client.get_registered_model(name)
+    aliases = getattr(rm, "aliases", {}) or {}
+    parts = [f"versions {', '.join(sorted((v.version for v in versions), key=int)) or '(none)'}"]
+    if aliases:
+        parts.append("aliases " + ", ".join(f"@{a}->{v}" for a, v in sorted(aliases.items())))
+    return "; ".join(parts)
+
+
+def registry_version(uri: str):
+    """(client, ModelVersion) for models:/NAME/VERSION, @ALIAS or /latest; clear errors otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
+    body = uri[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        selector = ("alias", alias)
+    elif "/" in body:
+        name, version = body.split("/", 1)
+        selector = ("version", version)
+    else:
+        name, selector = body, ("version", "latest")
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        raise MGError(f"no registered model named {name!r}",
+                      hint=f"registered models: {_known_models(client)}") from None
+    try:
+        kind, value = selector
+        if kind == "alias":
+            return client, client.get_model_version_by_alias(name, value)
+        if value == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise MGError(f"registered model {name!r} has no versions")
+            return client, max(versions, key=lambda v: int(v.version))
+        if not value.isdigit():
+            raise MGError(f"{uri}: version must be a number, 'latest' or @alias, got {value!r}")
+        return client, client.get_model_version(name, value)
+    except MlflowException:
+        what = f"alias @{selector[1]}" if selector[0] == "alias" else f"version {selector[1]}"
+        raise MGError(f"registered model {name!r} has no {what}",
+                      hint=f"{name} has {_versions_text(client, name)}") from None
+
+
+def _hf_folder(root: Path) -> Path:
+    """The Hugging Face folder inside a downloaded MLflow model (or ``root`` itself)."""
+    mlmodel = root / "MLmodel"
+    if mlmodel.is_file():
+        import yaml
+
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        rel = ((flavors.get("python_function") or {}).get("artifacts") or {}).get("model_dir", {}).get("path")
+        if rel and (root / rel).is_dir():
+            return root / rel
+    candidate = root.joinpath(*MODEL_SUBDIR)
+    if candidate.is_dir():
+        return candidate
+    return root
+
+
+def _download(artifact_uri: str, dest: Path) -> Path:
+    """Download once into ``dest`` (atomic: a partial download never looks complete)."""
+    import mlflow
+
+    marker = dest / ".complete"
+    if marker.is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp))
+    except Exception as exc:  # noqa: BLE001
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MGError(f"could not download {artifact_uri}: {exc}") from None
+    (tmp / ".complete").write_text(artifact_uri)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def resolve_model_uri(uri: str) -> ResolvedModel:
+    """Any supported reference -> a local folder and its lineage. Downloads are cached per version."""
+    path = Path(uri).expanduser()
+    if "://" not in uri and not uri.startswith(("models:", "runs:")):
+        if path.is_dir():
+            folder = _hf_folder(path.resolve())
+            return ResolvedModel(uri, folder, metadata=read_metadata(folder))
+        if uri.startswith("m-"):
+            uri = f"models:/{uri}"
+        else:
+            raise MGError(f"{uri}: not a folder and not a model URI",
+                          hint="use models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")
+    if uri.startswith("models:/m-"):
+        model_id = uri[len("models:/"):]
+        client = _client()
+        try:
+            logged = client.get_logged_model(model_id)
+        except Exception:  # noqa: BLE001
+            raise MGError(f"no logged model with id {model_id!r}") from None
+        local = _download(uri, cache_root() / "_ids" / model_id)
+        folder = _hf_folder(local)
+        return ResolvedModel(uri, folder, model_id=model_id, run_id=logged.source_run_id,
+                             metadata=read_metadata(folder))
+    if uri.startswith("models:/"):
+        client, mv = registry_version(uri)
+        local = _download(f"models:/{mv.name}/{mv.version}", cache_root() / mv.name / str(mv.version))
+        folder = _hf_folder(local)
+        return ResolvedModel(uri, folder, name=mv.name, version=str(mv.version),
+                             model_id=getattr(mv, "model_id", None), run_id=mv.run_id,
+                             metadata=read_metadata(folder), tags=dict(mv.tags or {}))
+    if uri.startswith("runs:/"):
+        body = uri[len("runs:/"):]
+        run_id, _, sub = body.partition("/")
+        local = _download(uri, cache_root() / "_runs" / run_id / (sub.replace("/", "_") or "root"))
+        folder = _hf_folder(local)
+        return ResolvedModel(uri, folder, run_id=run_id, metadata=read_metadata(folder))
+    raise MGError(f"unsupported model URI {uri!r}",
+                  hint="use models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a folder")

@@ -1,0 +1,76 @@
+"""Per-step training metrics to MLflow, at the trainer's global step, with live loss in the terminal.
+
+Names are the ones transformers users know: ``loss``, ``learning_rate``, ``grad_norm``, ``epoch``,
+``eval_loss``, plus ``tokens_per_second``. This callback is the one owner of metric logging during
+training (transformers' own MLflowCallback is switched off with ``report_to="none"``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+RENAME = {"train_loss": "train_loss_mean", "train_runtime": "train_runtime_s",
+          "train_samples_per_second": "train_samples_per_second",
+          "train_steps_per_second": "train_steps_per_second"}
+SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy"}
+
+
+class MLflowMetricsCallback(TrainerCallback):
+    """Log every ``on_log`` dict as MLflow metrics and keep the history for plots and tags."""
+
+    def __init__(self, progress: Any | None = None):
+        self.history: dict[str, list[tuple[int, float]]] = {}
+        self.progress = progress
+        self._last_tokens: float | None = None
+        self._last_time: float | None = None
+        self.total_tokens = 0.0
+
+    def _metrics_from(self, logs: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        for key, value in logs.items():
+            if key in SKIP or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                continue
+            out[RENAME.get(key, key)] = float(value)
+        tokens = logs.get("num_input_tokens_seen")
+        now = time.perf_counter()
+        if tokens is not None:
+            self.total_tokens = float(tokens)
+            if self._last_tokens is not None and now > self._last_time and tokens > self._last_tokens:
+                out["tokens_per_second"] = (tokens - self._last_tokens) / (now - self._last_time)
+            self._last_tokens, self._last_time = float(tokens), now
+        return out
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = 0.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import mlflow
+
+        metrics = self._metrics_from(logs or {})
+        if not metrics:
+            return
+        step = int(state.global_step)
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append((step, value))
+        mlflow.log_metrics(metrics, step=step)
+        if self.progress is not None:
+            self.progress.update(step, state.max_steps, metrics)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.advance(int(state.global_step), state.max_steps)
+
+    def last(self, key: str) -> float | None:
+        points = self.history.get(key)
+        return points[-1][1] if points else None
+
+    def first(self, key: str) -> float | None:
+        points = self.history.get(key)
+        return points[0][1] if points else None

@@ -1,0 +1,87 @@
+"""The MLflow run of a job: attach to the one ``mlflow run`` created, or start one.
+
+The run ends FINISHED on success, FAILED with the error as a tag and an ``error.txt`` artifact on
+an exception, and KILLED on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from mg_mlflow.env import default_tracking_uri, mg_home
+
+
+def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
+    """Explicit artifact location for local stores (else MLflow uses ./mlruns of the cwd)."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent.absolute() / "mlartifacts" / experiment).as_uri()
+    if tracking_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
+        return (mg_home() / "mlartifacts" / experiment).as_uri() if tracking_uri.startswith("sqlite") else None
+    return None
+
+
+def ensure_experiment(name: str) -> str:
+    """Return the id of experiment ``name``, creating it with a sensible artifact location."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            mlflow.tracking.MlflowClient().restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return mlflow.create_experiment(name, artifact_location=artifact_location_for(uri, name))
+
+
+def use_tracking_uri() -> str:
+    import mlflow
+
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@contextmanager
+def run_context(experiment: str, run_name: str = "", system_metrics: bool = True,
+                tags: dict | None = None) -> Iterator["object"]:
+    """Start (or attach to) the MLflow run of a job and end it with the right status."""
+    import mlflow
+
+    use_tracking_uri()
+    env_run = os.environ.get("MLFLOW_RUN_ID")
+    kwargs = {"log_system_metrics": bool(system_metrics)}
+    if env_run:
+        run = mlflow.start_run(run_id=env_run, **kwargs)
+    else:
+        exp_id = ensure_experiment(experiment)
+        run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=tags, **kwargs)
+    if env_run and tags:
+        mlflow.set_tags(tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("mg.error", "interrupted by the user (Ctrl-C)")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as exc:
+        _record_failure(exc)
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def _record_failure(exc: BaseException) -> None:
+    import mlflow
+
+    try:
+        message = f"{type(exc).__name__}: {exc}"
+        mlflow.set_tag("mg.error", message[:4000])
+        mlflow.log_text("".join(traceback.format_exception(exc)), "error.txt")
+    except Exception:  # noqa: BLE001 - never hide the original error
+        pass

@@ -1,0 +1,1 @@
+"""Training: backends (unsloth, hf) behind one small contract, and the recipes that use them."""

@@ -1,0 +1,48 @@
+"""Live training progress in the terminal: a rich progress bar with the latest loss."""
+
+from __future__ import annotations
+
+import sys
+
+
+class TrainProgress:
+    """Context manager; ``advance`` after each step, ``update`` with the latest logged metrics."""
+
+    def __init__(self, description: str = "training", enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.description = description
+        self._progress = None
+        self._task = None
+        self._last = ""
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      TextColumn("{task.fields[metrics]}"), transient=False)
+            self._progress.__enter__()
+            self._task = self._progress.add_task(self.description, total=None, metrics="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def advance(self, step: int, total: int | None) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, total=total or None)
+
+    def update(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
+        parts = []
+        for key in ("loss", "eval_loss", "learning_rate", "tokens_per_second"):
+            if key in metrics:
+                value = metrics[key]
+                parts.append(f"{key}={value:.3g}" if key != "tokens_per_second" else f"tok/s={value:,.0f}")
+        self._last = " ".join(parts) or self._last
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, total=total or None, metrics=self._last)
+        elif "loss" in metrics or "eval_loss" in metrics:
+            print(f"step {step}/{total}: {self._last}", file=sys.stderr, flush=True)
