@@ -27,23 +27,24 @@ def cli() -> None:
     """
 
 
+OPTIONAL_COMMANDS = ("deploy", "carbon", "vision")  # modules that may land later
+
+
 def _register() -> None:
+    import importlib
+
     from mg_mlflow.cli import data, dev, runs, train
 
     for module in (train, data, runs, dev):
         module.register(cli)
-    try:
-        from mg_mlflow.cli import deploy
-    except ImportError:  # deployment commands land with issue 4
-        deploy = None
-    if deploy is not None:
-        deploy.register(cli)
-    try:
-        from mg_mlflow.cli import carbon
-    except ImportError:
-        carbon = None
-    if carbon is not None:
-        carbon.register(cli)
+    for name in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(f"mg_mlflow.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"mg_mlflow.cli.{name}":
+                raise
+            continue
+        module.register(cli)
 
 
 _register()

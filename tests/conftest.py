@@ -1,0 +1,103 @@
+"""Shared fixtures: an isolated Model Garden home + sqlite MLflow store, tiny models, sample data,
+and session-wide trained models (adapter and merged) that deployment tests reuse.
+
+Everything runs offline on CPU. Tests that need vLLM are marked ``vllm``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Before any Hugging Face / MLflow import in the test process.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """One MG_HOME (and sqlite store) for the whole session; tests that need isolation use mg_home."""
+    home = tmp_path_factory.mktemp("mg-home")
+    os.environ["MG_HOME"] = str(home)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
+    os.environ["HF_HOME"] = str(home / "hf")
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    return home
+
+
+@pytest.fixture()
+def mg_home(tmp_path, monkeypatch) -> Path:
+    """A fresh MG_HOME and sqlite store for one test."""
+    home = tmp_path / "mg-home"
+    home.mkdir()
+    monkeypatch.setenv("MG_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("HF_HOME", str(home / "hf"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    yield home
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from mg_mlflow.dev.tiny import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    from mg_mlflow.data.sample import write_sample
+
+    return write_sample(tmp_path_factory.mktemp("data") / "data.jsonl", n=64)
+
+
+def train_tiny(tiny_model: Path, data: Path, **overrides):
+    """Train the tiny model in-process with test-friendly defaults; returns TrainResult."""
+    from mg_mlflow.config import TrainConfig, build_config
+    from mg_mlflow.training.text import train_text
+
+    options = {"base_model": str(tiny_model), "dataset": str(data), "max_steps": 30,
+               "learning_rate": 3e-3, "batch_size": 4, "system_metrics": False, "carbon": False}
+    options.update(overrides)
+    cfg = build_config(TrainConfig, overrides=options)
+    return train_text(cfg, show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_lora(session_home, tiny_model, sample_data):
+    """A LoRA adapter registered as models:/tiny-lora/N with alias @prod (session-wide)."""
+    return train_tiny(tiny_model, sample_data, register_as="tiny-lora", alias="prod",
+                      save_method="lora", max_steps=60)
+
+
+@pytest.fixture(scope="session")
+def trained_merged(session_home, tiny_model, sample_data):
+    """A merged 16-bit model registered as models:/tiny-merged/N with alias @prod (session-wide)."""
+    return train_tiny(tiny_model, sample_data, register_as="tiny-merged", alias="prod",
+                      save_method="merged_16bit", max_steps=60)
+
+
+def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """Run the real ``model-garden`` console script; returns CompletedProcess (text)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([str(BIN / "model-garden"), *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=timeout)
