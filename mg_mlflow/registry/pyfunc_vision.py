@@ -1,0 +1,154 @@
+"""The ``mlflow.pyfunc`` face of a Model Garden vision-language model (adapter or merged).
+
+MLflow's transformers flavor cannot log image-text-to-text models (mlflow #16252), so a vision model
+is logged as a pyfunc whose artifact ``model_dir`` is an ordinary Hugging Face folder (adapter or
+merged model + tokenizer + image processor + ``mg_model.json``)::
+
+    m = mlflow.pyfunc.load_model("models:/tiny-vl-lora/1")
+    m.predict(pd.DataFrame({"image": ["shape.png"], "question": ["What colour is the shape?"]}))
+    # -> ["red"]
+
+``image`` is a file path, a ``file://`` URI, or base64 image data (plain or a data URI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+from mg_mlflow.errors import MGError
+
+GEN_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
+EXTRA_REQUIREMENTS = ("pillow",)
+
+
+def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model, VisionProcessor) from a merged model folder or an adapter folder (base by reference)."""
+    from transformers import AutoModelForImageTextToText
+
+    from mg_mlflow.registry.loader import _dtype, is_adapter_dir
+    from mg_mlflow.registry.metadata import read_metadata
+    from mg_mlflow.training.vision_collator import VisionProcessor
+
+    folder = Path(folder)
+    meta = read_metadata(folder)
+    torch_dtype = _dtype(dtype or meta.get("dtype"))
+    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
+    if is_adapter_dir(folder):
+        from peft import PeftModel
+
+        from mg_mlflow.registry.base_ref import resolve_base
+
+        ref = meta.get("base_model")
+        if not ref:
+            raise MGError(f"{folder}: adapter without a Model Garden base reference (mg_model.json)",
+                          hint="load it with peft and pass the base model yourself")
+        base, revision = resolve_base(ref)
+        if revision:
+            kwargs["revision"] = revision
+        model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, **kwargs), str(folder))
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
+    if device:
+        model.to(device)
+    return model.eval(), VisionProcessor.from_dir(folder)
+
+
+def _rows(model_input: Any) -> list[tuple[Any, str]]:
+    import pandas as pd
+
+    if isinstance(model_input, dict):
+        model_input = pd.DataFrame({k: v if isinstance(v, list) else [v] for k, v in model_input.items()})
+    elif isinstance(model_input, list):
+        model_input = pd.DataFrame(model_input)
+    if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+        raise MGError("vision model input needs an 'image' column (path or base64) and a 'question' column")
+    qcol = next((c for c in ("question", "prompt", "text") if c in model_input.columns), None)
+    if qcol is None:
+        raise MGError("vision model input needs a 'question' column next to 'image'")
+    return list(zip(model_input["image"].tolist(), [str(q) for q in model_input[qcol].tolist()]))
+
+
+class VisionModel(mlflow.pyfunc.PythonModel):
+    """Answers a question about an image with the model stored under ``artifacts["model_dir"]``."""
+
+    def load_context(self, context):
+        self.model, self.processor = load_vision_dir(context.artifacts["model_dir"])
+
+    def answer(self, image, question: str, params: dict | None = None) -> str:
+        from mg_mlflow.training.vision_collator import generate_answer
+
+        p = {**GEN_PARAMS, **(params or {})}
+        return generate_answer(self.model, self.processor, image, question, int(p["max_new_tokens"]),
+                               float(p["temperature"]), float(p["top_p"]))
+
+    def predict(self, context, model_input, params: dict | None = None):
+        return [self.answer(image, question, params) for image, question in _rows(model_input)]
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "image"), ColSpec("string", "question")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", GEN_PARAMS["max_new_tokens"]),
+                            ParamSpec("temperature", "double", GEN_PARAMS["temperature"]),
+                            ParamSpec("top_p", "double", GEN_PARAMS["top_p"])]),
+    )
+
+
+def log_vision_model(model_dir: Path, name: str = "model"):
+    """Log ``model_dir`` as a vision pyfunc model of the active run; returns MLflow's ModelInfo."""
+    from importlib import metadata
+
+    import mlflow
+
+    from mg_mlflow.registry.publish import package_dir, pip_requirements, staged
+
+    reqs = pip_requirements()
+    for pkg in EXTRA_REQUIREMENTS:
+        try:
+            reqs.append(f"{pkg}=={metadata.version(pkg)}")
+        except metadata.PackageNotFoundError:
+            reqs.append(pkg)
+    with staged(model_dir) as folder:
+        return mlflow.pyfunc.log_model(name=name, python_model=VisionModel(), artifacts={"model_dir": str(folder)},
+                                       signature=signature(), pip_requirements=reqs, code_paths=[package_dir()])
+
+
+def probe_inputs(processor, image, question: str) -> dict:
+    from mg_mlflow.training.vision_collator import load_image
+
+    return processor.generation_inputs([load_image(image)], question)
+
+
+def max_logit_diff(reference, candidate, inputs: dict) -> float:
+    """Largest |logit difference| of two models on the same image + text inputs."""
+    import torch
+
+    def logits(model):
+        model.eval()
+        batch = {k: v.to(model.device) for k, v in inputs.items()}
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+        with torch.no_grad():
+            return model(**batch).logits.float().cpu()
+
+    a, b = logits(reference), logits(candidate)
+    return float((a - b).abs().max()) if a.shape == b.shape else float("inf")
+
+
+def verify_vision(model_info, reference, inputs: dict, tolerance: float) -> float:
+    """Reload through ``models:/m-<id>`` and compare logits; raise (nothing registered) if they differ."""
+    import mlflow
+
+    inner = mlflow.pyfunc.load_model(model_info.model_uri).unwrap_python_model()
+    diff = max_logit_diff(reference, inner.model, inputs)
+    if not diff <= tolerance:
+        raise MGError(f"the logged vision model does not reproduce the trained model: max |logit diff| "
+                      f"{diff:.3g} > tolerance {tolerance:g}; nothing was registered",
+                      hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
+    return diff

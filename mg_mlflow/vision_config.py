@@ -1,0 +1,56 @@
+"""Configuration of a vision-language fine-tuning run: :class:`TrainConfig` plus image settings.
+
+Every field is a YAML key, a ``--set key=value`` override, a ``model-garden train-vision`` option
+and an MLproject parameter of the ``train_vision`` entry point, exactly as for text runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mg_mlflow.config import TrainConfig, _f
+from mg_mlflow.errors import ConfigError
+
+VISION_FORMATS = ("auto", "vision", "messages")
+
+
+@dataclass
+class VisionTrainConfig(TrainConfig):
+    """One vision-language (image + text -> text) fine-tuning run; Qwen2.5-VL is the reference family."""
+
+    dataset: str = _f("", "JSONL/JSON/CSV/Parquet file of image question-answer records (image paths "
+                          "absolute or relative to the file)")
+    dataset_format: str = _f("auto", "record format: vision ({text,image,response}), messages with image "
+                                     "parts, or auto-detect", VISION_FORMATS)
+    max_seq_length: int = _f(1024, "longest example in tokens, image tokens included; longer answers are truncated")
+    batch_size: int = _f(2, "per-device batch size")
+    lora_target_modules: str = _f("all-linear", "comma-separated module names, or all-linear (the "
+                                                "language model's linear layers; the vision tower's too when finetune_vision_layers is on)")
+    # vision
+    min_pixels: int = _f(56 * 56, "smallest image area in pixels after resizing (multiples of 28x28 patches)")
+    max_pixels: int = _f(256 * 28 * 28, "largest image area in pixels after resizing: bounds image tokens "
+                                        "(max_pixels / 784) and memory")
+    finetune_vision_layers: bool = _f(False, "also train the vision tower: LoRA on its linear layers and merger "
+                                             "(method=full: unfreeze it); off = language model only")
+    sample_images: int = _f(4, "images whose answers before and after training are logged as artifacts (0 = none)")
+    sample_max_new_tokens: int = _f(16, "longest generated answer for the sample images")
+
+    def validate(self) -> None:
+        try:
+            super().validate()
+            problems: list[str] = []
+        except ConfigError as err:
+            problems = list(err.problems)
+        if self.min_pixels < 28 * 28:
+            problems.append(f"min_pixels must be >= 784 (one 28x28 merged patch), got {self.min_pixels}")
+        if self.max_pixels < self.min_pixels:
+            problems.append(f"max_pixels ({self.max_pixels}) must be >= min_pixels ({self.min_pixels})")
+        if self.max_pixels // (28 * 28) >= self.max_seq_length:
+            problems.append(f"max_pixels={self.max_pixels} allows {self.max_pixels // 784} image tokens, "
+                            f"not less than max_seq_length={self.max_seq_length}: lower max_pixels or raise max_seq_length")
+        if self.packing:
+            problems.append("packing is not supported for vision runs (each example keeps its own image)")
+        if self.sample_images < 0 or self.sample_max_new_tokens < 1:
+            problems.append("sample_images must be >= 0 and sample_max_new_tokens >= 1")
+        if problems:
+            raise ConfigError(problems, "the vision training configuration")
