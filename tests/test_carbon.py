@@ -1,0 +1,156 @@
+"""Carbon during training: per-interval points, totals = codecarbon's CSV, version tags, fail-soft.
+
+Real codecarbon (offline; on a machine without RAPL/GPU its figures are estimates), a real sqlite
+MLflow store, real tiny training runs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from conftest import train_tiny
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient()
+
+
+def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model, sample_data, tmp_path):
+    from mg_mlflow.tracking import boamps
+
+    result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=1,
+                        carbon_country="FRA", max_steps=30, register_as="tiny-carbon")
+    client = _client()
+
+    # >= 2 points at increasing steps, cumulative figures never go down
+    for key in ("carbon/emissions_kg", "carbon/energy_kwh"):
+        history = sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.timestamp)
+        steps = [m.step for m in history]
+        values = [m.value for m in history]
+        assert len(history) >= 2, key
+        assert steps == sorted(set(steps)) and steps[0] > 0 and steps[-1] == 30, steps
+        assert all(b >= a for a, b in zip(values, values[1:])), values
+        assert values[-1] > 0
+    for key in ("carbon/cpu_power_w", "carbon/ram_power_w", "carbon/gpu_power_w", "carbon/emissions_rate_g_per_h"):
+        assert len(client.get_metric_history(result.run_id, key)) >= 2, key
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["carbon/cpu_power_w"] > 0 and run.data.metrics["carbon/gpu_power_w"] == 0
+
+    # totals are codecarbon's own last CSV record
+    csv_path = client.download_artifacts(result.run_id, "carbon/emissions.csv", str(tmp_path))
+    record = boamps.record_from_csv(csv_path)
+    m = run.data.metrics
+    assert m["carbon/total_emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)
+    assert m["carbon/total_energy_kwh"] == pytest.approx(record["energy_consumed"], rel=1e-9)
+    assert m["carbon/duration_s"] == pytest.approx(record["duration"], rel=1e-9)
+    assert m["carbon/emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)  # last point = total
+    assert m["carbon/total_cpu_energy_kwh"] + m["carbon/total_ram_energy_kwh"] == pytest.approx(
+        record["energy_consumed"], rel=1e-6)
+    assert m["carbon/kg_per_1k_tokens"] == pytest.approx(record["emissions"] / m["trained_tokens"] * 1000, rel=1e-6)
+    assert m["carbon/intensity_g_per_kwh"] == pytest.approx(record["emissions"] / record["energy_consumed"] * 1000)
+    assert record["country_iso_code"] == "FRA"
+
+    # labelled as estimates (no RAPL, no GPU here)
+    tags = run.data.tags
+    assert tags["mg.carbon.status"] == "ok" and tags["mg.carbon.estimated"] == "true"
+    assert tags["mg.carbon.source.cpu"].startswith("estimated") and tags["mg.carbon.source.ram"].startswith("estimated")
+
+    # the registry page shows the footprint
+    mv = client.get_model_version("tiny-carbon", result.registered_version)
+    assert float(mv.tags["mg.carbon.total_emissions_kg"]) == pytest.approx(record["emissions"], rel=1e-9)
+    assert float(mv.tags["mg.carbon.total_energy_kwh"]) == pytest.approx(record["energy_consumed"], rel=1e-9)
+    assert float(mv.tags["mg.carbon.duration_s"]) > 0 and float(mv.tags["mg.carbon.kg_per_1k_tokens"]) > 0
+    assert mv.tags["mg.carbon.estimated"] == "1.0"
+
+    # the BoAmps-style report: every figure labelled, estimates marked
+    path = client.download_artifacts(result.run_id, "carbon/boamps_report.json", str(tmp_path))
+    report = json.loads(open(path).read())
+    assert report["header"]["reportId"] == result.run_id and report["task"]["taskStage"] == "training"
+    mg = report["modelGarden"]
+    assert mg["estimated"] is True and report["quality"] == "low"
+    assert mg["energyKWh"]["cpu"]["estimated"] is True and mg["energyKWh"]["cpu"]["source"].startswith("estimated")
+    assert mg["emissionsKgCO2eq"]["value"] == pytest.approx(record["emissions"], rel=1e-9)
+    assert "FRA" in mg["carbonIntensityGPerKWh"]["source"]
+    assert mg["softwareVersions"]["codecarbon"] and mg["softwareVersions"]["transformers"]
+    assert report["task"]["dataset"][0]["dataQuantity"] == m["trained_tokens"]
+
+
+def test_unusable_carbon_output_folder_does_not_fail_training(mg_home, tiny_model, sample_data, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "carbon").write_text("a file where the tracker wants its folder")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=1,
+                            max_steps=12, output_dir=str(out), register_as="none")
+    said = [w for w in caught if "carbon tracking stopped" in str(w.message)]
+    assert len(said) == 1, [str(w.message) for w in caught]
+    run = _client().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mg.carbon.status"].startswith("failed: codecarbon could not start")
+    assert "loss_final" in run.data.metrics and not any(k.startswith("carbon/") for k in run.data.metrics)
+
+
+def _trainer(tiny_model, sample_data, out, callback, max_steps=20):
+    """A real SFTTrainer on the tiny model built with the library's own pieces."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from mg_mlflow.config import TrainConfig, build_config
+    from mg_mlflow.data.load import to_trl_rows
+    from mg_mlflow.training.backends import load_model
+    from mg_mlflow.training.text import load_data, sft_config
+
+    cfg = build_config(TrainConfig, overrides={"base_model": str(tiny_model), "dataset": str(sample_data),
+                                               "max_steps": max_steps, "batch_size": 4, "backend": "hf"})
+    train, _ = load_data(cfg)
+    model, tokenizer, peft_config = load_model("hf", cfg, str(tiny_model), None)
+    return SFTTrainer(model=model, args=sft_config(cfg, out, False, "hf"),
+                      train_dataset=Dataset.from_list(to_trl_rows(train.records, True)),
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+
+
+def test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged(mg_home, tiny_model, sample_data, tmp_path):
+    import mlflow
+    from codecarbon import OfflineEmissionsTracker
+
+    from mg_mlflow.tracking.carbon import CarbonCallback
+    from mg_mlflow.tracking.run import ensure_experiment
+
+    class SensorLost(OfflineEmissionsTracker):
+        """A real tracker whose second flush fails (codecarbon's own methods swallow their errors)."""
+
+        flushes = 0
+
+        def flush(self):
+            SensorLost.flushes += 1
+            if SensorLost.flushes >= 2:
+                raise RuntimeError("power sensor disappeared")
+            return super().flush()
+
+    class FlakyCarbon(CarbonCallback):
+        def make_tracker(self):
+            return SensorLost(country_iso_code="USA", measure_power_secs=1, output_dir=str(self.output_dir),
+                              output_handlers=[self.handler], log_level="error", allow_multiple_runs=True)
+
+    callback = FlakyCarbon(tmp_path / "out", interval_steps=4, measure_secs=1)
+    trainer = _trainer(tiny_model, sample_data, tmp_path / "out", callback, max_steps=20)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with mlflow.start_run(experiment_id=ensure_experiment("carbon-fail")) as run:
+            trainer.train()
+    assert trainer.state.global_step == 20
+    said = [w for w in caught if "carbon tracking stopped" in str(w.message)]
+    assert len(said) == 1 and "power sensor disappeared" in str(said[0].message)
+    client = _client()
+    history = client.get_metric_history(run.info.run_id, "carbon/emissions_kg")
+    assert [m.step for m in history] == [4]  # the point before the failure stays
+    totals = callback.totals()
+    assert totals["carbon/total_emissions_kg"] == pytest.approx(history[0].value)
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["mg.carbon.status"].startswith("failed: codecarbon flush failed")
