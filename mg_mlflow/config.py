@@ -164,12 +164,18 @@ def coerce(cls: type, name: str, value: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            as_float = float(text)  # MLproject passes numbers as floats ("20.0")
-            if as_float.is_integer():
+            try:
+                as_float = float(text)  # MLproject passes numbers as floats ("20.0")
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer():
                 return int(as_float)
             raise ValueError(f"expected an integer, got {value!r}") from None
     if typ is float:
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
     return "" if value is None else str(value)
 
 

@@ -69,7 +69,7 @@ def signature():
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
+        inputs=Schema([ColSpec("string")]),  # a list of prompts (or a one-column frame)
         outputs=Schema([ColSpec("string")]),
         params=ParamSchema([
             ParamSpec("max_new_tokens", "long", GEN_PARAMS["max_new_tokens"]),

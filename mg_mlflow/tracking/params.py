@@ -46,6 +46,12 @@ def device_description() -> dict[str, str]:
     return info
 
 
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return ("" if value is None else str(value))[:6000]
+
+
 def log_run_metadata(config: dict[str, Any], extra_tags: dict[str, str] | None = None) -> None:
     """Log the flattened config as params, versions/device/commit as tags, config YAML as artifact."""
     import mlflow
@@ -53,8 +59,11 @@ def log_run_metadata(config: dict[str, Any], extra_tags: dict[str, str] | None =
 
     from mg_mlflow import __version__
 
-    params = {k: ("" if v is None else str(v))[:6000] for k, v in config.items()}
-    mlflow.log_params(params)
+    params = {k: _param_text(v) for k, v in config.items()}
+    # Under `mlflow run`, MLflow already logged the MLproject parameters as given (e.g. "20.0" or a
+    # quoted empty string); params cannot change, so only the ones it did not log are added.
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
     tags = {f"mg.version.{k}": v for k, v in package_versions().items()}
     tags["mg.version.model_garden"] = __version__
     tags.update(device_description())

@@ -89,6 +89,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str)
 def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResult:
     setup_env()
     train_data, eval_data = load_data(cfg)
+    base, revision = resolve_base_model(cfg.base_model)  # a missing folder fails before any run exists
 
     from mg_mlflow.training.backends import choose_backend
 
@@ -119,7 +120,6 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
         if eval_data is not None:
             log_dataset_input(eval_data, "evaluation")
 
-        base, revision = resolve_base_model(cfg.base_model)
         model, tokenizer, peft_config = load_model(backend, cfg, base, revision)
         rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
