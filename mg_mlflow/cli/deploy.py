@@ -1,0 +1,254 @@
+"""``model-garden deploy``, ``deployments list|status|logs|stop``, ``chat`` and ``generate``."""
+
+from __future__ import annotations
+
+import click
+
+from mg_mlflow.cli.base import console, print_kv
+
+
+def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """URIs come first; from the first token starting with '-' on, everything is a vLLM flag."""
+    uris: list[str] = []
+    rest = list(args)
+    while rest and not rest[0].startswith("-"):
+        uris.append(rest.pop(0))
+    return uris, rest[1:] if rest[:1] == ["--"] else rest
+
+
+@click.command("deploy", context_settings={"ignore_unknown_options": True, "max_content_width": 110})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="MODEL_URI... [VLLM_FLAGS]")
+@click.option("--name", help="deployment name (default: the served model name)")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 exposes it)")
+@click.option("--port", type=int, help="port (default: first free from 8000)")
+@click.option("--api-key", envvar="MG_API_KEY", help="require this key (env MG_API_KEY); never stored or logged")
+@click.option("--served-model-name", multiple=True, help="model name per URI, in order (repeatable)")
+@click.option("--max-model-len", type=int, help="context length (default: the model's, capped 2048 CPU / 8192 GPU)")
+@click.option("--dtype", help="weights dtype (default: bfloat16 on CPU, auto on GPU)")
+@click.option("--tensor-parallel-size", "-tp", type=int, help="GPUs to shard the model over")
+@click.option("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use")
+@click.option("--quantization", help="force a vLLM quantization method (default: from the weights)")
+@click.option("--chat-template", help="Jinja chat template file (default: the tokenizer's)")
+@click.option("--max-lora-rank", type=int, help="default: the adapters' rank, rounded up to a vLLM size")
+@click.option("--limit-mm-per-prompt", help='vision models, JSON (default {"image": 4, "video": 0})')
+@click.option("--engine", type=click.Choice(["auto", "vllm", "vllm-cpu"]), default="auto", show_default=True)
+@click.option("--vllm-python", help="Python interpreter of the environment that has vLLM")
+@click.option("--engine-cmd", help="command replacing 'python -m vllm.entrypoints.openai.api_server'")
+@click.option("--health-timeout", type=float, default=600, show_default=True, help="seconds to wait for /health")
+@click.option("--carbon/--no-carbon", default=True, show_default=True, help="track serving energy/CO2 as an MLflow run")
+@click.option("--skip-memory-check", is_flag=True, help="start even if free memory looks too small")
+@click.option("--foreground", is_flag=True, help="stay attached; Ctrl-C stops the server")
+@click.option("--dry-run", is_flag=True, help="print the planned vLLM command and exit")
+def deploy_cmd(args, dry_run, foreground, skip_memory_check, served_model_name, **options):
+    """Deploy registry URIs to a vLLM OpenAI-compatible server (in the background).
+
+    \b
+    URIs: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH,
+    models:/m-<id>, or a local folder. Several adapters of one base share ONE server, each under
+    its own model name. Any other flag is passed to vLLM and overrides the planned one.
+
+    \b
+    Examples:
+      model-garden deploy models:/tiny-lora@champion
+      model-garden deploy models:/a@prod models:/b@prod --name team --port 8001
+      model-garden deploy models:/qwen-support/3 --dry-run --max-num-seqs 8
+    """
+    from mg_mlflow.deploy.manager import deploy, prepare
+    from mg_mlflow.deploy.plan import DeployOptions
+    from mg_mlflow.errors import MGError
+
+    uris, extra = _split_args(args)
+    if not uris:
+        raise MGError("no model URI given", hint="model-garden deploy models:/NAME@ALIAS")
+    opts = DeployOptions(served_model_name=list(served_model_name), extra_args=extra,
+                         check_memory=not skip_memory_check, **options)
+    if dry_run:
+        plan, opts = prepare(uris, opts)
+        out = console()
+        for m in plan.models:
+            out.print(f"[bold]{m.served_name}[/]  {m.kind}  {m.uri}  ->  {m.local_dir}")
+        for note in plan.notes:
+            out.print(f"[yellow]note:[/] {note}")
+        out.print(f"[dim]engine {plan.engine}; deployment name {opts.name}[/]")
+        click.echo(plan.display())
+        return
+
+    def ready(record):
+        _print_ready(record, foreground)
+
+    deploy(uris, opts, foreground=foreground, on_ready=ready)
+
+
+def _print_ready(record: dict, foreground: bool) -> None:
+    from mg_mlflow.deploy.manager import endpoint
+
+    models = ", ".join(f"{m['served_name']} ({m['kind']}{', ' + m['uri'] if m['uri'] else ''})"
+                       for m in record["models"])
+    print_kv(f"deployment {record['name']} is healthy", [
+        ("endpoint", endpoint(record)), ("models", models), ("default model", record["default_model"]),
+        ("pid", record["pid"]), ("log", record["log_file"]), ("startup", f"{record.get('startup_s')} s"),
+        ("API key", "required" if record.get("api_key_required") else None),
+        ("carbon monitor", record.get("monitor_pid")), ("notes", "; ".join(record.get("notes") or []))])
+    out = console()
+    if foreground:
+        out.print("Attached: Ctrl-C stops the server.")
+    else:
+        out.print(f"Try: [bold]model-garden generate {record['name']} --prompt 'Hello'[/]   "
+                  f"stop: [bold]model-garden deployments stop {record['name']}[/]")
+
+
+@click.group("deployments")
+def deployments_group():
+    """List, inspect, read logs of and stop deployments."""
+
+
+@deployments_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def list_cmd(as_json):
+    """Every recorded deployment with its status (running, starting, dead, stale)."""
+    import json
+
+    from rich.table import Table
+
+    from mg_mlflow.deploy.manager import endpoint, list_all
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    records = list_all()
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        console().print("no deployments")
+        return
+    from mg_mlflow.deploy.state import uptime
+
+    table = Table(title="deployments", title_justify="left")
+    for col in ("name", "status", "endpoint", "models", "pid", "up"):
+        table.add_column(col)
+    colors = {"running": "green", "starting": "yellow", "dead": "red", "stale": "red"}
+    for r in records:
+        st = r["status"]
+        table.add_row(r["name"], f"[{colors.get(st, 'white')}]{st}[/]", endpoint(r) if r.get("port") else "",
+                      ", ".join(m["served_name"] for m in r.get("models", [])), str(r.get("pid", "")), uptime(r))
+    console().print(table)
+
+
+@deployments_group.command("status")
+@click.argument("name")
+def status_cmd(name):
+    """Details of one deployment."""
+    from mg_mlflow.deploy.manager import endpoint, status
+    from mg_mlflow.deploy.state import uptime
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    r = status(name)
+    rows = [("status", r["status"]), ("endpoint", endpoint(r)), ("engine", r.get("engine")),
+            ("pid / group", f"{r.get('pid')} / {r.get('pgid')}"), ("uptime", uptime(r)),
+            ("log", r.get("log_file")), ("carbon monitor", r.get("monitor_pid")),
+            ("API key", "required" if r.get("api_key_required") else "none")]
+    for m in r.get("models", []):
+        rows.append((f"model {m['served_name']}", f"{m['kind']}  {m['uri']}  run {m.get('run_id') or '-'}"))
+    rows.append(("command", r.get("command")))
+    print_kv(f"deployment {name}", rows)
+
+
+@deployments_group.command("logs")
+@click.argument("name")
+@click.option("-n", "--lines", type=int, default=50, show_default=True)
+def logs_cmd(name, lines):
+    """The last lines of a deployment's vLLM log."""
+    from mg_mlflow.deploy.state import get_record
+    from mg_mlflow.deploy.supervisor import log_tail
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    click.echo(log_tail(get_record(name)["log_file"], lines))
+
+
+@deployments_group.command("stop")
+@click.argument("names", nargs=-1, required=True)
+def stop_cmd(names):
+    """Stop deployments: the serving monitor, then the whole vLLM process group."""
+    from mg_mlflow.deploy.manager import stop
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    for name in names:
+        rec = stop(name)
+        console().print(f"stopped [bold]{name}[/] (process group {rec.get('pgid')})")
+
+
+def _record(name):
+    from mg_mlflow.deploy.state import get_record
+    from mg_mlflow.env import setup_env
+
+    setup_env()
+    return get_record(name)
+
+
+@click.command("generate")
+@click.argument("name")
+@click.option("--prompt", "-p", required=True)
+@click.option("--model", help="served model name (default: the deployment's default model)")
+@click.option("--max-tokens", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True)
+@click.option("--system", help="system message")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False), help="image file (vision models)")
+@click.option("--json-schema", help="JSON schema (file or inline) for structured output")
+@click.option("--completion", is_flag=True, help="plain /v1/completions instead of chat")
+@click.option("--api-key", envvar="MG_API_KEY")
+def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, json_schema, completion, api_key):
+    """One completion from a deployment (chat by default), printed to stdout."""
+    from mg_mlflow.deploy.client import generate
+
+    click.echo(generate(_record(name), prompt, model=model, max_tokens=max_tokens, temperature=temperature,
+                        chat=not completion, json_schema=json_schema, images=images, system=system,
+                        api_key=api_key))
+
+
+@click.command("chat")
+@click.argument("name")
+@click.option("--model", help="served model name (default: the deployment's default model)")
+@click.option("--system", help="system message")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
+              help="image sent with the first message (vision models)")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float, default=0.7, show_default=True)
+@click.option("--api-key", envvar="MG_API_KEY")
+def chat_cmd(name, model, system, images, max_tokens, temperature, api_key):
+    """Interactive streaming chat with a deployment (empty line or Ctrl-D ends it)."""
+    import sys
+
+    from mg_mlflow.deploy.client import pick_model, stream_chat, user_message
+
+    record = _record(name)
+    model = pick_model(record, model)
+    messages = [{"role": "system", "content": system}] if system else []
+    tty = sys.stdin.isatty()
+    if tty:
+        console(stderr=True).print(f"chatting with [bold]{model}[/] on {record['name']} (empty line ends)")
+    pending = list(images)
+    while True:
+        try:
+            line = input("you> " if tty else "")
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not line.strip():
+            break
+        messages.append(user_message(line, pending))
+        pending = []
+        if tty:
+            click.echo(f"{model}> ", nl=False)
+        reply = []
+        for piece in stream_chat(record, messages, model, max_tokens, temperature, api_key):
+            reply.append(piece)
+            click.echo(piece, nl=False)
+        click.echo()
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def register(group: click.Group) -> None:
+    for command in (deploy_cmd, deployments_group, generate_cmd, chat_cmd):
+        group.add_command(command)

