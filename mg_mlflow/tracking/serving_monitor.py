@@ -3,8 +3,8 @@
 ``start_serving_monitor(deployment, metrics_url, pid)`` starts ``python -m
 mg_mlflow.tracking.serving_monitor`` in its own session. That process creates a run in the
 ``model-garden-serving`` experiment, tagged with the deployment and the model versions it serves (and
-tags each served version ``mg.serving_run`` = that run id), then every interval logs, at step =
-seconds since start: cumulative energy and emissions (codecarbon, machine-wide, offline), power per
+tags each served version ``mg.serving_run`` = that run id), then every interval logs (step = point
+index): cumulative energy and emissions (codecarbon, machine-wide, offline), power per
 component, requests and generated tokens (summed over label sets from vLLM's Prometheus
 ``/metrics``), and emissions per 1k generated tokens. When the served pid dies or the monitor gets
 SIGTERM/SIGINT it logs totals, the codecarbon CSV and a BoAmps-style report, and ends the run
@@ -133,6 +133,7 @@ class ServingMonitor:
         self.previous: dict | None = None
         self.error: str | None = None
         self.started = time.monotonic()
+        self.step = 0
         self.out_dir = Path(args.out_dir or self._default_out_dir())
 
     def _default_out_dir(self) -> Path:
@@ -233,8 +234,9 @@ class ServingMonitor:
             metrics.update(boamps.interval_metrics(record, self.previous, totals["generated_tokens"],
                                                    per_tokens="carbon/kg_per_1k_generated_tokens"))
             self.previous = record
-        step, now = int(round(time.monotonic() - self.started)), int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+        self.step += 1  # the n-th point (MLflow's "relative time" axis gives the seconds)
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in metrics.items()])
 
     def finish(self, status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
@@ -249,8 +251,8 @@ class ServingMonitor:
             summary.update(boamps.totals_from_record(self.previous, totals["generated_tokens"],
                                                      boamps.is_estimated(self.sources),
                                                      per_tokens="carbon/kg_per_1k_generated_tokens"))
-        step, now = int(round(time.monotonic() - self.started)), int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in summary.items()],
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in summary.items()],
                               tags=_tags({"mg.serving.end_reason": self.stop_reason}))
         csv_path = self.out_dir / boamps.CSV_NAME
         if csv_path.is_file():
@@ -275,7 +277,7 @@ class ServingMonitor:
             while not self.stop_event.is_set() and pid_alive(self.args.pid):
                 if time.monotonic() >= next_at:
                     self.measure()
-                    next_at += self.args.interval
+                    next_at = time.monotonic() + self.args.interval
                 self.stop_event.wait(min(0.5, self.args.interval))
             self.measure(final=True)
         except BaseException as exc:
