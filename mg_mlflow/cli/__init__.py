@@ -33,9 +33,9 @@ OPTIONAL_COMMANDS = ("deploy", "carbon", "vision")  # modules that may land late
 def _register() -> None:
     import importlib
 
-    from mg_mlflow.cli import data, dev, runs, train
+    from mg_mlflow.cli import data, demo, dev, runs, train
 
-    for module in (train, data, runs, dev):
+    for module in (train, data, runs, dev, demo):
         module.register(cli)
     for name in OPTIONAL_COMMANDS:
         try:

@@ -11,9 +11,13 @@ from mg_mlflow.errors import MGError
 
 
 def console(stderr: bool = False):
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Pipes and CI logs get wide lines instead of 80-column wrapping that cuts ids and URIs.
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else 200)
 
 
 class MGGroup(click.Group):

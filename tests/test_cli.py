@@ -1,0 +1,69 @@
+"""The CLI teaches (--help with examples), validates data, and reads jobs back from MLflow."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import run_cli, train_tiny
+
+
+def _commands():
+    from mg_mlflow.cli import cli
+
+    out = []
+    for name, cmd in cli.commands.items():
+        subs = getattr(cmd, "commands", None)
+        out += [(name, s) for s in subs] if subs else [(name,)]
+    return out
+
+
+def test_import_and_help_stay_fast():
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", "import mg_mlflow.cli, sys; "
+                           "heavy = [m for m in ('torch', 'transformers', 'vllm', 'trl') if m in sys.modules]; "
+                           "print(heavy)"], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert time.perf_counter() - start < 15
+
+
+@pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p))
+def test_every_command_help_has_an_example(path):
+    from mg_mlflow.cli import cli
+
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output or "example" in result.output, result.output
+
+
+def test_data_sample_then_validate_prints_stats(tmp_path, tiny_model):
+    out = tmp_path / "d.jsonl"
+    assert run_cli(["data", "sample", str(out), "-n", "20", "--format", "messages"]).returncode == 0
+    proc = run_cli(["data", "validate", str(out), "--base-model", str(tiny_model), "--max-seq-length", "20"])
+    assert proc.returncode == 0, proc.stderr
+    assert "records" in proc.stdout and "20" in proc.stdout and "messages" in proc.stdout
+    assert "truncated at 20" in proc.stdout
+
+
+def test_data_validate_reports_bad_lines(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 1, "output": "b"}\n')
+    proc = run_cli(["data", "validate", str(bad)])
+    assert proc.returncode == 2 and f"{bad}:2: field 'instruction' must be a non-empty string" in proc.stderr
+
+
+def test_runs_list_and_show_read_back_from_mlflow(mg_home, tiny_model, sample_data):
+    result = train_tiny(tiny_model, sample_data, register_as="listed", max_steps=5, alias="prod")
+    proc = run_cli(["runs", "list"])
+    assert proc.returncode == 0, proc.stderr
+    assert result.run_id[:12] in proc.stdout and "FINISHED" in proc.stdout and "models:/listed/1" in proc.stdout
+    proc = run_cli(["runs", "show", result.run_id[:10]])
+    assert proc.returncode == 0, proc.stderr
+    for text in ("FINISHED", "models:/listed/1", str(tiny_model), "loss_final", "data ("):
+        assert text in proc.stdout, text
+    proc = run_cli(["runs", "show", "ffffffffff"])
+    assert proc.returncode == 2 and "no run 'ffffffffff'" in proc.stderr
