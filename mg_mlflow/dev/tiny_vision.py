@@ -86,7 +86,8 @@ def build_image_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PI
 
 
 def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 128, layers: int = 2,
-                          vision_hidden: int = 64, seed: int = 0) -> Path:
+                          vision_hidden: int = 64, seed: int = 0,
+                          lm_head_scale: float = 10.0) -> Path:
     """Write a tiny Qwen2.5-VL model folder (model, tokenizer, image processor) and return its path."""
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -113,6 +114,10 @@ def build_tiny_qwen2_5_vl(out_dir: str | Path, hidden_size: int = 128, layers: i
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).to(torch.float32)
+    with torch.no_grad():
+        # With std-0.02 output weights a 128-wide random model can't make logits big enough for LoRA
+        # (which leaves lm_head alone) to push the loss much below ~4; x10 lets it fall below 1.
+        model.lm_head.weight.mul_(lm_head_scale)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<|endoftext|>"], eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"], do_sample=False)

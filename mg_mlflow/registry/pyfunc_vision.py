@@ -68,7 +68,17 @@ def _rows(model_input: Any) -> list[tuple[Any, str]]:
     qcol = next((c for c in ("question", "prompt", "text") if c in model_input.columns), None)
     if qcol is None:
         raise MGError("vision model input needs a 'question' column next to 'image'")
-    return list(zip(model_input["image"].tolist(), [str(q) for q in model_input[qcol].tolist()]))
+    rows = []
+    for image, question in zip(model_input["image"].tolist(), model_input[qcol].tolist()):
+        if isinstance(image, (list, tuple)) or hasattr(image, "tolist") and not isinstance(image, (str, bytes)):
+            # MLflow's schema enforcement turns {"image": [...], "question": [...]} into one row of lists
+            images, questions = list(image), list(question) if not isinstance(question, str) else [question]
+            if len(questions) == 1:
+                questions = questions * len(images)
+            rows += [(i, str(q)) for i, q in zip(images, questions)]
+        else:
+            rows.append((image, str(question)))
+    return rows
 
 
 class VisionModel(mlflow.pyfunc.PythonModel):

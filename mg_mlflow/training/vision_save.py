@@ -101,7 +101,13 @@ def save_and_register_vision(cfg: VisionTrainConfig, model, processor, backend: 
         dtype = _sixteen_bit()
         model.to(dtype).save_pretrained(str(model_dir))
         processor.save_pretrained(model_dir)
-        reference, meta["kind"], meta["dtype"] = model, "merged", str(dtype).removeprefix("torch.")
+        meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
+        # a fresh 16-bit load is the reference (an in-place cast keeps 16-bit rotary buffers that a
+        # reload recomputes in fp32); the cast's own effect is logged as save_max_logit_diff
+        from transformers import AutoModelForImageTextToText
+
+        reference = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype).eval()
+        summary["save_max_logit_diff"] = max_logit_diff(model, reference, inputs)
     elif cfg.save_method == "lora":
         _write_adapter(model, processor, model_dir, base_ref)
         reference, meta["kind"] = model, "adapter"
