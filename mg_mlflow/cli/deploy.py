@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from mg_mlflow.cli.base import console, print_kv
+
+
+def plain_errors(func):
+    """Print MGError without rich markup: vLLM log lines and pip extras hold square brackets."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from mg_mlflow.errors import MGError
+
+        try:
+            return func(*args, **kwargs)
+        except MGError as err:
+            console(stderr=True).print(f"error: {err}", markup=False, soft_wrap=True, style="red")
+            raise SystemExit(err.exit_code) from None
+    return wrapper
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -39,6 +55,7 @@ def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 @click.option("--skip-memory-check", is_flag=True, help="start even if free memory looks too small")
 @click.option("--foreground", is_flag=True, help="stay attached; Ctrl-C stops the server")
 @click.option("--dry-run", is_flag=True, help="print the planned vLLM command and exit")
+@plain_errors
 def deploy_cmd(args, dry_run, foreground, skip_memory_check, served_model_name, **options):
     """Deploy registry URIs to a vLLM OpenAI-compatible server (in the background).
 
@@ -104,6 +121,7 @@ def deployments_group():
 
 @deployments_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@plain_errors
 def list_cmd(as_json):
     """Every recorded deployment with its status (running, starting, dead, stale)."""
     import json
@@ -136,6 +154,7 @@ def list_cmd(as_json):
 
 @deployments_group.command("status")
 @click.argument("name")
+@plain_errors
 def status_cmd(name):
     """Details of one deployment."""
     from mg_mlflow.deploy.manager import endpoint, status
@@ -157,6 +176,7 @@ def status_cmd(name):
 @deployments_group.command("logs")
 @click.argument("name")
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
+@plain_errors
 def logs_cmd(name, lines):
     """The last lines of a deployment's vLLM log."""
     from mg_mlflow.deploy.state import get_record
@@ -169,6 +189,7 @@ def logs_cmd(name, lines):
 
 @deployments_group.command("stop")
 @click.argument("names", nargs=-1, required=True)
+@plain_errors
 def stop_cmd(names):
     """Stop deployments: the serving monitor, then the whole vLLM process group."""
     from mg_mlflow.deploy.manager import stop
@@ -199,6 +220,7 @@ def _record(name):
 @click.option("--json-schema", help="JSON schema (file or inline) for structured output")
 @click.option("--completion", is_flag=True, help="plain /v1/completions instead of chat")
 @click.option("--api-key", envvar="MG_API_KEY")
+@plain_errors
 def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, json_schema, completion, api_key):
     """One completion from a deployment (chat by default), printed to stdout."""
     from mg_mlflow.deploy.client import generate
@@ -217,6 +239,7 @@ def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, j
 @click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True)
 @click.option("--api-key", envvar="MG_API_KEY")
+@plain_errors
 def chat_cmd(name, model, system, images, max_tokens, temperature, api_key):
     """Interactive streaming chat with a deployment (empty line or Ctrl-D ends it)."""
     import sys

