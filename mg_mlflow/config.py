@@ -72,7 +72,7 @@ class TrainConfig:
     logging_steps: int = _f(1, "log metrics every N steps")
     # where the result goes
     save_method: str = _f("lora", "register the LoRA adapter (lora) or the merged full model (merged_16bit)", SAVE_METHODS)
-    register_as: str = _f("", "registered model name (default: derived from the base model); 'none' = do not register")
+    register_as: str = _f("", "registered model name (default: derived from the base model); 'none' = save locally only, log and register nothing")
     alias: str = _f("", "registry alias to point at the new version, e.g. champion")
     experiment: str = _f("model-garden", "MLflow experiment name (ignored under `mlflow run`, which chooses it)")
     run_name: str = _f("", "MLflow run name")

@@ -172,5 +172,4 @@ def test_failed_verification_registers_nothing(mg_home, tiny_model, sample_data)
         info = log_text_model(result.model_dir)
         with pytest.raises(MGError, match="does not reproduce the trained model"):
             verify(info, wrong, tok, 1e-3)
-    names = [m.name for m in client.search_registered_models()]
-    assert names == ["tiny-base"]
+    assert client.search_registered_models() == []

@@ -61,7 +61,12 @@ def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output
     shutil.rmtree(model_dir, ignore_errors=True)
     trained = trainer.model
     trained.eval()
-    base_ref = make_base_reference(cfg.base_model)
+    if cfg.registers:
+        base_ref = make_base_reference(cfg.base_model)
+    else:  # saved locally only (benchmarks, experiments): no registry lookups or uploads
+        path = Path(cfg.base_model).expanduser()
+        base_ref = ({"kind": "path", "path": str(path.resolve())} if path.is_dir()
+                    else {"kind": "hub", "id": cfg.base_model, "revision": "main"})
     meta = {"modality": "text", "backend": backend, "method": cfg.method, "run_id": run_id,
             "base_model": base_ref, "dataset": train_data.source, "dataset_digest": train_data.digest,
             "git_commit": git_commit(), "save_method": cfg.save_method}
@@ -82,6 +87,8 @@ def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output
         meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
         summary["merge_max_logit_diff"] = max_logit_diff(trained, reference, tokenizer)
     write_metadata(model_dir, meta)
+    if not cfg.registers:
+        return TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
 
     tolerance = cfg.verify_tolerance
     info = log_text_model(model_dir)
@@ -90,8 +97,6 @@ def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output
     mlflow.log_metrics({k: v for k, v in summary.items() if k.endswith("logit_diff")})
     result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir,
                          model_uri=info.model_uri)
-    if not cfg.registers:
-        return result
     name = cfg.register_as or default_registered_name(cfg.base_model, "lora" if meta["kind"] == "adapter" else "merged")
     tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
             "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": backend,

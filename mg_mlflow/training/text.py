@@ -134,16 +134,32 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
                 train_dataset=Dataset.from_list(rows),
                 eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                 processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+            if len(trainer.train_dataset) == 0:
+                from mg_mlflow.errors import MGError
+
+                raise MGError(f"no training example is left after tokenization: every one of the "
+                              f"{len(rows)} records is longer than max_seq_length={cfg.max_seq_length} "
+                              "before its answer starts",
+                              hint="raise max_seq_length, or check lengths with `model-garden data validate "
+                                   "FILE --base-model MODEL --max-seq-length N`")
             from transformers.trainer_callback import PrinterCallback
 
             trainer.remove_callback(PrinterCallback)  # our callback prints the live loss
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
             trainer.train()
             train_seconds = time.perf_counter() - started
             if eval_rows and cfg.eval_steps <= 0:
                 trainer.evaluate()  # logged through the callback's on_log at the final step
 
-        summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens}
+        summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens,
+                   "train_steps": float(trainer.state.global_step)}
+        if torch.cuda.is_available():
+            summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            summary["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
         for key in ("loss", "eval_loss"):
             if metrics_cb.first(key) is not None:
                 summary[f"{key}_first"] = metrics_cb.first(key)
