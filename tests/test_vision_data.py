@@ -139,8 +139,12 @@ def test_mlproject_train_vision_parameters_are_config_fields():
         assert f"--set {name}={{{name}}}" in entry["command"]
         default = fields[name].default
         assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), name
-    project = yaml.safe_load((ROOT / "projects" / "tiny-vision" / "config.yaml").read_text())
-    assert set(project) <= set(fields)
+    from mg_mlflow.config import build_config
+
+    shipped = ROOT / "projects" / "tiny-vision" / "config.yaml"
+    cfg = build_config(VisionTrainConfig, shipped, {"base_model": "x/y", "dataset": "d.jsonl"})
+    assert cfg.max_pixels == 12544 and cfg.register_as == "tiny-vision"
+    assert "Override example" in shipped.read_text()
     first = (ROOT / "projects" / "tiny-vision" / "config.yaml").read_text().splitlines()[0]
     assert first.startswith("# mlflow run projects/tiny-vision")
 
