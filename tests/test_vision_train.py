@@ -152,3 +152,15 @@ def test_deploy_plan_for_the_registered_vl_adapter_has_multimodal_flags(vl_lora)
     assert "--enable-lora" in argv and any(a.startswith("tiny-vl-lora=") for a in argv)
     base_dir = Path(argv[argv.index("--model") + 1])
     assert json.loads((base_dir / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+
+def test_ask_command_answers_from_the_registry(vl_lora, tmp_path):
+    from conftest import run_cli
+    from mg_mlflow.data.vision_sample import draw_shape
+
+    image = tmp_path / "green-circle.png"
+    draw_shape("green", "circle").save(image)
+    proc = run_cli(["ask", "models:/tiny-vl-lora@champion", "--image", str(image), "-q", "What colour is the shape?"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] in COLOURS
