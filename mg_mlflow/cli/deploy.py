@@ -80,7 +80,7 @@ def deploy_cmd(args, dry_run, foreground, skip_memory_check, served_model_name, 
     opts = DeployOptions(served_model_name=list(served_model_name), extra_args=extra,
                          check_memory=not skip_memory_check, **options)
     if dry_run:
-        plan, opts = prepare(uris, opts)
+        plan, opts = prepare(uris, opts, check_port=False)
         out = console()
         for m in plan.models:
             out.print(f"[bold]{m.served_name}[/]  {m.kind}  {m.uri}  ->  {m.local_dir}")

@@ -41,8 +41,10 @@ def resolve_all(uris: list[str]) -> tuple[list, list]:
     return resolved, [inspect_model(r.local_dir) for r in resolved]
 
 
-def prepare(uris: list[str], opts: DeployOptions) -> tuple[Plan, DeployOptions]:
-    """Resolve, inspect and plan (ports chosen, nothing started). Raises MGError on bad input."""
+def prepare(uris: list[str], opts: DeployOptions, check_port: bool = True) -> tuple[Plan, DeployOptions]:
+    """Resolve, inspect and plan (ports chosen, nothing started). Raises MGError on bad input.
+
+    ``check_port=False`` (dry runs) plans the wanted port without checking that it is free."""
     from mg_mlflow.deploy import state
     from mg_mlflow.deploy.plan import plan_deployment
     from mg_mlflow.deploy.supervisor import pick_port
@@ -56,7 +58,8 @@ def prepare(uris: list[str], opts: DeployOptions) -> tuple[Plan, DeployOptions]:
     reserved = {int(r["port"]) for r in state.all_records()
                 if r.get("port") and state.status_of(r, probe=False) in ("running", "starting")
                 and r.get("name") != opts.name}
-    opts = replace(opts, port=pick_port(opts.host, opts.port, reserved))
+    port = pick_port(opts.host, opts.port, reserved) if check_port or not opts.port else opts.port
+    opts = replace(opts, port=port)
     plan = plan_deployment(resolved, inspections, opts)
     name = opts.name or plan.default_model.replace("/", "-")
     opts = replace(opts, name=state.check_name(name[:64]))
