@@ -23,7 +23,8 @@ def _client():
 def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model, sample_data, tmp_path):
     from mg_mlflow.tracking import boamps
 
-    result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=1,
+    # points come every 5 steps but at most once per power sample (0.2 s here)
+    result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=0.2,
                         carbon_country="FRA", max_steps=30, register_as="tiny-carbon")
     client = _client()
 
@@ -34,6 +35,7 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
         values = [m.value for m in history]
         assert len(history) >= 2, key
         assert steps == sorted(set(steps)) and steps[0] > 0 and steps[-1] == 30, steps
+        assert all(s % 5 == 0 for s in steps), steps
         assert all(b >= a for a, b in zip(values, values[1:])), values
         assert values[-1] > 0
     for key in ("carbon/cpu_power_w", "carbon/ram_power_w", "carbon/gpu_power_w", "carbon/emissions_rate_g_per_h"):
@@ -138,7 +140,7 @@ def test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged(mg_home, 
             return SensorLost(country_iso_code="USA", measure_power_secs=1, output_dir=str(self.output_dir),
                               output_handlers=[self.handler], log_level="error", allow_multiple_runs=True)
 
-    callback = FlakyCarbon(tmp_path / "out", interval_steps=4, measure_secs=1)
+    callback = FlakyCarbon(tmp_path / "out", interval_steps=4, measure_secs=1, min_gap_secs=0)
     trainer = _trainer(tiny_model, sample_data, tmp_path / "out", callback, max_steps=20)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -72,7 +72,7 @@ def carbon_home(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(carbon_home, tiny_model, sample_data):
-    return train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=1,
+    return train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=0.2,
                       max_steps=15, register_as=MODEL, experiment=EXPERIMENT)
 
 

@@ -7,7 +7,7 @@ Contract used by the training recipe:
 
 How it works: an ``OfflineEmissionsTracker`` (no network) samples power every
 ``carbon_measure_secs`` in its own thread. Every ``carbon_interval_steps`` optimizer steps the
-callback hands the step to a worker thread, which flushes the tracker; codecarbon passes the full
+callback (at most once per power sample) hands the step to a worker thread, which flushes the tracker; codecarbon passes the full
 cumulative ``EmissionsData`` to :class:`RecordingOutput` (a public ``BaseOutput`` handler), and the
 worker logs cumulative emissions/energy, the interval's power per component and the emissions rate
 at that step. The training loop itself only compares two numbers, so the tracker stays well under
@@ -35,15 +35,20 @@ CSV_NAME = boamps.CSV_NAME
 
 
 class CarbonCallback(TrainerCallback):
-    """Log codecarbon figures to the active MLflow run every ``interval_steps`` steps (or seconds)."""
+    """Log codecarbon figures to the active MLflow run every ``interval_steps`` steps (or seconds).
+
+    A step-based point waits until ``min_gap_secs`` (default: the power sampling interval) has passed
+    since the previous one, so fast steps do not pay for points that carry no new measurement.
+    """
 
     def __init__(self, output_dir: str | Path, country: str = "USA", region: str = "", pue: float = 1.0,
                  interval_steps: int = 10, interval_secs: float = 0.0, measure_secs: float = 5.0,
-                 offline: bool = True, project_name: str = "model-garden"):
+                 offline: bool = True, project_name: str = "model-garden", min_gap_secs: float | None = None):
         self.output_dir = Path(output_dir) / "carbon"
         self.country, self.region, self.pue, self.offline = country, region, pue, offline
         self.interval_steps, self.interval_secs = max(1, int(interval_steps)), float(interval_secs)
         self.measure_secs, self.project_name = float(measure_secs), project_name
+        self.min_gap_secs = self.measure_secs if min_gap_secs is None else float(min_gap_secs)
         self.tracker: Any = None
         self.handler: Any = None
         self.run_id: str | None = None
@@ -169,7 +174,11 @@ class CarbonCallback(TrainerCallback):
         if state.max_steps and step >= state.max_steps:
             return  # the last point is the final record, logged at train end
         now = time.perf_counter()
-        if step % self.interval_steps == 0 or (self.interval_secs and now - self._last_queued >= self.interval_secs):
+        since = now - self._last_queued
+        # every N steps, but not more often than codecarbon samples power (more points would only
+        # interpolate, and each costs a flush and an MLflow write); or every interval_secs
+        if (step % self.interval_steps == 0 and since >= self.min_gap_secs) or (
+                self.interval_secs and since >= self.interval_secs):
             self._last_queued = now
             self._queue.put((step, float(state.num_input_tokens_seen or 0)))
 
