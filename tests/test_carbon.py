@@ -156,3 +156,24 @@ def test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged(mg_home, 
     assert totals["carbon/total_emissions_kg"] == pytest.approx(history[0].value)
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["mg.carbon.status"].startswith("failed: codecarbon flush failed")
+
+
+def test_labels_follow_how_each_figure_was_obtained():
+    from mg_mlflow.tracking import boamps
+
+    assert boamps.intensity_source("ZZZ").startswith("world average")
+    assert "FRA/" not in boamps.intensity_source("FRA") and "FRA" in boamps.intensity_source("FRA")
+    record = {"timestamp": "2026-11-26T10:00:00", "duration": 10.0, "emissions": 0.002, "cpu_energy": 0.01,
+              "gpu_energy": 0.03, "ram_energy": 0.001, "energy_consumed": 0.041, "cpu_power": 3.6,
+              "gpu_power": 10.8, "ram_power": 0.36, "gpu_count": 1, "gpu_model": "H100", "cpu_count": 16}
+    measured = boamps.source_tags({"cpu": "measured (RAPL)", "gpu": "measured (NVML)", "ram": "measured (RAPL)"}, "x")
+    report = boamps.build_report(record, run_id="r1", stage="training", tags=measured)
+    assert report["modelGarden"]["estimated"] is False and report["quality"] == "high"
+    assert report["modelGarden"]["energyKWh"]["gpu"] == {"value": 0.03, "source": "measured (NVML)", "estimated": False}
+    assert [c["componentType"] for c in report["infrastructure"]["components"]] == ["cpu", "gpu", "ram"]
+    mixed = boamps.source_tags({"cpu": "estimated (TDP x load)", "gpu": "measured (NVML)", "ram": "estimated (model)"}, "x")
+    report = boamps.build_report(record, run_id="r1", stage="training", tags=mixed)
+    assert report["modelGarden"]["estimated"] is True and mixed["mg.carbon.estimated"] == "true"
+    assert report["modelGarden"]["energyKWh"]["cpu"]["estimated"] is True
+    assert report["modelGarden"]["emissionsKgCO2eq"]["source"].startswith("estimated")
+    assert report["environment"]["powerSourceCarbonIntensity"] == pytest.approx(0.002 / 0.041 * 1000)

@@ -80,8 +80,9 @@ def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", 
 
 
 def interval_metrics(record: dict, previous: dict | None, tokens: float = 0.0,
-                     per_tokens: str = "carbon/kg_per_1k_tokens") -> dict[str, float]:
-    """Cumulative emissions/energy, the interval's mean power per component and emissions rate."""
+                     per_tokens: str | None = None) -> dict[str, float]:
+    """Cumulative emissions/energy, the interval's mean power per component and emissions rate
+    (plus cumulative kg per 1k ``tokens`` under the name ``per_tokens`` when given)."""
     prev = previous or {"duration": 0.0, "emissions": 0.0, "cpu_energy": 0.0, "gpu_energy": 0.0,
                         "ram_energy": 0.0}
     dt = float(record["duration"]) - float(prev["duration"])
@@ -93,7 +94,7 @@ def interval_metrics(record: dict, previous: dict | None, tokens: float = 0.0,
         out[f"carbon/{part}_power_w"] = delta_kwh * 3.6e6 / dt if dt > 1e-6 else float(record[f"{part}_power"])
     delta_kg = float(record["emissions"]) - float(prev["emissions"])
     out["carbon/emissions_rate_g_per_h"] = delta_kg * 1000.0 * 3600.0 / dt if dt > 1e-6 else 0.0
-    if tokens > 0:
+    if per_tokens and tokens > 0:
         out[per_tokens] = float(record["emissions"]) / tokens * 1000.0
     return out
 
@@ -141,8 +142,20 @@ def tracker_sources(tracker: Any) -> dict[str, str]:
     return out
 
 
+def known_country(country: str) -> bool:
+    """Whether codecarbon has grid data for this ISO alpha-3 code (else it uses the world average)."""
+    try:
+        from codecarbon.input import DataSource
+
+        return country.upper() in DataSource().get_global_energy_mix_data()
+    except Exception:  # noqa: BLE001 - cannot tell: assume codecarbon knows it
+        return True
+
+
 def intensity_source(country: str, region: str = "", offline: bool = True) -> str:
     where = country + (f"/{region}" if region else "")
+    if offline and not known_country(country):
+        return f"world average (codecarbon has no grid data for country {country!r})"
     if offline:
         return f"codecarbon offline grid energy mix for {where} (yearly average)"
     return f"codecarbon online lookup for {where} (Electricity Maps when a token is set, else offline data)"

@@ -123,7 +123,7 @@ class CarbonCallback(TrainerCallback):
         else:
             self.tracker.flush()
         record = self._new_record(before, "stop" if final else "flush")
-        metrics = boamps.interval_metrics(record, self._previous, tokens)
+        metrics = boamps.interval_metrics(record, self._previous)  # per-token figure: in totals()
         self._previous, self._previous_tokens = record, tokens
         if final:
             self.final = record
@@ -160,7 +160,11 @@ class CarbonCallback(TrainerCallback):
         except Exception as exc:  # noqa: BLE001 - fail soft
             self._fail("codecarbon could not start", exc)
             return
-        tags = boamps.source_tags(self.sources, boamps.intensity_source(self.country, self.region, self.offline))
+        intensity = boamps.intensity_source(self.country, self.region, self.offline)
+        if intensity.startswith("world average"):
+            warnings.warn(f"carbon: {intensity}; set carbon_country to an ISO 3166 alpha-3 code such as FRA or USA",
+                          RuntimeWarning, stacklevel=2)
+        tags = boamps.source_tags(self.sources, intensity)
         self._tag({**tags, "mg.carbon.status": "ok", "mg.carbon.country": self.country,
                    "mg.carbon.region": self.region, "mg.carbon.pue": str(self.pue)})
         self._last_queued = time.perf_counter()
