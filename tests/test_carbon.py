@@ -23,9 +23,9 @@ def _client():
 def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model, sample_data, tmp_path):
     from mg_mlflow.tracking import boamps
 
-    # points come every 5 steps but at most once per power sample (0.2 s here)
-    result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=0.2,
-                        carbon_country="FRA", max_steps=30, register_as="tiny-carbon")
+    # points come every 5 steps but at most once per power sample (0.1 s here)
+    result = train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=0.1,
+                        carbon_country="FRA", max_steps=40, register_as="tiny-carbon")
     client = _client()
 
     # >= 2 points at increasing steps, cumulative figures never go down
@@ -34,7 +34,7 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
         steps = [m.step for m in history]
         values = [m.value for m in history]
         assert len(history) >= 2, key
-        assert steps == sorted(set(steps)) and steps[0] > 0 and steps[-1] == 30, steps
+        assert steps == sorted(set(steps)) and steps[0] > 0 and steps[-1] == 40, steps
         assert all(s % 5 == 0 for s in steps), steps
         assert all(b >= a for a, b in zip(values, values[1:])), values
         assert values[-1] > 0
