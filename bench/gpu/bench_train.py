@@ -36,6 +36,7 @@ VARIANTS = {
     "hf-qlora": ("hf", "qlora", True), "unsloth-qlora": ("unsloth", "qlora", True),
     "hf-lora-untracked": ("hf", "lora", False), "unsloth-lora-untracked": ("unsloth", "lora", False),
 }
+GC = True  # gradient checkpointing in every variant (--no-gc turns it off)
 
 
 def build_model(size: str, out: Path) -> Path:
@@ -82,7 +83,8 @@ def run_variant(name: str, model: Path, data: Path, args, env: dict) -> dict:
     cmd = [sys.executable, "-m", "mg_mlflow", "train", "--base-model", str(model), "--dataset", str(data),
            "--backend", backend, "--method", method, "--max-steps", str(args.steps),
            "--batch-size", str(args.batch), "--max-seq-length", str(args.seq), "--lora-r", "16",
-           "--lora-alpha", "16", "--learning-rate", "2e-4", "--gradient-checkpointing",
+           "--lora-alpha", "16", "--learning-rate", "2e-4",
+           "--gradient-checkpointing" if GC else "--no-gradient-checkpointing",
            "--register-as", "none", "--experiment", f"gpu-bench-{args.size}", "--run-name", name,
            "--no-progress"]
     cmd += ["--logging-steps", "1"] if tracked else ["--logging-steps", str(args.steps), "--no-carbon",
@@ -97,6 +99,19 @@ def run_variant(name: str, model: Path, data: Path, args, env: dict) -> dict:
     return {"variant": name, "wall_s": wall, **collect(name, f"gpu-bench-{args.size}", args.steps)}
 
 
+def run_bare(backend: str, model: Path, data: Path, args, env: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).with_name("bare_trl.py")), "--backend", backend, "--model", str(model),
+           "--data", str(data), "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+    if GC:
+        cmd.append("--gc")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    (Path(args.out) / f"bare-{backend}.log").write_text(proc.stdout + "\n---- stderr ----\n" + proc.stderr[-20000:])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"variant": f"bare-{backend}", "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
+    return {**json.loads(lines[-1]), "variant": f"bare-{backend}"}
+
+
 def collect(run_name: str, experiment: str, steps: int) -> dict:
     import mlflow
 
@@ -108,6 +123,9 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
     tps = [p.value for p in client.get_metric_history(run.info.run_id, "tokens_per_second") if p.step > 5]
     return {"run_id": run.info.run_id, "backend": t.get("mg.backend"),
             "tok_s_steady": statistics.median(tps) if tps else None,
+            "step_time_median_s": m.get("step_time_median_s"),
+            "tok_s_step": (m.get("trained_tokens", 0) / max(m.get("train_steps", steps), 1) / m["step_time_median_s"])
+            if m.get("step_time_median_s") else None,
             "tok_s_run": m.get("trained_tokens", 0) / m["train_seconds"] if m.get("train_seconds") else None,
             "s_per_step": m.get("train_seconds", 0) / max(m.get("train_steps", steps), 1),
             "peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("loss_first"),
@@ -117,15 +135,20 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| variant | tok/s (steady) | tok/s (run) | s/step | peak GPU GiB | loss first -> final | GPU W |"
+    head = ("| variant | tok/s (median step) | tok/s (whole run) | s/step (median) | peak GPU GiB "
+            "| loss first -> final | GPU W |")
     lines = [head, "|" + "---|" * 7]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['variant']} | error: {r['error'][0][:80]} | | | | | |")
             continue
-        lines.append(f"| {r['variant']} | {fmt(r['tok_s_steady'], ',.0f')} | {fmt(r['tok_s_run'], ',.0f')} | "
-                     f"{fmt(r['s_per_step'], '.3f')} | {fmt(r['peak_gpu_gb'], '.2f')} | "
+        if r["variant"].startswith("bare"):
+            lines.append(f"| {r['variant']} (no Model Garden) | {fmt(r['tok_s_steady'], ',.0f')} | - | "
+                         f"{fmt(r['step_time_median_s'], '.3f')} | {fmt(r['peak_gpu_gb'], '.2f')} | - | - |")
+            continue
+        lines.append(f"| {r['variant']} | {fmt(r['tok_s_step'], ',.0f')} | {fmt(r['tok_s_run'], ',.0f')} | "
+                     f"{fmt(r['step_time_median_s'], '.3f')} | {fmt(r['peak_gpu_gb'], '.2f')} | "
                      f"{fmt(r['loss_first'], '.3f')} -> {fmt(r['loss_final'], '.3f')} | {fmt(r['gpu_power_w'], '.0f')} |")
     return "\n".join(lines)
 
@@ -133,16 +156,23 @@ def table(rows: list[dict]) -> str:
 def ratios(rows: list[dict]) -> list[str]:
     by = {r["variant"]: r for r in rows if "error" not in r}
     out = []
+    if "bare-hf" in by and "hf-lora-untracked" in by:
+        out.append(f"model-garden hf (untracked) vs bare TRL: median step "
+                   f"{by['hf-lora-untracked']['step_time_median_s'] / by['bare-hf']['step_time_median_s']:.3f}x")
+    if "bare-unsloth" in by and "unsloth-lora-untracked" in by:
+        out.append(f"model-garden unsloth (untracked) vs bare Unsloth: median step "
+                   f"{by['unsloth-lora-untracked']['step_time_median_s'] / by['bare-unsloth']['step_time_median_s']:.3f}x")
     for a, b, what in (("unsloth-lora", "hf-lora", "unsloth/hf LoRA throughput"),
                        ("unsloth-qlora", "hf-qlora", "unsloth/hf QLoRA throughput"),
                        ("unsloth-lora-untracked", "unsloth-lora", "unsloth untracked/tracked run time"),
                        ("hf-lora-untracked", "hf-lora", "hf untracked/tracked run time")):
         if a in by and b in by:
             if "untracked" in a:
-                out.append(f"{what}: tracked run takes {by[b]['s_per_step'] / by[a]['s_per_step']:.3f}x the untracked time")
-            elif by[a]["tok_s_steady"] and by[b]["tok_s_steady"]:
+                out.append(f"{what}: median step {by[b]['step_time_median_s'] / by[a]['step_time_median_s']:.3f}x, "
+                           f"whole train() {by[b]['s_per_step'] / by[a]['s_per_step']:.3f}x (tracked/untracked)")
+            elif by[a].get("step_time_median_s") and by[b].get("step_time_median_s"):
                 mem = by[b]["peak_gpu_gb"] / by[a]["peak_gpu_gb"] if by[a]["peak_gpu_gb"] else float("nan")
-                out.append(f"{what}: {by[a]['tok_s_steady'] / by[b]['tok_s_steady']:.2f}x; "
+                out.append(f"{what}: {by[b]['step_time_median_s'] / by[a]['step_time_median_s']:.2f}x faster steps; "
                            f"peak memory hf/unsloth {mem:.2f}x")
     return out
 
@@ -157,6 +187,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--workdir", default="/tmp/mg-bench")
+    parser.add_argument("--no-gc", action="store_true", help="no gradient checkpointing in any variant")
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.workdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +201,13 @@ def main() -> None:
     data = build_data(work / "data.jsonl", args.rows, words_in=250, words_out=70)
     print(f"model + data ready in {time.perf_counter() - t0:.1f} s", flush=True)
     rows = []
+    global GC
+    GC = not args.no_gc
     for name in args.variants.split(","):
-        rows.append(run_variant(name, model, data, args, env))
+        if name.startswith("bare-"):
+            rows.append(run_bare(name.removeprefix("bare-"), model, data, args, env))
+        else:
+            rows.append(run_variant(name, model, data, args, env))
         print(json.dumps(rows[-1], default=str), flush=True)
     text = table(rows) + "\n\n" + "\n".join(ratios(rows))
     (out / "results.md").write_text(text + "\n")

@@ -28,6 +28,7 @@ class MLflowMetricsCallback(TrainerCallback):
         self._last_tokens: float | None = None
         self._last_time: float | None = None
         self.total_tokens = 0.0
+        self._step_ends: list[float] = []
 
     def _metrics_from(self, logs: dict[str, Any]) -> dict[str, float]:
         out = {}
@@ -59,13 +60,25 @@ class MLflowMetricsCallback(TrainerCallback):
         step = int(state.global_step)
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))
-        mlflow.log_metrics(metrics, step=step)
+        # asynchronous: a slow store (sqlite on a busy disk, a remote server) never stalls a step;
+        # the recipe flushes the queue before the run ends, so no point is lost.
+        mlflow.log_metrics(metrics, step=step, synchronous=False)
         if self.progress is not None:
             self.progress.update(step, state.max_steps, metrics)
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._step_ends.append(time.perf_counter())
         if self.progress is not None:
             self.progress.advance(int(state.global_step), state.max_steps)
+
+    def step_time_median(self, skip: int = 3) -> float | None:
+        """Median wall time between optimizer steps, after ``skip`` warm-up steps."""
+        ends = self._step_ends[skip:]
+        if len(ends) < 3:
+            return None
+        import statistics
+
+        return statistics.median(b - a for a, b in zip(ends, ends[1:]))
 
     def last(self, key: str) -> float | None:
         points = self.history.get(key)

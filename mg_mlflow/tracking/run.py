@@ -65,15 +65,28 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
     try:
         yield run
     except KeyboardInterrupt:
+        _flush()
         mlflow.set_tag("mg.error", "interrupted by the user (Ctrl-C)")
         mlflow.end_run("KILLED")
         raise
     except BaseException as exc:
+        _flush()
         _record_failure(exc)
         mlflow.end_run("FAILED")
         raise
     else:
+        _flush()
         mlflow.end_run("FINISHED")
+
+
+def _flush() -> None:
+    """Write queued asynchronous metrics before the run's status changes (no lost points)."""
+    import mlflow
+
+    try:
+        mlflow.flush_async_logging()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _record_failure(exc: BaseException) -> None:

@@ -155,8 +155,11 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
             if eval_rows and cfg.eval_steps <= 0:
                 trainer.evaluate()  # logged through the callback's on_log at the final step
 
+        mlflow.flush_async_logging()
         summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens,
                    "train_steps": float(trainer.state.global_step)}
+        if metrics_cb.step_time_median() is not None:
+            summary["step_time_median_s"] = metrics_cb.step_time_median()
         if torch.cuda.is_available():
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             summary["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
