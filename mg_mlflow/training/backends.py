@@ -65,9 +65,9 @@ def _targets(cfg) -> str | list[str]:
     return [m.strip() for m in spec.split(",") if m.strip()]
 
 
-def load_hf(cfg, base: str, revision: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def hf_load_kwargs(cfg, revision: str | None, skip_modules: list[str] | None = None) -> dict:
+    """``from_pretrained`` kwargs: dtype, revision, and 4-bit NF4 quantization for qlora
+    (``skip_modules`` stay unquantized)."""
     kwargs = {"dtype": torch_dtype(cfg.dtype)}
     if revision:
         kwargs["revision"] = revision
@@ -78,7 +78,15 @@ def load_hf(cfg, base: str, revision: str | None):
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"])
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+            **({"llm_int8_skip_modules": skip_modules} if skip_modules else {}))
+    return kwargs
+
+
+def load_hf(cfg, base: str, revision: str | None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = hf_load_kwargs(cfg, revision)
     if _cuda():
         kwargs["attn_implementation"] = "sdpa"
     try:

@@ -6,12 +6,11 @@ Both ``model-garden train`` and ``mlflow run . -e train`` end up here with a val
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mg_mlflow.config import TrainConfig, to_dict
-from mg_mlflow.env import mg_home, setup_env
+from mg_mlflow.config import TrainConfig
+from mg_mlflow.env import setup_env
 
 
 @dataclass
@@ -61,28 +60,12 @@ def resolve_base_model(base_model: str) -> tuple[str, str | None]:
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str):
     from trl import SFTConfig
 
-    from mg_mlflow.training.backends import torch_dtype
-    import torch
+    from mg_mlflow.training.common import trainer_kwargs
 
-    dtype = torch_dtype(cfg.dtype)
-    eval_strategy = "steps" if has_eval and cfg.eval_steps > 0 else "no"
     return SFTConfig(
-        output_dir=str(output_dir / "checkpoints"),
-        max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy=eval_strategy, eval_steps=cfg.eval_steps or None,
-        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=cfg.save_steps or 500,
-        gradient_checkpointing=cfg.gradient_checkpointing and backend == "hf",
-        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
-        fp16=dtype == torch.float16 and torch.cuda.is_available(),
+        **trainer_kwargs(cfg, output_dir, has_eval, backend),
         max_length=cfg.max_seq_length, packing=cfg.packing,
-        completion_only_loss=cfg.train_on_responses_only or None,
-        include_num_input_tokens_seen="non_padding", report_to="none",
-        dataset_num_proc=None, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
     )
 
 
@@ -96,39 +79,27 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
 
     import mlflow
+    import torch
     from datasets import Dataset
     from trl import SFTTrainer
 
     from mg_mlflow.data.load import to_trl_rows
-    from mg_mlflow.tracking import carbon
-    from mg_mlflow.tracking.datasets import log_dataset_input
-    from mg_mlflow.tracking.metrics import MLflowMetricsCallback
-    from mg_mlflow.tracking.params import log_run_metadata
-    from mg_mlflow.tracking.plots import loss_curve_png
     from mg_mlflow.tracking.run import run_context
     from mg_mlflow.training.backends import load_model
+    from mg_mlflow.training.common import (add_loss_and_carbon, log_loss_curve, run_tags, start_run_record,
+                                           timed_train, training_callbacks)
     from mg_mlflow.training.progress import TrainProgress
     from mg_mlflow.training.save import save_and_register
 
-    tags = {"mg.modality": "text", "mg.backend": backend, "mg.method": cfg.method}
+    tags = run_tags("text", backend, cfg.method)
     with run_context(cfg.experiment, cfg.run_name, cfg.system_metrics, tags=tags) as run:
-        run_id = run.info.run_id
-        output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        log_run_metadata(to_dict(cfg), {"mg.backend_reason": why, **tags})
-        log_dataset_input(train_data, "training")
-        if eval_data is not None:
-            log_dataset_input(eval_data, "evaluation")
+        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
 
         model, tokenizer, peft_config = load_model(backend, cfg, base, revision)
         rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
         with TrainProgress(f"train {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb = MLflowMetricsCallback(progress)
-            callbacks = [metrics_cb]
-            carbon_cb = carbon.training_callback(cfg, output_dir) if cfg.carbon else None
-            if carbon_cb is not None:
-                callbacks.append(carbon_cb)
+            metrics_cb, carbon_cb, callbacks = training_callbacks(cfg, output_dir, progress)
             trainer = SFTTrainer(
                 model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
                 train_dataset=Dataset.from_list(rows),
@@ -142,18 +113,9 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
                               "before its answer starts",
                               hint="raise max_seq_length, or check lengths with `model-garden data validate "
                                    "FILE --base-model MODEL --max-seq-length N`")
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)  # our callback prints the live loss
-            import torch
-
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            started = time.perf_counter()
-            trainer.train()
-            train_seconds = time.perf_counter() - started
-            if eval_rows and cfg.eval_steps <= 0:
-                trainer.evaluate()  # logged through the callback's on_log at the final step
+            train_seconds = timed_train(trainer, evaluate_after=bool(eval_rows) and cfg.eval_steps <= 0)
 
         mlflow.flush_async_logging()
         summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens,
@@ -163,17 +125,9 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
         if torch.cuda.is_available():
             summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
             summary["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
-        for key in ("loss", "eval_loss"):
-            if metrics_cb.first(key) is not None:
-                summary[f"{key}_first"] = metrics_cb.first(key)
-                summary[f"{key}_final"] = metrics_cb.last(key)
-        if carbon_cb is not None:
-            summary.update(carbon_cb.totals())
+        add_loss_and_carbon(summary, metrics_cb, carbon_cb)
         mlflow.log_metrics(summary)
-        png = loss_curve_png(metrics_cb.history, output_dir / "loss_curve.png",
-                             title=f"{Path(cfg.base_model).name} {cfg.method} ({backend})")
-        if png:
-            mlflow.log_artifact(str(png), "plots")
+        log_loss_curve(metrics_cb, output_dir, f"{Path(cfg.base_model).name} {cfg.method} ({backend})")
 
         result = save_and_register(cfg, trainer, tokenizer, backend, output_dir, train_data, summary)
         result.run_id = run_id

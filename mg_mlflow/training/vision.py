@@ -9,12 +9,10 @@ with the model's answers before and after training.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from mg_mlflow.config import to_dict
-from mg_mlflow.env import mg_home, setup_env
-from mg_mlflow.errors import MGError, MissingExtra
+from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 from mg_mlflow.vision_config import VisionTrainConfig
 
 LANGUAGE_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -61,21 +59,9 @@ def processor_folder(base: str, revision: str | None) -> Path:
 def load_hf_vision(cfg: VisionTrainConfig, base: str, revision: str | None):
     from transformers import AutoModelForImageTextToText
 
-    from mg_mlflow.training.backends import torch_dtype
+    from mg_mlflow.training.backends import hf_load_kwargs
 
-    kwargs = {"dtype": torch_dtype(cfg.dtype)}
-    if revision:
-        kwargs["revision"] = revision
-    if cfg.method == "qlora":
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise MissingExtra("bitsandbytes", "gpu", "method=qlora")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=kwargs["dtype"], llm_int8_skip_modules=["visual", "lm_head"])
+    kwargs = hf_load_kwargs(cfg, revision, skip_modules=["visual", "lm_head"])
     try:
         model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
     except (OSError, ValueError) as exc:
@@ -120,28 +106,13 @@ def load_unsloth_vision(cfg: VisionTrainConfig, base: str, revision: str | None)
 
 
 def training_args(cfg: VisionTrainConfig, output_dir: Path, has_eval: bool, backend: str):
-    import torch
     from transformers import TrainingArguments
 
-    from mg_mlflow.training.backends import torch_dtype
+    from mg_mlflow.training.common import trainer_kwargs
 
-    dtype = torch_dtype(cfg.dtype)
     return TrainingArguments(
-        output_dir=str(output_dir / "checkpoints"), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
-        eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no", eval_steps=cfg.eval_steps or None,
-        save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=cfg.save_steps or 500,
-        gradient_checkpointing=cfg.gradient_checkpointing and backend == "hf",
-        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
-        fp16=dtype == torch.float16 and torch.cuda.is_available(),
+        **trainer_kwargs(cfg, output_dir, has_eval, backend),
         remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -155,29 +126,19 @@ def train_vision(cfg: VisionTrainConfig, show_progress: bool | None = None):
 
     import mlflow
     from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
 
-    from mg_mlflow.tracking import carbon
-    from mg_mlflow.tracking.datasets import log_dataset_input
-    from mg_mlflow.tracking.metrics import MLflowMetricsCallback
-    from mg_mlflow.tracking.params import log_run_metadata
-    from mg_mlflow.tracking.plots import loss_curve_png
     from mg_mlflow.tracking.run import run_context
+    from mg_mlflow.training.common import (add_loss_and_carbon, log_loss_curve, run_tags, start_run_record,
+                                           timed_train, training_callbacks)
     from mg_mlflow.training.progress import TrainProgress
     from mg_mlflow.training.text import resolve_base_model
     from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator, VisionProcessor
     from mg_mlflow.training.vision_samples import log_samples, pick_samples, sample_answers
     from mg_mlflow.training.vision_save import save_and_register_vision
 
-    tags = {"mg.modality": "vision", "mg.backend": backend, "mg.method": cfg.method}
+    tags = run_tags("vision", backend, cfg.method)
     with run_context(cfg.experiment, cfg.run_name, cfg.system_metrics, tags=tags) as run:
-        run_id = run.info.run_id
-        output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
-        output_dir.mkdir(parents=True, exist_ok=True)
-        log_run_metadata(to_dict(cfg), {"mg.backend_reason": why, **tags})
-        log_dataset_input(train_data, "training")
-        if eval_data is not None:
-            log_dataset_input(eval_data, "evaluation")
+        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
 
         base, revision = resolve_base_model(cfg.base_model)
         processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
@@ -187,38 +148,21 @@ def train_vision(cfg: VisionTrainConfig, show_progress: bool | None = None):
 
         collator = VisionCollator(processor, cfg.max_seq_length, cfg.train_on_responses_only)
         with TrainProgress(f"train-vision {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb = MLflowMetricsCallback(progress)
-            callbacks = [metrics_cb]
-            carbon_cb = carbon.training_callback(cfg, output_dir) if cfg.carbon else None
-            if carbon_cb is not None:
-                callbacks.append(carbon_cb)
+            metrics_cb, carbon_cb, callbacks = training_callbacks(cfg, output_dir, progress)
             trainer = Trainer(
                 model=model, args=training_args(cfg, output_dir, eval_data is not None, backend),
                 train_dataset=RecordDataset(train_data.records),
                 eval_dataset=RecordDataset(eval_data.records) if eval_data else None,
                 data_collator=collator, callbacks=callbacks)
-            trainer.remove_callback(PrinterCallback)  # our callback prints the live loss
-            started = time.perf_counter()
-            trainer.train()
-            train_seconds = time.perf_counter() - started
-            if eval_data is not None and cfg.eval_steps <= 0:
-                trainer.evaluate()
+            train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0)
 
-        summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens}
-        for key in ("loss", "eval_loss"):
-            if metrics_cb.first(key) is not None:
-                summary[f"{key}_first"] = metrics_cb.first(key)
-                summary[f"{key}_final"] = metrics_cb.last(key)
-        if carbon_cb is not None:
-            summary.update(carbon_cb.totals())
+        summary = add_loss_and_carbon({"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens},
+                                      metrics_cb, carbon_cb)
         model = trainer.model.eval()
         after = sample_answers(model, processor, samples, cfg.sample_max_new_tokens)
         summary.update(log_samples(samples, before, after, output_dir))
         mlflow.log_metrics(summary)
-        png = loss_curve_png(metrics_cb.history, output_dir / "loss_curve.png",
-                             title=f"{Path(cfg.base_model).name} vision {cfg.method} ({backend})")
-        if png:
-            mlflow.log_artifact(str(png), "plots")
+        log_loss_curve(metrics_cb, output_dir, f"{Path(cfg.base_model).name} vision {cfg.method} ({backend})")
 
         result = save_and_register_vision(cfg, model, processor, backend, output_dir, train_data, summary,
                                           probe=(samples or pick_samples(train_data, 1))[0])
