@@ -78,6 +78,19 @@ def _read_rows(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
     return rows, problems
 
 
+def message_list(raw: dict) -> tuple[list | None, str | None]:
+    """(``raw["messages"]`` as a non-empty list, problem); a JSON string (CSV/Parquet cells) is parsed."""
+    msgs = raw.get("messages")
+    if isinstance(msgs, str):
+        try:
+            msgs = json.loads(msgs)
+        except json.JSONDecodeError:
+            return None, "field 'messages' must be a list"
+    if not isinstance(msgs, list) or not msgs:
+        return None, "field 'messages' must be a non-empty list"
+    return msgs, None
+
+
 def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
     """Return (record as messages, problem, detected format)."""
     if not isinstance(raw, dict):
@@ -102,16 +115,11 @@ def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
         user = raw["instruction"] + (("\n" + extra) if extra.strip() else "")
         return {"messages": [{"role": "user", "content": user},
                              {"role": "assistant", "content": raw["output"]}]}, None, fmt
-    msgs = raw.get("messages")
     if "messages" not in raw:
         return None, "missing field 'messages'", fmt
-    if isinstance(msgs, str):
-        try:
-            msgs = json.loads(msgs)
-        except json.JSONDecodeError:
-            return None, "field 'messages' must be a list", fmt
-    if not isinstance(msgs, list) or not msgs:
-        return None, "field 'messages' must be a non-empty list", fmt
+    msgs, problem = message_list(raw)
+    if problem:
+        return None, problem, fmt
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict):

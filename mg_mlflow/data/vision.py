@@ -19,7 +19,7 @@ import io
 import json
 from pathlib import Path
 
-from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local
+from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local, message_list
 from mg_mlflow.errors import DataError, MGError
 
 ROLES = ("system", "user", "assistant")
@@ -112,14 +112,9 @@ def _normalise(raw: object, fmt: str, base: Path) -> tuple[dict | None, str | No
         user = [{"type": "image", "image": str(path)}, {"type": "text", "text": raw["text"]}]
         return {"messages": [{"role": "user", "content": user},
                              {"role": "assistant", "content": raw["response"]}]}, None, fmt
-    msgs = raw.get("messages")
-    if isinstance(msgs, str):
-        try:
-            msgs = json.loads(msgs)
-        except json.JSONDecodeError:
-            return None, "field 'messages' must be a list", fmt
-    if not isinstance(msgs, list) or not msgs:
-        return None, "field 'messages' must be a non-empty list", fmt
+    msgs, problem = message_list(raw)
+    if problem:
+        return None, problem, fmt
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES:

@@ -25,10 +25,9 @@ def _dtype(name: str | None):
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(name or "", None)
 
 
-def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
-    """(model, tokenizer) from a merged model folder or an adapter folder (base resolved by reference)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def load_weights(folder: str | Path, auto_cls, dtype: str | None = None):
+    """The model of a merged folder, or of an adapter folder on its base (resolved from the
+    ``mg_model.json`` reference), loaded through ``auto_cls``."""
     folder = Path(folder)
     meta = read_metadata(folder)
     torch_dtype = _dtype(dtype or meta.get("dtype"))
@@ -45,10 +44,15 @@ def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | N
         base, revision = resolve_base(ref)
         if revision:
             kwargs["revision"] = revision
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-        model = PeftModel.from_pretrained(model, str(folder))
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+        return PeftModel.from_pretrained(auto_cls.from_pretrained(base, **kwargs), str(folder))
+    return auto_cls.from_pretrained(str(folder), **kwargs)
+
+
+def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) from a merged model folder or an adapter folder (base resolved by reference)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = load_weights(folder, AutoModelForCausalLM, dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if device:
         model.to(device)

@@ -21,9 +21,9 @@ REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "accelerate", "tokeni
                 "safetensors", "pandas")
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(extra: tuple[str, ...] = ()) -> list[str]:
     reqs = []
-    for name in REQUIREMENTS:
+    for name in (*REQUIREMENTS, *extra):
         try:
             reqs.append(f"{name}=={metadata.version(name)}")
         except metadata.PackageNotFoundError:
@@ -64,27 +64,35 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def log_text_model(model_dir: Path, name: str = "model", python_model=None):
-    """Log ``model_dir`` as a pyfunc model of the active run; returns MLflow's ModelInfo."""
+def log_model_dir(model_dir: Path, name: str, python_model, signature, extra_requirements: tuple[str, ...] = ()):
+    """Log ``model_dir`` (artifact ``model_dir``) as a pyfunc model of the active run; returns ModelInfo."""
     import mlflow
-
-    from mg_mlflow.registry.pyfunc_model import TextModel, signature
 
     with staged(model_dir) as folder:
         return mlflow.pyfunc.log_model(
-            name=name, python_model=python_model or TextModel(), artifacts={"model_dir": str(folder)},
-            signature=signature(), pip_requirements=pip_requirements(), code_paths=[package_dir()],
+            name=name, python_model=python_model, artifacts={"model_dir": str(folder)},
+            signature=signature, pip_requirements=pip_requirements(extra_requirements),
+            code_paths=[package_dir()],
         )
 
 
-def verify(model_info, reference, tokenizer, tolerance: float) -> float:
+def log_text_model(model_dir: Path, name: str = "model", python_model=None):
+    """Log ``model_dir`` as a text pyfunc model of the active run; returns MLflow's ModelInfo."""
+    from mg_mlflow.registry.pyfunc_model import TextModel, signature
+
+    return log_model_dir(model_dir, name, python_model or TextModel(), signature())
+
+
+def verify(model_info, reference, probe, tolerance: float, compare=None, what: str = "model") -> float:
+    """Reload through ``models:/m-<id>`` and compare logits with ``reference`` on ``probe`` (a tokenizer
+    for ``max_logit_diff``, or whatever ``compare`` takes); raise (nothing registered) if they differ."""
     import mlflow
 
     loaded = mlflow.pyfunc.load_model(model_info.model_uri)
     inner = loaded.unwrap_python_model()
-    diff = max_logit_diff(reference, inner.model, tokenizer)
+    diff = (compare or max_logit_diff)(reference, inner.model, probe)
     if not diff <= tolerance:
-        raise MGError(f"the logged model does not reproduce the trained model: max |logit diff| "
+        raise MGError(f"the logged {what} does not reproduce the trained model: max |logit diff| "
                       f"{diff:.3g} > tolerance {tolerance:g}; nothing was registered",
                       hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
     return diff
@@ -102,12 +110,22 @@ def register(model_uri: str, name: str, tags: dict[str, Any], alias: str = ""):
     return mv
 
 
-def register_base_folder(folder: Path) -> str:
-    """Register a local base model folder once (keyed by content digest); return models:/NAME/V."""
+def _log_verified_text_base(folder: Path):
+    """Log a text base folder as ``base_model`` and check its reload on the probe text."""
+    from mg_mlflow.registry.loader import load_model_dir
+
+    reference, tokenizer = load_model_dir(folder)
+    info = log_text_model(folder, name="base_model")
+    verify(info, reference, tokenizer, 1e-5)
+    return info
+
+
+def register_base_folder(folder: Path, modality: str = "text", log_verified=None) -> str:
+    """Register a local base model folder once (keyed by content digest); return models:/NAME/V.
+    ``log_verified(folder)`` logs it and checks the reload (default: as a text model)."""
     import mlflow
 
     from mg_mlflow.registry.base_ref import default_registered_name
-    from mg_mlflow.registry.loader import load_model_dir
     from mg_mlflow.registry.metadata import folder_digest
 
     folder = Path(folder).resolve()
@@ -117,9 +135,7 @@ def register_base_folder(folder: Path) -> str:
     for mv in client.search_model_versions(f"name='{name}'"):
         if (mv.tags or {}).get("mg.content_digest") == digest:
             return f"models:/{name}/{mv.version}"
-    reference, tokenizer = load_model_dir(folder)
-    info = log_text_model(folder, name="base_model")
-    verify(info, reference, tokenizer, 1e-5)
+    info = (log_verified or _log_verified_text_base)(folder)
     mv = register(info.model_uri, name, {"mg.content_digest": digest, "mg.save_method": "base",
-                                          "mg.source_folder_name": folder.name, "mg.modality": "text"})
+                                          "mg.source_folder_name": folder.name, "mg.modality": modality})
     return f"models:/{name}/{mv.version}"

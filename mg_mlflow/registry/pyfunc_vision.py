@@ -28,32 +28,13 @@ def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | 
     """(model, VisionProcessor) from a merged model folder or an adapter folder (base by reference)."""
     from transformers import AutoModelForImageTextToText
 
-    from mg_mlflow.registry.loader import _dtype, is_adapter_dir
-    from mg_mlflow.registry.metadata import read_metadata
+    from mg_mlflow.registry.loader import load_weights
     from mg_mlflow.training.vision_collator import VisionProcessor
 
-    folder = Path(folder)
-    meta = read_metadata(folder)
-    torch_dtype = _dtype(dtype or meta.get("dtype"))
-    kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
-    if is_adapter_dir(folder):
-        from peft import PeftModel
-
-        from mg_mlflow.registry.base_ref import resolve_base
-
-        ref = meta.get("base_model")
-        if not ref:
-            raise MGError(f"{folder}: adapter without a Model Garden base reference (mg_model.json)",
-                          hint="load it with peft and pass the base model yourself")
-        base, revision = resolve_base(ref)
-        if revision:
-            kwargs["revision"] = revision
-        model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base, **kwargs), str(folder))
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(str(folder), **kwargs)
+    model = load_weights(folder, AutoModelForImageTextToText, dtype)
     if device:
         model.to(device)
-    return model.eval(), VisionProcessor.from_dir(folder)
+    return model.eval(), VisionProcessor.from_dir(Path(folder))
 
 
 def _rows(model_input: Any) -> list[tuple[Any, str]]:
@@ -113,21 +94,9 @@ def signature():
 
 def log_vision_model(model_dir: Path, name: str = "model"):
     """Log ``model_dir`` as a vision pyfunc model of the active run; returns MLflow's ModelInfo."""
-    from importlib import metadata
+    from mg_mlflow.registry.publish import log_model_dir
 
-    import mlflow
-
-    from mg_mlflow.registry.publish import package_dir, pip_requirements, staged
-
-    reqs = pip_requirements()
-    for pkg in EXTRA_REQUIREMENTS:
-        try:
-            reqs.append(f"{pkg}=={metadata.version(pkg)}")
-        except metadata.PackageNotFoundError:
-            reqs.append(pkg)
-    with staged(model_dir) as folder:
-        return mlflow.pyfunc.log_model(name=name, python_model=VisionModel(), artifacts={"model_dir": str(folder)},
-                                       signature=signature(), pip_requirements=reqs, code_paths=[package_dir()])
+    return log_model_dir(model_dir, name, VisionModel(), signature(), EXTRA_REQUIREMENTS)
 
 
 def probe_inputs(processor, image, question: str) -> dict:
@@ -153,12 +122,6 @@ def max_logit_diff(reference, candidate, inputs: dict) -> float:
 
 def verify_vision(model_info, reference, inputs: dict, tolerance: float) -> float:
     """Reload through ``models:/m-<id>`` and compare logits; raise (nothing registered) if they differ."""
-    import mlflow
+    from mg_mlflow.registry.publish import verify
 
-    inner = mlflow.pyfunc.load_model(model_info.model_uri).unwrap_python_model()
-    diff = max_logit_diff(reference, inner.model, inputs)
-    if not diff <= tolerance:
-        raise MGError(f"the logged vision model does not reproduce the trained model: max |logit diff| "
-                      f"{diff:.3g} > tolerance {tolerance:g}; nothing was registered",
-                      hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
-    return diff
+    return verify(model_info, reference, inputs, tolerance, compare=max_logit_diff, what="vision model")

@@ -1,4 +1,8 @@
-"""Save the trained model (adapter or merged 16-bit), log it, verify the reload, register it."""
+"""Save the trained model (adapter or merged 16-bit), log it, verify the reload, register it.
+
+The steps both recipes share (adapter folder, merge, lineage, logging the logit diffs, version
+tags and registration) live here; :mod:`mg_mlflow.training.vision_save` reuses them.
+"""
 
 from __future__ import annotations
 
@@ -9,32 +13,35 @@ from pathlib import Path
 from mg_mlflow.config import TrainConfig
 
 
-def _write_adapter(trainer, tokenizer, out: Path, base_ref: dict) -> None:
+def write_adapter(model, processor, out: Path, base_ref: dict) -> None:
+    """The adapter weights and the tokenizer/processor, naming the base by reference."""
     from mg_mlflow.registry.base_ref import describe
 
-    trainer.model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
     cfg_path = out / "adapter_config.json"
     adapter_cfg = json.loads(cfg_path.read_text())
     adapter_cfg["base_model_name_or_path"] = describe(base_ref)  # never an absolute local path
     cfg_path.write_text(json.dumps(adapter_cfg, indent=2))
 
 
-def _merge(adapter_dir: Path, base_ref: dict, out: Path, dtype):
-    """Merge the adapter onto a 16-bit copy of the base (works for LoRA and QLoRA alike)."""
+def merge_adapter(adapter_dir: Path, base_ref: dict, out: Path, dtype, auto_cls, processor=None):
+    """Merge the adapter onto a 16-bit copy of the base (works for LoRA and QLoRA alike); the base
+    loads through ``auto_cls``. ``processor`` is saved next to it (default: the adapter's tokenizer)."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mg_mlflow.registry.base_ref import resolve_base
 
     base, revision = resolve_base(base_ref)
-    kwargs = {"dtype": dtype}
-    if revision:
-        kwargs["revision"] = revision
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+    kwargs = {"dtype": dtype, **({"revision": revision} if revision else {})}
+    model = auto_cls.from_pretrained(base, **kwargs)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    if processor is None:
+        from transformers import AutoTokenizer
+
+        processor = AutoTokenizer.from_pretrained(str(adapter_dir))
+    processor.save_pretrained(str(out))
     return merged.eval()
 
 
@@ -46,14 +53,55 @@ def _sixteen_bit():
     return torch.bfloat16
 
 
+def model_meta(modality: str, cfg, backend: str, run_id: str, base_ref: dict, train_data, **extra) -> dict:
+    """The lineage written to ``mg_model.json`` (``kind``/``dtype`` are added by the save step)."""
+    from mg_mlflow.tracking.params import git_commit
+
+    return {"modality": modality, **extra, "backend": backend, "method": cfg.method, "run_id": run_id,
+            "base_model": base_ref, "dataset": train_data.source, "dataset_digest": train_data.digest,
+            "git_commit": git_commit(), "save_method": cfg.save_method}
+
+
+def log_logit_diffs(summary: dict, verify_diff: float) -> None:
+    import mlflow
+
+    summary["verify_max_logit_diff"] = verify_diff
+    mlflow.log_metrics({k: v for k, v in summary.items() if k.endswith("logit_diff")})
+
+
+def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, summary: dict, diff: float,
+                     **extra_tags):
+    """Register the verified model with its version tags; sets the run's registered_* tags and
+    ``result.registered_name/version``."""
+    import mlflow
+
+    from mg_mlflow.registry.base_ref import default_registered_name, describe
+    from mg_mlflow.registry.publish import register
+
+    name = cfg.register_as or default_registered_name(cfg.base_model, "lora" if meta["kind"] == "adapter" else "merged")
+    tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
+            "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": meta["backend"],
+            "mg.modality": meta["modality"], **extra_tags, "mg.method": cfg.method,
+            "mg.quantization": "bnb-4bit (training only)" if cfg.method == "qlora" else "none",
+            "mg.run_id": meta["run_id"], "mg.dataset_digest": meta["dataset_digest"],
+            "mg.git_commit": meta["git_commit"],
+            "mg.train_loss": summary.get("loss_final"), "mg.eval_loss": summary.get("eval_loss_final"),
+            "mg.verify_max_logit_diff": f"{diff:.3g}"}
+    tags.update({f"mg.{k.replace('/', '.')}": v for k, v in summary.items() if k.startswith("carbon/")})
+    mv = register(model_uri, name, tags, cfg.alias)
+    mlflow.set_tags({"mg.registered_model": name, "mg.registered_version": str(mv.version)})
+    result.registered_name, result.registered_version = name, str(mv.version)
+    return result
+
+
 def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output_dir: Path,
                       train_data, summary: dict):
     import mlflow
+    from transformers import AutoModelForCausalLM
 
-    from mg_mlflow.registry.base_ref import default_registered_name, describe, make_base_reference
+    from mg_mlflow.registry.base_ref import make_base_reference
     from mg_mlflow.registry.metadata import write_metadata
-    from mg_mlflow.registry.publish import log_text_model, max_logit_diff, register, verify
-    from mg_mlflow.tracking.params import git_commit
+    from mg_mlflow.registry.publish import log_text_model, max_logit_diff, verify
     from mg_mlflow.training.text import TrainResult
 
     run_id = mlflow.active_run().info.run_id
@@ -67,46 +115,29 @@ def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output
         path = Path(cfg.base_model).expanduser()
         base_ref = ({"kind": "path", "path": str(path.resolve())} if path.is_dir()
                     else {"kind": "hub", "id": cfg.base_model, "revision": "main"})
-    meta = {"modality": "text", "backend": backend, "method": cfg.method, "run_id": run_id,
-            "base_model": base_ref, "dataset": train_data.source, "dataset_digest": train_data.digest,
-            "git_commit": git_commit(), "save_method": cfg.save_method}
+    meta = model_meta("text", cfg, backend, run_id, base_ref, train_data)
     if cfg.method == "full":
         dtype = _sixteen_bit()
         trained.to(dtype).save_pretrained(str(model_dir))
         tokenizer.save_pretrained(str(model_dir))
         reference, meta["kind"], meta["dtype"] = trained, "merged", str(dtype).removeprefix("torch.")
     elif cfg.save_method == "lora":
-        _write_adapter(trainer, tokenizer, model_dir, base_ref)
+        write_adapter(trained, tokenizer, model_dir, base_ref)
         reference, meta["kind"] = trained, "adapter"
     else:
         adapter_dir = output_dir / "adapter"
         shutil.rmtree(adapter_dir, ignore_errors=True)
-        _write_adapter(trainer, tokenizer, adapter_dir, base_ref)
+        write_adapter(trained, tokenizer, adapter_dir, base_ref)
         dtype = _sixteen_bit()
-        reference = _merge(adapter_dir, base_ref, model_dir, dtype)
+        reference = merge_adapter(adapter_dir, base_ref, model_dir, dtype, AutoModelForCausalLM)
         meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
         summary["merge_max_logit_diff"] = max_logit_diff(trained, reference, tokenizer)
     write_metadata(model_dir, meta)
     if not cfg.registers:
         return TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
 
-    tolerance = cfg.verify_tolerance
     info = log_text_model(model_dir)
-    diff = verify(info, reference, tokenizer, tolerance)
-    summary["verify_max_logit_diff"] = diff
-    mlflow.log_metrics({k: v for k, v in summary.items() if k.endswith("logit_diff")})
-    result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir,
-                         model_uri=info.model_uri)
-    name = cfg.register_as or default_registered_name(cfg.base_model, "lora" if meta["kind"] == "adapter" else "merged")
-    tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
-            "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": backend,
-            "mg.modality": "text", "mg.method": cfg.method,
-            "mg.quantization": "bnb-4bit (training only)" if cfg.method == "qlora" else "none",
-            "mg.run_id": run_id, "mg.dataset_digest": train_data.digest, "mg.git_commit": meta["git_commit"],
-            "mg.train_loss": summary.get("loss_final"), "mg.eval_loss": summary.get("eval_loss_final"),
-            "mg.verify_max_logit_diff": f"{diff:.3g}"}
-    tags.update({f"mg.{k.replace('/', '.')}": v for k, v in summary.items() if k.startswith("carbon/")})
-    mv = register(info.model_uri, name, tags, cfg.alias)
-    mlflow.set_tags({"mg.registered_model": name, "mg.registered_version": str(mv.version)})
-    result.registered_name, result.registered_version = name, str(mv.version)
-    return result
+    diff = verify(info, reference, tokenizer, cfg.verify_tolerance)
+    log_logit_diffs(summary, diff)
+    result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir, model_uri=info.model_uri)
+    return register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff)
