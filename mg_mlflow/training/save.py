@@ -45,6 +45,24 @@ def merge_adapter(adapter_dir: Path, base_ref: dict, out: Path, dtype, auto_cls,
     return merged.eval()
 
 
+def save_adapter(model, processor, output_dir: Path, model_dir: Path, base_ref: dict, meta: dict,
+                 merge_onto=None, merge_processor=None):
+    """The trained adapter, as the model folder (``merge_onto`` None: kind ``adapter``, the reference
+    is the trained model) or under ``output_dir/adapter`` merged onto the 16-bit base loaded through
+    ``merge_onto`` (kind ``merged``; the reference is the merged model). Sets meta kind/dtype."""
+    if merge_onto is None:
+        write_adapter(model, processor, model_dir, base_ref)
+        meta["kind"] = "adapter"
+        return model
+    adapter_dir = output_dir / "adapter"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    write_adapter(model, processor, adapter_dir, base_ref)
+    dtype = _sixteen_bit()
+    reference = merge_adapter(adapter_dir, base_ref, model_dir, dtype, merge_onto, merge_processor)
+    meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
+    return reference
+
+
 def _sixteen_bit():
     import torch
 
@@ -118,20 +136,17 @@ def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output
     meta = model_meta("text", cfg, backend, run_id, base_ref, train_data)
     if cfg.method == "full":
         dtype = _sixteen_bit()
-        trained.to(dtype).save_pretrained(str(model_dir))
+        for param in trained.parameters():  # parameters only: buffers such as RoPE's inv_freq stay
+            param.data = param.data.to(dtype)  # float32, exactly as a fresh load recomputes them
+        trained.config.dtype = dtype
+        trained.save_pretrained(str(model_dir))
         tokenizer.save_pretrained(str(model_dir))
         reference, meta["kind"], meta["dtype"] = trained, "merged", str(dtype).removeprefix("torch.")
-    elif cfg.save_method == "lora":
-        write_adapter(trained, tokenizer, model_dir, base_ref)
-        reference, meta["kind"] = trained, "adapter"
     else:
-        adapter_dir = output_dir / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        write_adapter(trained, tokenizer, adapter_dir, base_ref)
-        dtype = _sixteen_bit()
-        reference = merge_adapter(adapter_dir, base_ref, model_dir, dtype, AutoModelForCausalLM)
-        meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
-        summary["merge_max_logit_diff"] = max_logit_diff(trained, reference, tokenizer)
+        reference = save_adapter(trained, tokenizer, output_dir, model_dir, base_ref, meta,
+                                 merge_onto=None if cfg.save_method == "lora" else AutoModelForCausalLM)
+        if meta["kind"] == "merged":
+            summary["merge_max_logit_diff"] = max_logit_diff(trained, reference, tokenizer)
     write_metadata(model_dir, meta)
     if not cfg.registers:
         return TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)

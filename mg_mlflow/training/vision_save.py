@@ -48,8 +48,7 @@ def save_and_register_vision(cfg: VisionTrainConfig, model, processor, backend: 
 
     from mg_mlflow.registry.metadata import write_metadata
     from mg_mlflow.registry.pyfunc_vision import log_vision_model, max_logit_diff, probe_inputs, verify_vision
-    from mg_mlflow.training.save import (_sixteen_bit, log_logit_diffs, merge_adapter, model_meta,
-                                         register_trained, write_adapter)
+    from mg_mlflow.training.save import _sixteen_bit, log_logit_diffs, model_meta, register_trained, save_adapter
     from mg_mlflow.training.text import TrainResult
 
     run_id = mlflow.active_run().info.run_id
@@ -70,17 +69,12 @@ def save_and_register_vision(cfg: VisionTrainConfig, model, processor, backend: 
         # reload recomputes in fp32); the cast's own effect is logged as save_max_logit_diff
         reference = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype).eval()
         summary["save_max_logit_diff"] = max_logit_diff(model, reference, inputs)
-    elif cfg.save_method == "lora":
-        write_adapter(model, processor, model_dir, base_ref)
-        reference, meta["kind"] = model, "adapter"
     else:
-        adapter_dir = output_dir / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        write_adapter(model, processor, adapter_dir, base_ref)
-        dtype = _sixteen_bit()
-        reference = merge_adapter(adapter_dir, base_ref, model_dir, dtype, AutoModelForImageTextToText, processor)
-        meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
-        summary["merge_max_logit_diff"] = max_logit_diff(model, reference, inputs)
+        reference = save_adapter(model, processor, output_dir, model_dir, base_ref, meta,
+                                 merge_onto=None if cfg.save_method == "lora" else AutoModelForImageTextToText,
+                                 merge_processor=processor)
+        if meta["kind"] == "merged":
+            summary["merge_max_logit_diff"] = max_logit_diff(model, reference, inputs)
     write_metadata(model_dir, meta)
 
     info = log_vision_model(model_dir)
