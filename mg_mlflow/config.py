@@ -84,7 +84,9 @@ class TrainConfig:
     carbon_country: str = _f("USA", "ISO 3166 alpha-3 country code for the grid carbon intensity (offline mode)")
     carbon_region: str = _f("", "optional region within the country (e.g. a US state or Canadian province)")
     carbon_pue: float = _f(1.0, "power usage effectiveness of the data centre")
-    carbon_interval_steps: int = _f(10, "log carbon metrics every N optimizer steps")
+    carbon_interval_steps: int = _f(10, "log carbon metrics every N optimizer steps, at most once per carbon_measure_secs")
+    carbon_interval_secs: float = _f(0.0, "also log a carbon point every N seconds (0 = by steps only)")
+    carbon_offline: bool = _f(True, "codecarbon offline mode (no network): grid intensity from its bundled data")
     carbon_measure_secs: float = _f(5.0, "codecarbon's power sampling interval in seconds")
 
     def validate(self) -> None:

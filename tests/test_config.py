@@ -65,8 +65,12 @@ def test_every_shipped_config_loads_and_starts_with_its_command(config):
     first = config.read_text().splitlines()[0]
     assert first.startswith("# mlflow run projects/") or first.startswith("# model-garden ")
     assert "Override example" in config.read_text()
-    cfg = build_config(TrainConfig, config, {"base_model": "x/y", "dataset": "d.jsonl"})
-    assert isinstance(cfg, TrainConfig)
+    from mg_mlflow.vision_config import VisionTrainConfig
+
+    vision = "train-vision" in (config.parent / "MLproject").read_text()
+    cls = VisionTrainConfig if vision else TrainConfig
+    cfg = build_config(cls, config, {"base_model": "x/y", "dataset": "d.jsonl"})
+    assert isinstance(cfg, cls)
 
 
 def _mlproject_params(path: Path, entry: str = "train") -> dict:

@@ -27,7 +27,9 @@ class MGGroup(click.Group):
         try:
             return super().invoke(ctx)
         except MGError as err:
-            console(stderr=True).print(f"[bold red]error:[/] {err}", markup=True, soft_wrap=True)
+            out = console(stderr=True)
+            out.print("error:", style="bold red", end=" ")
+            out.print(str(err), markup=False, soft_wrap=True)
             ctx.exit(err.exit_code)
 
 

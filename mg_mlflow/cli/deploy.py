@@ -123,7 +123,12 @@ def deployments_group():
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @plain_errors
 def list_cmd(as_json):
-    """Every recorded deployment with its status (running, starting, dead, stale)."""
+    """Every recorded deployment with its status (running, starting, dead, stale).
+
+    \b
+    Example:
+      model-garden deployments list --json
+    """
     import json
 
     from rich.table import Table
@@ -156,7 +161,12 @@ def list_cmd(as_json):
 @click.argument("name")
 @plain_errors
 def status_cmd(name):
-    """Details of one deployment."""
+    """Details of one deployment: models and versions served, endpoint, pid, log file.
+
+    \b
+    Example:
+      model-garden deployments status team
+    """
     from mg_mlflow.deploy.manager import endpoint, status
     from mg_mlflow.deploy.state import uptime
     from mg_mlflow.env import setup_env
@@ -178,7 +188,12 @@ def status_cmd(name):
 @click.option("-n", "--lines", type=int, default=50, show_default=True)
 @plain_errors
 def logs_cmd(name, lines):
-    """The last lines of a deployment's vLLM log."""
+    """The last lines of a deployment's vLLM log.
+
+    \b
+    Example:
+      model-garden deployments logs team -n 50
+    """
     from mg_mlflow.deploy.state import get_record
     from mg_mlflow.deploy.supervisor import log_tail
     from mg_mlflow.env import setup_env
@@ -191,7 +206,12 @@ def logs_cmd(name, lines):
 @click.argument("names", nargs=-1, required=True)
 @plain_errors
 def stop_cmd(names):
-    """Stop deployments: the serving monitor, then the whole vLLM process group."""
+    """Stop deployments: the serving monitor, then the whole vLLM process group.
+
+    \b
+    Example:
+      model-garden deployments stop team
+    """
     from mg_mlflow.deploy.manager import stop
     from mg_mlflow.env import setup_env
 
@@ -222,7 +242,14 @@ def _record(name):
 @click.option("--api-key", envvar="MG_API_KEY")
 @plain_errors
 def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, json_schema, completion, api_key):
-    """One completion from a deployment (chat by default), printed to stdout."""
+    """One completion from a deployment (chat by default), printed to stdout.
+
+    \b
+    Examples:
+      model-garden generate team --prompt "Reverse the word: river" --model tiny-lora
+      model-garden generate team -p "Give a colour" --json-schema '{"type": "object"}'
+      model-garden generate vl --image shape.png -p "What colour is the shape?"
+    """
     from mg_mlflow.deploy.client import generate
 
     click.echo(generate(_record(name), prompt, model=model, max_tokens=max_tokens, temperature=temperature,
@@ -241,7 +268,13 @@ def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, j
 @click.option("--api-key", envvar="MG_API_KEY")
 @plain_errors
 def chat_cmd(name, model, system, images, max_tokens, temperature, api_key):
-    """Interactive streaming chat with a deployment (empty line or Ctrl-D ends it)."""
+    """Interactive streaming chat with a deployment (empty line or Ctrl-D ends it).
+
+    \b
+    Examples:
+      model-garden chat team --model tiny-lora
+      model-garden chat vl --image shape.png
+    """
     import sys
 
     from mg_mlflow.deploy.client import pick_model, stream_chat, user_message

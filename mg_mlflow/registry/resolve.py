@@ -60,7 +60,7 @@ def _versions_text(client, name: str) -> str:
     versions = client.search_model_versions(f"name='{name}'")
     rm = client.get_registered_model(name)
     aliases = getattr(rm, "aliases", {}) or {}
-    parts = [f"versions {', '.join(sorted((v.version for v in versions), key=int)) or '(none)'}"]
+    parts = [f"versions {', '.join(sorted((str(v.version) for v in versions), key=int)) or '(none)'}"]
     if aliases:
         parts.append("aliases " + ", ".join(f"@{a}->{v}" for a, v in sorted(aliases.items())))
     return "; ".join(parts)
