@@ -7,6 +7,7 @@ carbon monitor on), stopped at the end even when a test fails.
 from __future__ import annotations
 
 import json
+import time
 import os
 import urllib.error
 import urllib.request
@@ -169,3 +170,23 @@ def test_stop_leaves_no_process(team):
     assert not team.get("monitor_pid") or not pid_alive(team["monitor_pid"])
     assert not (Path(os.environ["MG_HOME"]) / "deployments" / "team.json").exists()
     assert "team" not in run_cli(["deployments", "list"]).stdout
+
+
+def test_serving_run_is_linked_to_the_served_versions_and_counts_tokens(team):
+    """After stop the monitor's run is FINISHED, linked from each served version, with tokens counted."""
+    import mlflow
+
+    run_cli(["deployments", "stop", "team"])  # no-op when the previous test stopped it already
+
+    client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    mv = client.get_model_version_by_alias("tiny-lora", "prod")
+    run_id = mv.tags.get("mg.serving_run")
+    assert run_id, mv.tags
+    run = client.get_run(run_id)
+    deadline = time.time() + 30
+    while run.info.status == "RUNNING" and time.time() < deadline:
+        time.sleep(1)
+        run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["serving/total_generated_tokens"] > 0
+    assert run.data.metrics["carbon/total_energy_kwh"] > 0

@@ -19,7 +19,7 @@ import pytest
 from conftest import BIN, run_cli
 
 pytestmark = pytest.mark.services
-INITDB = shutil.which("initdb") or "/usr/lib/postgresql/15/bin/initdb"
+INITDB = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), "initdb")
 
 
 def _free_port() -> int:

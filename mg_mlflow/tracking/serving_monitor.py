@@ -164,7 +164,7 @@ class ServingMonitor:
 
         use_tracking_uri()
         self.client = MlflowClient()
-        d, versions = self.deployment, self.deployment.get("versions") or []
+        d, versions = self.deployment, (self.deployment.get("versions") or self.deployment.get("resolved") or [])
         served = [f"{v.get('name')}/{v.get('version')}" for v in versions if v.get("name")]
         tags = {"mg.kind": "serving", "mg.deployment": str(d.get("name", "")), "mg.served_versions": json.dumps(served),
                 "mg.served_models": ",".join(map(str, d.get("served_model_names") or d.get("served_models") or [])),
@@ -259,7 +259,7 @@ class ServingMonitor:
             self.client.log_artifact(self.run_id, str(csv_path), "carbon")
         if self.previous is not None:
             run = self.client.get_run(self.run_id)
-            versions = self.deployment.get("versions") or []
+            versions = (self.deployment.get("versions") or self.deployment.get("resolved") or [])
             report = boamps.build_report(self.previous, run_id=self.run_id, stage="inference", tags=run.data.tags,
                                          extra={"requests": totals["requests"], "generated_tokens": totals["generated_tokens"],
                                                 "served_models": [f"{v.get('name')}/{v.get('version')}" for v in versions]})
