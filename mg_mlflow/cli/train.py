@@ -43,6 +43,9 @@ def train_cmd(config_file, set_args, progress, **options):
             ("loss", f"{result.metrics.get('loss_first', float('nan')):.4f} -> {result.metrics.get('loss_final', float('nan')):.4f}"),
             ("eval loss", f"{result.metrics['eval_loss_final']:.4f}" if "eval_loss_final" in result.metrics else None),
             ("model folder", result.model_dir), ("logged model", result.model_uri)]
+    curve = result.output_dir / "loss_curve.png"
+    if curve.is_file():
+        rows.append(("loss curve", f"{curve} (MLflow artifact plots/loss_curve.png)"))
     if result.registered_name:
         rows.append(("registered", f"models:/{result.registered_name}/{result.registered_version}"))
         if cfg.alias:
