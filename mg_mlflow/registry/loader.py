@@ -44,8 +44,22 @@ def load_weights(folder: str | Path, auto_cls, dtype: str | None = None):
         base, revision = resolve_base(ref)
         if revision:
             kwargs["revision"] = revision
+        if meta.get("base_quantization") == "bnb-4bit" and default_device() == "cuda":
+            import torch
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch_dtype or torch.bfloat16)
         return PeftModel.from_pretrained(auto_cls.from_pretrained(base, **kwargs), str(folder))
     return auto_cls.from_pretrained(str(folder), **kwargs)
+
+
+def default_device() -> str | None:
+    """``cuda`` when a GPU is there (also where Unsloth has patched the model classes), else CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None
 
 
 def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
@@ -54,6 +68,7 @@ def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | N
 
     model = load_weights(folder, AutoModelForCausalLM, dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    device = device or default_device()
     if device:
         model.to(device)
     model.eval()

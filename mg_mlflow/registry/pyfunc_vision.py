@@ -31,7 +31,10 @@ def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | 
     from mg_mlflow.registry.loader import load_weights
     from mg_mlflow.training.vision_collator import VisionProcessor
 
+    from mg_mlflow.registry.loader import default_device
+
     model = load_weights(folder, AutoModelForImageTextToText, dtype)
+    device = device or default_device()
     if device:
         model.to(device)
     return model.eval(), VisionProcessor.from_dir(Path(folder))
@@ -105,8 +108,9 @@ def probe_inputs(processor, image, question: str) -> dict:
     return processor.generation_inputs([load_image(image)], question)
 
 
-def max_logit_diff(reference, candidate, inputs: dict) -> float:
-    """Largest |logit difference| of two models on the same image + text inputs."""
+def max_logit_diff(reference, candidate, inputs: dict, scale: bool = False):
+    """Largest |logit difference| of two models on the same image + text inputs; with ``scale``,
+    (difference, max |reference logit|)."""
     import torch
 
     def logits(model):
@@ -117,7 +121,8 @@ def max_logit_diff(reference, candidate, inputs: dict) -> float:
             return model(**batch).logits.float().cpu()
 
     a, b = logits(reference), logits(candidate)
-    return float((a - b).abs().max()) if a.shape == b.shape else float("inf")
+    diff = float((a - b).abs().max()) if a.shape == b.shape else float("inf")
+    return (diff, float(a.abs().max())) if scale else diff
 
 
 def verify_vision(model_info, reference, inputs: dict, tolerance: float) -> float:

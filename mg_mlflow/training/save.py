@@ -42,7 +42,10 @@ def merge_adapter(adapter_dir: Path, base_ref: dict, out: Path, dtype, auto_cls,
 
         processor = AutoTokenizer.from_pretrained(str(adapter_dir))
     processor.save_pretrained(str(out))
-    return merged.eval()
+    from mg_mlflow.registry.loader import default_device
+
+    device = default_device()  # compare on the GPU the trained model is on (Unsloth's patched
+    return (merged.to(device) if device else merged).eval()  # forwards expect CUDA tensors)
 
 
 def save_adapter(model, processor, output_dir: Path, model_dir: Path, base_ref: dict, meta: dict,
@@ -74,10 +77,16 @@ def _sixteen_bit():
 def model_meta(modality: str, cfg, backend: str, run_id: str, base_ref: dict, train_data, **extra) -> dict:
     """The lineage written to ``mg_model.json`` (``kind``/``dtype`` are added by the save step)."""
     from mg_mlflow.tracking.params import git_commit
+    from mg_mlflow.training.backends import torch_dtype
 
-    return {"modality": modality, **extra, "backend": backend, "method": cfg.method, "run_id": run_id,
+    meta = {"modality": modality, **extra, "backend": backend, "method": cfg.method, "run_id": run_id,
             "base_model": base_ref, "dataset": train_data.source, "dataset_digest": train_data.digest,
-            "git_commit": git_commit(), "save_method": cfg.save_method}
+            "git_commit": git_commit(), "save_method": cfg.save_method,
+            # an adapter reloads onto its base in the dtype (and 4-bit form) it was trained against
+            "dtype": str(torch_dtype(cfg.dtype)).removeprefix("torch.")}
+    if cfg.method == "qlora":
+        meta["base_quantization"] = "bnb-4bit"
+    return meta
 
 
 def log_logit_diffs(summary: dict, verify_diff: float) -> None:
