@@ -145,18 +145,23 @@ def _base_type(cls: type, name: str) -> type:
     return hint
 
 
+def parse_bool(value: Any) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case) as a bool; ValueError otherwise."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
 def coerce(cls: type, name: str, value: Any) -> Any:
     """Turn a YAML value or a command-line string into the field's type (raises ValueError)."""
     typ = _base_type(cls, name)
     if typ is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected true/false, got {value!r}")
+        return parse_bool(value)
     if typ is int:
         if isinstance(value, bool):
             raise ValueError(f"expected an integer, got {value!r}")

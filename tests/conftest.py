@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,21 +38,28 @@ def session_home(tmp_path_factory) -> Path:
     return home
 
 
-@pytest.fixture()
-def mg_home(tmp_path, monkeypatch) -> Path:
-    """A fresh MG_HOME and sqlite store for one test."""
-    home = tmp_path / "mg-home"
-    home.mkdir()
-    monkeypatch.setenv("MG_HOME", str(home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    monkeypatch.setenv("HF_HOME", str(home / "hf"))
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+@contextmanager
+def isolated_home(home: Path):
+    """MG_HOME and a sqlite store in ``home`` while the block runs (env restored afterwards)."""
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    yield home
-    while mlflow.active_run():
-        mlflow.end_run()
+    home.mkdir(parents=True, exist_ok=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MG_HOME", str(home))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+        mp.setenv("HF_HOME", str(home / "hf"))
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+        yield home
+        while mlflow.active_run():
+            mlflow.end_run()
+
+
+@pytest.fixture()
+def mg_home(tmp_path) -> Path:
+    """A fresh MG_HOME and sqlite store for one test."""
+    with isolated_home(tmp_path / "mg-home") as home:
+        yield home
 
 
 @pytest.fixture(scope="session")

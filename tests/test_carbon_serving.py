@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, train_tiny
+from conftest import isolated_home, run_cli, train_tiny
 
 EXPERIMENT = "carbon-report"
 MODEL = "carbon-served"
@@ -58,15 +58,7 @@ print(count["n"], flush=True)
 
 @pytest.fixture(scope="module")
 def carbon_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("carbon-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MG_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        mp.setenv("HF_HOME", str(home / "hf"))
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        import mlflow
-
-        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    with isolated_home(tmp_path_factory.mktemp("carbon-home")) as home:
         yield home
 
 

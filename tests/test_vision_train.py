@@ -10,22 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, isolated_home
 from vision_support import COLOURS, SHAPES, shapes, tiny_vl, train_vl  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
 def vl_home(tmp_path_factory):
     """One sqlite store for this module's runs."""
-    home = tmp_path_factory.mktemp("vl-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MG_HOME", str(home))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-        mp.setenv("HF_HOME", str(home / "hf"))
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        import mlflow
-
-        mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    with isolated_home(tmp_path_factory.mktemp("vl-home")) as home:
         yield home
 
 

@@ -53,14 +53,13 @@ def _mlflow_errors():
 
 
 def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise MlflowException(f"config {key}={value!r}: expected true or false", error_code=INVALID_PARAMETER_VALUE)
+    from mg_mlflow.config import parse_bool
+
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise MlflowException(f"config {key}={value!r}: expected true or false",
+                              error_code=INVALID_PARAMETER_VALUE) from None
 
 
 def config_to_options(config: dict | None, name: str | None = None) -> dict[str, Any]:
@@ -210,8 +209,10 @@ def _one(record: dict, request: dict) -> dict:
             "completion_tokens": out.usage.completion_tokens if out.usage else None}
 
 
-def run_local(target, name, model_uri, flavor=None, config=None):
-    """Serve in the foreground until Ctrl-C (then the whole vLLM process group is stopped)."""
+def run_local(name, model_uri, flavor=None, config=None):
+    """Serve in the foreground until Ctrl-C or SIGTERM (then the whole vLLM process group is stopped).
+
+    MLflow calls ``plugin.run_local(name, model_uri, flavor, config)``: no target argument."""
     from mg_mlflow.deploy.manager import deploy
     from mg_mlflow.deploy.plan import DeployOptions
 
