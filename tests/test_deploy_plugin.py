@@ -104,3 +104,115 @@ def test_killed_server_shows_dead_then_delete_cleans_up(merged_deployment):
     assert res.returncode == 0, res.stderr
     assert group_alive(info["pid"]) == []  # orphaned engine processes are gone too
     assert NAME not in {d["name"] for d in client.list_deployments()}
+
+
+def _completion(port: int, model: str, prompt: str = "Hello", max_tokens: int = 4) -> dict:
+    import urllib.request
+
+    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def merged_v2(trained_merged, tiny_model, sample_data):
+    """A second version of tiny-merged (no alias), so an update has somewhere to go."""
+    from conftest import train_tiny
+
+    result = train_tiny(tiny_model, sample_data, register_as="tiny-merged", save_method="merged_16bit",
+                        max_steps=10)
+    assert result.registered_version == str(int(trained_merged.registered_version) + 1)
+    return trained_merged.registered_version, result.registered_version
+
+
+@pytest.mark.vllm
+def test_update_to_a_new_version(merged_v2):
+    from mlflow.deployments import get_deploy_client
+
+    old_version, new_version = merged_v2
+    name = "merged-update"
+    stop_everything()  # one vLLM server at a time
+    client = get_deploy_client("vllm")
+    try:
+        res = _mlflow("create", "-t", "vllm", "--name", name, "-m", f"models:/tiny-merged/{old_version}",
+                      "-C", f"port={free_port()}", "-C", "max_model_len=512", "-C", "carbon=false",
+                      "-C", "health_timeout=300")
+        assert res.returncode == 0, res.stdout + res.stderr
+        old = client.get_deployment(name)
+        assert old["status"] == "running" and old["models"][0]["version"] == old_version
+
+        res = _mlflow("update", "-t", "vllm", "--name", name, "-m", f"models:/tiny-merged/{new_version}")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "is updated" in res.stdout
+
+        info = client.get_deployment(name)
+        assert info["status"] == "running"
+        assert info["models"][0]["version"] == new_version
+        assert info["uris"] == [f"models:/tiny-merged/{new_version}"]
+        assert info["port"] == old["port"] and info["pid"] != old["pid"]
+        assert group_alive(old["pid"]) == []  # the old server's whole group is gone
+        out = _completion(info["port"], info["models"][0]["served_name"])
+        assert out["choices"][0]["text"] and out["usage"]["completion_tokens"] > 0
+        assert client.predict(name, {"prompt": "Hello", "max_tokens": 4})["predictions"][0]["text"]
+
+        res = _mlflow("delete", "-t", "vllm", "--name", name)
+        assert res.returncode == 0, res.stderr
+        assert group_alive(info["pid"]) == []
+        assert name not in {d["name"] for d in client.list_deployments()}
+    finally:
+        stop_everything()
+
+
+@pytest.mark.vllm
+def test_run_local_serves_until_interrupted(trained_merged, tmp_path):
+    import time
+    import urllib.error
+    import urllib.request
+
+    from mg_mlflow.deploy import state
+
+    stop_everything()  # one vLLM server at a time
+    port = free_port()
+    log = tmp_path / "run-local.log"
+    record = None
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([MLFLOW, "deployments", "run-local", "-t", "vllm", "--name", "dev",
+                                 "-m", "models:/tiny-merged@prod", "-C", f"port={port}",
+                                 "-C", "max_model_len=512", "-C", "carbon=false"],
+                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        healthy = False
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    healthy = resp.status == 200
+            except (urllib.error.URLError, OSError):
+                pass
+            if healthy:
+                break
+            time.sleep(1)
+        assert healthy, f"run-local never became healthy (rc={proc.poll()}):\n{log.read_text()[-3000:]}"
+        record = state.read_record("dev")
+        assert record is not None and record["foreground"] and record["port"] == port
+        assert "healthy at" in log.read_text()
+
+        out = _completion(port, "tiny-merged")
+        assert out["choices"][0]["text"] and out["usage"]["completion_tokens"] > 0
+
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert group_alive(record["pgid"]) == []  # no vLLM process of its group is left
+        assert state.read_record("dev") is None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        if record is not None:
+            from mg_mlflow.deploy.supervisor import stop_group
+
+            stop_group(int(record["pgid"]), grace=5.0)
+        stop_everything()
