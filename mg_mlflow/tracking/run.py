@@ -20,9 +20,9 @@ def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri[len("sqlite:///"):])
         return (db.parent.absolute() / "mlartifacts" / experiment).as_uri()
-    if tracking_uri.startswith(("sqlite:", "postgresql", "mysql", "mssql")):
-        return (mg_home() / "mlartifacts" / experiment).as_uri() if tracking_uri.startswith("sqlite") else None
-    return None
+    if tracking_uri.startswith("sqlite:"):  # in-memory or relative forms
+        return (mg_home() / "mlartifacts" / experiment).as_uri()
+    return None  # a server (or database store) decides where artifacts go
 
 
 def ensure_experiment(name: str) -> str:

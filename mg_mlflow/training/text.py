@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
 from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 
 
 @dataclass
@@ -43,14 +44,10 @@ def resolve_base_model(base_model: str) -> tuple[str, str | None]:
     path = Path(base_model).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            from mg_mlflow.errors import MGError
-
             raise MGError(f"base model folder {path} has no config.json",
                           hint="point base_model at a Hugging Face model folder")
         return str(path.resolve()), None
     if base_model.startswith((".", "/", "~")):
-        from mg_mlflow.errors import MGError
-
         raise MGError(f"base model folder {base_model} does not exist",
                       hint="give an existing folder, a hub id, or a models:/ URI; "
                            "`model-garden dev tiny-model DIR` builds a tiny one")
@@ -106,9 +103,7 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
                 eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                 processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
             if len(trainer.train_dataset) == 0:
-                from mg_mlflow.errors import MGError
-
-                raise MGError(f"no training example is left after tokenization: every one of the "
+                    raise MGError(f"no training example is left after tokenization: every one of the "
                               f"{len(rows)} records is longer than max_seq_length={cfg.max_seq_length} "
                               "before its answer starts",
                               hint="raise max_seq_length, or check lengths with `model-garden data validate "
