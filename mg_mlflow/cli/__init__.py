@@ -27,7 +27,8 @@ def cli() -> None:
     """
 
 
-OPTIONAL_COMMANDS = ("deploy", "carbon", "vision")  # modules that may land later
+# Command modules registered when present (each has a ``register(group)``).
+OPTIONAL_COMMANDS = ("deploy", "carbon", "vision", "evaluate", "compare", "sweep", "promote", "server", "jobs")
 
 
 def _register() -> None:
