@@ -160,7 +160,7 @@ def test_failed_verification_registers_nothing(mg_home, tiny_model, sample_data)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mg_mlflow.errors import MGError
-    from mg_mlflow.registry.publish import log_text_model, verify
+    from mg_mlflow.registry.publish import log_text_model, text_probe, verify
     from mg_mlflow.tracking.run import ensure_experiment
 
     result = train_tiny(tiny_model, sample_data, register_as="none", max_steps=20)
@@ -171,5 +171,5 @@ def test_failed_verification_registers_nothing(mg_home, tiny_model, sample_data)
     with mlflow.start_run(experiment_id=ensure_experiment("verify")):
         info = log_text_model(result.model_dir)
         with pytest.raises(MGError, match="does not reproduce the trained model"):
-            verify(info, wrong, tok, 1e-3)
+            verify(info, wrong, text_probe(tok), 1e-3)
     assert client.search_registered_models() == []

@@ -1,4 +1,5 @@
-"""``model-garden train``: one text fine-tuning run, tracked and registered in MLflow."""
+"""``model-garden train`` and ``model-garden train-vision``: two thin front ends over the one training
+path (:func:`mg_mlflow.training.recipe.train`); the config class picks the modality."""
 
 from __future__ import annotations
 
@@ -6,20 +7,12 @@ import click
 
 from mg_mlflow.cli.base import config_options, console, print_kv
 from mg_mlflow.config import TrainConfig
+from mg_mlflow.vision_config import VisionTrainConfig
 
+TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
 
-@click.command("train", context_settings={"max_content_width": 110})
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML recipe whose keys are the option names below (e.g. projects/tiny-lora/config.yaml)")
-@click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
-              help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")
-@click.option("--progress/--no-progress", default=None, help="live progress bar (default: when on a terminal)")
-@config_options(TrainConfig)
-def train_cmd(config_file, set_args, progress, **options):
-    """Fine-tune a text model, log it to MLflow and register the result.
-
-    Precedence: defaults < --config YAML < options < --set. Every problem in the configuration and
-    every bad dataset record is reported before a model is loaded.
+    Precedence: defaults < --config YAML < options < --set / --param. Every problem in the configuration
+    and every bad dataset record is reported before a model is loaded.
 
     \b
     Examples:
@@ -30,18 +23,56 @@ def train_cmd(config_file, set_args, progress, **options):
 
     Under `mlflow run . -e train`, the run MLflow created (MLFLOW_RUN_ID) is used.
     """
-    from mg_mlflow.config import build_config
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.training.text import train_text
 
-    setup_env()
-    cfg = build_config(TrainConfig, config_file, options, set_args)
-    result = train_text(cfg, show_progress=progress)
+VISION_HELP = """Fine-tune a vision-language model (Qwen2.5-VL family), log it to MLflow and register it.
+
+    Records are {"text", "image", "response"} or chat messages with image parts; image paths are
+    absolute or relative to the dataset file. Every bad record and every missing or unreadable image
+    is reported as file:line before a model is loaded. Same path, options and MLflow record as
+    `model-garden train`, plus image options and sample answers before/after training.
+
+    \b
+    Examples:
+      model-garden dev tiny-model --vision ./tiny-vl && model-garden data sample --vision shapes/data.jsonl
+      model-garden train-vision --base-model ./tiny-vl --dataset shapes/data.jsonl --max-steps 60
+      model-garden train-vision --base-model Qwen/Qwen2.5-VL-3B-Instruct --dataset data.jsonl \\
+          --max-pixels 200704 --finetune-vision-layers --alias champion
+
+    Under `mlflow run . -e train_vision`, the run MLflow created (MLFLOW_RUN_ID) is used.
+    """
+
+
+def train_options(cls: type, example_yaml: str):
+    """The options every training front end takes (train, train-vision, sweep, submit)."""
+    def decorate(func):
+        func = config_options(cls)(func)
+        func = click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                            help="like --set, but an empty VALUE means 'not given' (what MLproject "
+                                 "entry points pass, so a recipe's values are kept)")(func)
+        func = click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
+                            help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")(func)
+        return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+                            help=f"YAML recipe whose keys are the option names below (e.g. {example_yaml})")(func)
+    return decorate
+
+
+def config_from_cli(cls: type, config_file, set_args, params, options):
+    """The validated config: defaults < YAML < options < --set and given --param values."""
+    from mg_mlflow.config import build_config
+
+    given = tuple(p for p in params if "=" not in p or p.split("=", 1)[1] != "")
+    return build_config(cls, config_file, options, (*set_args, *given))
+
+
+def _summary_rows(result, cfg) -> list[tuple[str, object]]:
     import mlflow
 
+    m = result.metrics
     rows = [("run id", result.run_id), ("tracking URI", mlflow.get_tracking_uri()),
-            ("loss", f"{result.metrics.get('loss_first', float('nan')):.4f} -> {result.metrics.get('loss_final', float('nan')):.4f}"),
-            ("eval loss", f"{result.metrics['eval_loss_final']:.4f}" if "eval_loss_final" in result.metrics else None),
+            ("loss", f"{m.get('loss_first', float('nan')):.4f} -> {m.get('loss_final', float('nan')):.4f}"),
+            ("eval loss", f"{m['eval_loss_final']:.4f}" if "eval_loss_final" in m else None),
+            ("sample answers right", f"{m['samples/exact_match_before']:.0%} -> {m['samples/exact_match_after']:.0%}"
+             if "samples/exact_match_after" in m else None),
             ("model folder", result.model_dir), ("logged model", result.model_uri)]
     curve = result.output_dir / "loss_curve.png"
     if curve.is_file():
@@ -50,12 +81,34 @@ def train_cmd(config_file, set_args, progress, **options):
         rows.append(("registered", f"models:/{result.registered_name}/{result.registered_version}"))
         if cfg.alias:
             rows.append(("alias", f"models:/{result.registered_name}@{cfg.alias}"))
-    for key in ("carbon/emissions_kg", "carbon/energy_kwh"):
-        if key in result.metrics:
-            rows.append((key, f"{result.metrics[key]:.3g}"))
-    print_kv("training finished", rows)
-    console().print("Compare runs in the MLflow UI: [bold]model-garden ui[/]")
+    for key, unit in (("carbon/total_emissions_kg", "kg CO2eq"), ("carbon/total_energy_kwh", "kWh")):
+        if key in m:
+            rows.append((key, f"{m[key]:.3g} {unit}"))
+    return rows
+
+
+def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) -> click.Command:
+    @click.command(name, help=help_text, context_settings={"max_content_width": 110})
+    @click.option("--progress/--no-progress", default=None, help="live progress bar (default: when on a terminal)")
+    @train_options(cls, example_yaml)
+    def command(config_file, set_args, params, progress, **options):
+        from mg_mlflow.env import setup_env
+        from mg_mlflow.training.recipe import train
+
+        setup_env()
+        cfg = config_from_cli(cls, config_file, set_args, params, options)
+        result = train(cfg, show_progress=progress)
+        print_kv(f"{name} finished", _summary_rows(result, cfg))
+        console().print("Compare runs in the MLflow UI: [bold]model-garden ui[/]")
+
+    return command
+
+
+train_cmd = make_train_command("train", TrainConfig, TEXT_HELP, "projects/tiny-lora/config.yaml")
+train_vision_cmd = make_train_command("train-vision", VisionTrainConfig, VISION_HELP,
+                                      "projects/tiny-vision/config.yaml")
 
 
 def register(group: click.Group) -> None:
     group.add_command(train_cmd)
+    group.add_command(train_vision_cmd)

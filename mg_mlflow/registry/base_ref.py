@@ -28,23 +28,19 @@ def default_registered_name(base_model: str, suffix: str = "") -> str:
     return f"{stem}-{suffix}" if suffix else stem
 
 
-def hub_revision(model_id: str) -> str:
-    """The commit of a hub model in the local cache, else ``main``."""
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        for repo in scan_cache_dir().repos:
-            if repo.repo_id == model_id and repo.repo_type == "model":
-                revs = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
-                if revs:
-                    return revs[0].commit_hash
-    except Exception:  # noqa: BLE001 - no cache yet
-        pass
-    return "main"
+def loaded_revision(model) -> str | None:
+    """The hub commit ``from_pretrained`` actually loaded ``model`` from (None for local folders)."""
+    for config in (getattr(model, "config", None), getattr(getattr(model, "base_model", None), "config", None)):
+        commit = getattr(config, "_commit_hash", None)
+        if commit:
+            return commit
+    return None
 
 
-def make_base_reference(base_model: str) -> dict:
-    """Turn what the user trained from into a reference any machine with the registry resolves."""
+def make_base_reference(base_model: str, modality: str = "text", revision: str | None = None) -> dict:
+    """Turn what the user trained from into a reference any machine with the registry resolves.
+    A local folder is registered once as a ``modality`` base; a hub id is pinned to ``revision``,
+    the commit that was actually loaded (``main`` when unknown)."""
     if base_model.startswith("models:/"):
         from mg_mlflow.registry.resolve import registry_version
 
@@ -54,8 +50,18 @@ def make_base_reference(base_model: str) -> dict:
     if path.is_dir():
         from mg_mlflow.registry.publish import register_base_folder
 
-        return {"kind": "registry", "uri": register_base_folder(path)}
-    return {"kind": "hub", "id": base_model, "revision": hub_revision(base_model)}
+        return {"kind": "registry", "uri": register_base_folder(path, modality)}
+    return {"kind": "hub", "id": base_model, "revision": revision or "main"}
+
+
+def local_base_reference(base_model: str, revision: str | None = None) -> dict:
+    """A reference for a model saved locally only (never registered): no registry look-ups."""
+    if base_model.startswith("models:/"):
+        return {"kind": "registry", "uri": base_model}
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return {"kind": "path", "path": str(path.resolve())}
+    return {"kind": "hub", "id": base_model, "revision": revision or "main"}
 
 
 def resolve_base(ref: dict) -> tuple[str, str | None]:

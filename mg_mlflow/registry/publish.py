@@ -35,16 +35,27 @@ def package_dir() -> str:
     return str(Path(__file__).resolve().parents[1])
 
 
-def max_logit_diff(reference, candidate, tokenizer, text: str = PROBE_TEXT, scale: bool = False):
-    """Largest |logit difference| on a probe text; with ``scale``, (difference, max |reference logit|)."""
+def text_probe(tokenizer, text: str = PROBE_TEXT) -> dict:
+    """Model inputs for the text probe."""
+    return dict(tokenizer(text, return_tensors="pt"))
+
+
+def model_logits(model, inputs: dict):
+    """Logits (float32, on the CPU) of ``model`` on probe ``inputs`` (text or image + text)."""
     import torch
 
-    enc = tokenizer(text, return_tensors="pt")
+    model.eval()
+    batch = {k: v.to(model.device) for k, v in inputs.items()}
+    if "pixel_values" in batch:
+        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     with torch.no_grad():
-        a = reference(**enc.to(reference.device)).logits.float().cpu()
-        b = candidate(**enc.to(candidate.device)).logits.float().cpu()
-    diff = float((a - b).abs().max()) if a.shape == b.shape else float("inf")
-    return (diff, float(a.abs().max())) if scale else diff
+        return model(**batch).logits.float().cpu()
+
+
+def logit_gap(reference_logits, logits) -> tuple[float, float]:
+    """(max |difference|, max |reference logit|); an infinite difference when the shapes differ."""
+    diff = float((reference_logits - logits).abs().max()) if reference_logits.shape == logits.shape else float("inf")
+    return diff, float(reference_logits.abs().max())
 
 
 def is_16bit(model) -> bool:
@@ -53,10 +64,20 @@ def is_16bit(model) -> bool:
     return any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters())
 
 
-def effective_tolerance(reference, tolerance: float, logit_scale: float) -> float:
-    """``tolerance`` for float32 models; for 16-bit ones at least 2% of the largest logit, since
-    bfloat16 keeps ~3 significant digits and kernels (fused vs eager) round differently."""
-    return max(tolerance, 0.02 * logit_scale) if is_16bit(reference) else tolerance
+def effective_tolerance(tolerance: float, logit_scale: float, sixteen_bit: bool) -> float:
+    """``tolerance`` between float32 models; where either side is 16-bit, at least 2% of the largest
+    logit, since bfloat16 keeps ~3 significant digits and kernels (fused vs eager) round differently."""
+    return max(tolerance, 0.02 * logit_scale) if sixteen_bit else tolerance
+
+
+def check_gap(gap: tuple[float, float], tolerance: float, sixteen_bit: bool, what: str) -> float:
+    """Raise (nothing registered) when ``gap`` is over the tolerance rule; return the difference."""
+    diff, scale = gap
+    limit = effective_tolerance(tolerance, scale, sixteen_bit)
+    if not diff <= limit:
+        raise MGError(f"{what}: max |logit diff| {diff:.3g} > tolerance {limit:g}; nothing was registered",
+                      hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
+    return diff
 
 
 @contextmanager
@@ -95,20 +116,18 @@ def log_text_model(model_dir: Path, name: str = "model", python_model=None):
     return log_model_dir(model_dir, name, python_model or TextModel(), signature())
 
 
-def verify(model_info, reference, probe, tolerance: float, compare=None, what: str = "model") -> float:
-    """Reload through ``models:/m-<id>`` and compare logits with ``reference`` on ``probe`` (a tokenizer
-    for ``max_logit_diff``, or whatever ``compare`` takes); raise (nothing registered) if they differ."""
+def verify(model_info, reference, inputs: dict, tolerance: float, what: str = "model") -> float:
+    """Reload through ``models:/m-<id>`` and compare its logits on probe ``inputs`` with ``reference``
+    (a model, or its logits); raise (nothing registered) if they differ beyond the tolerance rule."""
     import mlflow
 
-    loaded = mlflow.pyfunc.load_model(model_info.model_uri)
-    inner = loaded.unwrap_python_model()
-    diff, logit_scale = (compare or max_logit_diff)(reference, inner.model, probe, scale=True)
-    tolerance = effective_tolerance(reference, tolerance, logit_scale)
-    if not diff <= tolerance:
-        raise MGError(f"the logged {what} does not reproduce the trained model: max |logit diff| "
-                      f"{diff:.3g} > tolerance {tolerance:g}; nothing was registered",
-                      hint="this is a bug or a lossy save; raise verify_tolerance only if you know why")
-    return diff
+    loaded = mlflow.pyfunc.load_model(model_info.model_uri).unwrap_python_model().model
+    sixteen_bit = is_16bit(loaded)
+    if not hasattr(reference, "shape"):
+        sixteen_bit = sixteen_bit or is_16bit(reference)
+        reference = model_logits(reference, inputs)
+    return check_gap(logit_gap(reference, model_logits(loaded, inputs)), tolerance, sixteen_bit,
+                     f"the logged {what} does not reproduce the trained model")
 
 
 def register(model_uri: str, name: str, tags: dict[str, Any], alias: str = ""):
@@ -129,13 +148,13 @@ def _log_verified_text_base(folder: Path):
 
     reference, tokenizer = load_model_dir(folder)
     info = log_text_model(folder, name="base_model")
-    verify(info, reference, tokenizer, 1e-5)
+    verify(info, reference, text_probe(tokenizer), 1e-5, what="base model")
     return info
 
 
-def register_base_folder(folder: Path, modality: str = "text", log_verified=None) -> str:
+def register_base_folder(folder: Path, modality: str = "text") -> str:
     """Register a local base model folder once (keyed by content digest); return models:/NAME/V.
-    ``log_verified(folder)`` logs it and checks the reload (default: as a text model)."""
+    It is logged as a ``modality`` model and its reload checked before it is registered."""
     import mlflow
 
     from mg_mlflow.registry.base_ref import default_registered_name
@@ -148,7 +167,11 @@ def register_base_folder(folder: Path, modality: str = "text", log_verified=None
     for mv in client.search_model_versions(f"name='{name}'"):
         if (mv.tags or {}).get("mg.content_digest") == digest:
             return f"models:/{name}/{mv.version}"
-    info = (log_verified or _log_verified_text_base)(folder)
+    if modality == "vision":
+        from mg_mlflow.registry.pyfunc_vision import log_verified_vision_base as log_verified
+    else:
+        log_verified = _log_verified_text_base
+    info = log_verified(folder)
     mv = register(info.model_uri, name, {"mg.content_digest": digest, "mg.save_method": "base",
                                           "mg.source_folder_name": folder.name, "mg.modality": modality})
     return f"models:/{name}/{mv.version}"

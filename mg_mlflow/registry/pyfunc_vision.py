@@ -29,7 +29,7 @@ def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | 
     from transformers import AutoModelForImageTextToText
 
     from mg_mlflow.registry.loader import load_weights
-    from mg_mlflow.training.vision_collator import VisionProcessor
+    from mg_mlflow.data.vision_processor import VisionProcessor
 
     from mg_mlflow.registry.loader import default_device
 
@@ -72,7 +72,7 @@ class VisionModel(mlflow.pyfunc.PythonModel):
         self.model, self.processor = load_vision_dir(context.artifacts["model_dir"])
 
     def answer(self, image, question: str, params: dict | None = None) -> str:
-        from mg_mlflow.training.vision_collator import generate_answer
+        from mg_mlflow.data.vision_processor import generate_answer
 
         p = {**GEN_PARAMS, **(params or {})}
         return generate_answer(self.model, self.processor, image, question, int(p["max_new_tokens"]),
@@ -103,30 +103,18 @@ def log_vision_model(model_dir: Path, name: str = "model"):
 
 
 def probe_inputs(processor, image, question: str) -> dict:
-    from mg_mlflow.training.vision_collator import load_image
+    from mg_mlflow.data.vision_processor import load_image
 
     return processor.generation_inputs([load_image(image)], question)
 
 
-def max_logit_diff(reference, candidate, inputs: dict, scale: bool = False):
-    """Largest |logit difference| of two models on the same image + text inputs; with ``scale``,
-    (difference, max |reference logit|)."""
-    import torch
-
-    def logits(model):
-        model.eval()
-        batch = {k: v.to(model.device) for k, v in inputs.items()}
-        batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
-        with torch.no_grad():
-            return model(**batch).logits.float().cpu()
-
-    a, b = logits(reference), logits(candidate)
-    diff = float((a - b).abs().max()) if a.shape == b.shape else float("inf")
-    return (diff, float(a.abs().max())) if scale else diff
-
-
-def verify_vision(model_info, reference, inputs: dict, tolerance: float) -> float:
-    """Reload through ``models:/m-<id>`` and compare logits; raise (nothing registered) if they differ."""
+def log_verified_vision_base(folder: Path):
+    """Log a vision base folder as ``base_model`` and check its reload on a drawn-shape probe."""
+    from mg_mlflow.data.vision_sample import draw_shape
     from mg_mlflow.registry.publish import verify
 
-    return verify(model_info, reference, inputs, tolerance, compare=max_logit_diff, what="vision model")
+    reference, processor = load_vision_dir(folder)
+    info = log_vision_model(folder, name="base_model")
+    verify(info, reference, probe_inputs(processor, draw_shape("red", "circle"), "What is this?"), 1e-5,
+           what="vision base model")
+    return info

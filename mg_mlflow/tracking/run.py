@@ -7,6 +7,7 @@ an exception, and KILLED on Ctrl-C.
 from __future__ import annotations
 
 import os
+import re
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,8 +26,14 @@ def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
     return None  # a server (or database store) decides where artifacts go
 
 
+# How MLflow classifies training experiments: its UI shows them as "Model training", not GenAI traces.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+GENERATED_NAME = re.compile(r"[a-z]+-[a-z]+-\d+")  # MLflow's own run names, e.g. nebulous-pug-395
+
+
 def ensure_experiment(name: str) -> str:
-    """Return the id of experiment ``name``, creating it with a sensible artifact location."""
+    """Return the id of experiment ``name``, creating it with a sensible artifact location and the
+    training-experiment kind."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
@@ -34,8 +41,19 @@ def ensure_experiment(name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             mlflow.tracking.MlflowClient().restore_experiment(exp.experiment_id)
+        mark_training_experiment(exp.experiment_id, exp.tags)
         return exp.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location_for(uri, name))
+    return mlflow.create_experiment(name, artifact_location=artifact_location_for(uri, name), tags=EXPERIMENT_KIND)
+
+
+def mark_training_experiment(experiment_id: str, tags: dict | None = None) -> None:
+    """Tag an experiment as a training experiment unless it already has a kind."""
+    import mlflow
+
+    if tags is None:
+        tags = mlflow.tracking.MlflowClient().get_experiment(experiment_id).tags
+    if "mlflow.experimentKind" not in (tags or {}):
+        mlflow.tracking.MlflowClient().set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
 
 
 def use_tracking_uri() -> str:
@@ -48,8 +66,11 @@ def use_tracking_uri() -> str:
 
 @contextmanager
 def run_context(experiment: str, run_name: str = "", system_metrics: bool = True,
-                tags: dict | None = None) -> Iterator["object"]:
-    """Start (or attach to) the MLflow run of a job and end it with the right status."""
+                tags: dict | None = None, name_given: bool = True) -> Iterator["object"]:
+    """Start (or attach to) the MLflow run of a job and end it with the right status.
+
+    An attached run (``mlflow run``) keeps MLflow's source tags; it takes ``run_name`` when the user
+    gave it (``name_given``) or when its current name is one MLflow generated."""
     import mlflow
 
     use_tracking_uri()
@@ -60,8 +81,16 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
     else:
         exp_id = ensure_experiment(experiment)
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=tags, **kwargs)
-    if env_run and tags:
-        mlflow.set_tags(tags)
+    if env_run:
+        own = {k: v for k, v in (tags or {}).items() if not k.startswith("mlflow.source.")}
+        if run_name and (name_given or GENERATED_NAME.fullmatch(run.info.run_name or "")):
+            own["mlflow.runName"] = run_name
+        if own:
+            mlflow.set_tags(own)
+    try:
+        mark_training_experiment(run.info.experiment_id)
+    except Exception:  # noqa: BLE001 - a UI nicety never fails a run (e.g. no permission on a server)
+        pass
     try:
         yield run
     except KeyboardInterrupt:

@@ -1,21 +1,67 @@
-"""Steps the text and vision recipes share: run setup, trainer arguments, callbacks, summary metrics.
-
-Each recipe (:mod:`mg_mlflow.training.text`, :mod:`mg_mlflow.training.vision`) still reads top to
-bottom; these helpers only hold the steps that are the same in both, so both runs keep the same
-MLflow record (params, tags, dataset inputs, metric names, ``plots/loss_curve.png``).
+"""The steps of :mod:`mg_mlflow.training.recipe`, written once for every modality: base-model
+resolution, run naming and tags, trainer arguments, callbacks, summary metrics, the loss curve.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from pathlib import Path
 
 from mg_mlflow.config import to_dict
 from mg_mlflow.env import mg_home
+from mg_mlflow.errors import MGError
+
+
+def resolve_base_model(base_model: str) -> tuple[str, str | None]:
+    """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id.
+    Runs before any MLflow run exists, so a missing folder leaves no run behind."""
+    if base_model.startswith("models:/"):
+        from mg_mlflow.registry.resolve import resolve_model_uri
+
+        return str(resolve_model_uri(base_model).local_dir), None
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MGError(f"base model folder {path} has no config.json",
+                          hint="point base_model at a Hugging Face model folder")
+        return str(path.resolve()), None
+    if base_model.startswith((".", "/", "~")):
+        raise MGError(f"base model folder {base_model} does not exist",
+                      hint="give an existing folder, a hub id, or a models:/ URI; "
+                           "`model-garden dev tiny-model DIR` builds a tiny one")
+    return base_model, None
+
+
+def no_answer_left(records: int, max_seq_length: int) -> MGError:
+    return MGError(f"no training example is left after tokenization: every one of the {records} records "
+                   f"is longer than max_seq_length={max_seq_length} before its answer starts",
+                   hint="raise max_seq_length, or check lengths with `model-garden data validate FILE "
+                        "--base-model MODEL --max-seq-length N`")
 
 
 def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
     return {"mg.modality": modality, "mg.backend": backend, "mg.method": method}
+
+
+def run_name(cfg, modality: str, backend: str) -> str:
+    """What the run trained, e.g. ``tiny lora r16 lr0.003 (hf)``; the user's name when given."""
+    if cfg.run_name:
+        return cfg.run_name
+    stem = re.sub(r"[@:]", " ", cfg.base_model.rstrip("/")).split("/")[-1] or "model"
+    method = cfg.method if cfg.method == "full" else f"{cfg.method} r{cfg.lora_r}"
+    kind = " vision" if modality == "vision" else ""
+    return f"{stem}{kind} {method} lr{cfg.learning_rate:g} ({backend})"
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """``mlflow.source.*`` naming the command (and recipe file) instead of ``__main__``."""
+    argv = sys.argv[1:]
+    source = f"model-garden {command}"
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        source += f" --config {argv[argv.index('--config') + 1]}"
+    return {"mlflow.source.name": source[:500], "mlflow.source.type": "LOCAL"}
 
 
 def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data) -> tuple[str, Path]:
@@ -84,6 +130,20 @@ def timed_train(trainer, evaluate_after: bool) -> float:
     if evaluate_after:
         trainer.evaluate()
     return train_seconds
+
+
+def train_summary(trainer, metrics_cb, carbon_cb, train_seconds: float) -> dict[str, float]:
+    """The run's summary metrics, the same keys for every modality and backend."""
+    import torch
+
+    summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens,
+               "train_steps": float(trainer.state.global_step)}
+    if metrics_cb.step_time_median() is not None:
+        summary["step_time_median_s"] = metrics_cb.step_time_median()
+    if torch.cuda.is_available():
+        summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        summary["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+    return add_loss_and_carbon(summary, metrics_cb, carbon_cb)
 
 
 def add_loss_and_carbon(summary: dict, metrics_cb, carbon_cb) -> dict:

@@ -1,7 +1,12 @@
-"""Save the trained model (adapter or merged 16-bit), log it, verify the reload, register it.
+"""Save the trained model (adapter, merged 16-bit or full 16-bit), log it, verify it, register it:
+one path for every modality (the modality strategy supplies the probe, the model class and the
+MLflow flavour).
 
-The steps both recipes share (adapter folder, merge, lineage, logging the logit diffs, version
-tags and registration) live here; :mod:`mg_mlflow.training.vision_save` reuses them.
+Verification is against the TRAINED model: its probe logits are taken before anything is saved.
+What was saved (the adapter, the merged copy, the 16-bit cast) must reproduce them within the
+tolerance rule (``drift``: ``merge_max_logit_diff`` / ``save_max_logit_diff``), and the logged
+model, reloaded through ``models:/m-<id>``, must reproduce the saved one (``verify_max_logit_diff``).
+Nothing is registered unless both hold.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from mg_mlflow.config import TrainConfig
+from mg_mlflow.training.result import TrainResult
 
 
 def write_adapter(model, processor, out: Path, base_ref: dict) -> None:
@@ -74,6 +79,19 @@ def _sixteen_bit():
     return torch.bfloat16
 
 
+def save_full(model, processor, model_dir: Path, meta: dict):
+    """Full fine-tuning: the weights cast to 16-bit in place (parameters only: buffers such as
+    RoPE's inv_freq stay float32, exactly as a fresh load recomputes them) and saved."""
+    dtype = _sixteen_bit()
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    model.config.dtype = dtype
+    model.save_pretrained(str(model_dir))
+    processor.save_pretrained(str(model_dir))
+    meta["kind"], meta["dtype"] = "merged", str(dtype).removeprefix("torch.")
+    return model
+
+
 def model_meta(modality: str, cfg, backend: str, run_id: str, base_ref: dict, train_data, **extra) -> dict:
     """The lineage written to ``mg_model.json`` (``kind``/``dtype`` are added by the save step)."""
     from mg_mlflow.tracking.params import git_commit
@@ -109,6 +127,7 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
     tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
             "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": meta["backend"],
             "mg.modality": meta["modality"], **extra_tags, "mg.method": cfg.method,
+            **({"mg.family": meta["family"]} if meta.get("family") else {}),
             "mg.quantization": "bnb-4bit (training only)" if cfg.method == "qlora" else "none",
             "mg.run_id": meta["run_id"], "mg.dataset_digest": meta["dataset_digest"],
             "mg.git_commit": meta["git_commit"],
@@ -116,52 +135,55 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
     tags.update({f"mg.{k.replace('/', '.')}": v for k, v in summary.items() if k.startswith("carbon/")})
     mv = register(model_uri, name, tags, cfg.alias)
+    from mg_mlflow.registry.model_card import describe_version
+
+    describe_version(name, str(mv.version), tags, summary)
     mlflow.set_tags({"mg.registered_model": name, "mg.registered_version": str(mv.version)})
     result.registered_name, result.registered_version = name, str(mv.version)
     return result
 
 
-def save_and_register(cfg: TrainConfig, trainer, tokenizer, backend: str, output_dir: Path,
-                      train_data, summary: dict):
+def save_and_register(cfg, modality, model, processor, backend: str, output_dir: Path, train_data,
+                      eval_data, summary: dict) -> TrainResult:
+    """Save ``model`` to ``output_dir/model``; unless ``register_as=none`` (saved locally only:
+    nothing logged or registered), log it, verify it against the trained model and register it."""
     import mlflow
-    from transformers import AutoModelForCausalLM
 
-    from mg_mlflow.registry.base_ref import make_base_reference
+    from mg_mlflow.registry.base_ref import loaded_revision, local_base_reference, make_base_reference
     from mg_mlflow.registry.metadata import write_metadata
-    from mg_mlflow.registry.publish import log_text_model, max_logit_diff, verify
-    from mg_mlflow.training.text import TrainResult
+    from mg_mlflow.registry.publish import check_gap, logit_gap, model_logits, verify
 
     run_id = mlflow.active_run().info.run_id
     model_dir = output_dir / "model"
     shutil.rmtree(model_dir, ignore_errors=True)
-    trained = trainer.model
-    trained.eval()
-    if cfg.registers:
-        base_ref = make_base_reference(cfg.base_model)
-    else:  # saved locally only (benchmarks, experiments): no registry lookups or uploads
-        path = Path(cfg.base_model).expanduser()
-        base_ref = ({"kind": "path", "path": str(path.resolve())} if path.is_dir()
-                    else {"kind": "hub", "id": cfg.base_model, "revision": "main"})
-    meta = model_meta("text", cfg, backend, run_id, base_ref, train_data)
+    model.eval()
+    probe = modality.probe(processor, train_data, eval_data)
+    trained_logits = model_logits(model, probe)  # the reference everything saved is held to
+    revision = loaded_revision(model)
+    base_ref = (make_base_reference(cfg.base_model, modality.name, revision) if cfg.registers
+                else local_base_reference(cfg.base_model, revision))
+    meta = model_meta(modality.name, cfg, backend, run_id, base_ref, train_data, **modality.meta(model))
     if cfg.method == "full":
-        dtype = _sixteen_bit()
-        for param in trained.parameters():  # parameters only: buffers such as RoPE's inv_freq stay
-            param.data = param.data.to(dtype)  # float32, exactly as a fresh load recomputes them
-        trained.config.dtype = dtype
-        trained.save_pretrained(str(model_dir))
-        tokenizer.save_pretrained(str(model_dir))
-        reference, meta["kind"], meta["dtype"] = trained, "merged", str(dtype).removeprefix("torch.")
+        saved, drift_key = save_full(model, processor, model_dir, meta), "save_max_logit_diff"
     else:
-        reference = save_adapter(trained, tokenizer, output_dir, model_dir, base_ref, meta,
-                                 merge_onto=None if cfg.save_method == "lora" else AutoModelForCausalLM)
-        if meta["kind"] == "merged":
-            summary["merge_max_logit_diff"] = max_logit_diff(trained, reference, tokenizer)
+        saved = save_adapter(model, processor, output_dir, model_dir, base_ref, meta,
+                             merge_onto=None if cfg.save_method == "lora" else modality.auto_cls(),
+                             merge_processor=processor)
+        drift_key = "merge_max_logit_diff" if meta["kind"] == "merged" else None
     write_metadata(model_dir, meta)
+    result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
+    if drift_key:
+        gap = logit_gap(trained_logits, model_logits(saved, probe))
+        summary[drift_key] = gap[0]
+        mlflow.log_metric(drift_key, gap[0])
+        if cfg.registers:
+            check_gap(gap, cfg.verify_tolerance, sixteen_bit=True,
+                      what=f"the {meta['kind']} 16-bit model drifted from the trained model")
     if not cfg.registers:
-        return TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
+        return result
 
-    info = log_text_model(model_dir)
-    diff = verify(info, reference, tokenizer, cfg.verify_tolerance)
+    info = modality.log_model(model_dir)
+    result.model_uri = info.model_uri
+    diff = verify(info, saved, probe, cfg.verify_tolerance, what=f"{modality.name} model")
     log_logit_diffs(summary, diff)
-    result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir, model_uri=info.model_uri)
-    return register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff)
+    return register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff, **modality.extra_tags)

@@ -1,28 +1,18 @@
-"""Text fine-tuning recipe, top to bottom: data -> backend -> MLflow run -> train -> save -> register.
+"""The text modality of the one training path: chat/instruction records -> TRL ``SFTTrainer``.
 
-Both ``model-garden train`` and ``mlflow run . -e train`` end up here with a validated
-:class:`~mg_mlflow.config.TrainConfig`.
+:mod:`mg_mlflow.training.recipe` holds the skeleton (data -> backend -> MLflow run -> train -> save
+-> verify -> register); this strategy says what is text-specific: how records load, how the model and
+tokenizer load (per backend), how records become batches, and what probe verifies the reload.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.env import setup_env
-from mg_mlflow.errors import MGError
+from mg_mlflow.training.result import TrainResult
 
-
-@dataclass
-class TrainResult:
-    run_id: str
-    output_dir: Path
-    model_dir: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    registered_name: str | None = None
-    registered_version: str | None = None
-    model_uri: str | None = None
+__all__ = ["TextModality", "TrainResult", "load_data", "sft_config", "train_text"]
 
 
 def load_data(cfg: TrainConfig):
@@ -33,25 +23,6 @@ def load_data(cfg: TrainConfig):
     if cfg.eval_dataset:
         return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation")
     return split_eval(train, cfg.eval_split, cfg.seed)
-
-
-def resolve_base_model(base_model: str) -> tuple[str, str | None]:
-    """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id."""
-    if base_model.startswith("models:/"):
-        from mg_mlflow.registry.resolve import resolve_model_uri
-
-        return str(resolve_model_uri(base_model).local_dir), None
-    path = Path(base_model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MGError(f"base model folder {path} has no config.json",
-                          hint="point base_model at a Hugging Face model folder")
-        return str(path.resolve()), None
-    if base_model.startswith((".", "/", "~")):
-        raise MGError(f"base model folder {base_model} does not exist",
-                      hint="give an existing folder, a hub id, or a models:/ URI; "
-                           "`model-garden dev tiny-model DIR` builds a tiny one")
-    return base_model, None
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str):
@@ -66,65 +37,72 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str)
     )
 
 
-def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResult:
-    setup_env()
-    train_data, eval_data = load_data(cfg)
-    base, revision = resolve_base_model(cfg.base_model)  # a missing folder fails before any run exists
+class TextModality:
+    """Text records (instruction or messages) trained with TRL's ``SFTTrainer``."""
 
-    from mg_mlflow.training.backends import choose_backend
+    name = "text"
+    command = "train"
+    extra_tags: dict = {}
 
-    backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
 
-    import mlflow
-    import torch
-    from datasets import Dataset
-    from trl import SFTTrainer
+    def load_data(self):
+        return load_data(self.cfg)
 
-    from mg_mlflow.data.load import to_trl_rows
-    from mg_mlflow.tracking.run import run_context
-    from mg_mlflow.training.backends import load_model
-    from mg_mlflow.training.common import (add_loss_and_carbon, log_loss_curve, run_tags, start_run_record,
-                                           timed_train, training_callbacks)
-    from mg_mlflow.training.progress import TrainProgress
-    from mg_mlflow.training.save import save_and_register
+    def load(self, backend: str, base: str, revision: str | None):
+        """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft)."""
+        from mg_mlflow.training.backends import load_model
 
-    tags = run_tags("text", backend, cfg.method)
-    with run_context(cfg.experiment, cfg.run_name, cfg.system_metrics, tags=tags) as run:
-        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
+        return load_model(backend, self.cfg, base, revision)
 
-        model, tokenizer, peft_config = load_model(backend, cfg, base, revision)
+    def trainer(self, model, tokenizer, peft_config, output_dir: Path, backend: str, train_data, eval_data,
+                callbacks: list):
+        from datasets import Dataset
+        from trl import SFTTrainer
+
+        from mg_mlflow.data.load import to_trl_rows
+        from mg_mlflow.training.common import no_answer_left
+
+        cfg = self.cfg
         rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
-        with TrainProgress(f"train {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb, carbon_cb, callbacks = training_callbacks(cfg, output_dir, progress)
-            trainer = SFTTrainer(
-                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
-                train_dataset=Dataset.from_list(rows),
-                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-            if len(trainer.train_dataset) == 0:
-                    raise MGError(f"no training example is left after tokenization: every one of the "
-                              f"{len(rows)} records is longer than max_seq_length={cfg.max_seq_length} "
-                              "before its answer starts",
-                              hint="raise max_seq_length, or check lengths with `model-garden data validate "
-                                   "FILE --base-model MODEL --max-seq-length N`")
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            train_seconds = timed_train(trainer, evaluate_after=bool(eval_rows) and cfg.eval_steps <= 0)
+        trainer = SFTTrainer(
+            model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
+            train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+        if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
+            raise no_answer_left(len(rows), cfg.max_seq_length)
+        return trainer
 
-        mlflow.flush_async_logging()
-        summary = {"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens,
-                   "train_steps": float(trainer.state.global_step)}
-        if metrics_cb.step_time_median() is not None:
-            summary["step_time_median_s"] = metrics_cb.step_time_median()
-        if torch.cuda.is_available():
-            summary["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            summary["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
-        add_loss_and_carbon(summary, metrics_cb, carbon_cb)
-        mlflow.log_metrics(summary)
-        log_loss_curve(metrics_cb, output_dir, f"{Path(cfg.base_model).name} {cfg.method} ({backend})")
+    def before_training(self, model, tokenizer, train_data, eval_data) -> None:
+        pass
 
-        result = save_and_register(cfg, trainer, tokenizer, backend, output_dir, train_data, summary)
-        result.run_id = run_id
-        result.metrics = summary
-        return result
+    def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
+        return {}
+
+    def probe(self, tokenizer, train_data, eval_data) -> dict:
+        from mg_mlflow.registry.publish import text_probe
+
+        return text_probe(tokenizer)
+
+    def auto_cls(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def log_model(self, model_dir: Path):
+        from mg_mlflow.registry.publish import log_text_model
+
+        return log_text_model(model_dir)
+
+    def meta(self, model) -> dict:
+        return {}
+
+
+def train_text(cfg: TrainConfig, show_progress: bool | None = None, callbacks=()) -> TrainResult:
+    """The one training path for a text config (kept for callers of the earlier API)."""
+    from mg_mlflow.training.recipe import train
+
+    return train(cfg, show_progress=show_progress, callbacks=callbacks)

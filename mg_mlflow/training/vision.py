@@ -1,17 +1,15 @@
-"""Vision-language fine-tuning recipe, top to bottom: data -> backend -> MLflow run -> sample answers
--> train -> sample answers again -> save -> register. Qwen2.5-VL is the reference family.
+"""The vision-language modality of the one training path (Qwen2.5-VL is the reference family).
 
-Both ``model-garden train-vision`` and ``mlflow run . -e train_vision`` end up here with a validated
-:class:`~mg_mlflow.vision_config.VisionTrainConfig`. The MLflow record is the text recipe's (params,
-per-step loss, dataset input, carbon, config artifact, loss curve) plus ``samples/``: a few images
-with the model's answers before and after training.
+:mod:`mg_mlflow.training.recipe` holds the skeleton; this strategy loads image records (checked
+images), the model and its processor, builds batches with the Qwen2-VL collator, verifies the reload on
+an image probe, and logs the model's answers on a few images before and after training (``samples/``).
+The MLflow record is otherwise exactly the text one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.vision_config import VisionTrainConfig
 
@@ -105,67 +103,104 @@ def load_unsloth_vision(cfg: VisionTrainConfig, base: str, revision: str | None)
     return model
 
 
-def training_args(cfg: VisionTrainConfig, output_dir: Path, has_eval: bool, backend: str):
-    from transformers import TrainingArguments
+class VisionModality:
+    """Image + text records trained with a transformers ``Trainer`` and the Qwen2-VL collator; the
+    model's answers on a few images before and after training are logged under ``samples/``."""
 
-    from mg_mlflow.training.common import trainer_kwargs
+    name = "vision"
+    command = "train-vision"
 
-    return TrainingArguments(
-        **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0,
-    )
+    def __init__(self, cfg: VisionTrainConfig):
+        self.cfg = cfg
+        self.samples: list[dict] = []
+        self.before: list[str] = []
 
+    @property
+    def extra_tags(self) -> dict:
+        return {"mg.min_pixels": self.cfg.min_pixels, "mg.max_pixels": self.cfg.max_pixels}
 
-def train_vision(cfg: VisionTrainConfig, show_progress: bool | None = None):
-    setup_env()
-    train_data, eval_data = load_vision_data(cfg)
+    def load_data(self):
+        return load_vision_data(self.cfg)
 
-    from mg_mlflow.training.backends import choose_backend
+    def load(self, backend: str, base: str, revision: str | None):
+        """(model, processor, None): the processor from the base folder, the model per backend."""
+        from mg_mlflow.data.vision_processor import VisionProcessor
 
-    backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
-
-    import mlflow
-    from transformers import Trainer
-
-    from mg_mlflow.tracking.run import run_context
-    from mg_mlflow.training.common import (add_loss_and_carbon, log_loss_curve, run_tags, start_run_record,
-                                           timed_train, training_callbacks)
-    from mg_mlflow.training.progress import TrainProgress
-    from mg_mlflow.training.text import resolve_base_model
-    from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator, VisionProcessor
-    from mg_mlflow.training.vision_samples import log_samples, pick_samples, sample_answers
-    from mg_mlflow.training.vision_save import save_and_register_vision
-
-    tags = run_tags("vision", backend, cfg.method)
-    with run_context(cfg.experiment, cfg.run_name, cfg.system_metrics, tags=tags) as run:
-        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
-
-        base, revision = resolve_base_model(cfg.base_model)
+        cfg = self.cfg
         processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
         model = (load_unsloth_vision if backend == "unsloth" else load_hf_vision)(cfg, base, revision)
-        samples = pick_samples(eval_data or train_data, cfg.sample_images)
-        before = sample_answers(model, processor, samples, cfg.sample_max_new_tokens)
+        return model, processor, None
 
-        collator = VisionCollator(processor, cfg.max_seq_length, cfg.train_on_responses_only)
-        with TrainProgress(f"train-vision {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb, carbon_cb, callbacks = training_callbacks(cfg, output_dir, progress)
-            trainer = Trainer(
-                model=model, args=training_args(cfg, output_dir, eval_data is not None, backend),
-                train_dataset=RecordDataset(train_data.records),
-                eval_dataset=RecordDataset(eval_data.records) if eval_data else None,
-                data_collator=collator, callbacks=callbacks)
-            train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0)
+    def trainer(self, model, processor, peft_config, output_dir: Path, backend: str, train_data, eval_data,
+                callbacks: list):
+        from transformers import Trainer, TrainingArguments
 
-        summary = add_loss_and_carbon({"train_seconds": train_seconds, "trained_tokens": metrics_cb.total_tokens},
-                                      metrics_cb, carbon_cb)
-        model = trainer.model.eval()
-        after = sample_answers(model, processor, samples, cfg.sample_max_new_tokens)
-        summary.update(log_samples(samples, before, after, output_dir))
-        mlflow.log_metrics(summary)
-        log_loss_curve(metrics_cb, output_dir, f"{Path(cfg.base_model).name} vision {cfg.method} ({backend})")
+        from mg_mlflow.training.common import trainer_kwargs
+        from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator
 
-        result = save_and_register_vision(cfg, model, processor, backend, output_dir, train_data, summary,
-                                          probe=(samples or pick_samples(train_data, 1))[0])
-        result.run_id = run_id
-        result.metrics = summary
-        return result
+        cfg = self.cfg
+        self.check_answers_fit(processor, train_data)
+        args = TrainingArguments(**trainer_kwargs(cfg, output_dir, eval_data is not None, backend),
+                                 remove_unused_columns=False, label_names=["labels"], dataloader_num_workers=0)
+        return Trainer(model=model, args=args, train_dataset=RecordDataset(train_data.records),
+                       eval_dataset=RecordDataset(eval_data.records) if eval_data else None,
+                       data_collator=VisionCollator(processor, cfg.max_seq_length, cfg.train_on_responses_only),
+                       callbacks=callbacks)
+
+    def check_answers_fit(self, processor, train_data) -> None:
+        """The same refusal as text runs: when every example's prompt (image tokens included) fills
+        max_seq_length before its answer starts, nothing would be learned."""
+        from PIL import Image
+
+        from mg_mlflow.data.vision import image_paths
+        from mg_mlflow.data.vision_processor import template_messages
+        from mg_mlflow.training.common import no_answer_left
+
+        for rec in train_data.records:
+            sizes = []
+            for path in image_paths(rec):
+                with Image.open(path) as img:  # reads the header only
+                    sizes.append(img.size)
+            if processor.prompt_length(template_messages(rec), sizes) < self.cfg.max_seq_length:
+                return
+        raise no_answer_left(len(train_data.records), self.cfg.max_seq_length)
+
+    def before_training(self, model, processor, train_data, eval_data) -> None:
+        from mg_mlflow.training.vision_samples import pick_samples, sample_answers
+
+        self.samples = pick_samples(eval_data or train_data, self.cfg.sample_images)
+        self.before = sample_answers(model, processor, self.samples, self.cfg.sample_max_new_tokens)
+
+    def after_training(self, model, processor, output_dir: Path) -> dict[str, float]:
+        from mg_mlflow.training.vision_samples import log_samples, sample_answers
+
+        after = sample_answers(model, processor, self.samples, self.cfg.sample_max_new_tokens)
+        return log_samples(self.samples, self.before, after, output_dir)
+
+    def probe(self, processor, train_data, eval_data) -> dict:
+        from mg_mlflow.registry.pyfunc_vision import probe_inputs
+        from mg_mlflow.training.vision_samples import pick_samples
+
+        sample = (self.samples or pick_samples(train_data, 1))[0]
+        return probe_inputs(processor, sample["image"], sample["question"])
+
+    def auto_cls(self):
+        from transformers import AutoModelForImageTextToText
+
+        return AutoModelForImageTextToText
+
+    def log_model(self, model_dir: Path):
+        from mg_mlflow.registry.pyfunc_vision import log_vision_model
+
+        return log_vision_model(model_dir)
+
+    def meta(self, model) -> dict:
+        family = getattr(getattr(model, "config", None), "model_type", "") or ""
+        return {"family": family, "min_pixels": self.cfg.min_pixels, "max_pixels": self.cfg.max_pixels}
+
+
+def train_vision(cfg: VisionTrainConfig, show_progress: bool | None = None, callbacks=()):
+    """The one training path for a vision config (kept for callers of the earlier API)."""
+    from mg_mlflow.training.recipe import train
+
+    return train(cfg, show_progress=show_progress, callbacks=callbacks)

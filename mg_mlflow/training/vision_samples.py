@@ -28,7 +28,7 @@ def pick_samples(data, n: int) -> list[dict]:
 
 
 def sample_answers(model, processor, samples: list[dict], max_new_tokens: int) -> list[str]:
-    from mg_mlflow.training.vision_collator import generate_answer
+    from mg_mlflow.data.vision_processor import generate_answer
 
     was_training = model.training
     model.eval()

@@ -1,0 +1,41 @@
+"""A registered version's description: a short model card shown on its page in the MLflow UI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str, float],
+               evaluations: dict[str, float] | None = None) -> str:
+    """Markdown: what was trained from what data, how it did, what it cost, how to deploy it."""
+    lines = [f"**{tags.get('mg.modality', 'text')} {tags.get('mg.kind', 'model')}** trained by Model Garden "
+             f"({tags.get('mg.method')}, backend {tags.get('mg.backend')}) in run `{tags.get('mg.run_id')}`.",
+             "",
+             f"- base: `{tags.get('mg.base_model')}`",
+             f"- data digest: `{tags.get('mg.dataset_digest')}`"]
+    losses = [f"{label} {_fmt(summary[key])}" for key, label in
+              (("loss_final", "train loss"), ("eval_loss_final", "eval loss")) if key in summary]
+    if losses:
+        lines.append("- final " + ", ".join(losses))
+    for key, value in sorted((evaluations or {}).items()):
+        lines.append(f"- {key}: {_fmt(value)}")
+    carbon = [f"{_fmt(summary[key])} {unit}" for key, unit in
+              (("carbon/total_emissions_kg", "kg CO2eq"), ("carbon/total_energy_kwh", "kWh")) if key in summary]
+    if carbon:
+        lines.append("- training footprint: " + ", ".join(carbon))
+    lines.append(f"- verified: reload max |logit diff| {tags.get('mg.verify_max_logit_diff')}")
+    if tags.get("mg.git_commit"):
+        lines.append(f"- code: `{tags['mg.git_commit']}`")
+    lines += ["", f"Deploy: `model-garden deploy models:/{name}/{version}`"]
+    return "\n".join(lines)
+
+
+def describe_version(name: str, version: str, tags: dict[str, Any], summary: dict[str, float]) -> None:
+    import mlflow
+
+    mlflow.tracking.MlflowClient().update_model_version(
+        name, version, description=model_card(name, version, tags, summary))

@@ -1,0 +1,83 @@
+"""The one training path, top to bottom: data -> backend -> MLflow run -> train -> save -> verify ->
+register, for every modality.
+
+``model-garden train`` / ``train-vision``, ``mlflow run . -e train`` / ``-e train_vision``, sweeps and
+jobs all end here with a validated config. The modality is a parameter: the config's class picks a
+small strategy (:class:`~mg_mlflow.training.text.TextModality`,
+:class:`~mg_mlflow.training.vision.VisionModality`) that says how records load, how the model and its
+processor load, how records become batches and what probe verifies the reload; every guarantee
+(fail before a run exists, the same MLflow record, verification before registration) is written once,
+here and in :mod:`mg_mlflow.training.save`.
+"""
+
+from __future__ import annotations
+
+from mg_mlflow.env import setup_env
+from mg_mlflow.training.result import TrainResult
+
+
+def modality_for(cfg):
+    """The strategy for a config: VisionTrainConfig -> vision, TrainConfig -> text (TRL's sft.py
+    picks the model class from the config the same way)."""
+    from mg_mlflow.vision_config import VisionTrainConfig
+
+    if isinstance(cfg, VisionTrainConfig):
+        from mg_mlflow.training.vision import VisionModality
+
+        return VisionModality(cfg)
+    from mg_mlflow.training.text import TextModality
+
+    return TextModality(cfg)
+
+
+def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
+    """Train, log, verify and register one model; ``callbacks`` are extra transformers
+    ``TrainerCallback``s (e.g. a sweep's pruning callback)."""
+    setup_env()
+    modality = modality_for(cfg)
+    train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
+
+    from mg_mlflow.training.backends import choose_backend
+    from mg_mlflow.training.common import resolve_base_model
+
+    base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
+    backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
+
+    import mlflow
+    import torch
+
+    from mg_mlflow.tracking.run import run_context
+    from mg_mlflow.training.common import (log_loss_curve, run_name, run_tags, source_tags, start_run_record,
+                                           timed_train, train_summary, training_callbacks)
+    from mg_mlflow.training.progress import TrainProgress
+    from mg_mlflow.training.save import save_and_register
+
+    tags = run_tags(modality.name, backend, cfg.method)
+    name = run_name(cfg, modality.name, backend)
+    with run_context(cfg.experiment, name, cfg.system_metrics, tags={**tags, **source_tags(modality.command)},
+                     name_given=bool(cfg.run_name)) as run:
+        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
+
+        model, processing, peft_config = modality.load(backend, base, revision)
+        modality.before_training(model, processing, train_data, eval_data)
+        with TrainProgress(f"{modality.command} {backend}/{cfg.method}", enabled=show_progress) as progress:
+            metrics_cb, carbon_cb, default_callbacks = training_callbacks(cfg, output_dir, progress)
+            trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
+                                       eval_data, [*default_callbacks, *callbacks])
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0)
+
+        mlflow.flush_async_logging()  # every per-step point is stored before the summary
+        summary = train_summary(trainer, metrics_cb, carbon_cb, train_seconds)
+        model = trainer.model.eval()
+        summary.update(modality.after_training(model, processing, output_dir))
+        mlflow.log_metrics(summary)
+        log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
+
+        result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
+                                   eval_data, summary)
+        result.run_id = run_id
+        result.metrics = summary
+        return result
+
