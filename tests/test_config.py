@@ -73,28 +73,6 @@ def test_every_shipped_config_loads_and_starts_with_its_command(config):
     assert isinstance(cfg, cls)
 
 
-def _mlproject_params(path: Path, entry: str = "train") -> dict:
-    spec = yaml.safe_load(path.read_text())
-    return spec["entry_points"][entry]["parameters"]
-
-
-def test_root_mlproject_parameters_are_config_fields_with_the_same_defaults():
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    params = _mlproject_params(ROOT / "MLproject")
-    command = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train"]["command"]
-    for name, spec in params.items():
-        if name == "config":
-            continue
-        assert name in fields, f"MLproject parameter {name} is not a TrainConfig field"
-        assert f"--set {name}={{{name}}}" in command, f"{name} is declared but not passed"
-        if "default" in spec:
-            default = fields[name].default
-            assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), name
-    for required in ("base_model", "dataset", "backend", "method", "save_method", "register_as", "alias",
-                     "max_steps", "epochs", "learning_rate", "lora_r"):
-        assert required in params
-
-
 def test_conda_yaml_is_a_valid_environment():
     env = yaml.safe_load((ROOT / "conda.yaml").read_text())
     deps = env["dependencies"]

@@ -124,22 +124,9 @@ def test_vision_config_collects_every_problem():
         assert needle in text
 
 
-def test_mlproject_train_vision_parameters_are_config_fields():
-    import yaml
-
-    from mg_mlflow.vision_config import VisionTrainConfig
-
-    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["train_vision"]
-    fields = {f.name: f for f in dataclasses.fields(VisionTrainConfig)}
-    params = entry["parameters"]
-    assert set(params) - {"config"} <= set(fields)
-    for name, spec in params.items():
-        if name == "config" or "default" not in spec:
-            continue
-        assert f"--set {name}={{{name}}}" in entry["command"]
-        default = fields[name].default
-        assert str(spec["default"]).lower() == str(default).lower() or float(spec["default"]) == float(default), name
+def test_shipped_vision_recipe_loads():
     from mg_mlflow.config import build_config
+    from mg_mlflow.vision_config import VisionTrainConfig
 
     shipped = ROOT / "projects" / "tiny-vision" / "config.yaml"
     cfg = build_config(VisionTrainConfig, shipped, {"base_model": "x/y", "dataset": "d.jsonl"})

@@ -105,30 +105,6 @@ def test_merged_with_vision_lora_registers_a_deployable_folder(vl_home, tiny_vl,
     assert len(out) == 1 and isinstance(out[0], str)
 
 
-def test_mlflow_run_train_vision_entry_point(mg_home, tiny_vl, shapes):
-    from mg_mlflow.tracking.run import ensure_experiment, use_tracking_uri
-
-    use_tracking_uri()
-    ensure_experiment("vision-project")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
-    cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", "train_vision", "--env-manager", "local",
-           "--experiment-name", "vision-project", "-P", f"base_model={tiny_vl}", "-P", f"dataset={shapes}",
-           "-P", "max_steps=20", "-P", "learning_rate=0.003", "-P", "batch_size=4", "-P", "max_pixels=12544",
-           "-P", "max_seq_length=256", "-P", "register_as=mlproject-vl", "-P", "alias=champion",
-           "-P", "system_metrics=false", "-P", "carbon=false", "-P", "sample_images=1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=mg_home)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client = _client()
-    exp = client.get_experiment_by_name("vision-project")
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "train_vision"
-    assert run.data.params["max_steps"] == "20" and run.data.params["max_pixels"] == "12544"
-    loss = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert len(loss) >= 20 and loss[-1] < loss[0]
-    mv = client.get_model_version_by_alias("mlproject-vl", "champion")
-    assert mv.run_id == run.info.run_id and mv.tags["mg.modality"] == "vision"
-
-
 def test_deploy_plan_for_the_registered_vl_adapter_has_multimodal_flags(vl_lora):
     plan_mod = pytest.importorskip("mg_mlflow.deploy.plan")
     from mg_mlflow.inspect import inspect_model

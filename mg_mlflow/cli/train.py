@@ -11,7 +11,7 @@ from mg_mlflow.vision_config import VisionTrainConfig
 
 TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
 
-    Precedence: defaults < --config YAML < options < --set / --param. Every problem in the configuration
+    Precedence: defaults < --config YAML < options < --set. Every problem in the configuration
     and every bad dataset record is reported before a model is loaded.
 
     \b
@@ -42,13 +42,36 @@ VISION_HELP = """Fine-tune a vision-language model (Qwen2.5-VL family), log it t
     """
 
 
+BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off"}
+
+
+def mlflow_params_to_set(args: list[str], cls: type) -> list[str]:
+    """``mlflow run -P key=value`` reaches an entry point with no declared parameters as
+    ``--key value`` (MLflow's "extra parameters", logged only when given): turn each such pair for a
+    config field into ``--set key=value``, so a parameter the user gave outranks the recipe and one
+    they did not give is simply absent. ``--lora-r 8`` and ``--carbon`` (flags) pass unchanged."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out, i = [], 0
+    while i < len(args):
+        token = args[i]
+        name = token[2:] if token.startswith("--") and "=" not in token else ""
+        if name in hints and i + 1 < len(args):
+            value = args[i + 1]
+            if hints[name] is bool and value.lower() in BOOL_WORDS or hints[name] is not bool and "_" in name:
+                out += ["--set", f"{name}={value}"]
+                i += 2
+                continue
+        out.append(token)
+        i += 1
+    return out
+
+
 def train_options(cls: type, example_yaml: str):
     """The options every training front end takes (train, train-vision, sweep, submit)."""
     def decorate(func):
         func = config_options(cls)(func)
-        func = click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-                            help="like --set, but an empty VALUE means 'not given' (what MLproject "
-                                 "entry points pass, so a recipe's values are kept)")(func)
         func = click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
                             help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")(func)
         return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -56,12 +79,11 @@ def train_options(cls: type, example_yaml: str):
     return decorate
 
 
-def config_from_cli(cls: type, config_file, set_args, params, options):
-    """The validated config: defaults < YAML < options < --set and given --param values."""
+def config_from_cli(cls: type, config_file, set_args, options):
+    """The validated config: defaults < YAML < options < --set."""
     from mg_mlflow.config import build_config
 
-    given = tuple(p for p in params if "=" not in p or p.split("=", 1)[1] != "")
-    return build_config(cls, config_file, options, (*set_args, *given))
+    return build_config(cls, config_file, options, set_args)
 
 
 def _summary_rows(result, cfg) -> list[tuple[str, object]]:
@@ -87,16 +109,27 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
     return rows
 
 
+class TrainCommand(click.Command):
+    """A training command that also takes ``mlflow run``'s ``--key value`` parameters."""
+
+    config_class: type = TrainConfig
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, mlflow_params_to_set(list(args), self.config_class))
+
+
 def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) -> click.Command:
-    @click.command(name, help=help_text, context_settings={"max_content_width": 110})
+    command_class = type(f"{cls.__name__}Command", (TrainCommand,), {"config_class": cls})
+
+    @click.command(name, cls=command_class, help=help_text, context_settings={"max_content_width": 110})
     @click.option("--progress/--no-progress", default=None, help="live progress bar (default: when on a terminal)")
     @train_options(cls, example_yaml)
-    def command(config_file, set_args, params, progress, **options):
+    def command(config_file, set_args, progress, **options):
         from mg_mlflow.env import setup_env
         from mg_mlflow.training.recipe import train
 
         setup_env()
-        cfg = config_from_cli(cls, config_file, set_args, params, options)
+        cfg = config_from_cli(cls, config_file, set_args, options)
         result = train(cfg, show_progress=progress)
         print_kv(f"{name} finished", _summary_rows(result, cfg))
         console().print("Compare runs in the MLflow UI: [bold]model-garden ui[/]")

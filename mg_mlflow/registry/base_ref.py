@@ -28,13 +28,17 @@ def default_registered_name(base_model: str, suffix: str = "") -> str:
     return f"{stem}-{suffix}" if suffix else stem
 
 
-def loaded_revision(model) -> str | None:
-    """The hub commit ``from_pretrained`` actually loaded ``model`` from (None for local folders)."""
-    for config in (getattr(model, "config", None), getattr(getattr(model, "base_model", None), "config", None)):
-        commit = getattr(config, "_commit_hash", None)
-        if commit:
-            return commit
-    return None
+def loaded_revision(base: str, revision: str | None = None) -> str | None:
+    """The hub commit ``from_pretrained(base, revision=...)`` resolves to, read from the snapshot folder
+    the files come from (call it right after loading); None for local folders or when unknown."""
+    if Path(base).is_dir():
+        return None
+    try:
+        from transformers.utils.hub import cached_file, extract_commit_hash
+
+        return extract_commit_hash(cached_file(base, "config.json", revision=revision), None)
+    except Exception:  # noqa: BLE001 - no cache entry: the reference then says "main"
+        return None
 
 
 def make_base_reference(base_model: str, modality: str = "text", revision: str | None = None) -> dict:

@@ -16,7 +16,9 @@ from transformers import TrainerCallback
 RENAME = {"train_loss": "train_loss_mean", "train_runtime": "train_runtime_s",
           "train_samples_per_second": "train_samples_per_second",
           "train_steps_per_second": "train_steps_per_second"}
-SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy"}
+# TRL-only statistics (and their eval_ twins): kept out so every modality logs the same names
+SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy",
+        "eval_num_tokens", "eval_mean_token_accuracy", "eval_entropy"}
 
 
 class MLflowMetricsCallback(TrainerCallback):

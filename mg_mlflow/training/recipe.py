@@ -46,6 +46,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     import mlflow
     import torch
 
+    from mg_mlflow.registry.base_ref import loaded_revision
     from mg_mlflow.tracking.run import run_context
     from mg_mlflow.training.common import (log_loss_curve, run_name, run_tags, source_tags, start_run_record,
                                            timed_train, train_summary, training_callbacks)
@@ -59,6 +60,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
         run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
 
         model, processing, peft_config = modality.load(backend, base, revision)
+        loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
         modality.before_training(model, processing, train_data, eval_data)
         with TrainProgress(f"{modality.command} {backend}/{cfg.method}", enabled=show_progress) as progress:
             metrics_cb, carbon_cb, default_callbacks = training_callbacks(cfg, output_dir, progress)
@@ -76,7 +78,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
         log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
 
         result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
-                                   eval_data, summary)
+                                   eval_data, summary, revision=loaded)
         result.run_id = run_id
         result.metrics = summary
         return result

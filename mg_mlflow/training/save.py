@@ -144,12 +144,13 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
 
 
 def save_and_register(cfg, modality, model, processor, backend: str, output_dir: Path, train_data,
-                      eval_data, summary: dict) -> TrainResult:
+                      eval_data, summary: dict, revision: str | None = None) -> TrainResult:
     """Save ``model`` to ``output_dir/model``; unless ``register_as=none`` (saved locally only:
-    nothing logged or registered), log it, verify it against the trained model and register it."""
+    nothing logged or registered), log it, verify it against the trained model and register it.
+    ``revision``: the hub commit the base was loaded from."""
     import mlflow
 
-    from mg_mlflow.registry.base_ref import loaded_revision, local_base_reference, make_base_reference
+    from mg_mlflow.registry.base_ref import local_base_reference, make_base_reference
     from mg_mlflow.registry.metadata import write_metadata
     from mg_mlflow.registry.publish import check_gap, logit_gap, model_logits, verify
 
@@ -159,7 +160,6 @@ def save_and_register(cfg, modality, model, processor, backend: str, output_dir:
     model.eval()
     probe = modality.probe(processor, train_data, eval_data)
     trained_logits = model_logits(model, probe)  # the reference everything saved is held to
-    revision = loaded_revision(model)
     base_ref = (make_base_reference(cfg.base_model, modality.name, revision) if cfg.registers
                 else local_base_reference(cfg.base_model, revision))
     meta = model_meta(modality.name, cfg, backend, run_id, base_ref, train_data, **modality.meta(model))
