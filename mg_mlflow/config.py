@@ -68,7 +68,10 @@ class TrainConfig:
     lora_dropout: float = _f(0.0, "dropout on the LoRA branch")
     lora_target_modules: str = _f("all-linear", "comma-separated module names, or all-linear")
     eval_steps: int = _f(0, "evaluate every N steps (0 = only at the end, when there is an eval set)")
-    save_steps: int = _f(0, "write a checkpoint every N steps (0 = none)")
+    save_steps: int = _f(0, "write a checkpoint every N steps (0 = none; Ctrl-C/SIGTERM still save one)")
+    checkpoint_artifacts: bool = _f(False, "also log each checkpoint as a run artifact (resume on another machine)")
+    resume: str = _f("", "id of an interrupted run to continue from its last checkpoint: the SAME MLflow run "
+                         "goes on (its config is the base; options given now override it)")
     logging_steps: int = _f(1, "log metrics every N steps")
     # where the result goes
     save_method: str = _f("lora", "register the LoRA adapter (lora) or the merged full model (merged_16bit)", SAVE_METHODS)

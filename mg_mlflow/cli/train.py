@@ -129,6 +129,12 @@ def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) 
         from mg_mlflow.training.recipe import train
 
         setup_env()
+        if options.get("resume") and not config_file:  # the interrupted run's own config is the base
+            from mg_mlflow.tracking.run import use_tracking_uri
+            from mg_mlflow.training.resume import config_of_run
+
+            use_tracking_uri()
+            config_file = config_of_run(options["resume"])
         cfg = config_from_cli(cls, config_file, set_args, options)
         result = train(cfg, show_progress=progress)
         print_kv(f"{name} finished", _summary_rows(result, cfg))

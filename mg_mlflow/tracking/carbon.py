@@ -58,6 +58,8 @@ class CarbonCallback(TrainerCallback):
         self.final: dict | None = None
         self.tokens = 0.0
         self._queue: queue.Queue = queue.Queue()
+        self.offsets: dict[str, float] = {}  # a resumed run: cumulative figures of the earlier segment
+        self.logged_through = -1  # ... and the last step it logged (recomputed steps log no point)
         self._worker: threading.Thread | None = None
         self._last_queued = 0.0
         self._previous: dict | None = None
@@ -101,6 +103,9 @@ class CarbonCallback(TrainerCallback):
             pass
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self.logged_through:
+            return
+        metrics = {k: v + self.offsets.get(k, 0.0) for k, v in metrics.items()}
         self.points.append((step, metrics))
         if self.run_id is None:
             return
@@ -211,7 +216,12 @@ class CarbonCallback(TrainerCallback):
         if record is None:
             return {}
         # tokens seen when that record was taken (a tracker that failed mid-run covers fewer tokens)
-        return boamps.totals_from_record(record, self._previous_tokens, boamps.is_estimated(self.sources))
+        totals = boamps.totals_from_record(record, self._previous_tokens, boamps.is_estimated(self.sources))
+        for total, cumulative in (("carbon/total_emissions_kg", "carbon/emissions_kg"),
+                                  ("carbon/total_energy_kwh", "carbon/energy_kwh")):
+            if total in totals:
+                totals[total] += self.offsets.get(cumulative, 0.0)
+        return totals
 
     def _log_artifacts(self) -> None:
         record = self.last_record()

@@ -31,6 +31,12 @@ class MLflowMetricsCallback(TrainerCallback):
         self._last_time: float | None = None
         self.total_tokens = 0.0
         self._step_ends: list[float] = []
+        self.logged_through = -1  # a resumed run: steps up to here are already in MLflow
+
+    def continue_from(self, earlier) -> None:
+        """A resumed run: keep the earlier segment's history, log no step twice."""
+        self.history = {k: list(v) for k, v in earlier.history.items()}
+        self.logged_through = earlier.logged_through
 
     def _metrics_from(self, logs: dict[str, Any]) -> dict[str, float]:
         out = {}
@@ -60,6 +66,8 @@ class MLflowMetricsCallback(TrainerCallback):
         if not metrics:
             return
         step = int(state.global_step)
+        if step <= self.logged_through and "eval_loss" not in metrics:
+            return  # recomputed after a resume: the first segment's point is kept
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))
         # asynchronous: a slow store (sqlite on a busy disk, a remote server) never stalls a step;

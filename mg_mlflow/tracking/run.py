@@ -66,17 +66,24 @@ def use_tracking_uri() -> str:
 
 @contextmanager
 def run_context(experiment: str, run_name: str = "", system_metrics: bool = True,
-                tags: dict | None = None, name_given: bool = True) -> Iterator["object"]:
+                tags: dict | None = None, name_given: bool = True, resume: str = "") -> Iterator["object"]:
     """Start (or attach to) the MLflow run of a job and end it with the right status.
 
     An attached run (``mlflow run``) keeps MLflow's source tags; it takes ``run_name`` when the user
-    gave it (``name_given``) or when its current name is one MLflow generated."""
+    gave it (``name_given``) or when its current name is one MLflow generated. ``resume``: continue
+    that earlier run (status RUNNING again); a run ``mlflow run`` created for it only points there."""
     import mlflow
 
     use_tracking_uri()
     env_run = os.environ.get("MLFLOW_RUN_ID")
     kwargs = {"log_system_metrics": bool(system_metrics)}
-    if env_run:
+    if resume:
+        if env_run and env_run != resume:
+            mlflow.tracking.MlflowClient().set_tag(env_run, "mg.continues_run", resume)
+        env_run = None
+        run = mlflow.start_run(run_id=resume, **kwargs)
+        mlflow.set_tag("mg.resumed", "true")
+    elif env_run:
         run = mlflow.start_run(run_id=env_run, **kwargs)
     else:
         exp_id = ensure_experiment(experiment)
@@ -93,9 +100,9 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
         pass
     try:
         yield run
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _flush()
-        mlflow.set_tag("mg.error", "interrupted by the user (Ctrl-C)")
+        mlflow.set_tag("mg.error", str(exc) or "interrupted by the user (Ctrl-C)")
         mlflow.end_run("KILLED")
         raise
     except BaseException as exc:

@@ -105,8 +105,9 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
     )
 
 
-def training_callbacks(cfg, output_dir: Path, progress):
-    """(metrics_cb, carbon_cb or None, callbacks): per-step MLflow metrics, and carbon when asked."""
+def training_callbacks(cfg, output_dir: Path, progress, earlier=None):
+    """(metrics_cb, carbon_cb or None, callbacks): per-step MLflow metrics, carbon when asked,
+    checkpoints as artifacts when asked; ``earlier``: a resumed run's first segment."""
     from mg_mlflow.tracking import carbon
     from mg_mlflow.tracking.metrics import MLflowMetricsCallback
 
@@ -115,17 +116,25 @@ def training_callbacks(cfg, output_dir: Path, progress):
     carbon_cb = carbon.training_callback(cfg, output_dir) if cfg.carbon else None
     if carbon_cb is not None:
         callbacks.append(carbon_cb)
+    if earlier is not None:
+        metrics_cb.continue_from(earlier)
+        if carbon_cb is not None:
+            carbon_cb.offsets, carbon_cb.logged_through = dict(earlier.carbon), earlier.logged_through
+    if cfg.checkpoint_artifacts:
+        from mg_mlflow.training.resume import LogCheckpoints
+
+        callbacks.append(LogCheckpoints())
     return metrics_cb, carbon_cb, callbacks
 
 
-def timed_train(trainer, evaluate_after: bool) -> float:
+def timed_train(trainer, evaluate_after: bool, resume_from: str | None = None) -> float:
     """Train without the console printer (our callback prints the live loss); seconds it took.
     ``evaluate_after``: one evaluation at the end, logged through the callback's on_log."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
     if evaluate_after:
         trainer.evaluate()
