@@ -180,6 +180,10 @@ def main() -> None:
         while any(th.is_alive() for th in threads):
             time.sleep(5)
             save(args.out, "functional.json", RESULTS)
+    if "fp8" in args.only:
+        put("fp8_plan", mg("deploy", "models:/gpu-fp8@champion", "--dry-run", gpus="0"))
+        put("fp8", served("fp8", ["models:/gpu-fp8@champion"], "0", flags, ["gpu-fp8", "gpu-merged"], args.out, 8002,
+                          keep_log=True))
     if "tp" in args.only:
         guarded(tensor_parallel, flags, args.out)
     put("gpus_after", gpu_processes())

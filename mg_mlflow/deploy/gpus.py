@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mg_mlflow.errors import MGError
 
-DEFAULT_UTILIZATION = 0.9            # vLLM's --gpu-memory-utilization default
+DEFAULT_UTILIZATION = 0.92           # vLLM's --gpu-memory-utilization default (0.26: 0.92)
 RESERVE_BYTES = 1 << 30              # activations, CUDA graphs and a minimal KV cache per GPU
 
 
