@@ -124,7 +124,8 @@ def memory_hint(tail: str) -> str | None:
                 "lower (vLLM's estimate), raise --gpu-memory-utilization, or serve a quantized (FP8/INT4) model")
     if _NO_KV.search(tail):
         return ("the weights and activations fill the whole --gpu-memory-utilization budget, leaving nothing "
-                "for the KV cache: raise --gpu-memory-utilization, lower --max-model-len, serve a quantized "
+                "for the KV cache: raise --gpu-memory-utilization (CPU engine: VLLM_CPU_KVCACHE_SPACE), lower "
+                "--max-model-len, serve a quantized "
                 "(FP8/INT4) model, or shard it with --tensor-parallel-size")
     if m := _TOO_LONG.search(tail):
         return f"--max-model-len {m.group(1)} is above the model's {m.group(2)}: pass --max-model-len {m.group(2)} or lower"
