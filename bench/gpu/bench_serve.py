@@ -1,18 +1,20 @@
 """Serving numbers side by side in one lease: `model-garden deploy` vs bare `vllm serve` on the same folder.
 
-    python3 bench/gpu/bench_serve.py --out $OUT [--budget 540]   # after serve_models.py (2 GPUs)
+    python3 bench/gpu/bench_serve.py --out $OUT [--budget 540] [--mode eager-warm|graphs-cold]   # 2 GPUs
 
-1. cold start, at the same time on two GPUs, each with its own empty HOME (so no compile, Triton or
-   FlashInfer cache is shared): `model-garden deploy models:/gpu-merged@champion` on GPU 0 (until the
-   command returns: resolve, inspect, plan, vLLM to /health, carbon monitor) and bare
-   `vllm serve <the same folder>` on GPU 1 (until /health answers);
+1. start-up, at the same time on two GPUs: `model-garden deploy models:/gpu-merged@champion` on GPU 0
+   (until the command returns: resolve, inspect, plan, vLLM to /health, carbon monitor) and bare
+   `vllm serve <the same folder>` on GPU 1 (until /health answers). ``eager-warm`` (default):
+   `--enforce-eager` and the machine's JIT caches; ``graphs-cold``: vLLM's defaults (torch.compile +
+   CUDA graphs) and an empty HOME per server, so no compile/Triton/FlashInfer cache is shared;
 2. output tokens/s at 1, 8 and 64 concurrent requests (128 new tokens each, ignore_eos), deployment
    and bare vLLM alternately, twice, with GPU energy read from NVML around each run;
 3. bare vLLM stopped; the LoRA adapter gpu-lora-a deployed on GPU 1 (base resolved from the registry;
    gpu-merged is that base with the same adapter merged in) and compared with the merged deployment;
-4. a warm restart of the deployment (same HOME: compile cache reused) if the budget allows;
-5. the serving run's carbon metrics read back from MLflow after `deployments stop`.
-Results: $OUT/bench.json and a table on stdout.
+4. the serving runs' carbon metrics read back from MLflow after `deployments stop`; a warm restart of
+   the deployment if the budget allows.
+Results: $OUT/bench.json. On 2026-11-27 the device time ran out during step 2; the remaining levels
+and the LoRA comparison were run with `compare()` / bench_lora.py on the same servers.
 """
 
 from __future__ import annotations
