@@ -38,6 +38,7 @@ class Inspection:
     architectures: list[str] = field(default_factory=list)
     dtype: str | None = None                 # from config (torch_dtype / dtype)
     max_position_embeddings: int | None = None
+    num_attention_heads: int | None = None
     num_parameters: int | None = None        # from safetensors headers
     weight_bytes: int = 0
     lora_rank: int | None = None
@@ -141,6 +142,7 @@ def _fill_from_config(result: Inspection, config: dict) -> None:
     result.dtype = config.get("torch_dtype") or config.get("dtype") or text_cfg.get("dtype") \
         or text_cfg.get("torch_dtype")
     result.max_position_embeddings = config.get("max_position_embeddings") or text_cfg.get("max_position_embeddings")
+    result.num_attention_heads = config.get("num_attention_heads") or text_cfg.get("num_attention_heads")
     if _is_vision(config):
         result.modality = "vision"
 
@@ -202,6 +204,11 @@ def inspect_model(folder: str | Path) -> Inspection:
                 result.notes.append(f"config declares {declared} quantization but the weights are plain "
                                     f"{'/'.join(sorted(dtypes))}: leftover quantization_config ignored")
                 declared = None
+        if found and declared and found != declared:
+            # the tensors prove the weights are quantized; the config names the format vLLM must load
+            # (e.g. FP8 tensors in a compressed-tensors checkpoint are compressed-tensors, not vLLM's fp8)
+            result.notes.append(f"{found} tensors in a {declared} checkpoint: served as {declared}")
+            found = declared
         result.quantization = found or declared
     else:
         bins = list(folder.glob("*.bin"))

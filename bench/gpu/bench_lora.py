@@ -1,0 +1,54 @@
+"""LoRA adapter vs merged model throughput, each deployed by `model-garden deploy` on its own GPU.
+
+    python3 bench/gpu/bench_lora.py --out $OUT [--levels 8,64] [--eager]
+
+gpu-merged is gpu-llama with gpu-lora-a merged in, so both serve the same function; the adapter
+deployment computes the LoRA path at run time (vLLM's punica kernels). Results: $OUT/lora.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_serve  # noqa: E402
+from serve_common import log, mg, record, save  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--levels", default="1,8,64")
+    ap.add_argument("--eager", action="store_true")
+    args = ap.parse_args()
+    flags = ["--enforce-eager"] if args.eager else []
+    bench_serve.LEVELS = tuple(int(x) for x in args.levels.split(","))
+    R: dict = {"flags": flags}
+    starts = {}
+
+    def start(name, uri, gpu, port):
+        starts[name] = mg("deploy", uri, "--name", name, "--port", str(port), "--gpu-memory-utilization", "0.85",
+                          *flags, gpus=gpu)
+    th = [threading.Thread(target=start, args=a) for a in (("bl-lora", "models:/gpu-lora-a@champion", "1", 8011),
+                                                          ("bl-merged", "models:/gpu-merged@champion", "0", 8010))]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    R["starts"] = {k: {"rc": v["rc"], "seconds": v["seconds"], "stderr": v["stderr"][-800:]} for k, v in starts.items()}
+    try:
+        if record("bl-lora") and record("bl-merged"):
+            R["lora_vs_merged"] = bench_serve.compare(("lora", 8011, "gpu-lora-a", 1), ("merged", 8010, "gpu-merged", 0))
+    finally:
+        for name in ("bl-lora", "bl-merged"):
+            if record(name):
+                mg("deployments", "stop", name)
+        save(args.out, "lora.json", R)
+    log(str({k: v.get("ratio") for k, v in R.get("lora_vs_merged", {}).items()}))
+
+
+if __name__ == "__main__":
+    main()
