@@ -109,16 +109,32 @@ def failure_hint(tail: str) -> str:
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
     """Start ``argv`` as the leader of a new session / process group, output into ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "wb") as log:
+    from mg_mlflow.deploy.state import private_file
+
+    with private_file(log_file, "wb") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
         log.flush()
-        try:
+        try:  # umask 077: whatever vLLM writes (caches, logs) is private to this user
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, close_fds=True)
+                                    env=env, start_new_session=True, close_fds=True, umask=0o077)
         except OSError as exc:
             raise MGError(f"cannot start {argv[0]}: {exc}",
                           hint="check --vllm-python / --engine-cmd") from None
+
+
+def start_guard(pid: int, log_file: Path, grace: float = 10.0) -> subprocess.Popen | None:
+    """The crash guard (``mg_mlflow.deploy.guard``) inside ``pid``'s process group; None if it cannot start."""
+    import sys
+
+    from mg_mlflow.deploy.state import private_file
+
+    with private_file(log_file, "ab") as log:
+        try:
+            return subprocess.Popen([sys.executable, "-m", "mg_mlflow.deploy.guard", str(pid), str(grace)],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    process_group=pid, close_fds=True, umask=0o077)
+        except OSError:
+            return None  # the group has already gone (vLLM died at once): nothing to guard
 
 
 def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, timeout: float,
@@ -224,8 +240,15 @@ def stop_record(record: dict, grace: float = 20.0) -> list[int]:
     """Stop a deployment's monitor then its vLLM process group (unless the pid now belongs to another)."""
     from mg_mlflow.deploy.state import status_of
 
+    from mg_mlflow.deploy.state import pid_alive, process_start_time
+
     stop_monitor(record.get("monitor_pid"), record.get("monitor_start_time"))
+    left: list[int] = []
+    pending = record.get("updating") or {}  # a new version being started beside this one
+    if pending.get("pgid") and pid_alive(pending.get("pid")) and \
+            process_start_time(pending["pid"]) in (None, pending.get("pid_start_time")):
+        left += stop_group(int(pending["pgid"]), grace)
     if record.get("corrupt") or status_of(record, probe=False) == "stale":
-        return []
+        return left
     pgid = record.get("pgid") or record.get("pid")
-    return stop_group(int(pgid), grace) if pgid else []
+    return left + (stop_group(int(pgid), grace) if pgid else [])
