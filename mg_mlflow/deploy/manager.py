@@ -143,7 +143,7 @@ def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file, for
     from dataclasses import asdict
 
     from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import check_memory, launch, start_guard
+    from mg_mlflow.deploy.supervisor import check_memory, launch, served_pid
 
     if plan.engine == "vllm-cpu" and opts.check_memory:
         check_memory(plan.weight_bytes, float(plan.env.get("VLLM_CPU_KVCACHE_SPACE", 1)))
@@ -151,13 +151,12 @@ def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file, for
     env.pop("MG_API_KEY", None)  # vLLM reads VLLM_API_KEY only; the guard and vLLM need no other copy
     if opts.api_key:
         env["VLLM_API_KEY"] = opts.api_key
-    proc = launch(plan.argv, env, log_file, header=plan.display())
-    guard = start_guard(proc.pid, log_file)
+    proc = launch(plan.argv, env, log_file, header=plan.display())  # the guard, leading vLLM's group
+    pid = served_pid(proc) or proc.pid
     record = {"name": opts.name, "uris": list(uris), "models": [asdict(m) for m in plan.models],
               "default_model": plan.default_model, "engine": plan.engine, "host": opts.host,
-              "port": opts.port, "pid": proc.pid, "pgid": proc.pid,
-              "pid_start_time": state.process_start_time(proc.pid), "log_file": str(log_file),
-              "guard_pid": guard.pid if guard else None,
+              "port": opts.port, "pid": pid, "pgid": proc.pid, "guard_pid": proc.pid,
+              "pid_start_time": state.process_start_time(pid), "log_file": str(log_file),
               "started_at": time.time(), "command": plan.display(), "notes": plan.notes,
               "api_key_required": bool(env.get("VLLM_API_KEY")), "options": _options_record(opts),
               "foreground": foreground}

@@ -108,33 +108,45 @@ def failure_hint(tail: str) -> str:
 
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
-    """Start ``argv`` as the leader of a new session / process group, output into ``log_file``."""
+    """Start ``argv`` under its crash guard (``mg_mlflow.deploy.guard``), which leads a new session and
+    process group; output into ``log_file`` (0600). Returns the guard's Popen: it exits when vLLM does,
+    with vLLM's status, after ending the rest of the group. ``served_pid`` gives vLLM's own pid."""
+    import shutil
+    import sys
+
     from mg_mlflow.deploy.state import private_file
 
+    if not shutil.which(argv[0]):
+        raise MGError(f"cannot start {argv[0]}: not found or not executable",
+                      hint="check --vllm-python / --engine-cmd")
     with private_file(log_file, "wb") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
         log.flush()
         try:  # umask 077: whatever vLLM writes (caches, logs) is private to this user
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            return subprocess.Popen([sys.executable, "-m", "mg_mlflow.deploy.guard", "--", *argv],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True, close_fds=True, umask=0o077)
         except OSError as exc:
             raise MGError(f"cannot start {argv[0]}: {exc}",
                           hint="check --vllm-python / --engine-cmd") from None
 
 
-def start_guard(pid: int, log_file: Path, grace: float = 10.0) -> subprocess.Popen | None:
-    """The crash guard (``mg_mlflow.deploy.guard``) inside ``pid``'s process group; None if it cannot start."""
-    import sys
+def served_pid(guard: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """vLLM's pid (the guard's only child); None if the guard exited first."""
+    import psutil
 
-    from mg_mlflow.deploy.state import private_file
-
-    with private_file(log_file, "ab") as log:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            return subprocess.Popen([sys.executable, "-m", "mg_mlflow.deploy.guard", str(pid), str(grace)],
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    process_group=pid, close_fds=True, umask=0o077)
-        except OSError:
-            return None  # the group has already gone (vLLM died at once): nothing to guard
+            children = psutil.Process(guard.pid).children()
+        except psutil.NoSuchProcess:
+            children = []
+        if children:
+            return children[0].pid
+        if guard.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
 
 
 def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, timeout: float,

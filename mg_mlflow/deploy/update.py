@@ -102,7 +102,7 @@ def _handover(name: str, old: dict, uris: list[str], opts: DeployOptions, change
         plan, opts = prepare(uris, replace(opts, port=changes.get("port")), claims=claims,
                              port_from=int(old["port"]) + 1, exclude="")
         proc, record = start_server(uris, plan, opts, next_log)
-        old["updating"] = {"pid": proc.pid, "pgid": proc.pid, "pid_start_time": record["pid_start_time"],
+        old["updating"] = {"pid": record["pid"], "pgid": proc.pid, "pid_start_time": record["pid_start_time"],
                            "port": opts.port, "log_file": str(next_log), "started_at": record["started_at"]}
         state.write_record(old)  # `stop` during the handover ends the new version too
         try:
