@@ -49,6 +49,26 @@ def test_two_deploys_for_one_port_one_wins_the_other_launches_nothing(tiny_model
         stop_everything()
 
 
+def test_two_deploys_of_one_name_one_wins(tiny_model, mg_home, tmp_path):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    cmd = [str(BIN / "model-garden"), "deploy", str(tiny_model), "--name", "same",
+           *fake_engine_args(markers, bind_delay=3.0)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+             for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+        codes = [p.returncode for p in procs]
+        assert sorted(codes) == [0, 2], outs
+        err = " ".join(outs[codes.index(2)][1].split())
+        # while the winner starts: "being started"; once it is up: "already running"
+        assert "deployment 'same' is being started" in err or "deployment 'same' is already running" in err, err
+        assert len(list(markers.glob("*.started"))) == 1
+        assert len(list(_folder().glob("*.json"))) == 1
+    finally:
+        stop_everything()
+
+
 def test_sigkilled_engine_shows_dead_and_leaves_no_child(tiny_model, mg_home, tmp_path):
     record = _deploy(tiny_model, "crashy", tmp_path)
     pgid = record["pgid"]

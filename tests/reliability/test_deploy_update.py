@@ -64,6 +64,8 @@ def _secrets_absent(record: dict) -> None:
     assert processes_with(KEY) == []
     db = Path(os.environ["MG_HOME"]) / "mlflow.db"
     assert KEY.encode() not in db.read_bytes()
+    cache = Path(os.environ["MG_HOME"]) / "vllm-cache"  # written by vLLM under umask 077
+    assert [p for p in cache.rglob("*") if mode(p) & 0o077] == []
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +195,14 @@ def test_sigkilled_api_server_shows_dead_and_leaves_no_engine(live):
     client = get_deploy_client("vllm")
     members = group_alive(live["pgid"])
     assert len(members) >= 3  # guard, API server, engine core (+ worker)
+    import time
+
+    killed = time.monotonic()
     os.kill(live["pid"], signal.SIGKILL)
     wait_for(lambda: client.get_deployment(NAME)["status"] == "dead", 30, "status dead")
     wait_for(lambda: group_alive(live["pgid"]) == [], 60, "no process of the deployment left")
+    print(f"\nkill -9 figures: {len(members)} processes in the group, all gone "
+          f"{time.monotonic() - killed:.1f} s after the SIGKILL, without a stop")
     res = _mlflow("delete", "-t", "vllm", "--name", NAME)
     assert res.returncode == 0, res.stderr
     assert NAME not in {d["name"] for d in client.list_deployments()}
