@@ -112,3 +112,52 @@ def test_engine_crashing_at_start_leaves_nothing(tiny_model, mg_home, tmp_path):
     assert "vLLM exited with code 3" in res.stderr and "too little memory" in res.stderr
     assert not (_folder() / "crash-at-start.json").exists()
     assert processes_with(marker) == []
+
+
+KEY = "sk-faults-77aa88bb99cc"
+
+
+def _env_key(pid: int) -> str | None:
+    import psutil
+
+    return psutil.Process(pid).environ().get("VLLM_API_KEY")
+
+
+def test_cli_update_moves_beside_and_keeps_options_and_key(tiny_model, mg_home, tmp_path):
+    res = run_cli(["deploy", str(tiny_model), "--name", "upd", "--max-model-len", "512", *fake_engine_args(tmp_path)],
+                  env={"MG_API_KEY": KEY}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    old = json.loads((_folder() / "upd.json").read_text())
+    try:
+        res = run_cli(["deployments", "update", "upd", "--max-model-len", "256"], env={"MG_API_KEY": ""}, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        new = json.loads((_folder() / "upd.json").read_text())
+        assert new["port"] != old["port"] and f"port {old['port']} -> {new['port']}" in res.stdout
+        assert new["options"]["max_model_len"] == 256 and "--max-model-len 256" in new["command"]
+        assert {k: v for k, v in new["options"].items() if k not in ("max_model_len", "port")} == \
+               {k: v for k, v in old["options"].items() if k not in ("max_model_len", "port")}
+        assert _env_key(new["pid"]) == KEY and new["api_key_required"]  # read back from the old server
+        assert group_alive(old["pgid"]) == [] and len(list(tmp_path.glob("*.started"))) == 2
+        assert (_folder() / "upd.prev.log").is_file() and not (_folder() / "upd.next.log").exists()
+    finally:
+        stop_everything()
+
+
+def test_update_never_drops_the_key_of_a_protected_deployment(tiny_model, mg_home, tmp_path):
+    """The server died, so its key cannot be read back: the update refuses until the key is given."""
+    res = run_cli(["deploy", str(tiny_model), "--name", "locked", *fake_engine_args(tmp_path)],
+                  env={"MG_API_KEY": KEY}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    old = json.loads((_folder() / "locked.json").read_text())
+    try:
+        os.kill(old["pid"], signal.SIGKILL)
+        wait_for(lambda: group_alive(old["pgid"]) == [], 30, "the crashed deployment to be cleaned up")
+        res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": ""}, timeout=120)
+        assert res.returncode == 2 and "requires an API key" in res.stderr, res.stdout + res.stderr
+        assert len(list(tmp_path.glob("*.started"))) == 1  # nothing launched
+        res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": KEY}, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        new = json.loads((_folder() / "locked.json").read_text())
+        assert new["port"] == old["port"] and _env_key(new["pid"]) == KEY  # a dead one restarts in place
+    finally:
+        stop_everything()

@@ -9,7 +9,6 @@ order) ended it, so the tests do not depend on their order.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
