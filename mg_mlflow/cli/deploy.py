@@ -23,11 +23,11 @@ def plain_errors(func):
     return wrapper
 
 
-def deploy_options(func=None, skip: tuple[str, ...] = ()):
+def deploy_options(func=None, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None):
     """The options of DeployOptions, generated from its fields (mg_mlflow.deploy.options)."""
     from mg_mlflow.deploy.options import cli_options
 
-    return cli_options(func, skip=skip) if func is not None else cli_options(skip=skip)
+    return cli_options(func, skip=skip, helps=helps) if func is not None else cli_options(skip=skip, helps=helps)
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -175,7 +175,8 @@ def status_cmd(name):
 @deployments_group.command("update", context_settings={"ignore_unknown_options": True, "max_content_width": 110})
 @click.argument("name")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[MODEL_URI...] [VLLM_FLAGS]")
-@deploy_options(skip=("name",))
+@deploy_options(skip=("name",), helps={"port": "port of the new version (default: the next free one after the "
+                                                  "current port; the current port stays busy until the switch)"})
 @plain_errors
 def update_cmd(name, args, **options):
     """Move a deployment to new URIs and/or options without a gap in service.

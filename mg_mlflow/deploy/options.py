@@ -120,18 +120,19 @@ def from_plugin(config: dict | None, name: str | None = None) -> dict[str, Any]:
     return out
 
 
-def cli_options(func=None, *, skip: tuple[str, ...] = ()):
-    """Decorator: one click option per DeployOptions field that has CLI flags (values default to None)."""
+def cli_options(func=None, *, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None):
+    """Decorator: one click option per DeployOptions field that has CLI flags (values default to None).
+    ``helps`` replaces the help of some fields (e.g. what "not given" means for an update)."""
     import click
 
     if func is None:
-        return lambda f: cli_options(f, skip=skip)
+        return lambda f: cli_options(f, skip=skip, helps=helps)
     for f in reversed(_fields()):
         flags = cli_flags(f)
         if not flags or f.name in skip:
             continue
         typ = base_type(f)
-        kwargs: dict[str, Any] = {"default": None, "help": _help(f)}
+        kwargs: dict[str, Any] = {"default": None, "help": (helps or {}).get(f.name) or _help(f)}
         if f.metadata.get("envvar"):
             kwargs["envvar"] = f.metadata["envvar"]
             kwargs["show_envvar"] = True
