@@ -48,7 +48,7 @@ class Metrics(http.server.BaseHTTPRequestHandler):
 server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
 print(server.server_address[1], flush=True)
 threading.Thread(target=server.serve_forever, daemon=True).start()
-deadline = time.time() + 90
+deadline = time.time() + 400
 while not os.path.exists(stop_file) and time.time() < deadline:
     time.sleep(0.1)
 server.shutdown()
@@ -77,7 +77,7 @@ def _client():
     return MlflowClient()
 
 
-def _wait_points(client, run_id_file: Path, key: str, n: int, timeout: float = 60.0) -> str:
+def _wait_points(client, run_id_file: Path, key: str, n: int, timeout: float = 300.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if run_id_file.is_file() and run_id_file.read_text():
@@ -114,7 +114,7 @@ def served(trained, tmp_path_factory):
         stop_file.write_text("stop")
         scrapes = int(fake.stdout.readline())
         fake.wait(timeout=30)
-        rc = monitor.wait(timeout=60)  # it notices the pid is gone by itself
+        rc = monitor.wait(timeout=180)  # it notices the pid is gone by itself
         yield {"run_id": run_id, "rc": rc, "scrapes": scrapes, "log": (tmp / "monitor.log").read_text()}
     finally:
         for proc in (monitor, fake):

@@ -72,7 +72,7 @@ def _spawn_group() -> subprocess.Popen:
     """A leader that starts a child in its own process group (like vLLM's engine processes)."""
     code = "import subprocess, time; subprocess.Popen(['sleep', '120']); time.sleep(120)"
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    deadline = time.time() + 10
+    deadline = time.time() + 120  # generous: the 2 cores are shared
     while len(group_alive(proc.pid)) < 2 and time.time() < deadline:
         time.sleep(0.05)
     return proc

@@ -30,18 +30,28 @@ def second_lora(trained_lora, tiny_model, sample_data):
 
 
 @pytest.fixture(scope="module")
-def team(trained_lora, second_lora):
-    port = free_port()
-    try:
+def module_cleanup(trained_lora, second_lora):
+    yield {}
+    stop_everything()
+
+
+@pytest.fixture()
+def team(module_cleanup):
+    """The module's server, running: started once, and again only when a test before this one (in
+    whatever order the tests run) stopped it."""
+    from mg_mlflow.deploy import state
+
+    record = state.read_record("team")
+    if record is None or state.status_of(record) != "running":
+        stop_everything()
         res = run_cli(["deploy", "models:/tiny-lora@prod", "models:/tiny-lora-b@prod", "--name", "team",
-                       "--port", str(port), "--max-model-len", "512", "--health-timeout", "300"],
+                       "--port", str(free_port()), "--max-model-len", "512", "--health-timeout", "300"],
                       env={"MG_API_KEY": KEY}, timeout=400)
         assert res.returncode == 0, res.stdout + res.stderr
-        record = json.loads((Path(os.environ["MG_HOME"]) / "deployments" / "team.json").read_text())
-        record["_stdout"] = res.stdout
-        yield record
-    finally:
-        stop_everything()
+        module_cleanup["stdout"] = res.stdout
+    record = json.loads((Path(os.environ["MG_HOME"]) / "deployments" / "team.json").read_text())
+    record["_stdout"] = module_cleanup["stdout"]
+    return record
 
 
 def _get(record, path, key=KEY):
@@ -154,16 +164,20 @@ def test_list_status_logs_and_busy_port(team):
 
 
 def test_serving_monitor_follows_the_deployment(team):
-    pytest.importorskip("mg_mlflow.tracking.serving_monitor")
     from mg_mlflow.deploy.state import pid_alive
 
     assert team.get("monitor_pid") and pid_alive(team["monitor_pid"])
 
 
-def test_stop_leaves_no_process(team):
+def test_stop_leaves_no_process_and_finishes_the_serving_run(team):
+    """Stop ends every process; the monitor's run is then FINISHED, linked from each served version,
+    with the tokens served counted (one request is made here, so no other test has to run first)."""
+    import mlflow
+
     from mg_mlflow.deploy.state import pid_alive
 
-    assert len(group_alive(team["pgid"])) >= 2  # API server + engine core (+ workers)
+    assert _complete(team, "tiny-lora", "Hello", n=8) is not None
+    assert len(group_alive(team["pgid"])) >= 3  # guard, API server, engine core (+ workers)
     res = run_cli(["deployments", "stop", "team"])
     assert res.returncode == 0, res.stderr
     assert group_alive(team["pgid"]) == []
@@ -171,18 +185,12 @@ def test_stop_leaves_no_process(team):
     assert not (Path(os.environ["MG_HOME"]) / "deployments" / "team.json").exists()
     assert "team" not in run_cli(["deployments", "list"]).stdout
 
-
-def test_serving_run_is_linked_to_the_served_versions_and_counts_tokens(team):
-    """After stop the monitor's run is FINISHED, linked from each served version, with tokens counted."""
-    import mlflow
-
-    run_cli(["deployments", "stop", "team"])  # no-op when the previous test stopped it already
-
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     mv = client.get_model_version_by_alias("tiny-lora", "prod")
     run_id = mv.tags.get("mg.serving_run")
     assert run_id, mv.tags
     run = client.get_run(run_id)
+    assert run.data.tags["mg.deployment"] == "team"
     deadline = time.time() + 30
     while run.info.status == "RUNNING" and time.time() < deadline:
         time.sleep(1)

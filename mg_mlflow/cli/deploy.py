@@ -23,6 +23,13 @@ def plain_errors(func):
     return wrapper
 
 
+def deploy_options(func=None, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None):
+    """The options of DeployOptions, generated from its fields (mg_mlflow.deploy.options)."""
+    from mg_mlflow.deploy.options import cli_options
+
+    return cli_options(func, skip=skip, helps=helps) if func is not None else cli_options(skip=skip, helps=helps)
+
+
 def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """URIs come first; from the first token starting with '-' on, everything is a vLLM flag."""
     uris: list[str] = []
@@ -34,29 +41,11 @@ def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
 
 @click.command("deploy", context_settings={"ignore_unknown_options": True, "max_content_width": 110})
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="MODEL_URI... [VLLM_FLAGS]")
-@click.option("--name", help="deployment name (default: the served model name)")
-@click.option("--host", default="127.0.0.1", show_default=True, help="address to bind (0.0.0.0 exposes it)")
-@click.option("--port", type=int, help="port (default: first free from 8000)")
-@click.option("--api-key", envvar="MG_API_KEY", help="require this key (env MG_API_KEY); never stored or logged")
-@click.option("--served-model-name", multiple=True, help="model name per URI, in order (repeatable)")
-@click.option("--max-model-len", type=int, help="context length (default: the model's, capped 2048 CPU / 8192 GPU)")
-@click.option("--dtype", help="weights dtype (default: bfloat16 on CPU, auto on GPU)")
-@click.option("--tensor-parallel-size", "-tp", type=int, help="GPUs to shard the model over")
-@click.option("--gpu-memory-utilization", type=float, help="fraction of GPU memory vLLM may use")
-@click.option("--quantization", help="force a vLLM quantization method (default: from the weights)")
-@click.option("--chat-template", help="Jinja chat template file (default: the tokenizer's)")
-@click.option("--max-lora-rank", type=int, help="default: the adapters' rank, rounded up to a vLLM size")
-@click.option("--limit-mm-per-prompt", help='vision models, JSON (default {"image": 4, "video": 0})')
-@click.option("--engine", type=click.Choice(["auto", "vllm", "vllm-cpu"]), default="auto", show_default=True)
-@click.option("--vllm-python", help="Python interpreter of the environment that has vLLM")
-@click.option("--engine-cmd", help="command replacing 'python -m vllm.entrypoints.openai.api_server'")
-@click.option("--health-timeout", type=float, default=600, show_default=True, help="seconds to wait for /health")
-@click.option("--carbon/--no-carbon", default=True, show_default=True, help="track serving energy/CO2 as an MLflow run")
-@click.option("--skip-memory-check", is_flag=True, help="start even if free memory looks too small")
+@deploy_options
 @click.option("--foreground", is_flag=True, help="stay attached; Ctrl-C stops the server")
 @click.option("--dry-run", is_flag=True, help="print the planned vLLM command and exit")
 @plain_errors
-def deploy_cmd(args, dry_run, foreground, skip_memory_check, served_model_name, **options):
+def deploy_cmd(args, dry_run, foreground, **options):
     """Deploy registry URIs to a vLLM OpenAI-compatible server (in the background).
 
     \b
@@ -71,14 +60,14 @@ def deploy_cmd(args, dry_run, foreground, skip_memory_check, served_model_name, 
       model-garden deploy models:/qwen-support/3 --dry-run --max-num-seqs 8
     """
     from mg_mlflow.deploy.manager import deploy, prepare
+    from mg_mlflow.deploy.options import from_cli
     from mg_mlflow.deploy.plan import DeployOptions
     from mg_mlflow.errors import MGError
 
     uris, extra = _split_args(args)
     if not uris:
         raise MGError("no model URI given", hint="model-garden deploy models:/NAME@ALIAS")
-    opts = DeployOptions(served_model_name=list(served_model_name), extra_args=extra,
-                         check_memory=not skip_memory_check, **options)
+    opts = DeployOptions(**from_cli(options), extra_args=extra)
     if dry_run:
         plan, opts = prepare(uris, opts, check_port=False)
         out = console()
@@ -116,7 +105,7 @@ def _print_ready(record: dict, foreground: bool) -> None:
 
 @click.group("deployments")
 def deployments_group():
-    """List, inspect, read logs of and stop deployments."""
+    """List, inspect, update, read logs of and stop deployments."""
 
 
 @deployments_group.command("list")
@@ -181,6 +170,44 @@ def status_cmd(name):
         rows.append((f"model {m['served_name']}", f"{m['kind']}  {m['uri']}  run {m.get('run_id') or '-'}"))
     rows.append(("command", r.get("command")))
     print_kv(f"deployment {name}", rows)
+
+
+@deployments_group.command("update", context_settings={"ignore_unknown_options": True, "max_content_width": 110})
+@click.argument("name")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[MODEL_URI...] [VLLM_FLAGS]")
+@deploy_options(skip=("name",), helps={"port": "port of the new version (default: the next free one after the "
+                                                  "current port; the current port stays busy until the switch)"})
+@plain_errors
+def update_cmd(name, args, **options):
+    """Move a deployment to new URIs and/or options without a gap in service.
+
+    \b
+    The new version starts BESIDE the old one on the next free port; once it answers /health the
+    deployment switches to it and the old server is stopped. Clients that go through Model Garden
+    (generate, chat, mlflow deployments predict) follow; the new endpoint is printed. Every option
+    is kept unless given again, the API key included (read back from the running server, or pass
+    --api-key / MG_API_KEY). If the new version fails to start, the old one keeps serving.
+
+    \b
+    Examples:
+      model-garden deployments update team models:/tiny-lora@prod models:/tiny-lora-b@prod
+      model-garden deployments update chat models:/tiny-merged/2
+      model-garden deployments update chat --max-model-len 1024 -- --max-num-seqs 4
+    """
+    from mg_mlflow.deploy.manager import endpoint
+    from mg_mlflow.deploy.options import from_cli
+    from mg_mlflow.deploy.update import update
+
+    uris, extra = _split_args(args)
+    changes = from_cli(options)
+    if extra:
+        changes["extra_args"] = extra
+    record = update(name, uris or None, changes)
+    previous = record.get("previous") or {}
+    _print_ready(record, False)
+    if previous.get("port") and previous["port"] != record["port"]:
+        console().print(f"[yellow]endpoint moved:[/] port {previous['port']} -> {record['port']} "
+                        f"({endpoint(record)}); the previous version (pid {previous.get('pid')}) is stopped")
 
 
 @deployments_group.command("logs")

@@ -41,24 +41,50 @@ def resolve_all(uris: list[str]) -> tuple[list, list]:
     return resolved, [inspect_model(r.local_dir) for r in resolved]
 
 
-def prepare(uris: list[str], opts: DeployOptions, check_port: bool = True) -> tuple[Plan, DeployOptions]:
+def running_ports(exclude: str | None = None) -> set[int]:
+    """Ports held by recorded deployments that still run (and by versions being started beside them)."""
+    from mg_mlflow.deploy import state
+
+    ports = set()
+    for r in state.all_records():
+        if r.get("name") == exclude or r.get("corrupt"):
+            continue
+        if r.get("port") and state.status_of(r, probe=False) in ("running", "starting"):
+            ports.add(int(r["port"]))
+        pending = r.get("updating") or {}
+        if pending.get("port") and state.pid_alive(pending.get("pid")):
+            ports.add(int(pending["port"]))
+    return ports
+
+
+def prepare(uris: list[str], opts: DeployOptions, check_port: bool = True, claims: list | None = None,
+            port_from: int | None = None, exclude: str | None = None) -> tuple[Plan, DeployOptions]:
     """Resolve, inspect and plan (ports chosen, nothing started). Raises MGError on bad input.
 
-    ``check_port=False`` (dry runs) plans the wanted port without checking that it is free."""
+    ``check_port=False`` (dry runs) plans the wanted port without checking that it is free. With a
+    ``claims`` list the port is claimed atomically (``ports.claim_port``) and the held claim is appended:
+    the caller releases it once its server is healthy or has failed."""
     from mg_mlflow.deploy import state
     from mg_mlflow.deploy.plan import plan_deployment
+    from mg_mlflow.deploy.ports import claim_port
     from mg_mlflow.deploy.supervisor import pick_port
     from mg_mlflow.env import setup_env
 
     setup_env()
     opts = _pull_api_key(opts)
+    if not opts.api_key and os.environ.get("MG_API_KEY"):
+        opts = replace(opts, api_key=os.environ["MG_API_KEY"])  # the CLI, the plugin and the library alike
     if opts.name:
         state.check_name(opts.name)
     resolved, inspections = resolve_all(list(uris))
-    reserved = {int(r["port"]) for r in state.all_records()
-                if r.get("port") and state.status_of(r, probe=False) in ("running", "starting")
-                and r.get("name") != opts.name}
-    port = pick_port(opts.host, opts.port, reserved) if check_port or not opts.port else opts.port
+    reserved = running_ports(exclude=opts.name if exclude is None else exclude)
+    if claims is not None:
+        port, claim = claim_port(opts.host, opts.port, reserved, start=port_from or 8000)
+        claims.append(claim)
+    elif check_port or not opts.port:
+        port = pick_port(opts.host, opts.port, reserved)
+    else:
+        port = opts.port
     opts = replace(opts, port=port)
     plan = plan_deployment(resolved, inspections, opts)
     name = opts.name or plan.default_model.replace("/", "-")
@@ -112,45 +138,78 @@ def _options_record(opts: DeployOptions) -> dict[str, Any]:
     return data
 
 
-def deploy(uris: list[str], opts: DeployOptions, foreground: bool = False,
-           show_progress: bool | None = None, on_ready=None) -> dict[str, Any]:
-    """Launch vLLM for ``uris``; returns the state record once /health answers."""
+def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file, foreground: bool = False):
+    """Launch vLLM and its crash guard; (process, record). Nothing is written to the state folder here."""
     from dataclasses import asdict
 
     from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import check_memory, launch, stop_group, wait_healthy
+    from mg_mlflow.deploy.supervisor import check_memory, launch, served_pid
 
-    plan, opts = prepare(uris, opts)
-    _free_name(opts.name)
     if plan.engine == "vllm-cpu" and opts.check_memory:
         check_memory(plan.weight_bytes, float(plan.env.get("VLLM_CPU_KVCACHE_SPACE", 1)))
     env = {**os.environ, **plan.env}
+    env.pop("MG_API_KEY", None)  # vLLM reads VLLM_API_KEY only; the guard and vLLM need no other copy
     if opts.api_key:
         env["VLLM_API_KEY"] = opts.api_key
-    log_file = state.log_path(opts.name)
-    proc = launch(plan.argv, env, log_file, header=plan.display())
+    proc = launch(plan.argv, env, log_file, header=plan.display())  # the guard, leading vLLM's group
+    pid = served_pid(proc) or proc.pid
     record = {"name": opts.name, "uris": list(uris), "models": [asdict(m) for m in plan.models],
               "default_model": plan.default_model, "engine": plan.engine, "host": opts.host,
-              "port": opts.port, "pid": proc.pid, "pgid": proc.pid,
-              "pid_start_time": state.process_start_time(proc.pid), "log_file": str(log_file),
+              "port": opts.port, "pid": pid, "pgid": proc.pid, "guard_pid": proc.pid,
+              "pid_start_time": state.process_start_time(pid), "log_file": str(log_file),
               "started_at": time.time(), "command": plan.display(), "notes": plan.notes,
               "api_key_required": bool(env.get("VLLM_API_KEY")), "options": _options_record(opts),
               "foreground": foreground}
-    try:
-        state.write_record(record)
-        record["startup_s"] = round(wait_healthy(proc, opts.host, opts.port, log_file, opts.health_timeout,
-                                                 show_progress, label=f"starting vLLM ({opts.name})"), 2)
-    except BaseException:
-        stop_group(proc.pid, grace=10.0)
-        state.remove_record(opts.name)
-        raise
-    if opts.carbon:
+    return proc, record
+
+
+def finish_start(record: dict) -> dict:
+    """Start the serving monitor (when asked) and write the record of a healthy server."""
+    from mg_mlflow.deploy import state
+
+    if record["options"].get("carbon", True):
         record["monitor_pid"], error = _monitor(record)
         if record["monitor_pid"]:
             record["monitor_start_time"] = state.process_start_time(record["monitor_pid"])
         if error:
             record["notes"].append(error)
     state.write_record(record)
+    return record
+
+
+def deploy(uris: list[str], opts: DeployOptions, foreground: bool = False,
+           show_progress: bool | None = None, on_ready=None) -> dict[str, Any]:
+    """Launch vLLM for ``uris``; returns the state record once /health answers.
+
+    The name and the port are claimed atomically first: a second deploy asking for the same port (or
+    name) at the same time errors before launching anything."""
+    from mg_mlflow.deploy import state
+    from mg_mlflow.deploy.ports import claim_name
+    from mg_mlflow.deploy.supervisor import stop_group, wait_healthy
+
+    claims: list = []
+    try:
+        named = bool(opts.name)
+        if named:
+            claims.append(claim_name(state.state_dir(), state.check_name(opts.name)))
+        plan, opts = prepare(uris, opts, claims=claims)
+        if not named:
+            claims.append(claim_name(state.state_dir(), opts.name))
+        _free_name(opts.name)
+        log_file = state.log_path(opts.name)
+        proc, record = start_server(uris, plan, opts, log_file, foreground)
+        try:
+            state.write_record(record)
+            record["startup_s"] = round(wait_healthy(proc, opts.host, opts.port, log_file, opts.health_timeout,
+                                                     show_progress, label=f"starting vLLM ({opts.name})"), 2)
+        except BaseException:
+            stop_group(proc.pid, grace=10.0)
+            state.remove_record(opts.name)
+            raise
+    finally:
+        for claim in claims:
+            claim.release()
+    finish_start(record)
     if on_ready is not None:
         on_ready(record)
     if foreground:
@@ -221,17 +280,7 @@ def endpoint(record: dict) -> str:
 
 def redeploy(name: str, uris: list[str] | None, changes: dict[str, Any], api_key: str | None = None,
              show_progress: bool | None = None) -> dict[str, Any]:
-    """Replace a deployment (new URIs and/or options) under the same name, reusing its port."""
-    from mg_mlflow.deploy import state
+    """Deprecated name of :func:`mg_mlflow.deploy.update.update` (kept for callers of the library)."""
+    from mg_mlflow.deploy.update import update
 
-    old = state.get_record(name)
-    options = {**(old.get("options") or {}), **changes, "name": name}
-    options.setdefault("port", old.get("port"))
-    opts = DeployOptions(**{k: v for k, v in options.items() if k in DeployOptions.__dataclass_fields__})
-    opts = replace(opts, api_key=api_key or opts.api_key)
-    uris = list(uris or old["uris"])
-    prepare_check = uris  # resolve before stopping the old server: a bad URI leaves it running
-    resolve_all(prepare_check)
-    stop(name)
-    return deploy(uris, opts, show_progress=show_progress)
-
+    return update(name, uris, {**changes, **({"api_key": api_key} if api_key else {})}, show_progress=show_progress)

@@ -4,6 +4,8 @@
     mlflow deployments predict -t vllm --name chat -I input.json
     mlflow deployments delete -t vllm --name chat
 
+``update`` starts the new version beside the old one (next free port), switches the record once it is
+healthy, then stops the old one; a new version that fails to start leaves the old one serving.
 Deployments are the same records ``model-garden deployments list`` shows. Errors are
 ``MlflowException`` with an error code.
 """
@@ -20,25 +22,9 @@ from mlflow.protos.databricks_pb2 import (INTERNAL_ERROR, INVALID_PARAMETER_VALU
                                           RESOURCE_DOES_NOT_EXIST)
 
 FLAVORS = (None, "vllm", "transformers", "python_function", "hf")
-CONFIG_HELP = {
-    "port": "port to bind (default: first free from 8000)",
-    "host": "address to bind (default 127.0.0.1)",
-    "api_key": "require this API key (also read from MG_API_KEY); never stored",
-    "served_model_name": "comma-separated model names, one per URI",
-    "max_model_len": "context length", "dtype": "weights dtype",
-    "tensor_parallel_size": "GPUs to shard over", "gpu_memory_utilization": "GPU memory fraction",
-    "quantization": "force a vLLM quantization method", "chat_template": "chat template file",
-    "max_lora_rank": "LoRA rank slots", "limit_mm_per_prompt": 'vision models, JSON: {"image": 4}',
-    "engine": "auto | vllm | vllm-cpu", "vllm_python": "Python that has vLLM",
-    "engine_cmd": "command replacing 'python -m vllm.entrypoints.openai.api_server'",
-    "vllm_args": "extra vLLM flags, space-separated (override planned ones)",
-    "health_timeout": "seconds to wait for /health (default 600)",
-    "carbon": "true/false: track serving energy as an MLflow run (default true)",
-    "check_memory": "true/false: refuse to start without enough free memory (default true)",
-}
 ERROR_CODES = [(re.compile(r"^no deployment named"), RESOURCE_DOES_NOT_EXIST),
-               (re.compile(r"already running|already in use"), RESOURCE_ALREADY_EXISTS),
-               (re.compile(r"vLLM exited|not healthy|cannot start|survived SIGKILL"), INTERNAL_ERROR)]
+               (re.compile(r"vLLM exited|not healthy|cannot start|survived SIGKILL|failed to start"), INTERNAL_ERROR),
+               (re.compile(r"already running|already in use|being started"), RESOURCE_ALREADY_EXISTS)]
 
 
 @contextmanager
@@ -52,47 +38,14 @@ def _mlflow_errors():
         raise MlflowException(str(err), error_code=code) from None
 
 
-def _bool(key: str, value: Any) -> bool:
-    from mg_mlflow.config import parse_bool
-
-    try:
-        return parse_bool(value)
-    except ValueError:
-        raise MlflowException(f"config {key}={value!r}: expected true or false",
-                              error_code=INVALID_PARAMETER_VALUE) from None
-
-
 def config_to_options(config: dict | None, name: str | None = None) -> dict[str, Any]:
-    """``-C key=value`` strings -> DeployOptions fields (typed), with every unknown key reported."""
-    import shlex
-    import typing
+    """``-C key=value`` strings -> DeployOptions fields (typed), with every unknown key reported.
 
-    from mg_mlflow.deploy.plan import DeployOptions
+    The keys, their types and help come from DeployOptions (``mg_mlflow.deploy.options``)."""
+    from mg_mlflow.deploy.options import from_plugin
 
-    config = dict(config or {})
-    unknown = sorted(set(config) - set(CONFIG_HELP))
-    if unknown:
-        raise MlflowException(f"unknown config key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_HELP))}",
-                              error_code=INVALID_PARAMETER_VALUE)
-    hints = typing.get_type_hints(DeployOptions)
-    out: dict[str, Any] = {"name": name} if name else {}
-    for key, value in config.items():
-        if key == "vllm_args":
-            out["extra_args"] = shlex.split(value) if isinstance(value, str) else list(value)
-        elif key == "served_model_name":
-            out[key] = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-        elif hints[key] in (bool,):
-            out[key] = _bool(key, value)
-        elif value is None or value == "":
-            continue
-        else:
-            kind = int if "int" in str(hints[key]) else float if "float" in str(hints[key]) else str
-            try:
-                out[key] = kind(value)
-            except ValueError:
-                raise MlflowException(f"config {key}={value!r}: expected {kind.__name__}",
-                                      error_code=INVALID_PARAMETER_VALUE) from None
-    return out
+    with _mlflow_errors():
+        return from_plugin(config, name)
 
 
 def _uris(model_uri: str) -> list[str]:
@@ -103,7 +56,7 @@ def _public(record: dict) -> dict:
     from mg_mlflow.deploy.manager import endpoint
 
     keys = ("name", "status", "uris", "models", "default_model", "engine", "host", "port", "pid",
-            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes")
+            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous")
     out = {k: record.get(k) for k in keys if k in record}
     out["endpoint"] = endpoint(record)
     out["flavor"] = "vllm"
@@ -128,14 +81,14 @@ class VLLMDeploymentClient(BaseDeploymentClient):
             return _public({**deploy(_uris(model_uri), opts, show_progress=False), "status": "running"})
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        from mg_mlflow.deploy.manager import redeploy
+        """Start the new version beside the old one (next free port), switch, stop the old; every option
+        (the API key included) is kept unless ``config`` changes it. A failed start leaves the old serving."""
+        from mg_mlflow.deploy.update import update
 
         self._check_flavor(flavor)
         changes = config_to_options(config)
-        api_key = changes.pop("api_key", None)
         with _mlflow_errors():
-            record = redeploy(name, _uris(model_uri) if model_uri else None, changes, api_key=api_key,
-                              show_progress=False)
+            record = update(name, _uris(model_uri) if model_uri else None, changes, show_progress=False)
             return _public({**record, "status": "running"})
 
     def delete_deployment(self, name, config=None, endpoint=None):
@@ -229,7 +182,9 @@ def run_local(name, model_uri, flavor=None, config=None):
 
 
 def target_help():
-    keys = "\n".join(f"    {k:<24} {v}" for k, v in CONFIG_HELP.items())
+    from mg_mlflow.deploy.options import plugin_keys
+
+    keys = "\n".join(f"    {k:<24} {v}" for k, v in plugin_keys().items())
     return f"""Target 'vllm' (Model Garden): serve MLflow registry models with a vLLM OpenAI-compatible server.
 
 Target URI: 'vllm' (local machine; deployments are recorded under $MG_HOME/deployments).
@@ -238,14 +193,14 @@ Model URIs: models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:
 models:/m-<id> or a local folder. Several LoRA adapters of one base: comma-separate them
 (-m models:/a@prod,models:/b@prod); they share one server, each under its own model name.
 
-Config keys (-C key=value), the same as `model-garden deploy` options:
+Config keys (-C key=value), the same as `model-garden deploy` options (api_key: also MG_API_KEY):
 {keys}
 
 Examples:
     mlflow deployments create -t vllm --name chat -m models:/tiny-lora@prod -C port=8001
     mlflow deployments predict -t vllm --name chat -I request.json    # {{"prompt": ["Hello"], "max_tokens": [16]}}
     mlflow deployments get -t vllm --name chat
-    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2
+    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2   # new beside old, then switch
     mlflow deployments delete -t vllm --name chat
     mlflow deployments run-local -t vllm --name dev -m models:/tiny-lora@prod
 """

@@ -23,9 +23,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def state_dir() -> Path:
     from mg_mlflow.env import mg_home
 
-    path = mg_home() / "deployments"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    from mg_mlflow.deploy.ports import private_dir
+
+    return private_dir(mg_home() / "deployments")  # 0700: records, logs and claims are private
 
 
 def check_name(name: str) -> str:
@@ -47,9 +47,20 @@ def write_record(record: dict[str, Any]) -> Path:
     assert "api_key" not in record, "the API key is never stored"
     path = record_path(record["name"])
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(record, indent=2, sort_keys=True))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return path
+
+
+def private_file(path: Path, mode: str = "wb"):
+    """Open ``path`` for writing ("wb") or appending ("ab"), created 0600."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if mode.startswith("a") else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    os.chmod(path, 0o600)
+    return os.fdopen(fd, mode)
 
 
 def read_record(name: str) -> dict[str, Any] | None:

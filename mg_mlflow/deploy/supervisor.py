@@ -152,17 +152,45 @@ def failure_hint(tail: str) -> str:
 
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
-    """Start ``argv`` as the leader of a new session / process group, output into ``log_file``."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "wb") as log:
+    """Start ``argv`` under its crash guard (``mg_mlflow.deploy.guard``), which leads a new session and
+    process group; output into ``log_file`` (0600). Returns the guard's Popen: it exits when vLLM does,
+    with vLLM's status, after ending the rest of the group. ``served_pid`` gives vLLM's own pid."""
+    import shutil
+    import sys
+
+    from mg_mlflow.deploy.state import private_file
+
+    if not shutil.which(argv[0]):
+        raise MGError(f"cannot start {argv[0]}: not found or not executable",
+                      hint="check --vllm-python / --engine-cmd")
+    with private_file(log_file, "wb") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
         log.flush()
-        try:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True, close_fds=True)
+        try:  # umask 077: whatever vLLM writes (caches, logs) is private to this user
+            return subprocess.Popen([sys.executable, "-m", "mg_mlflow.deploy.guard", "--", *argv],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True, close_fds=True, umask=0o077)
         except OSError as exc:
             raise MGError(f"cannot start {argv[0]}: {exc}",
                           hint="check --vllm-python / --engine-cmd") from None
+
+
+def served_pid(guard: subprocess.Popen, timeout: float = 30.0) -> int | None:
+    """vLLM's pid (the guard's only child); None if the guard exited first."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            children = psutil.Process(guard.pid).children()
+        except psutil.NoSuchProcess:
+            children = []
+        if children:
+            return children[0].pid
+        if guard.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
 
 
 def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, timeout: float,
@@ -270,8 +298,15 @@ def stop_record(record: dict, grace: float = 20.0) -> list[int]:
     """Stop a deployment's monitor then its vLLM process group (unless the pid now belongs to another)."""
     from mg_mlflow.deploy.state import status_of
 
+    from mg_mlflow.deploy.state import pid_alive, process_start_time
+
     stop_monitor(record.get("monitor_pid"), record.get("monitor_start_time"))
+    left: list[int] = []
+    pending = record.get("updating") or {}  # a new version being started beside this one
+    if pending.get("pgid") and pid_alive(pending.get("pid")) and \
+            process_start_time(pending["pid"]) in (None, pending.get("pid_start_time")):
+        left += stop_group(int(pending["pgid"]), grace)
     if record.get("corrupt") or status_of(record, probe=False) == "stale":
-        return []
+        return left
     pgid = record.get("pgid") or record.get("pid")
-    return stop_group(int(pgid), grace) if pgid else []
+    return left + (stop_group(int(pgid), grace) if pgid else [])

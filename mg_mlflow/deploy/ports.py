@@ -1,0 +1,111 @@
+"""Atomic port and name claims, so two deploys started at once never launch two servers on one port.
+
+A claim is an exclusive ``flock`` on a small file, held by the deploying process from the moment it
+picks a port (or name) until its server is healthy or has failed; by then vLLM itself holds the port.
+Port claims live in a per-user folder of the machine's temp dir (so deployments of different MG_HOMEs
+see each other); name claims live beside the state records. The kernel drops a claim when its holder
+dies, so a crashed deploy never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from mg_mlflow.errors import MGError
+
+PORT_RANGE = range(8000, 8100)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created 0700 (tightened if it exists), refused if it is a link or another user's."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise MGError(f"{path} is not a private folder of this user", hint="remove it, or set MG_HOME elsewhere")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def locks_dir() -> Path:
+    return private_dir(Path(tempfile.gettempdir()) / f"model-garden-{os.getuid()}" / "ports")
+
+
+class Claim:
+    """An exclusive, non-blocking flock on ``path``; ``holder`` is the pid written by whoever holds it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip()
+            os.close(self.fd)
+            self.fd = None
+            raise ClaimTaken(holder) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class ClaimTaken(Exception):
+    def __init__(self, holder: str):
+        self.holder = holder or "?"
+        super().__init__(self.holder)
+
+
+def claim_name(folder: Path, name: str) -> Claim:
+    try:
+        return Claim(folder / f"{name}.lock")
+    except ClaimTaken as taken:
+        raise MGError(f"deployment {name!r} is being started or updated by another process (pid {taken.holder})",
+                      hint="wait for it to finish, then check `model-garden deployments list`") from None
+
+
+def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = PORT_RANGE.start) -> tuple[int, Claim]:
+    """(port, claim): ``wanted`` if nobody claims, records or binds it (else MGError), or the first such
+    port from ``start``."""
+    from mg_mlflow.deploy.supervisor import port_free
+
+    def attempt(port: int) -> Claim | None:
+        claim = Claim(locks_dir() / f"{port}.lock")
+        if port in reserved or not port_free(host, port):
+            claim.release()
+            return None
+        return claim
+
+    if wanted:
+        try:
+            claim = attempt(wanted)
+        except ClaimTaken as taken:
+            raise MGError(f"port {wanted} is already in use: another deployment (pid {taken.holder}) is "
+                          "starting on it", hint="choose another with --port") from None
+        if claim is None:
+            raise MGError(f"port {wanted} on {host} is already in use",
+                          hint="choose another with --port, or stop what holds it "
+                               "(`model-garden deployments list` shows Model Garden's servers)")
+        return wanted, claim
+    candidates = [p for p in range(start, PORT_RANGE.stop) if p >= PORT_RANGE.start] or list(PORT_RANGE)
+    for port in candidates + [p for p in PORT_RANGE if p < start]:
+        try:
+            claim = attempt(port)
+        except ClaimTaken:
+            continue
+        if claim is not None:
+            return port, claim
+    raise MGError(f"no free port between {PORT_RANGE.start} and {PORT_RANGE.stop - 1} on {host}", hint="pass --port")
