@@ -81,6 +81,12 @@ def test_whole_path_gives_the_same_record_for_every_modality(mg_home, request, m
     from mg_mlflow.registry.resolve import resolve_model_uri
 
     folder = resolve_model_uri(f"models:/one-{modality}/{result.registered_version}").local_dir
+    from pathlib import Path
+
+    from mg_mlflow.registry.resolve import cache_root
+
+    private = [p for p in (Path(folder), *Path(folder).parents) if cache_root() in p.parents]
+    assert any(p.stat().st_mode & 0o077 == 0 for p in private)  # the model cache is not world-readable
     if modality == "text":
         from mg_mlflow.registry.loader import load_model_dir
         from mg_mlflow.registry.publish import text_probe

@@ -106,7 +106,7 @@ def test_merged_with_vision_lora_registers_a_deployable_folder(vl_home, tiny_vl,
 
 
 def test_deploy_plan_for_the_registered_vl_adapter_has_multimodal_flags(vl_lora):
-    plan_mod = pytest.importorskip("mg_mlflow.deploy.plan")
+    import mg_mlflow.deploy.plan as plan_mod
     from mg_mlflow.inspect import inspect_model
     from mg_mlflow.registry.resolve import resolve_model_uri
 

@@ -128,7 +128,8 @@ def _download(artifact_uri: str, dest: Path) -> Path:
         return dest
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # the model cache is private
+    tmp.mkdir(mode=0o700)
     try:
         mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(tmp))
     except Exception as exc:  # noqa: BLE001

@@ -51,8 +51,8 @@ def start_serving_monitor(deployment: dict, metrics_url: str, pid: int, *, inter
     if run_id_file:
         cmd += ["--run-id-file", str(run_id_file)]
     try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
+        log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # private: it names endpoints and runs
+        with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     except OSError as exc:
