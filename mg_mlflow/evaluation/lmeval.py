@@ -72,7 +72,7 @@ def remote_backend(record: dict, served: str, tokenizer_dir: Path, concurrency: 
 def local_backend(local_dir: Path, metadata: dict, max_new_tokens: int, batch_size: int = 8):
     from mg_mlflow.registry.loader import is_adapter_dir
 
-    args = {"device": "cpu", "batch_size": batch_size, "max_gen_toks": max_new_tokens,
+    args = {"device": "cpu", "batch_size": batch_size,
             "dtype": metadata.get("dtype") or "float32"}
     try:
         import torch

