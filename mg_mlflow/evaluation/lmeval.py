@@ -60,6 +60,13 @@ def _env(**values):
                 os.environ[k] = v
 
 
+def api_backend_missing() -> list[str]:
+    """Packages lm-eval's API backends need (its ``api`` extra) that are not installed."""
+    import importlib.util
+
+    return [p for p in ("aiohttp", "tenacity", "requests") if importlib.util.find_spec(p) is None]
+
+
 def remote_backend(record: dict, served: str, tokenizer_dir: Path, concurrency: int, max_new_tokens: int):
     from mg_mlflow.deploy.manager import endpoint
 

