@@ -220,3 +220,28 @@ def test_deployment_dying_mid_evaluation_fails_the_run(uri, held, server):
     name, version = uri[len("models:/"):].split("/")
     digest = run.data.tags["mg.eval.dataset_digest"]
     assert not [k for k in client.get_model_version(name, version).tags if k.startswith(f"mg.eval.{digest}.")]
+
+
+def test_mlflow_run_evaluate_entry_point(uri, held):
+    """`mlflow run . -e evaluate`: parameters left empty mean "not given"; the evaluation fills the
+    run MLflow created."""
+    import subprocess
+    import sys
+
+    from mg_mlflow.tracking.run import ensure_experiment
+
+    root = Path(__file__).resolve().parents[1]
+    bin_dir = Path(sys.executable).parent
+    _client()
+    ensure_experiment("eval-project")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    cmd = [str(bin_dir / "mlflow"), "run", str(root), "-e", "evaluate", "--env-manager", "local",
+           "--experiment-name", "eval-project", "-P", f"model_uri={uri}", "-P", f"dataset={held}",
+           "-P", "max_new_tokens=4.0", "-P", "limit=5", "-P", "carbon=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = _client()
+    (run,) = client.search_runs([client.get_experiment_by_name("eval-project").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "evaluate"
+    assert run.data.tags["mg.run_kind"] == "evaluation" and run.data.metrics["eval/examples"] == 5
+    assert run.data.params["eval.max_new_tokens"] == "4" and "carbon/total_energy_kwh" not in run.data.metrics

@@ -22,6 +22,15 @@ def _int(value: str | None, option: str, default: int | None) -> int | None:
     return int(number)
 
 
+def _bool(value: str, option: str) -> bool:
+    from mg_mlflow.errors import MGError
+
+    text = value.strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise MGError(f"{option} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
 @click.command("evaluate")
 @click.argument("model_uri")
 @click.option("--dataset", "-d", required=True, help="JSONL/JSON/CSV/Parquet with references (training format)")
@@ -35,10 +44,11 @@ def _int(value: str | None, option: str, default: int | None) -> int | None:
 @click.option("--limit", default="", help="evaluate the first N records only")
 @click.option("--force", is_flag=True, help="evaluate again even if this version was evaluated on this data")
 @click.option("--carbon/--no-carbon", default=True, show_default=True, help="measure the evaluation's energy/CO2")
+@click.option("--carbon-value", default="", hidden=True, help="MLproject form of --carbon: true|false")
 @click.option("--api-key", envvar="MG_API_KEY", default=None, help="the deployment's API key (env MG_API_KEY)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, max_new_tokens, concurrency,
-                 batch_size, limit, force, carbon, api_key, as_json):
+                 batch_size, limit, force, carbon, carbon_value, api_key, as_json):
     """Evaluate MODEL_URI on a dataset with reference answers and record it in MLflow.
 
     Metrics: eval/loss and eval/perplexity (teacher forcing on the answers, the training masking),
@@ -61,6 +71,8 @@ def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, 
 
     from mg_mlflow.evaluation.runner import EvalOptions, evaluate
 
+    if carbon_value:
+        carbon = _bool(carbon_value, "carbon")
     opts = EvalOptions(dataset=dataset, deployment=deployment or None, tasks=tuple(t for t in tasks if t),
                        tasks_dir=tasks_dir or None, json_schema=json_schema or None,
                        max_new_tokens=_int(max_new_tokens, "--max-new-tokens", 64),

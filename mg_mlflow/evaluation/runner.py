@@ -131,7 +131,9 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
     key = rec.eval_key(resolved, eval_set.digest, _settings(opts, validator))
     label = rec.model_label(resolved)
     run_name = f"eval {label} on {eval_set.name}"
-    if not opts.force:
+    import os
+
+    if not opts.force and not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` a run already exists
         earlier = rec.find_earlier(key, experiment)
         if earlier is not None:
             return EvalResult(earlier.info.run_id, True, experiment, earlier.info.run_name or run_name, label,
