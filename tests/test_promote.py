@@ -147,3 +147,17 @@ def test_unevaluated_holder_or_metric_is_refused(choice, trained_lora):
         promote(NAME, "fresh", "eval/latency_p50_s")
     res = run_cli(["promote", "no-such-model"])
     assert res.returncode == 2 and "no registered model named 'no-such-model'" in res.stderr
+
+
+def test_metric_directions_and_scores():
+    from mg_mlflow.evaluation.metrics import lower_is_better, score
+
+    lower = [m for m in ("eval/loss", "eval/perplexity", "eval/latency_p95_s", "carbon/total_emissions_kg",
+                         "eval/exact_match", "eval/output_tokens_per_s", "eval/rougeL", "eval/t/acc") if lower_is_better(m)]
+    assert lower == ["eval/loss", "eval/perplexity", "eval/latency_p95_s", "carbon/total_emissions_kg"]
+    corpus, rows = score(["The cat  is red.", "9", "b-l-u-e"], ["The cat is red.", "7", "blue cat"])
+    assert [r["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
+    assert rows[0]["bleu"] == pytest.approx(100.0) and rows[0]["rougeL"] == pytest.approx(1.0)
+    # "b-l-u-e" vs "blue cat": no shared word token; ROUGE-L (rouge-score tokenizer) sees b l u e vs blue cat
+    assert rows[2]["token_f1"] == 0.0 and rows[2]["rougeL"] == 0.0
+    assert corpus["eval/exact_match"] == pytest.approx(1 / 3) and 0 < corpus["eval/chrf"] < 100

@@ -95,12 +95,13 @@ def score(predictions: list[str], references: list[str], validator=None) -> tupl
     return out, rows
 
 
-LOWER_IS_BETTER = ("loss", "perplexity", "latency", "emissions", "energy", "_s")
+LOWER_IS_BETTER = ("loss", "perplexity", "latency", "emissions", "energy", "seconds", "duration")
 
 
 def lower_is_better(metric: str) -> bool:
-    """Direction of a metric by name: loss, perplexity, latency, energy and emissions go down."""
+    """Direction of a metric by name: loss, perplexity, latency, time, energy and emissions go down;
+    rates (``..._per_s``) and scores go up."""
     name = metric.lower()
-    if name.endswith("tokens_per_s") or name.endswith("per_s"):
+    if name.endswith("per_s"):
         return False
-    return any(part in name for part in LOWER_IS_BETTER[:5]) or name.endswith("_s")
+    return any(part in name for part in LOWER_IS_BETTER)
