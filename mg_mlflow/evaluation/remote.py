@@ -103,44 +103,87 @@ def latency_metrics(gen: Generations) -> dict[str, float]:
             "eval/output_tokens_per_s": gen.output_tokens / gen.seconds if gen.seconds > 0 else 0.0}
 
 
-def answer_loss(record: dict, served: str, tokenizer, examples, concurrency: int = 8,
-                api_key: str | None = None) -> tuple[float, int] | None:
+def _lost(record: dict, what: str, exc: BaseException) -> DeploymentLost:
+    return DeploymentLost(f"deployment {record['name']!r} stopped answering during the evaluation ({what}): "
+                          f"{type(exc).__name__}: {exc}", hint=f"model-garden deployments status {record['name']}; "
+                          "nothing was recorded on the model version")
+
+
+def tokenize_chat(record: dict, served: str, examples, concurrency: int = 8,
+                  api_key: str | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, prompt + answer ids) per example from the server's own ``/tokenize`` (its chat
+    template and tokenizer: exactly what it scores), so this path needs no local tokenizer."""
+    import httpx
+
+    from mg_mlflow.deploy.client import api_key_for
+    from mg_mlflow.deploy.manager import endpoint
+
+    url = endpoint(record).removesuffix("/v1") + "/tokenize"
+    headers = {"Authorization": f"Bearer {api_key_for(record, api_key)}"}
+
+    with httpx.Client(timeout=60.0, headers=headers) as http:
+        def ids(messages, generation_prompt):
+            resp = http.post(url, json={"model": served, "messages": messages,
+                                        "add_generation_prompt": generation_prompt, "add_special_tokens": False})
+            resp.raise_for_status()
+            return resp.json()["tokens"]
+
+        def one(ex):
+            answer = ex.prompt + [{"role": "assistant", "content": ex.reference}]
+            return ids(ex.prompt, True), ids(answer, False)
+
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+                return list(pool.map(one, examples))
+        except httpx.TransportError as exc:
+            raise _lost(record, "tokenize", exc) from None
+
+
+def answer_loss(record: dict, served: str, examples, concurrency: int = 8, api_key: str | None = None,
+                batch: int = 16) -> tuple[float, int] | None:
     """Teacher-forced answer loss from the served weights (vLLM ``prompt_logprobs``), with the same
-    masking as :func:`mg_mlflow.evaluation.local.answer_loss`; None when the server cannot give it."""
+    masking as :func:`mg_mlflow.evaluation.local.answer_loss`; None when the server cannot give it.
+    Prompts go ``batch`` to a request (token-id lists), requests ``concurrency`` at a time."""
+    import httpx
     import openai
 
     from mg_mlflow.deploy.client import openai_client
-    from mg_mlflow.evaluation.local import _ids, render
-
-    client = openai_client(record, api_key, timeout=120.0)
-
-    def one(ex) -> tuple[float, int]:
-        prompt = _ids(tokenizer, render(tokenizer, ex.prompt, True))
-        full = _ids(tokenizer, render(tokenizer, ex.prompt + [{"role": "assistant", "content": ex.reference}], False))
-        if full[:len(prompt)] != prompt:
-            full = prompt + _ids(tokenizer, ex.reference + (tokenizer.eos_token or ""))
-        out = client.completions.create(model=served, prompt=full, max_tokens=1, temperature=0.0,
-                                        extra_body={"prompt_logprobs": 0})
-        choice = out.choices[0]
-        entries = getattr(choice, "prompt_logprobs", None) or (choice.model_extra or {}).get("prompt_logprobs")
-        if not entries or len(entries) != len(full):
-            raise ValueError("no prompt_logprobs in the answer")
-        total = 0.0
-        for pos in range(len(prompt), len(full)):
-            entry = entries[pos] or {}
-            item = entry.get(str(full[pos])) or entry.get(full[pos])
-            if item is None:
-                raise ValueError("prompt token missing from prompt_logprobs")
-            total -= float(item["logprob"] if isinstance(item, dict) else item.logprob)
-        return total, len(full) - len(prompt)
 
     try:
+        pairs = tokenize_chat(record, served, examples, concurrency, api_key)
+    except httpx.HTTPStatusError:
+        return None
+    rows = []
+    for prompt, full in pairs:
+        if full[:len(prompt)] != prompt or len(full) <= len(prompt):
+            return None  # a template that rewrites earlier turns: no clean answer span
+        rows.append((prompt, full))
+    client = openai_client(record, api_key, timeout=120.0)
+
+    def one(chunk) -> tuple[float, int]:
+        out = client.completions.create(model=served, prompt=[full for _, full in chunk], max_tokens=1,
+                                        temperature=0.0, extra_body={"prompt_logprobs": 0})
+        total, count = 0.0, 0
+        for choice in sorted(out.choices, key=lambda c: c.index):
+            prompt, full = chunk[choice.index]
+            entries = getattr(choice, "prompt_logprobs", None) or (choice.model_extra or {}).get("prompt_logprobs")
+            if not entries or len(entries) != len(full):
+                raise ValueError("no prompt_logprobs in the answer")
+            for pos in range(len(prompt), len(full)):
+                entry = entries[pos] or {}
+                item = entry.get(str(full[pos])) or entry.get(full[pos])
+                if item is None:
+                    raise ValueError("prompt token missing from prompt_logprobs")
+                total -= float(item["logprob"] if isinstance(item, dict) else item.logprob)
+            count += len(full) - len(prompt)
+        return total, count
+
+    chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    try:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            parts = list(pool.map(one, examples))
+            parts = list(pool.map(one, chunks))
     except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
-        raise DeploymentLost(f"deployment {record['name']!r} stopped answering during the evaluation "
-                             f"(loss pass): {type(exc).__name__}: {exc}",
-                             hint=f"model-garden deployments status {record['name']}") from None
+        raise _lost(record, "loss pass", exc) from None
     except (openai.BadRequestError, ValueError, KeyError, TypeError):
         return None
     count = sum(n for _, n in parts)

