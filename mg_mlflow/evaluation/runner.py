@@ -83,14 +83,24 @@ class _Carbon:
             return {}
         from mg_mlflow.tracking import boamps
 
+        tracker, self.tracker = self.tracker, None
         try:
-            self.tracker.stop()
+            tracker.stop()
             record = self.handler.records[-1]
         except Exception as exc:  # noqa: BLE001
             self.error = f"codecarbon stop failed: {exc}"
             return {}
         return boamps.totals_from_record(record, tokens, boamps.is_estimated(self.sources),
                                          per_tokens="carbon/kg_per_1k_generated_tokens")
+
+    def close(self) -> None:
+        """Stop a tracker still running (the evaluation failed before its totals were taken)."""
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            try:
+                tracker.stop()
+            except Exception:  # noqa: BLE001 - already failing
+                pass
 
 
 def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
@@ -169,16 +179,19 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
         ds = rec.log_inputs(eval_set, model_id)
         with tempfile.TemporaryDirectory(prefix="mg-eval-") as tmp:
             carbon = _Carbon(opts.carbon, Path(tmp) / "carbon")
-            metrics, gen = _measure(resolved, eval_set, opts, deployment, served, step, notes)
-            predictions = gen.texts
-            scores, rows = score(predictions, [e.reference for e in eval_set.examples], validator)
-            metrics.update(scores)
-            if manager is not None:
-                metrics.update(_lm_eval(resolved, opts, deployment, served, manager, notes))
-            metrics["eval/examples"] = float(len(eval_set))
-            metrics["eval/examples_per_s"] = len(eval_set) / gen.seconds if gen.seconds > 0 else 0.0
-            metrics["eval/generation_seconds"] = gen.seconds
-            metrics.update(carbon.totals(float(gen.output_tokens)))
+            try:
+                metrics, gen = _measure(resolved, eval_set, opts, deployment, served, step, notes)
+                predictions = gen.texts
+                scores, rows = score(predictions, [e.reference for e in eval_set.examples], validator)
+                metrics.update(scores)
+                if manager is not None:
+                    metrics.update(_lm_eval(resolved, opts, deployment, served, manager, notes))
+                metrics["eval/examples"] = float(len(eval_set))
+                metrics["eval/examples_per_s"] = len(eval_set) / gen.seconds if gen.seconds > 0 else 0.0
+                metrics["eval/generation_seconds"] = gen.seconds
+                metrics.update(carbon.totals(float(gen.output_tokens)))
+            finally:
+                carbon.close()
             if carbon.error:
                 notes.append(carbon.error)
                 mlflow.set_tag("mg.carbon.status", f"failed: {carbon.error}"[:4000])
