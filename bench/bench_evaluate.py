@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -90,7 +91,11 @@ def main() -> None:
 
     uri = _model(home)
     data = write_sample(home / "held.jsonl", n=args.examples, seed=99)
-    record = deploy([uri], DeployOptions(name="bench-eval", max_model_len=512, carbon=False, health_timeout=600))
+    with socket.socket() as sock:  # an OS-chosen port: 8000.. is where other servers on a shared machine start
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    record = deploy([uri], DeployOptions(name="bench-eval", port=port, max_model_len=512, carbon=False,
+                                         health_timeout=600))
     results: dict[str, list[tuple[float, dict]]] = {"local": [], "deployment": []}
     try:
         for _ in range(args.rounds):
