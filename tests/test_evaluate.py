@@ -53,7 +53,16 @@ def server(trained_merged):
         stop_everything()
 
 
-def _evaluate_cli(args):
+def _evaluate_cli(args, in_process=False):
+    """`model-garden evaluate ... --json`: the console script, or the same click command in-process."""
+    if in_process:
+        from click.testing import CliRunner
+
+        from mg_mlflow.cli import cli
+
+        res = CliRunner().invoke(cli, ["evaluate", *args, "--json"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output[-3000:]
+        return json.loads(res.stdout)
     res = run_cli(["evaluate", *args, "--json"])
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(res.stdout)
@@ -68,7 +77,8 @@ def local_eval(uri, held):
 def remote_eval(uri, held, server, tmp_path_factory):
     tasks = write_choice_task(tmp_path_factory.mktemp("lm_tasks"), held)
     return _evaluate_cli([uri, "--dataset", str(held), "--max-new-tokens", "16", "--deployment", "evalsrv",
-                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)])
+                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)],
+                         in_process=True)
 
 
 def _table(run_id):
@@ -139,8 +149,13 @@ def test_reevaluation_is_recognised_unless_forced(uri, held):
     again = evaluate(uri, opts)
     assert not first.reused and again.reused and again.run_id == first.run_id
     assert again.metrics["eval/loss"] == pytest.approx(first.metrics["eval/loss"])
-    res = run_cli(["evaluate", uri, "--dataset", str(held), "--max-new-tokens", "4", "--limit", "6", "--no-carbon"])
-    assert res.returncode == 0 and "already evaluated" in res.stdout and first.run_id in res.stdout
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli
+
+    res = CliRunner().invoke(cli, ["evaluate", uri, "--dataset", str(held), "--max-new-tokens", "4", "--limit", "6",
+                                   "--no-carbon"], catch_exceptions=False)
+    assert res.exit_code == 0 and "already evaluated" in res.stdout and first.run_id in res.stdout
     forced = evaluate(uri, EvalOptions(str(held), max_new_tokens=4, limit=6, carbon=False, force=True))
     assert not forced.reused and forced.run_id != first.run_id
     name, version = uri[len("models:/"):].split("/")
@@ -165,8 +180,8 @@ def test_bad_input_fails_clearly_and_records_nothing(uri, held, tmp_path):
     no_refs = tmp_path / "norefs.jsonl"
     no_refs.write_text('{"instruction": "Add the two numbers.", "input": "1 + 2", "output": "3"}\n'
                        '{"instruction": "Reverse the word.", "input": "river"}\n')
-    res = run_cli(["evaluate", uri, "--dataset", str(no_refs)])
-    assert res.returncode == 2 and f"{no_refs}:2" in res.stderr and "without a reference" in res.stderr
+    with pytest.raises(MGError, match=rf"(?s)without a reference.*{no_refs}:2: missing field 'output'"):
+        evaluate(uri, EvalOptions(str(no_refs)))
     schema = tmp_path / "schema.json"
     schema.write_text('{\n  "type": "object",\n  "properties": {"a": }\n}\n')
     with pytest.raises(MGError, match=rf"{schema}:3: the JSON schema does not parse"):

@@ -16,6 +16,15 @@ from conftest import run_cli
 NAME = "tiny-choice"
 
 
+def cli(args):
+    """The real click command in-process (the console script costs ~10 s of imports per call here)."""
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli as group
+
+    return CliRunner().invoke(group, args, catch_exceptions=False)
+
+
 def _client():
     import mlflow
 
@@ -78,16 +87,16 @@ def test_promote_moves_to_a_better_version_and_records_it(choice):
     tags = client.get_model_version(NAME, best).tags
     assert tags["mg.promoted.champ.previous"] == "1" and "beats v1" in tags["mg.promoted.champ.reason"]
 
-    hist = run_cli(["promote", "--history", NAME, "--alias", "champ", "--json"])
-    assert hist.returncode == 0, hist.stderr
+    hist = cli(["promote", "--history", NAME, "--alias", "champ", "--json"])
+    assert hist.exit_code == 0, hist.output
     (entry,) = json.loads(hist.stdout)
     assert (entry["previous"], entry["version"], entry["metric"]) == ("1", best, "eval/loss")
-    table = run_cli(["promote", "--history", NAME])
+    table = cli(["promote", "--history", NAME])
     assert "champ" in table.stdout and choice["digest"] in table.stdout
 
     # promoting again: the holder is the best, nothing moves and nothing is recorded
-    again = run_cli(["promote", NAME, "--alias", "champ", "--metric", "eval/loss"])
-    assert again.returncode == 0 and "no change" in again.stdout and "no candidate beats" in again.stdout
+    again = cli(["promote", NAME, "--alias", "champ", "--metric", "eval/loss"])
+    assert again.exit_code == 0 and "no change" in again.stdout and "no candidate beats" in again.stdout
     assert _alias("champ") == best and len([m for m in _moves(best) if m["alias"] == "champ"]) == 1
 
 
@@ -109,8 +118,8 @@ def test_a_worse_candidate_leaves_the_alias_unchanged(choice):
 
 def test_dry_run_prints_the_table_and_changes_nothing(choice):
     _client().set_registered_model_alias(NAME, "dry", "1")
-    res = run_cli(["promote", NAME, "--alias", "dry", "--metric", "eval/loss", "--dry-run"])
-    assert res.returncode == 0, res.stderr
+    res = cli(["promote", NAME, "--alias", "dry", "--metric", "eval/loss", "--dry-run"])
+    assert res.exit_code == 0, res.output
     assert "would move" in res.stdout and "dry run" in res.stdout
     for version in ("1", "2", "3"):
         assert f"v{version}" in res.stdout
@@ -145,8 +154,8 @@ def test_unevaluated_holder_or_metric_is_refused(choice, trained_lora):
     assert not d.move and f"models:/{NAME}/{mv.version}" in d.reason and _alias("fresh") == str(mv.version)
     with pytest.raises(MGError, match="has eval/latency_p50_s"):
         promote(NAME, "fresh", "eval/latency_p50_s")
-    res = run_cli(["promote", "no-such-model"])
-    assert res.returncode == 2 and "no registered model named 'no-such-model'" in res.stderr
+    res = cli(["promote", "no-such-model"])
+    assert res.exit_code == 2 and "no registered model named 'no-such-model'" in res.stderr
 
 
 def test_metric_directions_and_scores():
