@@ -103,6 +103,9 @@ def test_local_evaluation_is_recorded_on_the_model(local_eval, trained_merged, u
     assert 0 < m["eval/loss"] < 20 and m["eval/perplexity"] == pytest.approx(math.exp(m["eval/loss"]), rel=1e-6)
     assert 0 <= m["eval/bleu"] <= 100 and 0 <= m["eval/chrf"] <= 100 and 0 <= m["eval/rougeL"] <= 1
     assert m["carbon/total_energy_kwh"] > 0 and m["carbon/duration_s"] > 0
+    report = json.loads(Path(mlflow.artifacts.download_artifacts(
+        run_id=run.info.run_id, artifact_path="carbon/boamps_report.json")).read_text())
+    assert report["task"]["taskStage"] == "inference"
 
     # the LoggedModel page: the metrics carry this run, the model id and the dataset digest
     model_id = trained_merged.model_uri[len("models:/"):]

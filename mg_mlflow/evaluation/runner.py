@@ -62,7 +62,7 @@ class _Carbon:
     """codecarbon around the evaluation (offline, machine-wide); fails soft like the training tracker."""
 
     def __init__(self, enabled: bool, folder: Path):
-        self.tracker, self.handler, self.error, self.folder = None, None, None, folder
+        self.tracker, self.handler, self.error, self.folder, self.record = None, None, None, folder, None
         if not enabled:
             return
         try:
@@ -86,12 +86,31 @@ class _Carbon:
         tracker, self.tracker = self.tracker, None
         try:
             tracker.stop()
-            record = self.handler.records[-1]
+            record = self.record = self.handler.records[-1]
         except Exception as exc:  # noqa: BLE001
             self.error = f"codecarbon stop failed: {exc}"
             return {}
         return boamps.totals_from_record(record, tokens, boamps.is_estimated(self.sources),
                                          per_tokens="carbon/kg_per_1k_generated_tokens")
+
+    def log_report(self, run_id: str, generated_tokens: float, requests: int) -> None:
+        """``carbon/emissions.csv`` and a BoAmps-style report (``taskStage: inference``) on the run."""
+        if self.record is None:
+            return
+        import mlflow
+
+        from mg_mlflow.tracking import boamps
+
+        csv = self.folder / boamps.CSV_NAME
+        if csv.is_file():
+            mlflow.log_artifact(str(csv), "carbon")
+        mlflow.set_tags({**boamps.source_tags(self.sources, boamps.intensity_source("USA", "", True)),
+                         "mg.carbon.status": "ok"})
+        run = mlflow.get_run(run_id)
+        report = boamps.build_report(self.record, run_id=run_id, stage="inference", tags=run.data.tags,
+                                     params=run.data.params,
+                                     extra={"generated_tokens": generated_tokens, "requests": requests})
+        mlflow.log_artifact(str(boamps.write_report(report, self.folder / "boamps_report.json")), "carbon")
 
     def close(self) -> None:
         """Stop a tracker still running (the evaluation failed before its totals were taken)."""
@@ -195,9 +214,7 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
             if carbon.error:
                 notes.append(carbon.error)
                 mlflow.set_tag("mg.carbon.status", f"failed: {carbon.error}"[:4000])
-            csv = Path(tmp) / "carbon" / "emissions.csv"
-            if csv.is_file():
-                mlflow.log_artifact(str(csv), "carbon")
+            carbon.log_report(run.info.run_id, float(gen.output_tokens), len(eval_set))
         rec.log_results(metrics, ds, model_id)
         rec.log_table(eval_set, predictions, rows)
         if notes:
