@@ -1,0 +1,145 @@
+"""``model-garden evaluate``: score a registered model on a dataset with references, record it in MLflow."""
+
+from __future__ import annotations
+
+import click
+
+from mg_mlflow.cli.base import console
+
+
+def _int(value: str | None, option: str, default: int | None) -> int | None:
+    """Numbers arrive as text so that MLproject's "" (not given) and "64.0" both work."""
+    from mg_mlflow.errors import MGError
+
+    if value in (None, ""):
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise MGError(f"{option} must be a number, got {value!r}") from None
+    if number != int(number):
+        raise MGError(f"{option} must be a whole number, got {value!r}")
+    return int(number)
+
+
+def _bool(value: str, option: str) -> bool:
+    from mg_mlflow.errors import MGError
+
+    text = value.strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise MGError(f"{option} must be true or false, got {value!r}")
+    return text in ("true", "1", "yes")
+
+
+@click.command("evaluate")
+@click.argument("model_uri")
+@click.option("--dataset", "-d", required=True, help="JSONL/JSON/CSV/Parquet with references (training format)")
+@click.option("--deployment", default="", help="evaluate through this running deployment (fast path)")
+@click.option("--task", "tasks", multiple=True, help="lm-evaluation-harness task to run as well (repeatable)")
+@click.option("--tasks-dir", default="", help="folder of lm-eval task YAML files (custom tasks, no hub)")
+@click.option("--json-schema", default="", help="JSON Schema file (or inline JSON): log the valid-output rate")
+@click.option("--max-new-tokens", default="64", show_default=True, help="tokens generated per answer (greedy)")
+@click.option("--concurrency", default="8", show_default=True, help="requests in flight (with --deployment)")
+@click.option("--batch-size", default="16", show_default=True, help="examples per batch (local path)")
+@click.option("--limit", default="", help="evaluate the first N records only")
+@click.option("--force", is_flag=True, help="evaluate again even if this version was evaluated on this data")
+@click.option("--carbon/--no-carbon", default=True, show_default=True, help="measure the evaluation's energy/CO2")
+@click.option("--carbon-value", default="", hidden=True, help="MLproject form of --carbon: true|false")
+@click.option("--api-key", envvar="MG_API_KEY", default=None, help="the deployment's API key (env MG_API_KEY)")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
+def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, max_new_tokens, concurrency,
+                 batch_size, limit, force, carbon, carbon_value, api_key, as_json):
+    """Evaluate MODEL_URI on a dataset with reference answers and record it in MLflow.
+
+    Metrics: eval/loss and eval/perplexity (teacher forcing on the answers, the training masking),
+    eval/exact_match, eval/token_f1, eval/rougeL, eval/bleu, eval/chrf (sacrebleu, 0-100),
+    eval/json_valid_rate (with --json-schema), eval/latency_p50_s, eval/latency_p95_s and
+    eval/output_tokens_per_s (with --deployment), carbon/* of the evaluation, and
+    eval/<task>/<metric> for each lm-eval --task. They are logged on an evaluation run in the
+    model's experiment with the model's id, so they show on the model's page; the version gets
+    tags mg.eval.<dataset digest>.*. The same version, data and settings again reuse the earlier
+    run unless --force.
+
+    \b
+    Examples:
+      model-garden evaluate models:/tiny-lora@champion --dataset heldout.jsonl
+      model-garden evaluate models:/tiny-lora/3 -d heldout.jsonl --deployment tiny-lora --concurrency 16
+      model-garden evaluate models:/tiny-lora/3 -d heldout.jsonl --task mytask --tasks-dir ./lm_tasks
+      model-garden evaluate models:/support-bot@prod -d tickets.jsonl --json-schema ticket.schema.json
+    """
+    import json
+
+    from mg_mlflow.evaluation.runner import EvalOptions, evaluate
+
+    if carbon_value:
+        carbon = _bool(carbon_value, "carbon")
+    opts = EvalOptions(dataset=dataset, deployment=deployment or None, tasks=tuple(t for t in tasks if t),
+                       tasks_dir=tasks_dir or None, json_schema=json_schema or None,
+                       max_new_tokens=_int(max_new_tokens, "--max-new-tokens", 64),
+                       concurrency=_int(concurrency, "--concurrency", 8),
+                       batch_size=_int(batch_size, "--batch-size", 16), limit=_int(limit, "--limit", None),
+                       force=force, carbon=carbon, api_key=api_key)
+    out = console(stderr=as_json)
+    with _Progress(enabled=not as_json) as progress:
+        result = evaluate(model_uri, opts, progress=progress.update)
+    if as_json:
+        click.echo(json.dumps({"run_id": result.run_id, "reused": result.reused, "experiment": result.experiment,
+                               "run_name": result.run_name, "model": result.model,
+                               "dataset_digest": result.dataset_digest, "metrics": result.metrics,
+                               "version_tags": result.version_tags, "notes": result.notes,
+                               "seconds": round(result.seconds, 3)}, indent=2))
+        return
+    if result.reused:
+        out.print(f"[yellow]already evaluated:[/] {result.model} on dataset digest {result.dataset_digest} "
+                  f"with these settings: run {result.run_id} ({result.run_name}). Use --force to evaluate again.")
+    _print_metrics(out, result)
+
+
+def _print_metrics(out, result) -> None:
+    from rich.table import Table
+
+    out.print(f"[bold]{result.run_name}[/]  run {result.run_id}  experiment {result.experiment}  "
+              f"dataset digest {result.dataset_digest}", soft_wrap=True)
+    table = Table()
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for key in sorted(result.metrics):
+        table.add_row(key, f"{result.metrics[key]:.4g}")
+    out.print(table)
+    for note in result.notes:
+        out.print(f"[yellow]note:[/] {note}")
+    if not result.reused and result.seconds:
+        out.print(f"[dim]{result.seconds:.1f} s; version tags: {len(result.version_tags)}[/]")
+
+
+class _Progress:
+    """A rich progress bar fed by the evaluation's (what, done, total) callback."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.bar, self.tasks = enabled, None, {}
+
+    def __enter__(self):
+        import sys
+
+        if self.enabled and sys.stderr.isatty():
+            from rich.progress import Progress
+
+            self.bar = Progress(console=console(stderr=True), transient=True)
+            self.bar.__enter__()
+        return self
+
+    def update(self, what: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if what not in self.tasks:
+            self.tasks[what] = self.bar.add_task(what, total=total)
+        self.bar.update(self.tasks[what], completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def register(group) -> None:
+    group.add_command(evaluate_cmd)
