@@ -220,7 +220,10 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                 raise MGError(f"vLLM exited with code {proc.returncode} before it was healthy; "
                               f"last lines of {log_file}:\n{tail}{cause}", hint=failure_hint(long_tail))
             if health_ok(host, port, timeout=1.0):
-                return time.monotonic() - start
+                time.sleep(0.2)  # another server on the port answers too: healthy only while ours lives
+                if proc.poll() is None:
+                    return time.monotonic() - start
+                continue
             if time.monotonic() - start > timeout:
                 tail = log_tail(log_file)
                 raise MGError(f"vLLM was not healthy after {timeout:.0f} s; last lines of {log_file}:\n{tail}",
