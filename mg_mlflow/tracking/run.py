@@ -62,6 +62,7 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
         run = mlflow.start_run(experiment_id=exp_id, run_name=run_name or None, tags=tags, **kwargs)
     if env_run and tags:
         mlflow.set_tags(tags)
+    mlflow.set_tags(process_tags())  # `runs list` / `runs repair` tell a dead run from a live one
     try:
         yield run
     except KeyboardInterrupt:
@@ -77,6 +78,16 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
     else:
         _flush()
         mlflow.end_run("FINISHED")
+
+
+def process_tags() -> dict[str, str]:
+    """``mg.pid``, ``mg.pid_start`` (process start time, epoch seconds) and ``mg.host`` of this process."""
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    return {"mg.pid": str(me.pid), "mg.pid_start": f"{me.create_time():.2f}", "mg.host": socket.gethostname()}
 
 
 def _flush() -> None:
