@@ -91,9 +91,12 @@ def process_tags() -> dict[str, str]:
 
 
 def _flush() -> None:
-    """Write queued asynchronous metrics before the run's status changes (no lost points)."""
+    """Write queued asynchronous and spooled metrics before the run's status changes (no lost points)."""
     import mlflow
 
+    from mg_mlflow.tracking.spool import flush_all
+
+    flush_all()
     try:
         mlflow.flush_async_logging()
     except Exception:  # noqa: BLE001
