@@ -7,6 +7,7 @@ an exception, and KILLED on Ctrl-C.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,16 +69,16 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
     except KeyboardInterrupt:
         _flush()
         mlflow.set_tag("mg.error", "interrupted by the user (Ctrl-C)")
-        mlflow.end_run("KILLED")
+        _end_run("KILLED")
         raise
     except BaseException as exc:
         _flush()
         _record_failure(exc)
-        mlflow.end_run("FAILED")
+        _end_run("FAILED")
         raise
     else:
         _flush()
-        mlflow.end_run("FINISHED")
+        _end_run("FINISHED")
 
 
 def process_tags() -> dict[str, str]:
@@ -88,6 +89,24 @@ def process_tags() -> dict[str, str]:
 
     me = psutil.Process()
     return {"mg.pid": str(me.pid), "mg.pid_start": f"{me.create_time():.2f}", "mg.host": socket.gethostname()}
+
+
+def _end_run(status: str) -> None:
+    """End the active run, retrying while the tracking store is unreachable (bounded by
+    ``MG_SPOOL_FLUSH_TIMEOUT``): a run must not stay RUNNING because the server blinked."""
+    import mlflow
+
+    from mg_mlflow.tracking.spool import flush_timeout
+
+    deadline = time.monotonic() + flush_timeout()
+    while True:
+        try:
+            mlflow.end_run(status)
+            return
+        except Exception:  # noqa: BLE001 - connection errors come in many types
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
 
 
 def _flush() -> None:
