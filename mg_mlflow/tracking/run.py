@@ -44,7 +44,32 @@ def use_tracking_uri() -> str:
 
     uri = default_tracking_uri()
     mlflow.set_tracking_uri(uri)
+    prepare_sqlite_store(uri)
     return uri
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a local sqlite store under a file lock, once per process.
+
+    Two processes opening a fresh store at once both run MLflow's schema migrations and one fails
+    ("Online migration expected to match one row"); later writes are safe (MLflow sets a 20 s
+    busy timeout on every sqlite session, and metrics are spooled with retries).
+    """
+    if not uri.startswith("sqlite:///") or uri in _PREPARED:
+        return
+    import mlflow
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=600):
+        client = mlflow.tracking.MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)       # tracking tables
+        client.search_registered_models(max_results=1)  # registry tables (same file)
+    _PREPARED.add(uri)
 
 
 @contextmanager

@@ -27,11 +27,13 @@ def runs(uri: str | None = None, experiment: str = "model-garden"):
 
 
 def start_training(args: list[str], cwd: Path, env: dict | None = None, log: Path | None = None):
-    """``model-garden train ARGS`` as a child process (its own process group), output to ``log``."""
+    """``model-garden train ARGS`` as a child process (its own process group), output to ``log``;
+    ``env`` values of None remove the variable."""
     out = open(log or cwd / "train.log", "w")
-    return subprocess.Popen([str(BIN / "model-garden"), "train", *args], cwd=cwd,
-                            env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    full = {**os.environ, **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
+    return subprocess.Popen([str(BIN / "model-garden"), "train", *args], cwd=cwd, env=full, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
