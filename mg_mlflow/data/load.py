@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
@@ -149,6 +150,9 @@ def load_dataset_records(source: str, fmt: str = "auto", split: str = "train") -
         if not path.is_file():
             raise MGError(f"dataset file {source} does not exist",
                           hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample`")
+        refused = outside_allowed(path, "dataset file")
+        if refused:
+            raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
         rows, problems = _read_rows(path)
         src, name = str(path.resolve()), path.stem
     else:

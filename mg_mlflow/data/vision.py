@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local, message_list
+from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 ROLES = ("system", "user", "assistant")
@@ -46,8 +47,11 @@ def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[
         return cache[path]
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        result: tuple[str | None, str] = (f"image {path} does not exist", "")
+    refused = outside_allowed(path, "image")
+    if refused:
+        result: tuple[str | None, str] = (refused, "")
+    elif not path.exists():
+        result = (f"image {path} does not exist", "")
     elif not path.is_file():
         result = (f"image {path} is not a file", "")
     else:
@@ -163,6 +167,9 @@ def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
     if not path.is_file():
         raise MGError(f"dataset file {source} does not exist",
                       hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample --vision FILE`")
+    refused = outside_allowed(path, "dataset file")
+    if refused:
+        raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
     rows, problems = _read_rows(path)
     base = path.resolve().parent
     records, locations, cache, hashes = [], [], {}, {}
