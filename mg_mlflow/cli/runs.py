@@ -114,12 +114,14 @@ def ui_cmd(port, host):
 
     setup_env()
     uri = default_tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port)]
+    # the store URI travels in the environment, not on the command line: a database URI may hold a
+    # password, and every user of the machine can read command lines (`ps`)
+    env = {**os.environ, "MLFLOW_BACKEND_STORE_URI": uri}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", (mg_home() / "mlartifacts").as_uri()]
-    console().print("running: " + " ".join(cmd))
-    os.execv(sys.executable, cmd)
+    console().print("running: " + " ".join(cmd) + "  (store from MLFLOW_BACKEND_STORE_URI)")
+    os.execve(sys.executable, cmd, env)
 
 
 def register(group: click.Group) -> None:

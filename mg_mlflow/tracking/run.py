@@ -39,10 +39,29 @@ def ensure_experiment(name: str) -> str:
     return mlflow.create_experiment(name, artifact_location=artifact_location_for(uri, name))
 
 
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(URI without ``user:password@``, user, password) for an http(s) tracking URI."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user) or None, unquote(password) or None
+
+
 def use_tracking_uri() -> str:
+    """Point MLflow at the configured store. Credentials inside an http(s) URI move to
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (MLflow's own variables), so the
+    password is never printed ("View run at ..."), tagged or put on a child's command line."""
     import mlflow
 
-    uri = default_tracking_uri()
+    uri, user, password = split_credentials(default_tracking_uri())
+    if user or password:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user or "")
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     prepare_sqlite_store(uri)
     return uri

@@ -12,6 +12,15 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
+    """The real ``model-garden`` console script (as tests/conftest.py's, importable from here even
+    when another conftest.py shadows the ``conftest`` module name); ``env`` None values unset."""
+    full = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
+    return subprocess.run([str(BIN / "model-garden"), *args], capture_output=True, text=True, env=full,
+                          cwd=cwd, timeout=timeout)
 
 
 def client(uri: str | None = None):

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from conftest import run_cli
+from reltrain_support import run_cli
 from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.data.sample import write_sample
 from mg_mlflow.errors import DataError, MGError

@@ -7,7 +7,7 @@ import importlib.util
 import subprocess
 import sys
 
-from conftest import ROOT
+from reltrain_support import ROOT
 
 spec = importlib.util.spec_from_file_location("torch_index", ROOT / ".ci" / "torch_index.py")
 ti = importlib.util.module_from_spec(spec)

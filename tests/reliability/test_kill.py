@@ -7,7 +7,7 @@ import signal
 
 import psutil
 
-from conftest import run_cli
+from reltrain_support import run_cli
 from reltrain_support import client, runs, start_training, stop, wait_for
 
 
