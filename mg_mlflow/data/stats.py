@@ -18,7 +18,17 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
     if base_model:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(base_model)
+        from mg_mlflow.errors import MGError
+
+        try:
+            tok = AutoTokenizer.from_pretrained(base_model)
+        except (OSError, ValueError) as exc:
+            raise MGError(f"--base-model {base_model}: no tokenizer could be loaded ({exc})".splitlines()[0],
+                          hint="give a model folder with tokenizer files, or a hub id available offline") from None
+        if not getattr(tok, "chat_template", None):
+            raise MGError(f"--base-model {base_model}: the tokenizer has no chat template, so chat records "
+                          "cannot be formatted", hint="use an instruct/chat model, or add chat_template to "
+                          "its tokenizer_config.json (or a chat_template.jinja file)")
         lengths = []
         for rec in data.records:
             ids = tok.apply_chat_template(rec["messages"], tokenize=True)

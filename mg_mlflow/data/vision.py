@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import warnings
 from pathlib import Path
 
 from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local, message_list
@@ -41,6 +43,18 @@ def _image_path(value: object, base: Path) -> tuple[Path | None, str | None]:
     return (path if path.is_absolute() else base / path), None
 
 
+def max_image_pixels() -> int:
+    """Largest image area accepted: ``MG_MAX_IMAGE_PIXELS``, default Pillow's decompression-bomb
+    limit (~89 M pixels); larger files would cost gigabytes of memory per batch."""
+    from PIL import Image
+
+    default = Image.MAX_IMAGE_PIXELS or 89_478_485
+    try:
+        return int(os.environ.get("MG_MAX_IMAGE_PIXELS", default))
+    except ValueError:
+        return default
+
+
 def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[str | None, str]:
     """(problem or None, sha256 of the file) after opening ``path`` as an image; pixels are not kept."""
     if path in cache:
@@ -62,9 +76,17 @@ def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[
         else:
             digest = hashlib.sha256(data).hexdigest()
             try:
-                with Image.open(io.BytesIO(data)) as img:
-                    img.verify()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data)) as img:
+                        width, height = img.size
+                        img.verify()
                 result = (None, digest)
+                if width * height > max_image_pixels():
+                    result = (f"image {path} is {width}x{height} pixels, more than {max_image_pixels()} "
+                              "(MG_MAX_IMAGE_PIXELS): resize it before training", "")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                result = (f"image {path} is too large to decode safely ({exc})", "")
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 result = (f"image {path} is not a readable image ({type(exc).__name__}: {exc})", "")
     cache[path] = result

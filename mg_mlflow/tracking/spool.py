@@ -63,9 +63,15 @@ class MetricSpool:
         with self._cond:
             if self._closed:
                 raise RuntimeError("metric spool is closed")
-            self._file.write("".join(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp,
-                                                 "step": m.step}) + "\n" for m in points))
-            self._file.flush()
+            if self._file is not None:
+                try:
+                    self._file.write("".join(json.dumps({"key": m.key, "value": m.value, "timestamp": m.timestamp,
+                                                         "step": m.step}) + "\n" for m in points))
+                    self._file.flush()
+                except OSError as exc:  # disk full: keep sending from memory, without the local copy
+                    _log.warning("metric spool %s cannot be written (%s): points are kept in memory only",
+                                 self.path, exc)
+                    self._file = None
             self._pending.extend(points)
             self.logged += len(points)
             self._cond.notify_all()
@@ -126,7 +132,12 @@ class MetricSpool:
                        "send them later with `model-garden runs sync-spool %s`",
                        len(self._pending), self.last_error, self.path, self.path)
         with self._cond:
-            self._file.close()
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
+                self._file = None
         with _ACTIVE_LOCK:
             if self in _ACTIVE:
                 _ACTIVE.remove(self)
