@@ -75,6 +75,35 @@ def repair_cmd(experiment, dry_run):
     console().print(f"{len(fixed)} dead run(s) {'found' if dry_run else 'marked FAILED'} in experiment {experiment!r}")
 
 
+@runs_group.command("sync-spool")
+@click.argument("spool", type=click.Path(exists=True, dir_okay=False))
+@click.option("--run-id", default=None, help="run to send to (default: the id in the file name)")
+def sync_spool_cmd(spool, run_id):
+    """Send the metrics a training kept in its local spool (tracking store unreachable until the end).
+
+    Sending twice is harmless: MLflow stores each point once.
+
+    \b
+    Example:
+      model-garden runs sync-spool .model-garden/outputs/RUN/mlflow_spool_RUN.jsonl
+    """
+    from pathlib import Path
+
+    from mg_mlflow.errors import MGError
+    from mg_mlflow.tracking.run import use_tracking_uri
+    from mg_mlflow.tracking.spool import read_spool, replay
+
+    path = Path(spool)
+    run_id = run_id or path.stem.removeprefix("mlflow_spool_")
+    if not run_id or run_id == path.stem:
+        raise MGError(f"{path}: cannot tell the run from the file name", hint="pass --run-id")
+    _, bad = read_spool(path)
+    use_tracking_uri()
+    sent = replay(path, run_id)
+    console().print(f"sent {sent} metric point(s) from {path} to run {run_id}"
+                    + (f" ({bad} unreadable line(s) skipped)" if bad else ""))
+
+
 @runs_group.command("show")
 @click.argument("run_id")
 def show_cmd(run_id):

@@ -74,10 +74,11 @@ def test_data_validate_exits_2_on_non_utf8_and_long_records(tmp_path, tiny_model
     proc = run_cli(["data", "validate", str(bad)], cwd=tmp_path)
     assert proc.returncode == 2 and f"{bad}:2: not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr
     # records longer than the max length are counted (training truncates them)
+    from mg_mlflow.data.stats import dataset_stats
+
     long = _write(tmp_path / "long.jsonl", "".join(json.dumps({"instruction": "word " * 200, "output": "x"}) + "\n"
                                                   for _ in range(3)))
-    proc = run_cli(["data", "validate", str(long), "--base-model", str(tiny_model), "--max-seq-length", "32"], cwd=tmp_path)
-    assert proc.returncode == 0 and "3 (100.0%)" in proc.stdout
+    assert dataset_stats(str(long), base_model=str(tiny_model), max_seq_length=32)["truncated at 32"] == "3 (100.0%)"
 
 
 def test_a_base_without_chat_template_is_named(tmp_path, tiny_model):
@@ -90,10 +91,12 @@ def test_a_base_without_chat_template_is_named(tmp_path, tiny_model):
     (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
     for extra in plain.glob("chat_template.*"):
         extra.unlink()
+    from mg_mlflow.data.stats import dataset_stats
+
     data = _write(tmp_path / "d.jsonl", json.dumps(GOOD) + "\n")
-    proc = run_cli(["data", "validate", str(data), "--base-model", str(plain)], cwd=tmp_path)
-    assert proc.returncode == 2 and f"--base-model {plain}: the tokenizer has no chat template" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(MGError) as err:
+        dataset_stats(str(data), base_model=str(plain))
+    assert f"--base-model {plain}: the tokenizer has no chat template" in str(err.value)
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
