@@ -93,7 +93,7 @@ class TrainConfig:
     carbon_measure_secs: float = _f(5.0, "codecarbon's power sampling interval in seconds")
 
     def validate(self) -> None:
-        problems = collect_choice_problems(self)
+        problems = collect_choice_problems(self) + collect_value_problems(self)
         if not self.base_model:
             problems.append("base_model is required (a hub id, a model folder or a models:/ URI)")
         if not self.dataset:
@@ -134,6 +134,23 @@ def collect_choice_problems(cfg: Any) -> list[str]:
         value = getattr(cfg, f.name)
         if choices and value not in choices:
             problems.append(f"{f.name}={value!r} is not one of {', '.join(choices)}")
+    return problems
+
+
+MAX_TEXT = 4096  # longest text value (a path, a name): PATH_MAX; MLflow params hold 6000 characters
+
+
+def collect_value_problems(cfg: Any) -> list[str]:
+    """Numbers that are NaN or infinite, and text values too long to be a path or a name."""
+    import math
+
+    problems = []
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{f.name} must be a finite number, got {value}")
+        elif isinstance(value, str) and len(value) > MAX_TEXT:
+            problems.append(f"{f.name} is {len(value)} characters long (at most {MAX_TEXT}): {value[:40]!r}...")
     return problems
 
 

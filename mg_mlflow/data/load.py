@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
@@ -41,6 +42,32 @@ def is_local(source: str) -> bool:
     return p.exists() or p.suffix.lower() in FILE_SUFFIXES or source.startswith((".", "/", "~"))
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object hook: a key given twice is an error (json keeps the last one silently)."""
+    seen: dict = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"duplicate key {key!r}")
+        seen[key] = value
+    return seen
+
+
+def _json_problem(text: str) -> tuple[object, str | None]:
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys), None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    except ValueError as exc:
+        return None, f"not valid JSON ({exc})"
+
+
+def _utf8(raw: bytes, where: str) -> tuple[str | None, str | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        return None, f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+
+
 def _read_rows(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
     """(location, raw row) pairs and parse problems."""
     kind = FILE_SUFFIXES.get(path.suffix.lower())
@@ -50,32 +77,68 @@ def _read_rows(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
         raise MGError(f"{path}: unsupported file type {path.suffix!r}",
                       hint=f"use one of {', '.join(sorted(FILE_SUFFIXES))}")
     if kind == "jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                line, problem = _utf8(raw, f"{path}:{lineno}")
+                if problem:
+                    problems.append(problem)
+                    continue
                 if not line.strip():
                     continue
-                try:
-                    rows.append((f"{path}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    problems.append(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+                value, problem = _json_problem(line)
+                if problem:
+                    problems.append(f"{path}:{lineno}: {problem}")
+                else:
+                    rows.append((f"{path}:{lineno}", value))
     elif kind == "json":
+        text, problem = _utf8(path.read_bytes(), str(path))
+        if problem:
+            raise DataError([problem], str(path))
         try:
-            data = json.loads(path.read_text(encoding="utf-8") or "[]")
+            data = json.loads(text or "[]", object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise DataError([f"{path}:{exc.lineno}: not valid JSON ({exc.msg})"], str(path)) from None
+        except ValueError as exc:
+            raise DataError([f"{path}: not valid JSON ({exc})"], str(path)) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
             raise DataError([f"{path}: expected a JSON list of records"], str(path))
         rows = [(f"{path}: record {i + 1}", r) for i, r in enumerate(data)]
     else:
-        import pandas as pd
-
-        frame = pd.read_csv(path, keep_default_na=False) if kind == "csv" else pd.read_parquet(path)
+        frame = _read_table(path, kind)
         offset = 2 if kind == "csv" else 1  # csv: line 1 is the header
         label = (lambda i: f"{path}:{i + offset}") if kind == "csv" else (lambda i: f"{path}: row {i + 1}")
         rows = [(label(i), r) for i, r in enumerate(frame.to_dict(orient="records"))]
     return rows, problems
+
+
+def _read_table(path: Path, kind: str):
+    """A CSV or Parquet file as a DataFrame; a malformed or truncated file is a DataError."""
+    import pandas as pd
+
+    if kind == "csv":
+        raw = path.read_bytes()
+        if not raw.strip():
+            return pd.DataFrame()
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            _, problem = _utf8(line, f"{path}:{lineno}")
+            if problem:
+                raise DataError([problem], str(path))
+        import csv
+
+        header = next(csv.reader([raw.splitlines()[0].decode()]))
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise DataError([f"{path}:1: duplicate column(s) {', '.join(map(repr, twice))} in the header"], str(path))
+        try:
+            return pd.read_csv(path, keep_default_na=False, dtype=str, on_bad_lines="error")
+        except (pd.errors.ParserError, ValueError) as exc:
+            raise DataError([f"{path}: not a valid CSV file ({str(exc).strip()})"], str(path)) from None
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+        raise DataError([f"{path}: not a valid Parquet file ({type(exc).__name__}: {exc})"], str(path)) from None
 
 
 def message_list(raw: dict) -> tuple[list | None, str | None]:
@@ -149,6 +212,9 @@ def load_dataset_records(source: str, fmt: str = "auto", split: str = "train") -
         if not path.is_file():
             raise MGError(f"dataset file {source} does not exist",
                           hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample`")
+        refused = outside_allowed(path, "dataset file")
+        if refused:
+            raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
         rows, problems = _read_rows(path)
         src, name = str(path.resolve()), path.stem
     else:

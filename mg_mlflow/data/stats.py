@@ -18,7 +18,14 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
     if base_model:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(base_model)
+        from mg_mlflow.errors import MGError
+
+        try:
+            tok = AutoTokenizer.from_pretrained(base_model)
+        except (OSError, ValueError) as exc:
+            raise MGError(f"--base-model {base_model}: no tokenizer could be loaded ({exc})".splitlines()[0],
+                          hint="give a model folder with tokenizer files, or a hub id available offline") from None
+        require_chat_template(tok, base_model, "--base-model")
         lengths = []
         for rec in data.records:
             ids = tok.apply_chat_template(rec["messages"], tokenize=True)
@@ -31,3 +38,13 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
         stats["total tokens"] = sum(lengths)
         stats[f"truncated at {max_seq_length}"] = f"{over} ({100 * over / len(lengths):.1f}%)"
     return stats
+
+
+def require_chat_template(tokenizer, base_model: str, option: str = "base_model") -> None:
+    """MGError naming the option when ``tokenizer`` cannot format chat records (no chat template)."""
+    from mg_mlflow.errors import MGError
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise MGError(f"{option} {base_model}: the tokenizer has no chat template, so chat records "
+                      "cannot be formatted", hint="use an instruct/chat model, or add chat_template to "
+                      "its tokenizer_config.json (or a chat_template.jinja file)")

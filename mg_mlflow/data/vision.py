@@ -17,9 +17,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import warnings
 from pathlib import Path
 
 from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local, message_list
+from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 ROLES = ("system", "user", "assistant")
@@ -40,14 +43,29 @@ def _image_path(value: object, base: Path) -> tuple[Path | None, str | None]:
     return (path if path.is_absolute() else base / path), None
 
 
+def max_image_pixels() -> int:
+    """Largest image area accepted: ``MG_MAX_IMAGE_PIXELS``, default Pillow's decompression-bomb
+    limit (~89 M pixels); larger files would cost gigabytes of memory per batch."""
+    from PIL import Image
+
+    default = Image.MAX_IMAGE_PIXELS or 89_478_485
+    try:
+        return int(os.environ.get("MG_MAX_IMAGE_PIXELS", default))
+    except ValueError:
+        return default
+
+
 def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[str | None, str]:
     """(problem or None, sha256 of the file) after opening ``path`` as an image; pixels are not kept."""
     if path in cache:
         return cache[path]
     from PIL import Image, UnidentifiedImageError
 
-    if not path.exists():
-        result: tuple[str | None, str] = (f"image {path} does not exist", "")
+    refused = outside_allowed(path, "image")
+    if refused:
+        result: tuple[str | None, str] = (refused, "")
+    elif not path.exists():
+        result = (f"image {path} does not exist", "")
     elif not path.is_file():
         result = (f"image {path} is not a file", "")
     else:
@@ -58,9 +76,17 @@ def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[
         else:
             digest = hashlib.sha256(data).hexdigest()
             try:
-                with Image.open(io.BytesIO(data)) as img:
-                    img.verify()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(io.BytesIO(data)) as img:
+                        width, height = img.size
+                        img.verify()
                 result = (None, digest)
+                if width * height > max_image_pixels():
+                    result = (f"image {path} is {width}x{height} pixels, more than {max_image_pixels()} "
+                              "(MG_MAX_IMAGE_PIXELS): resize it before training", "")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                result = (f"image {path} is too large to decode safely ({exc})", "")
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
                 result = (f"image {path} is not a readable image ({type(exc).__name__}: {exc})", "")
     cache[path] = result
@@ -163,6 +189,9 @@ def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
     if not path.is_file():
         raise MGError(f"dataset file {source} does not exist",
                       hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample --vision FILE`")
+    refused = outside_allowed(path, "dataset file")
+    if refused:
+        raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
     rows, problems = _read_rows(path)
     base = path.resolve().parent
     records, locations, cache, hashes = [], [], {}, {}

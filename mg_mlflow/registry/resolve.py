@@ -7,6 +7,7 @@ Face model folder, or a downloaded MLflow model folder with ``artifacts/model_di
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,20 +67,67 @@ def _versions_text(client, name: str) -> str:
     return "; ".join(parts)
 
 
+URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, models:/m-<id>, runs:/RUN_ID/PATH or a folder"
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-.]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model URI (no MLflow call): ``kind`` is registry, logged or run."""
+    kind: str
+    name: str = ""            # registered model name (registry)
+    selector: str = "version"  # version | alias (registry)
+    value: str = "latest"     # the version number, "latest" or the alias
+    model_id: str = ""        # logged
+    run_id: str = ""          # run
+    path: str = ""            # run: artifact path inside the run
+
+
+def parse_model_uri(uri: str) -> ModelRef:
+    """Split a models:/ or runs:/ URI into its parts, or raise MGError saying what is malformed."""
+    def bad(why: str) -> MGError:
+        return MGError(f"malformed model URI {uri!r}: {why}", hint=f"use {URI_FORMS}")
+
+    if not isinstance(uri, str) or uri != uri.strip() or not uri or any(ord(c) < 32 for c in uri):
+        raise bad("empty, or with spaces or control characters")
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        if not _TOKEN.match(run_id):
+            raise bad("expected runs:/RUN_ID/PATH with a run id of letters and digits")
+        return ModelRef("run", run_id=run_id, path=path.strip("/"))
+    if not uri.startswith("models:/"):
+        raise MGError(f"unsupported model URI {uri!r}", hint=f"use {URI_FORMS}")
+    body = uri[len("models:/"):]
+    if body.startswith("m-"):
+        if not _TOKEN.match(body):
+            raise bad("a logged-model id is models:/m-<id>")
+        return ModelRef("logged", model_id=body)
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if not _TOKEN.match(alias):
+            raise bad(f"alias {alias!r} must be letters, digits, '_', '-' or '.'")
+        ref = ModelRef("registry", name=name, selector="alias", value=alias)
+    elif "/" in body:
+        name, version = body.split("/", 1)
+        if version != "latest" and not (version.isascii() and version.isdigit() and int(version) > 0):
+            raise bad(f"version must be a number >= 1, 'latest' or @alias, got {version!r}")
+        ref = ModelRef("registry", name=name, value=version)
+    else:
+        ref = ModelRef("registry", name=body)
+    if not ref.name or "/" in ref.name or "@" in ref.name:
+        raise bad("the registered model name is missing or contains '/' or '@'")
+    return ref
+
+
 def registry_version(uri: str):
     """(client, ModelVersion) for models:/NAME/VERSION, @ALIAS or /latest; clear errors otherwise."""
     from mlflow.exceptions import MlflowException
 
+    ref = parse_model_uri(uri)
+    if ref.kind != "registry":
+        raise MGError(f"{uri} is not a registered model version", hint=f"use {URI_FORMS}")
     client = _client()
-    body = uri[len("models:/"):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        selector = ("alias", alias)
-    elif "/" in body:
-        name, version = body.split("/", 1)
-        selector = ("version", version)
-    else:
-        name, selector = body, ("version", "latest")
+    name, selector = ref.name, (ref.selector, ref.value)
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -94,8 +142,6 @@ def registry_version(uri: str):
             if not versions:
                 raise MGError(f"registered model {name!r} has no versions")
             return client, max(versions, key=lambda v: int(v.version))
-        if not value.isdigit():
-            raise MGError(f"{uri}: version must be a number, 'latest' or @alias, got {value!r}")
         return client, client.get_model_version(name, value)
     except MlflowException:
         what = f"alias @{selector[1]}" if selector[0] == "alias" else f"version {selector[1]}"
@@ -151,10 +197,10 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
         if uri.startswith("m-"):
             uri = f"models:/{uri}"
         else:
-            raise MGError(f"{uri}: not a folder and not a model URI",
-                          hint="use models:/NAME/VERSION, models:/NAME@ALIAS, runs:/RUN_ID/PATH or a folder")
-    if uri.startswith("models:/m-"):
-        model_id = uri[len("models:/"):]
+            raise MGError(f"{uri}: not a folder and not a model URI", hint=f"use {URI_FORMS}")
+    ref = parse_model_uri(uri)
+    if ref.kind == "logged":
+        model_id = ref.model_id
         client = _client()
         try:
             logged = client.get_logged_model(model_id)
@@ -164,18 +210,16 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
         folder = _hf_folder(local)
         return ResolvedModel(uri, folder, model_id=model_id, run_id=logged.source_run_id,
                              metadata=read_metadata(folder))
-    if uri.startswith("models:/"):
+    if ref.kind == "registry":
         client, mv = registry_version(uri)
         local = _download(f"models:/{mv.name}/{mv.version}", cache_root() / mv.name / str(mv.version))
         folder = _hf_folder(local)
         return ResolvedModel(uri, folder, name=mv.name, version=str(mv.version),
                              model_id=getattr(mv, "model_id", None), run_id=mv.run_id,
                              metadata=read_metadata(folder), tags=dict(mv.tags or {}))
-    if uri.startswith("runs:/"):
-        body = uri[len("runs:/"):]
-        run_id, _, sub = body.partition("/")
+    if ref.kind == "run":
+        run_id, sub = ref.run_id, ref.path
         local = _download(uri, cache_root() / "_runs" / run_id / (sub.replace("/", "_") or "root"))
         folder = _hf_folder(local)
         return ResolvedModel(uri, folder, run_id=run_id, metadata=read_metadata(folder))
-    raise MGError(f"unsupported model URI {uri!r}",
-                  hint="use models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, runs:/RUN_ID/PATH or a folder")
+    raise AssertionError(f"unhandled model reference kind {ref.kind}")  # parse_model_uri returns one of three

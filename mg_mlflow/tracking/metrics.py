@@ -3,12 +3,17 @@
 Names are the ones transformers users know: ``loss``, ``learning_rate``, ``grad_norm``, ``epoch``,
 ``eval_loss``, plus ``tokens_per_second``. This callback is the one owner of metric logging during
 training (transformers' own MLflowCallback is switched off with ``report_to="none"``).
+
+Points go through a local spool (:mod:`mg_mlflow.tracking.spool`): appended to
+``<output_dir>/mlflow_spool_<run id>.jsonl`` first, then sent in the background with retries, so a
+tracking server that is down for a while costs no point and never stalls a step.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -37,6 +42,12 @@ class MLflowMetricsCallback(TrainerCallback):
         """A resumed run: keep the earlier segment's history, log no step twice."""
         self.history = {k: list(v) for k, v in earlier.history.items()}
         self.logged_through = earlier.logged_through
+        self.spool = None  # opened at train begin, inside the run
+
+    def spool_path(self, output_dir: str | Path, run_id: str) -> Path:
+        """Next to the run's outputs (the trainer's output_dir is ``<output_dir>/checkpoints``)."""
+        out = Path(output_dir)
+        return (out.parent if out.name == "checkpoints" else out) / f"mlflow_spool_{run_id}.jsonl"
 
     def _metrics_from(self, logs: dict[str, Any]) -> dict[str, float]:
         out = {}
@@ -56,8 +67,15 @@ class MLflowMetricsCallback(TrainerCallback):
         return out
 
     def on_train_begin(self, args, state, control, **kwargs):
+        import mlflow
+
+        from mg_mlflow.tracking.spool import MetricSpool
+
         self._last_time = time.perf_counter()
         self._last_tokens = 0.0
+        run = mlflow.active_run()
+        if run is not None and self.spool is None:
+            self.spool = MetricSpool(self.spool_path(args.output_dir, run.info.run_id), run.info.run_id)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
@@ -70,9 +88,12 @@ class MLflowMetricsCallback(TrainerCallback):
             return  # recomputed after a resume: the first segment's point is kept
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))
-        # asynchronous: a slow store (sqlite on a busy disk, a remote server) never stalls a step;
-        # the recipe flushes the queue before the run ends, so no point is lost.
-        mlflow.log_metrics(metrics, step=step, synchronous=False)
+        # spooled: a slow or absent store (sqlite on a busy disk, a server down) never stalls a step;
+        # the run context flushes the spool before the run ends, so no point is lost.
+        if self.spool is not None:
+            self.spool.add(metrics, step)
+        else:
+            mlflow.log_metrics(metrics, step=step, synchronous=False)
         if self.progress is not None:
             self.progress.update(step, state.max_steps, metrics)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,12 +57,56 @@ def mark_training_experiment(experiment_id: str, tags: dict | None = None) -> No
         mlflow.tracking.MlflowClient().set_experiment_tag(experiment_id, *next(iter(EXPERIMENT_KIND.items())))
 
 
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """(URI without ``user:password@``, user, password) for an http(s) tracking URI."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user) or None, unquote(password) or None
+
+
 def use_tracking_uri() -> str:
+    """Point MLflow at the configured store. Credentials inside an http(s) URI move to
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (MLflow's own variables), so the
+    password is never printed ("View run at ..."), tagged or put on a child's command line."""
     import mlflow
 
-    uri = default_tracking_uri()
+    uri, user, password = split_credentials(default_tracking_uri())
+    if user or password:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user or "")
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password or "")
+        os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
+    prepare_sqlite_store(uri)
     return uri
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a local sqlite store under a file lock, once per process.
+
+    Two processes opening a fresh store at once both run MLflow's schema migrations and one fails
+    ("Online migration expected to match one row"); later writes are safe (MLflow sets a 20 s
+    busy timeout on every sqlite session, and metrics are spooled with retries).
+    """
+    if not uri.startswith("sqlite:///") or uri in _PREPARED:
+        return
+    import mlflow
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=600):
+        client = mlflow.tracking.MlflowClient(uri, registry_uri=uri)
+        client.search_experiments(max_results=1)       # tracking tables
+        client.search_registered_models(max_results=1)  # registry tables (same file)
+    _PREPARED.add(uri)
 
 
 @contextmanager
@@ -94,6 +139,7 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
             own["mlflow.runName"] = run_name
         if own:
             mlflow.set_tags(own)
+    mlflow.set_tags(process_tags())  # `runs list` / `runs repair` tell a dead run from a live one
     try:
         mark_training_experiment(run.info.experiment_id)
     except Exception:  # noqa: BLE001 - a UI nicety never fails a run (e.g. no permission on a server)
@@ -103,22 +149,53 @@ def run_context(experiment: str, run_name: str = "", system_metrics: bool = True
     except KeyboardInterrupt as exc:
         _flush()
         mlflow.set_tag("mg.error", str(exc) or "interrupted by the user (Ctrl-C)")
-        mlflow.end_run("KILLED")
+        _end_run("KILLED")
         raise
     except BaseException as exc:
         _flush()
         _record_failure(exc)
-        mlflow.end_run("FAILED")
+        _end_run("FAILED")
         raise
     else:
         _flush()
-        mlflow.end_run("FINISHED")
+        _end_run("FINISHED")
+
+
+def process_tags() -> dict[str, str]:
+    """``mg.pid``, ``mg.pid_start`` (process start time, epoch seconds) and ``mg.host`` of this process."""
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    return {"mg.pid": str(me.pid), "mg.pid_start": f"{me.create_time():.2f}", "mg.host": socket.gethostname()}
+
+
+def _end_run(status: str) -> None:
+    """End the active run, retrying while the tracking store is unreachable (bounded by
+    ``MG_SPOOL_FLUSH_TIMEOUT``): a run must not stay RUNNING because the server blinked."""
+    import mlflow
+
+    from mg_mlflow.tracking.spool import flush_timeout
+
+    deadline = time.monotonic() + flush_timeout()
+    while True:
+        try:
+            mlflow.end_run(status)
+            return
+        except Exception:  # noqa: BLE001 - connection errors come in many types
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(5)
 
 
 def _flush() -> None:
-    """Write queued asynchronous metrics before the run's status changes (no lost points)."""
+    """Write queued asynchronous and spooled metrics before the run's status changes (no lost points)."""
     import mlflow
 
+    from mg_mlflow.tracking.spool import flush_all
+
+    flush_all()
     try:
         mlflow.flush_async_logging()
     except Exception:  # noqa: BLE001

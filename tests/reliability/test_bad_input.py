@@ -1,0 +1,204 @@
+"""Bad input, the cases tests/test_data.py, test_train_errors.py, test_config.py, test_vision_data.py
+and test_deploy_errors.py do not already cover: each is refused with a message naming the
+file:line or option, a non-zero exit where a command runs, and nothing registered or left running.
+
+Already covered elsewhere (not repeated here): malformed JSONL line, missing field, empty JSONL,
+empty instruction, wrong role, non-string content, last turn not assistant, missing dataset file,
+unsupported file type, unknown backend/method/--set key, non-integer option, missing base folder,
+qlora on CPU, unknown hub base model, Ctrl-C, invalid YAML, unknown YAML key, missing/non-image/
+directory/truncated image, bad and unknown URIs, unknown name and alias, busy port.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mg_mlflow.config import TrainConfig, build_config
+from mg_mlflow.data.load import load_dataset_records
+from mg_mlflow.errors import ConfigError, DataError, MGError
+from reltrain_support import run_cli
+
+GOOD = {"instruction": "Say hi", "output": "hi"}
+
+
+def _write(path, data: bytes | str):
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def _parquet(path):
+    import pandas as pd
+
+    pd.DataFrame([GOOD] * 4).to_parquet(path)
+    return path
+
+
+# name: (file name, content builder(tmp_path) -> path, expected text with {path})
+DATA_CASES = {
+    "truncated-jsonl": ("t.jsonl", lambda d: _write(d / "t.jsonl", json.dumps(GOOD) + '\n{"instruction": "Say'),
+                        "{path}:2: not valid JSON"),
+    "duplicate-key": ("k.jsonl", lambda d: _write(d / "k.jsonl", '{"instruction": "a", "instruction": "b", "output": "c"}\n'),
+                      "{path}:1: not valid JSON (duplicate key 'instruction')"),
+    "non-utf8": ("u.jsonl", lambda d: _write(d / "u.jsonl", json.dumps(GOOD).encode() + b"\n" + b'{"instruction": "caf\xe9", "output": "x"}\n'),
+                 "{path}:2: not UTF-8 text (byte 0xe9 at column 21)"),
+    "wrong-type": ("w.jsonl", lambda d: _write(d / "w.jsonl", json.dumps({"instruction": 5, "output": "x"}) + "\n"),
+                   "{path}:1: field 'instruction' must be a non-empty string"),
+    "record-not-object": ("a.jsonl", lambda d: _write(d / "a.jsonl", "[1, 2]\n"), "{path}:1: expected an object, got list"),
+    "json-not-list": ("o.json", lambda d: _write(d / "o.json", '{"rows": 3}'), "{path}: expected a JSON list of records"),
+    "malformed-csv": ("m.csv", lambda d: _write(d / "m.csv", 'instruction,output\n"Say hi,hi\n'), "{path}: not a valid CSV file"),
+    "csv-bad-row": ("r.csv", lambda d: _write(d / "r.csv", "instruction,output\na,b\nc,d,e,f\n"), "{path}: not a valid CSV file"),
+    "csv-duplicate-column": ("c.csv", lambda d: _write(d / "c.csv", "instruction,output,output\na,b,c\n"),
+                             "{path}:1: duplicate column(s) 'output' in the header"),
+    "csv-missing-column": ("n.csv", lambda d: _write(d / "n.csv", "instruction\nSay hi\n"), "{path}:2: missing field 'output'"),
+    "empty-csv": ("e.csv", lambda d: _write(d / "e.csv", ""), "has no records"),
+    "header-only-csv": ("h.csv", lambda d: _write(d / "h.csv", "instruction,output\n"), "has no records"),
+    "truncated-parquet": ("p.parquet", lambda d: _write(d / "p.parquet", _parquet(d / "full.parquet").read_bytes()[:300]),
+                          "{path}: not a valid Parquet file"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_dataset_files_are_refused_with_file_and_line(case, tmp_path):
+    _, make, expected = DATA_CASES[case]
+    path = make(tmp_path)
+    with pytest.raises(MGError) as err:
+        load_dataset_records(str(path))
+    assert expected.format(path=path) in str(err.value)
+
+
+def test_data_validate_exits_2_on_non_utf8_and_long_records(tmp_path, tiny_model):
+    bad = DATA_CASES["non-utf8"][1](tmp_path)
+    proc = run_cli(["data", "validate", str(bad)], cwd=tmp_path)
+    assert proc.returncode == 2 and f"{bad}:2: not UTF-8 text" in proc.stderr and "Traceback" not in proc.stderr
+    # records longer than the max length are counted (training truncates them)
+    from mg_mlflow.data.stats import dataset_stats
+
+    long = _write(tmp_path / "long.jsonl", "".join(json.dumps({"instruction": "word " * 200, "output": "x"}) + "\n"
+                                                  for _ in range(3)))
+    assert dataset_stats(str(long), base_model=str(tiny_model), max_seq_length=32)["truncated at 32"] == "3 (100.0%)"
+
+
+def test_a_base_without_chat_template_is_named(tmp_path, tiny_model):
+    import shutil
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model, plain)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    for extra in plain.glob("chat_template.*"):
+        extra.unlink()
+    from mg_mlflow.data.stats import dataset_stats
+
+    data = _write(tmp_path / "d.jsonl", json.dumps(GOOD) + "\n")
+    with pytest.raises(MGError) as err:
+        dataset_stats(str(data), base_model=str(plain))
+    assert f"--base-model {plain}: the tokenizer has no chat template" in str(err.value)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from mg_mlflow.data.vision import load_vision_records
+
+    Image.new("1", (10000, 10000)).save(tmp_path / "bomb.png")  # 100 M pixels, a few kB on disk
+    Image.new("RGB", (64, 48)).save(tmp_path / "big.png")
+    rows = [{"text": "Q?", "image": "bomb.png", "response": "A"}, {"text": "Q?", "image": "big.png", "response": "A"}]
+    data = _write(tmp_path / "v.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("MG_MAX_IMAGE_PIXELS", str(64 * 48 - 1))
+    with pytest.raises(DataError) as err:
+        load_vision_records(str(data))
+    (bomb, big) = err.value.problems
+    assert bomb.startswith(f"{data}:1: image {tmp_path / 'bomb.png'} is too large to decode safely")
+    assert big.startswith(f"{data}:2: image {tmp_path / 'big.png'} is 64x48 pixels, more than 3071")
+
+
+CONFIG_CASES = {
+    "negative-steps": ({"max_steps": -5}, "max_steps must be -1 (use epochs) or > 0, got -5"),
+    "nan-learning-rate": ({"learning_rate": "nan"}, "learning_rate must be a finite number, got nan"),
+    "inf-warmup": ({"warmup_steps": "inf"}, "warmup_steps must be a finite number, got inf"),
+    "10kB-string": ({"run_name": "x" * 10_000}, "run_name is 10000 characters long (at most 4096)"),
+    "zero-batch": ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    "bool-for-int": ({"lora_r": True}, "option lora_r: expected an integer, got True"),
+    "dropout-one": ({"lora_dropout": 1.0}, "lora_dropout must be in [0, 1), got 1.0"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_odd_parameter_values_are_named(case):
+    overrides, expected = CONFIG_CASES[case]
+    with pytest.raises(ConfigError) as err:
+        build_config(TrainConfig, overrides={"base_model": "b", "dataset": "d.jsonl", **overrides})
+    assert expected in str(err.value)
+
+
+def test_yaml_that_is_not_a_mapping_names_the_file(tmp_path):
+    for text in ("- base_model: x\n", "just a string\n", "42\n"):
+        path = _write(tmp_path / "c.yaml", text)
+        with pytest.raises(ConfigError, match=f"{path}: expected a mapping of option: value"):
+            build_config(TrainConfig, path)
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("models:/", "malformed model URI 'models:/'"),
+    ("models:/tiny/0", "version must be a number >= 1"),
+    ("models:/tiny/v2", "version must be a number >= 1, 'latest' or @alias, got 'v2'"),
+    ("models:/tiny@", "alias '' must be"),
+    ("runs:/", "expected runs:/RUN_ID/PATH"),
+])
+def test_malformed_model_uris(uri, expected):
+    from mg_mlflow.registry.resolve import resolve_model_uri
+
+    with pytest.raises(MGError, match="hint"):
+        resolve_model_uri(uri)
+    with pytest.raises(MGError) as err:
+        resolve_model_uri(uri)
+    assert expected in str(err.value)
+
+
+def test_unknown_version_and_alias_list_what_exists(mg_home, tmp_path):
+    import mlflow
+
+    from mg_mlflow.registry.resolve import resolve_model_uri
+
+    client = mlflow.tracking.MlflowClient()
+    client.create_registered_model("known")
+    client.create_model_version("known", source=tmp_path.as_uri())
+    client.set_registered_model_alias("known", "prod", "1")
+    with pytest.raises(MGError) as err:
+        resolve_model_uri("models:/known/7")
+    assert "registered model 'known' has no version 7" in str(err.value) and "versions 1; aliases @prod->1" in str(err.value)
+    with pytest.raises(MGError, match="has no alias @staging"):
+        resolve_model_uri("models:/known@staging")
+
+
+def test_disk_full_during_save_fails_the_run_and_registers_nothing(mg_home, tiny_model, sample_data, tmp_path):
+    """A 128 kB tmpfs as the output folder: the adapter save hits ENOSPC."""
+    import shutil
+    import subprocess
+
+    from reltrain_support import runs
+
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    out = tmp_path / "full"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(out)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "3",
+                        "--no-system-metrics", "--no-carbon", "--output-dir", str(out), "--register-as", "full-disk"],
+                       cwd=tmp_path)
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=True)
+    assert proc.returncode != 0 and "No space left on device" in proc.stderr
+    (run,) = runs()
+    assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["mg.error"]
+    import mlflow
+
+    names = [m.name for m in mlflow.tracking.MlflowClient().search_registered_models()]
+    assert "full-disk" not in names  # (the base may be registered first, as the adapter's portable base)
