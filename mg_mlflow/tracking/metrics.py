@@ -37,12 +37,12 @@ class MLflowMetricsCallback(TrainerCallback):
         self.total_tokens = 0.0
         self._step_ends: list[float] = []
         self.logged_through = -1  # a resumed run: steps up to here are already in MLflow
+        self.spool = None  # opened at train begin, inside the run
 
     def continue_from(self, earlier) -> None:
         """A resumed run: keep the earlier segment's history, log no step twice."""
         self.history = {k: list(v) for k, v in earlier.history.items()}
         self.logged_through = earlier.logged_through
-        self.spool = None  # opened at train begin, inside the run
 
     def spool_path(self, output_dir: str | Path, run_id: str) -> Path:
         """Next to the run's outputs (the trainer's output_dir is ``<output_dir>/checkpoints``)."""

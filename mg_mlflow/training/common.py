@@ -4,9 +4,12 @@ resolution, run naming and tags, trainer arguments, callbacks, summary metrics, 
 
 from __future__ import annotations
 
+import errno
 import re
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from mg_mlflow.config import to_dict
@@ -32,6 +35,22 @@ def resolve_base_model(base_model: str) -> tuple[str, str | None]:
                       hint="give an existing folder, a hub id, or a models:/ URI; "
                            "`model-garden dev tiny-model DIR` builds a tiny one")
     return base_model, None
+
+
+@contextmanager
+def disk_full_is_clear(output_dir: Path):
+    """A full disk while training or saving: a clear error naming the folder, the half-written model
+    folder removed (the run then ends FAILED and nothing is registered)."""
+    try:
+        yield
+    except Exception as exc:  # OSError, or a library's own (safetensors: "os error 28")
+        if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+            raise
+        shutil.rmtree(output_dir / "model", ignore_errors=True)
+        raise MGError(f"No space left on device while writing under {output_dir}; the half-written model "
+                      "was removed and nothing was registered",
+                      hint="free space, or point --output-dir at a disk with room for checkpoints and the "
+                           "model") from None
 
 
 def no_answer_left(records: int, max_seq_length: int) -> MGError:

@@ -48,8 +48,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
 
     from mg_mlflow.registry.base_ref import loaded_revision
     from mg_mlflow.tracking.run import run_context, use_tracking_uri
-    from mg_mlflow.training.common import (log_loss_curve, run_name, run_tags, source_tags, start_run_record,
-                                           timed_train, train_summary, training_callbacks)
+    from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
+                                           start_run_record, timed_train, train_summary, training_callbacks)
     from mg_mlflow.training.progress import TrainProgress
     from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
     from mg_mlflow.training.save import save_and_register
@@ -62,30 +62,31 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
             cfg.experiment, name, cfg.system_metrics, tags={**tags, **source_tags(modality.command)},
             name_given=bool(cfg.run_name), resume=cfg.resume) as run:
         run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
-        checkpoint = checkpoint_to_resume(cfg.resume, output_dir) if cfg.resume else None
+        with disk_full_is_clear(output_dir):
+            checkpoint = checkpoint_to_resume(cfg.resume, output_dir) if cfg.resume else None
 
-        model, processing, peft_config = modality.load(backend, base, revision)
-        loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
-        modality.before_training(model, processing, train_data, eval_data)
-        with TrainProgress(f"{modality.command} {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb, carbon_cb, default_callbacks = training_callbacks(cfg, output_dir, progress, earlier)
-            trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
-                                       eval_data, [*default_callbacks, stopper, *callbacks])
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,
-                                        resume_from=checkpoint)
-        stopper.raise_if_stopped(trainer.state.global_step)  # checkpoint saved: the run ends KILLED
+            model, processing, peft_config = modality.load(backend, base, revision)
+            loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
+            modality.before_training(model, processing, train_data, eval_data)
+            with TrainProgress(f"{modality.command} {backend}/{cfg.method}", enabled=show_progress) as progress:
+                metrics_cb, carbon_cb, default_callbacks = training_callbacks(cfg, output_dir, progress, earlier)
+                trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
+                                           eval_data, [*default_callbacks, stopper, *callbacks])
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
+                train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,
+                                            resume_from=checkpoint)
+            stopper.raise_if_stopped(trainer.state.global_step)  # checkpoint saved: the run ends KILLED
 
-        mlflow.flush_async_logging()  # every per-step point is stored before the summary
-        summary = train_summary(trainer, metrics_cb, carbon_cb, train_seconds)
-        model = trainer.model.eval()
-        summary.update(modality.after_training(model, processing, output_dir))
-        mlflow.log_metrics(summary)
-        log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
+            mlflow.flush_async_logging()  # every per-step point is stored before the summary
+            summary = train_summary(trainer, metrics_cb, carbon_cb, train_seconds)
+            model = trainer.model.eval()
+            summary.update(modality.after_training(model, processing, output_dir))
+            mlflow.log_metrics(summary)
+            log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
 
-        result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
-                                   eval_data, summary, revision=loaded)
+            result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
+                                       eval_data, summary, revision=loaded)
         result.run_id = run_id
         result.metrics = summary
         return result

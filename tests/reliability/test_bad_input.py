@@ -193,9 +193,11 @@ def test_disk_full_during_save_fails_the_run_and_registers_nothing(mg_home, tiny
         proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "3",
                         "--no-system-metrics", "--no-carbon", "--output-dir", str(out), "--register-as", "full-disk"],
                        cwd=tmp_path)
+        half_written = (out / "model").exists()  # looked at while the tmpfs is still mounted
     finally:
         subprocess.run(["umount", "-l", str(out)], check=True)
-    assert proc.returncode != 0 and "No space left on device" in proc.stderr
+    assert proc.returncode == 2 and "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not half_written  # the half-written model folder is removed
     (run,) = runs()
     assert run.info.status == "FAILED" and "No space left on device" in run.data.tags["mg.error"]
     import mlflow
