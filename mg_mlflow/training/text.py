@@ -66,7 +66,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str)
     )
 
 
-def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResult:
+def train_text(cfg: TrainConfig, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     setup_env()
     train_data, eval_data = load_data(cfg)
     base, revision = resolve_base_model(cfg.base_model)  # a missing folder fails before any run exists
@@ -96,12 +96,12 @@ def train_text(cfg: TrainConfig, show_progress: bool | None = None) -> TrainResu
         rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
         with TrainProgress(f"train {backend}/{cfg.method}", enabled=show_progress) as progress:
-            metrics_cb, carbon_cb, callbacks = training_callbacks(cfg, output_dir, progress)
+            metrics_cb, carbon_cb, own_callbacks = training_callbacks(cfg, output_dir, progress)
             trainer = SFTTrainer(
                 model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
                 train_dataset=Dataset.from_list(rows),
                 eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+                processing_class=tokenizer, peft_config=peft_config, callbacks=[*own_callbacks, *callbacks])
             if len(trainer.train_dataset) == 0:
                     raise MGError(f"no training example is left after tokenization: every one of the "
                               f"{len(rows)} records is longer than max_seq_length={cfg.max_seq_length} "
