@@ -80,7 +80,10 @@ def sweep_cmd(config_file, set_args, modality, grid, space, trials, objective, d
     setup_env()
     extra = _given(if_given)
     sweep_extra = {k: v for k, v in extra.items() if k in SWEEP_KEYS}
+    config_file = config_file or extra.pop("config", None)
     options.update({k: v for k, v in extra.items() if k not in SWEEP_KEYS})
+    if parallel is None and "parallel" in sweep_extra:
+        parallel = int(float(sweep_extra["parallel"]))
     resume = resume or sweep_extra.get("resume")
     knobs = {"trials": trials if trials is not None else (int(float(sweep_extra["trials"])) if "trials" in sweep_extra else None),
              "parallel": parallel,

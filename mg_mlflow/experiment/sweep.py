@@ -183,10 +183,11 @@ class Sweep:
         for t in self.trials("RUNNING"):  # left RUNNING by a process that died
             self.study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        all_trials = self.study.get_trials(deepcopy=False)
+        requeued = {t.user_attrs.get("requeue_of") for t in all_trials}
         for t in self.trials("FAIL"):
-            if t.user_attrs.get("interrupted") and not t.user_attrs.get("requeued"):
-                self.study.enqueue_trial(dict(t.params), skip_if_exists=False)
-                self.study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
+            if t.user_attrs.get("interrupted") and t.number not in requeued:
+                self.study.enqueue_trial(dict(t.params), user_attrs={"requeue_of": t.number})
 
 
 def _sampler(spec: SweepSpec, grid):
