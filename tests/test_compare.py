@@ -63,7 +63,7 @@ def test_json_csv_markdown_and_model_uris(pair):
         assert row["emissions_kg"] > 0 and row["energy_kwh"] > 0 and row["tokens_per_s"] > 0
         assert row["registered"] == f"tiny-cmp/{p.versions[name]}"
     res = _cli(["compare", p.run_ids["lr-3e-3"], p.run_ids["lr-1e-4"], "--format", "csv"])
-    rows = list(csv.reader(io.StringIO(res.stdout)))
+    rows = [r for r in csv.reader(io.StringIO(res.stdout)) if r]
     assert rows[0][:2] == ["run", "learning_rate"] and len(rows) == 3
     res = _cli(["compare", p.run_ids["lr-3e-3"], p.run_ids["lr-1e-4"], "--format", "markdown"])
     assert res.stdout.splitlines()[0].startswith("| run | learning_rate |")
