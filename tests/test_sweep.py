@@ -183,3 +183,45 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
     proc = run_cli([*base, "--eval-split", "0.2", "--space", "learning_rate=loguniform:1e-3:1e-5", "--trials", "2"])
     assert proc.returncode == 2 and "must be below HIGH" in proc.stderr
     assert not (mg_home / "optuna.db").exists()
+
+
+def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path):
+    """`mlflow run . -e sweep`: every parameter defaults to "" (not given); the run MLflow created is
+    the parent of the trials."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from conftest import ROOT
+
+    entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["sweep"]
+    assert all(p["default"] == "" for p in entry["parameters"].values())
+    assert all(f"--if-given {k}={{{k}}}" in entry["command"] for k in entry["parameters"])
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", "sweep", "--env-manager", "local",
+           "-P", f"base_model={tiny_model}", "-P", f"dataset={sample_data}", "-P", "max_steps=4",
+           "-P", "grid=seed=1,2", "-P", "objective=loss_final", "-P", "pruner=none", "-P", "register=none",
+           "-P", "carbon=false", "-P", "system_metrics=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    parents = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], "tags.mg.run_kind = 'sweep'")]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = _children(client, parents[0].info.run_id)
+    assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
+    assert all(c.info.status == "FINISHED" and c.data.params["max_steps"] == "4" for c in children)
+
+
+def test_parallel_workers_share_one_study(mg_home, tiny_model, sample_data):
+    from mlflow.tracking import MlflowClient
+
+    from mg_mlflow.experiment.sweep import run_sweep
+
+    spec = _spec(tiny_model, sample_data, grid=["seed=1,2,3"], pruner="none", register="none", parallel=2,
+                 objective="loss_final", options={"max_steps": 4, "eval_split": 0.0, "eval_steps": 0})
+    result = run_sweep(spec, echo=lambda _: None)
+    client = MlflowClient()
+    children = _children(client, result.parent_run_id)
+    # every grid point exactly once, whichever process ran it
+    assert sorted(c.data.params["seed"] for c in children) == ["1", "2", "3"]
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert client.get_run(result.parent_run_id).data.metrics["sweep/trials_complete"] == 3

@@ -50,7 +50,7 @@ def trial_loop(sweep, result=None) -> str:
                      if best else "no complete trial yet")
         sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.objective}={shown}"
                    f"{' (' + outcome.error + ')' if outcome.error else ''} | {best_text}")
-        if len(sweep.done()) >= sweep.target():
+        if len(sweep.done()) + len(sweep.trials("RUNNING")) >= sweep.target():  # others' included
             study.stop()
             return
         stop["reason"] = sweep.budget_stop()

@@ -112,7 +112,8 @@ def run_trial(ctx, trial) -> Outcome:
     params = suggest(trial, ctx.dims)
     name = trial_name(trial.number, params)
     tags = {"mlflow.parentRunId": ctx.parent_id, "mg.run_kind": "sweep_trial", "mg.sweep.trial": str(trial.number),
-            "mg.sweep.run_id": ctx.parent_id, "mg.sweep.params": json.dumps(params)}
+            "mg.sweep.run_id": ctx.parent_id, "mg.sweep.params": json.dumps(params),
+            "mg.sweep.worker_pid": str(os.getpid())}
     child = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
     trial.set_user_attr("run_id", child)
     outcome = Outcome(trial.number, "FAIL", child, name, params)
