@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import BIN
+from vision_support import shapes, tiny_vl  # noqa: F401 - fixtures
 
 
 def _spec(tiny_model, data, **kw):
@@ -225,3 +226,21 @@ def test_parallel_workers_share_one_study(mg_home, tiny_model, sample_data):
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2", "3"]
     assert all(c.info.status == "FINISHED" for c in children)
     assert client.get_run(result.parent_run_id).data.metrics["sweep/trials_complete"] == 3
+
+
+def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
+    from mlflow.tracking import MlflowClient
+
+    from mg_mlflow.experiment.sweep import SweepSpec, run_sweep
+
+    options = {"base_model": str(tiny_vl), "dataset": str(shapes), "max_steps": 3, "batch_size": 4,
+               "max_pixels": 12544, "max_seq_length": 256, "sample_images": 0, "system_metrics": False,
+               "carbon": False}
+    spec = SweepSpec(options=options, modality="vision", grid=["learning_rate=1e-3,3e-3"], pruner="none",
+                     register="none", objective="loss_final")
+    result = run_sweep(spec, echo=lambda _: None)
+    client = MlflowClient()
+    children = _children(client, result.parent_run_id)
+    assert len(children) == 2 and {c.data.tags["mg.modality"] for c in children} == {"vision"}
+    assert all(c.info.status == "FINISHED" and c.data.metrics["loss_final"] > 0 for c in children)
+    assert client.get_run(result.parent_run_id).data.tags["mg.modality"] == "vision"

@@ -31,11 +31,16 @@ def ui(tmp_path_factory, tiny_model, sample_data):
         pair = train_pair(tiny_model, sample_data)
         port = _free_port()
         log = home / "ui.log"
-        cmd = [str(BIN / "model-garden"), "ui", "--port", str(port),
+        cmd = [str(BIN / "model-garden"), "ui", "--port", str(port), "--open",
                "--compare", pair.run_ids["lr-3e-3"], "--compare", pair.run_ids["lr-1e-4"]]
+        # --open goes through Python's webbrowser, which runs $BROWSER: a script noting the URL
+        opened = home / "opened.txt"
+        browser = home / "browser.sh"
+        browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+        browser.chmod(0o755)
         with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ),
-                                    start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "BROWSER": str(browser)}, start_new_session=True)
         try:
             deadline = time.time() + 180
             while time.time() < deadline:
@@ -47,7 +52,7 @@ def ui(tmp_path_factory, tiny_model, sample_data):
                     time.sleep(0.5)
             links = dict(line.split(": ", 1) for line in log.read_text().splitlines()
                          if line.startswith(("training runs of", "compare 2 runs")))
-            yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}"}
+            yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
         finally:
             os.killpg(proc.pid, 15)
             try:
@@ -70,6 +75,23 @@ def test_ui_prints_direct_links(ui):
     compare = ui["links"]["compare 2 runs"]
     assert compare.startswith(f"{ui['base']}/#/compare-runs?runs=")
     assert p.run_ids["lr-3e-3"] in compare and p.run_ids["lr-1e-4"] in compare
+
+
+def test_open_opens_the_compare_link_once_the_server_answers(ui):
+    deadline = time.time() + 60
+    while not ui["opened"].is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    assert ui["opened"].read_text().strip() == ui["links"]["compare 2 runs"]
+
+
+def test_links_only_prints_and_returns(ui):
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli
+
+    res = CliRunner().invoke(cli, ["ui", "--links-only", "--port", str(ui["port"])])
+    assert res.exit_code == 0 and res.output.strip() == (
+        f"training runs of 'model-garden': {ui['links']['training runs of ' + repr('model-garden')]}")
 
 
 def test_runs_table_shows_the_runs(ui, tmp_path):
