@@ -32,11 +32,9 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
     from mg_mlflow.tracking.run import ensure_experiment
 
     client = _client()
-    from pathlib import Path as _P
-
     what = ", ".join(SHORT.get(d.name, d.name) for d in dims)
     kind = "grid" if any(d.kind == "grid" for d in dims) else f"{spec.sampler} search"
-    name = f"sweep {_P(cfg.base_model.rstrip('/')).name} {cfg.method}: {what} ({kind})"
+    name = f"sweep {Path(cfg.base_model.rstrip('/')).name} {cfg.method}: {what} ({kind})"
     tags = {"mg.run_kind": "sweep", "mg.modality": spec.modality, "mg.sweep.objective": spec.objective,
             "mg.sweep.direction": direction}
     env_run = os.environ.get("MLFLOW_RUN_ID")

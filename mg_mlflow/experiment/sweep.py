@@ -11,7 +11,6 @@ energy/CO2 of its children; ``max_emissions_kg`` stops new trials once the sum w
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
