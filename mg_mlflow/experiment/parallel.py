@@ -63,8 +63,7 @@ def trial_loop(sweep, result=None) -> str:
     stop["reason"] = sweep.budget_stop()
     if stop["reason"]:
         return stop["reason"]
-    sweep.study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[after],
-                         gc_after_trial=True)
+    sweep.study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[after])
     return stop["reason"]
 
 
