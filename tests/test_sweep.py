@@ -41,6 +41,8 @@ def test_grid_2x2_makes_four_nested_children_and_registers_the_best(mg_home, tin
     parent = client.get_run(result.parent_run_id)
     children = _children(client, result.parent_run_id)
     assert len(children) == 4 and parent.data.tags["mg.run_kind"] == "sweep"
+    assert parent.info.run_name == "sweep tiny lora: lr, r (grid)"
+    assert parent.data.params["sweep.learning_rate"] == "1e-05,0.003" and parent.data.params["max_steps"] == "8"
     assert parent.info.status == "FINISHED"
     assert {c.info.status for c in children} == {"FINISHED"}
     names = sorted(c.info.run_name for c in children)
@@ -132,7 +134,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # grid order (seed 42): max_steps=8 first, then the long trial that is interrupted
     cmd = [str(BIN / "model-garden"), "sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data),
-           "--grid", "max_steps=400,8", "--objective", "loss_final", "--pruner", "none", "--register", "none",
+           "--grid", "max_steps=200,8", "--objective", "loss_final", "--pruner", "none", "--register", "none",
            "--no-system-metrics", "--no-carbon", "--learning-rate", "1e-3"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient()
@@ -142,7 +144,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
         while time.time() < deadline and long_run is None:
             time.sleep(1)
             for exp in client.search_experiments():
-                for r in client.search_runs([exp.experiment_id], "params.max_steps = '400'"):
+                for r in client.search_runs([exp.experiment_id], "params.max_steps = '200'"):
                     if client.get_metric_history(r.info.run_id, "loss"):
                         long_run = r
         assert long_run is not None, "the long trial never started training"
@@ -169,7 +171,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
     for c in children:
         by_steps.setdefault(c.data.params.get("max_steps"), []).append(c.info.status)
     assert by_steps["8"] == ["FINISHED"]  # the finished trial was not run again
-    assert sorted(by_steps["400"]) == ["FINISHED", "KILLED"]
+    assert sorted(by_steps["200"]) == ["FINISHED", "KILLED"]
     assert client.get_run(parent_id).info.status == "FINISHED"
 
 
