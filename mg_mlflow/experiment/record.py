@@ -168,8 +168,8 @@ def register_outcome(sweep, best: dict) -> str:
     """``--register best``: the best trial's saved model becomes a version; ``all``: every trial
     registered itself, the alias (if any) moves to the best one."""
     spec, client = sweep.spec, sweep.client
-    if spec.register == "none":
-        return ""
+    if spec.register == "none" or str(sweep.options.get("register_as", "")).lower() == "none":
+        return ""  # --register none, or --register-as none (save locally only)
     if spec.register == "all":
         tags = client.get_run(best["run_id"]).data.tags
         name, version = tags.get("mg.registered_model"), tags.get("mg.registered_version")
