@@ -126,22 +126,82 @@ def show_cmd(run_id):
     print_kv(f"run {r['run_id']}", rows)
 
 
+def _links(experiment: str, compare: tuple[str, ...], base: str) -> list[tuple[str, str]]:
+    """(label, URL) pairs: the experiment's training-runs view, and the compare view of given runs."""
+    import mlflow
+
+    from mg_mlflow.tracking import ui_links
+    from mg_mlflow.tracking.query import get_run
+    from mg_mlflow.tracking.run import use_tracking_uri
+
+    use_tracking_uri()
+    links = []
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is not None:
+        links.append((f"training runs of {experiment!r}", ui_links.runs_url(base, exp.experiment_id)))
+    if compare:
+        runs = [get_run(r) for r in compare]
+        exp_ids = [mlflow.get_run(r["run_id"]).info.experiment_id for r in runs]
+        links.append((f"compare {len(runs)} runs", ui_links.compare_url(base, [r["run_id"] for r in runs], exp_ids)))
+    return links
+
+
+def _wait_healthy(url: str, proc, timeout: float = 120.0) -> bool:
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 @click.command("ui")
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
-def ui_cmd(port, host):
-    """Open the MLflow UI on the Model Garden store (compare runs, promote versions).
+@click.option("--experiment", "-e", default="model-garden", show_default=True,
+              help="experiment whose training-runs view is linked (and opened with --open)")
+@click.option("--compare", "compare", multiple=True, metavar="RUN_ID",
+              help="also link (and open) the compare view of these runs; repeat: --compare 3f2a --compare 81be")
+@click.option("--open", "open_browser", is_flag=True, help="open the link in a browser once the server answers")
+@click.option("--links-only", is_flag=True, help="print the links and exit (a server already runs)")
+def ui_cmd(port, host, experiment, compare, open_browser, links_only):
+    """Start the MLflow UI on the Model Garden store and print direct links into it.
+
+    The printed link opens the experiment's training-runs table (#/experiments/<id>/runs) directly:
+    MLflow 3 otherwise starts a fresh browser on the GenAI traces overview (mlflow #24498).
 
     \b
-    Example:
-      model-garden ui --port 5000   # then open http://127.0.0.1:5000
+    Examples:
+      model-garden ui                                   # server on 127.0.0.1:5000 + the links
+      model-garden ui --open --compare 3f2a9c --compare 81be07
+      model-garden ui --links-only --port 5000          # links to a server that already runs
     """
     import os
+    import subprocess
     import sys
 
     from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
+    from mg_mlflow.tracking.ui_links import base_url
 
     setup_env()
+    if compare and len(compare) < 2:
+        from mg_mlflow.errors import MGError
+
+        raise MGError("--compare needs at least two runs", hint="repeat it: --compare RUN_A --compare RUN_B")
+    base = base_url(host, port)
+    links = _links(experiment, compare, base)
+    out = console()
+    for label, url in links:
+        out.print(f"{label}: {url}", soft_wrap=True)
+    if not links:
+        out.print(f"no experiment {experiment!r} yet: {base}", soft_wrap=True)
+    if links_only:
+        return
     uri = default_tracking_uri()
     # the store URI travels in the environment, not on the command line: a database URI may hold a
     # password, and every user of the machine can read command lines (`ps`)
@@ -149,8 +209,22 @@ def ui_cmd(port, host):
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", (mg_home() / "mlartifacts").as_uri()]
-    console().print("running: " + " ".join(cmd) + "  (store from MLFLOW_BACKEND_STORE_URI)")
-    os.execve(sys.executable, cmd, env)
+    out.print("running: " + " ".join(cmd) + "  (store from MLFLOW_BACKEND_STORE_URI)", soft_wrap=True)
+    sys.stdout.flush()
+    if not open_browser:
+        os.execve(sys.executable, cmd, env)
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        if _wait_healthy(base, proc):
+            import webbrowser
+
+            target = links[-1][1] if links else base
+            if not webbrowser.open(target):
+                out.print(f"no browser found here; open {target}", soft_wrap=True)
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def register(group: click.Group) -> None:

@@ -1,0 +1,1 @@
+"""The experiment loop: comparing runs (``compare``) and hyperparameter sweeps (``sweep``)."""

@@ -1,0 +1,59 @@
+"""``--register best``: the best trial's locally saved model becomes a registry version.
+
+Trials train with ``register_as=none`` (saved locally, nothing logged), so a sweep of N trials
+uploads one model, not N. Afterwards the best trial's folder gets the portable base reference a
+registered adapter needs, is logged into the trial's own run, reloaded and compared with the folder
+(the same verify-before-register rule as ``train``), then registered with the usual version tags.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mg_mlflow.errors import MGError
+
+
+def register_trial(sweep, best: dict) -> str:
+    """Register trial ``best`` (number, params, run_id); returns ``models:/NAME/VERSION``."""
+    import mlflow
+
+    from mg_mlflow.config import build_config
+    from mg_mlflow.experiment.trial import attached
+    from mg_mlflow.registry.base_ref import describe, make_base_reference
+    from mg_mlflow.registry.loader import is_adapter_dir, load_model_dir
+    from mg_mlflow.registry.metadata import read_metadata, write_metadata
+    from mg_mlflow.registry.publish import log_text_model, verify
+    from mg_mlflow.training.save import log_logit_diffs, register_trained
+    from mg_mlflow.training.text import TrainResult
+
+    if sweep.spec.modality != "text":
+        sweep.echo("registering the best vision trial is not supported yet: its model folder is kept "
+                   "(trial user attr model_dir); rerun it with `model-garden train-vision`")
+        return ""
+    trial = sweep.study.get_trials(deepcopy=False)[best["number"]]
+    model_dir = Path(trial.user_attrs.get("model_dir", ""))
+    if not (model_dir / "mg_model.json").is_file():
+        raise MGError(f"the best trial's model folder {model_dir} is gone; nothing was registered")
+    options = {**sweep.options, **best["params"]}
+    cfg = build_config(sweep.config_cls, sweep.spec.config_file or None, options, sweep.spec.set_args)
+    meta = read_metadata(model_dir)
+    base_ref = make_base_reference(cfg.base_model)  # a local base folder is registered once, reused
+    meta["base_model"] = base_ref
+    if is_adapter_dir(model_dir):
+        path = model_dir / "adapter_config.json"
+        adapter_cfg = json.loads(path.read_text())
+        adapter_cfg["base_model_name_or_path"] = describe(base_ref)  # never an absolute local path
+        path.write_text(json.dumps(adapter_cfg, indent=2))
+    write_metadata(model_dir, meta)
+    reference, tokenizer = load_model_dir(model_dir)
+    run_id = best["run_id"]
+    summary = dict(sweep.client.get_run(run_id).data.metrics)
+    with attached(run_id), mlflow.start_run(run_id=run_id):
+        info = log_text_model(model_dir)
+        diff = verify(info, reference, tokenizer, cfg.verify_tolerance)
+        log_logit_diffs(summary, diff)
+        result = TrainResult(run_id=run_id, output_dir=model_dir.parent, model_dir=model_dir,
+                             model_uri=info.model_uri)
+        register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff)
+    return f"models:/{result.registered_name}/{result.registered_version}"

@@ -1,0 +1,123 @@
+"""What a person sees in the MLflow UI, read from the rendered page of a real `mlflow server` started by
+`model-garden ui` on 127.0.0.1, in headless Chromium: the training-runs table, the compare view of two
+runs, a registered version's page. Screenshots are kept under the test's tmp dir (paths printed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from chromium_support import CHROMIUM, dump_and_shot, scrolled_text
+from compare_support import train_pair
+from conftest import BIN, isolated_home
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory, tiny_model, sample_data):
+    """Two runs + evaluations in a fresh store, and `model-garden ui --compare A --compare B` serving it."""
+    with isolated_home(tmp_path_factory.mktemp("ui-home")) as home:
+        pair = train_pair(tiny_model, sample_data)
+        port = _free_port()
+        log = home / "ui.log"
+        cmd = [str(BIN / "model-garden"), "ui", "--port", str(port), "--open",
+               "--compare", pair.run_ids["lr-3e-3"], "--compare", pair.run_ids["lr-1e-4"]]
+        # --open goes through Python's webbrowser, which runs $BROWSER: a script noting the URL
+        opened = home / "opened.txt"
+        browser = home / "browser.sh"
+        browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
+        browser.chmod(0o755)
+        with open(log, "w") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "BROWSER": str(browser)}, start_new_session=True)
+        try:
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.5)
+            links = dict(line.split(": ", 1) for line in log.read_text().splitlines()
+                         if line.startswith(("training runs of", "compare 2 runs")))
+            yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
+        finally:
+            os.killpg(proc.pid, 15)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+
+
+def _chromium(tmp_path, url: str, shot: str) -> str:
+    dom = dump_and_shot(tmp_path, url, shot)
+    png = tmp_path / shot
+    assert png.is_file() and png.stat().st_size > 10_000
+    return dom
+
+
+def test_ui_prints_direct_links(ui):
+    p = ui["pair"]
+    assert ui["links"]["training runs of 'model-garden'"] == f"{ui['base']}/#/experiments/{p.experiment_id}/runs"
+    compare = ui["links"]["compare 2 runs"]
+    assert compare.startswith(f"{ui['base']}/#/compare-runs?runs=")
+    assert p.run_ids["lr-3e-3"] in compare and p.run_ids["lr-1e-4"] in compare
+
+
+def test_open_opens_the_compare_link_once_the_server_answers(ui):
+    deadline = time.time() + 60
+    while not ui["opened"].is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    assert ui["opened"].read_text().strip() == ui["links"]["compare 2 runs"]
+
+
+def test_links_only_prints_and_returns(ui):
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli
+
+    res = CliRunner().invoke(cli, ["ui", "--links-only", "--port", str(ui["port"])])
+    assert res.exit_code == 0 and res.output.strip() == (
+        f"training runs of 'model-garden': {ui['links']['training runs of ' + repr('model-garden')]}")
+
+
+def test_runs_table_shows_the_runs(ui, tmp_path):
+    dom = _chromium(tmp_path, ui["links"]["training runs of 'model-garden'"], "runs.png")
+    for name in ("lr-3e-3", "lr-1e-4", "evaluate lr-3e-3"):
+        assert name in dom
+
+
+def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    url = ui["links"]["compare 2 runs"]
+    dom = _chromium(tmp_path, url, "compare.png")
+    assert "lr-3e-3" in dom and "lr-1e-4" in dom
+    assert "learning_rate" in dom and "0.003" in dom and "0.0001" in dom
+    # the metrics table is a 300 px virtualized grid: scroll it in the browser and read what it renders
+    text = scrolled_text(tmp_path, url)
+    assert "eval_loss_final" in text and "loss_final" in text
+    client = MlflowClient()
+    for run_id in ui["pair"].run_ids.values():
+        assert f"{client.get_run(run_id).data.metrics['eval_loss_final']:.4g}" in text
+
+
+def test_registered_version_page_renders(ui, tmp_path):
+    from mg_mlflow.tracking.ui_links import version_url
+
+    dom = _chromium(tmp_path, version_url(ui["base"], "tiny-cmp", "1"), "version.png")
+    assert "tiny-cmp" in dom and "Version 1" in dom
+    assert ui["pair"].run_ids["lr-3e-3"] in dom or "lr-3e-3" in dom  # the source run is linked
