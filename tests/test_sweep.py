@@ -238,11 +238,13 @@ def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
     options = {"base_model": str(tiny_vl), "dataset": str(shapes), "max_steps": 3, "batch_size": 4,
                "max_pixels": 12544, "max_seq_length": 256, "sample_images": 0, "system_metrics": False,
                "carbon": False}
-    spec = SweepSpec(options=options, modality="vision", grid=["learning_rate=1e-3,3e-3"], pruner="none",
-                     register="none", objective="loss_final")
+    spec = SweepSpec(options={**options, "register_as": "vl-sweep"}, modality="vision",
+                     grid=["learning_rate=1e-3,3e-3"], pruner="none", register="best", objective="loss_final")
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
     children = _children(client, result.parent_run_id)
     assert len(children) == 2 and {c.data.tags["mg.modality"] for c in children} == {"vision"}
     assert all(c.info.status == "FINISHED" and c.data.metrics["loss_final"] > 0 for c in children)
     assert client.get_run(result.parent_run_id).data.tags["mg.modality"] == "vision"
+    mv = client.get_model_version("vl-sweep", "1")  # the best vision trial, verified and registered
+    assert result.registered == "models:/vl-sweep/1" and mv.tags["mg.modality"] == "vision"

@@ -21,24 +21,23 @@ def register_trial(sweep, best: dict) -> str:
     from mg_mlflow.config import build_config
     from mg_mlflow.experiment.trial import attached
     from mg_mlflow.registry.base_ref import describe, make_base_reference
-    from mg_mlflow.registry.loader import is_adapter_dir, load_model_dir
+    from mg_mlflow.registry.loader import is_adapter_dir
     from mg_mlflow.registry.metadata import read_metadata, write_metadata
-    from mg_mlflow.registry.publish import log_text_model, verify
+    from mg_mlflow.registry.publish import verify
+    from mg_mlflow.training.recipe import modality_for
+    from mg_mlflow.training.result import TrainResult
     from mg_mlflow.training.save import log_logit_diffs, register_trained
-    from mg_mlflow.training.text import TrainResult
 
-    if sweep.spec.modality != "text":
-        sweep.echo("registering the best vision trial is not supported yet: its model folder is kept "
-                   "(trial user attr model_dir); rerun it with `model-garden train-vision`")
-        return ""
     trial = sweep.study.get_trials(deepcopy=False)[best["number"]]
     model_dir = Path(trial.user_attrs.get("model_dir", ""))
     if not (model_dir / "mg_model.json").is_file():
         raise MGError(f"the best trial's model folder {model_dir} is gone; nothing was registered")
     options = {**sweep.options, **best["params"]}
     cfg = build_config(sweep.config_cls, sweep.spec.config_file or None, options, sweep.spec.set_args)
+    modality = modality_for(cfg)
     meta = read_metadata(model_dir)
-    base_ref = make_base_reference(cfg.base_model)  # a local base folder is registered once, reused
+    revision = (meta.get("base_model") or {}).get("revision")
+    base_ref = make_base_reference(cfg.base_model, modality.name, revision)  # a local base: registered once
     meta["base_model"] = base_ref
     if is_adapter_dir(model_dir):
         path = model_dir / "adapter_config.json"
@@ -46,14 +45,29 @@ def register_trial(sweep, best: dict) -> str:
         adapter_cfg["base_model_name_or_path"] = describe(base_ref)  # never an absolute local path
         path.write_text(json.dumps(adapter_cfg, indent=2))
     write_metadata(model_dir, meta)
-    reference, tokenizer = load_model_dir(model_dir)
+    reference, probe = _reference_and_probe(modality.name, model_dir)
     run_id = best["run_id"]
     summary = dict(sweep.client.get_run(run_id).data.metrics)
     with attached(run_id), mlflow.start_run(run_id=run_id):
-        info = log_text_model(model_dir)
-        diff = verify(info, reference, tokenizer, cfg.verify_tolerance)
+        info = modality.log_model(model_dir)
+        diff = verify(info, reference, probe, cfg.verify_tolerance, what=f"{modality.name} model")
         log_logit_diffs(summary, diff)
         result = TrainResult(run_id=run_id, output_dir=model_dir.parent, model_dir=model_dir,
                              model_uri=info.model_uri)
-        register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff)
+        register_trained(cfg, result, info.model_uri, meta, base_ref, summary, diff, **modality.extra_tags)
     return f"models:/{result.registered_name}/{result.registered_version}"
+
+
+def _reference_and_probe(modality: str, model_dir: Path):
+    """The saved trial model and the probe its logged copy must reproduce."""
+    if modality == "vision":
+        from mg_mlflow.data.vision_sample import draw_shape
+        from mg_mlflow.registry.pyfunc_vision import load_vision_dir, probe_inputs
+
+        reference, processor = load_vision_dir(model_dir)
+        return reference, probe_inputs(processor, draw_shape("red", "circle"), "What is this?")
+    from mg_mlflow.registry.loader import load_model_dir
+    from mg_mlflow.registry.publish import text_probe
+
+    reference, tokenizer = load_model_dir(model_dir)
+    return reference, text_probe(tokenizer)

@@ -62,22 +62,11 @@ class Outcome:
 
 
 def train_function(modality: str):
-    """``fn(cfg, callbacks)`` training into the active MLFLOW_RUN_ID: the unified recipe when present,
-    else the text recipe (with extra callbacks) or the vision recipe (no pruning hook yet)."""
-    try:
-        from mg_mlflow.training.recipe import train
-    except ModuleNotFoundError as exc:
-        if exc.name != "mg_mlflow.training.recipe":
-            raise
-    else:
-        return lambda cfg, callbacks: train(cfg, show_progress=False, callbacks=callbacks)
-    if modality == "vision":
-        from mg_mlflow.training.vision import train_vision
+    """``fn(cfg, callbacks)`` training into the active MLFLOW_RUN_ID through the one training path
+    (the config class carries the modality; extra callbacks prune)."""
+    from mg_mlflow.training.recipe import train
 
-        return lambda cfg, callbacks: train_vision(cfg, show_progress=False)
-    from mg_mlflow.training.text import train_text
-
-    return lambda cfg, callbacks: train_text(cfg, show_progress=False, callbacks=callbacks)
+    return lambda cfg, callbacks: train(cfg, show_progress=False, callbacks=callbacks)
 
 
 @contextmanager
