@@ -4,7 +4,7 @@ Runs on the borrowed NVIDIA machine (see bench/gpu/README.md for the calls). Eac
 `python -m mg_mlflow train` process (Unsloth patches libraries at import, so backends must not share
 a process) on a random-init model of a real architecture and a synthetic dataset, offline. Results
 are read back from the MLflow store the runs wrote, printed as a table, and written to OUT:
-results.json, results.md, mlflow.db (the store, comparable in the MLflow UI next to CPU runs).
+results.json, results.md, mlflow_runs.json (the store's runs exported as JSON).
 
     python bench/gpu/bench_train.py --out $OUT --size 1b --steps 30
 """
@@ -212,7 +212,12 @@ def main() -> None:
     text = table(rows) + "\n\n" + "\n".join(ratios(rows))
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from export_runs import export  # the runs as JSON: no database goes into git
+
     shutil.copy(work / "mlflow.db", out / "mlflow.db")
+    export(out / "mlflow.db")
+    (out / "mlflow.db").unlink()
     print(text)
 
 
