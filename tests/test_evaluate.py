@@ -125,6 +125,8 @@ def test_local_evaluation_is_recorded_on_the_model(local_eval, trained_merged, u
     digest = local_eval["dataset_digest"]
     pointed = client.get_run(tags[f"mg.eval.{digest}.run_id"])
     assert float(tags[f"mg.eval.{digest}.loss"]) == pytest.approx(pointed.data.metrics["eval/loss"], rel=1e-5)
+    card = client.get_model_version("tiny-merged", trained_merged.registered_version).description
+    assert "eval/exact_match" in card and "model-garden deploy models:/tiny-merged/" in card  # the model card
 
 
 def test_deployment_evaluation_agrees_with_local(local_eval, remote_eval):

@@ -34,6 +34,20 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
     return "\n".join(lines)
 
 
+def refresh_description(name: str, version: str, evaluations: dict[str, float]) -> None:
+    """Rewrite a Model Garden version's card with its latest evaluation results (versions registered
+    by other tools keep their own description)."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    mv = client.get_model_version(name, version)
+    tags = mv.tags or {}
+    if "mg.run_id" not in tags:
+        return
+    summary = client.get_run(tags["mg.run_id"]).data.metrics
+    client.update_model_version(name, version, description=model_card(name, version, tags, summary, evaluations))
+
+
 def describe_version(name: str, version: str, tags: dict[str, Any], summary: dict[str, float]) -> None:
     import mlflow
 
