@@ -162,12 +162,14 @@ def list_cmd(address, as_json):
     from rich.table import Table
 
     table = Table(title="jobs", title_justify="left")
-    for col in ("job id", "state", "command", "run", "run status", "loss", "tok/s", "CO2 kg", "registered", "started"):
+    for col in ("job id", "state", "command", "run", "run status", "loss", "tok/s", "CO2 kg", "registered",
+                "submitted", "run started", "run s"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["job_id"], r["state"], r["command"], (r["run_name"] or "") if r["run_id"] else "",
                       r["run_status"] or "", _fmt(r["loss"], ".4f"), _fmt(r["tokens_per_second"], ".0f"),
-                      _fmt(r["emissions_kg"], ".3g"), r["registered"] or "", r["started"])
+                      _fmt(r["emissions_kg"], ".3g"), r["registered"] or "", r["submitted"],
+                      r["run_started"] or "", _fmt(r["run_seconds"], ".0f"))
     console().print(table)
     if not rows:
         console().print("no jobs yet: try `model-garden submit --help`")
@@ -228,7 +230,10 @@ def cancel_cmd(job_id, address):
 
     setup_env()
     row = cancel(job_id, address)
-    print_kv(f"job {job_id}", [("Ray state", row["state"]), ("MLflow run", row["run_id"] or "none (never started)"),
+    state = row["state"]
+    if row["was"] == "PENDING":
+        state = "stop requested while queued: Ray ends it STOPPED before it starts"
+    print_kv(f"job {job_id}", [("Ray state", state), ("MLflow run", row["run_id"] or "none (never started)"),
                                ("run status", row["run_status"])])
 
 

@@ -56,7 +56,8 @@ def server_cmd(host, port, backend_store_uri, artifacts_destination, auth, auth_
         out.print(f"schema: mlflow db upgrade {redact(plan.backend_store_uri)}", markup=False)
         upgrade_schema(plan.backend_store_uri, plan.env)
     print_kv("MLflow tracking server", [
-        ("URL", plan.url), ("runs and registry", redact(plan.backend_store_uri)),
+        ("URL", plan.url), ("runs and registry", redact(plan.backend_store_uri)
+                              + (" (password passed as PGPASSWORD)" if "PGPASSWORD" in plan.env else "")),
         ("artifacts", plan.artifacts_destination), ("auth", "basic-auth" if plan.auth else "off"),
         ("clients", f"export MLFLOW_TRACKING_URI={plan.url}")])
     raise SystemExit(run_server(plan))

@@ -105,12 +105,15 @@ def job_row(details, runs: list) -> dict:
     row = {"job_id": details.submission_id, "state": _status(details),
            "command": (details.metadata or {}).get("mg.command", ""),
            "start_time": details.start_time, "end_time": details.end_time,
-           "started": _time(details.start_time), "ended": _time(details.end_time),
-           "run_id": None, "run_status": None, "run_name": None, "loss": None, "tokens_per_second": None,
+           "submitted": _time(details.start_time), "ended": _time(details.end_time),
+           "run_id": None, "run_status": None, "run_name": None, "run_started": None, "run_seconds": None,
+           "loss": None, "tokens_per_second": None,
            "emissions_kg": None, "registered": None, "runs": len(runs), "message": details.message or ""}
     if run is not None:
         m, tags = run.data.metrics, run.data.tags
         row.update(run_id=run.info.run_id, run_status=run.info.status, run_name=run.info.run_name,
+                   run_started=_time(run.info.start_time),
+                   run_seconds=((run.info.end_time or time.time() * 1000) - run.info.start_time) / 1000,
                    loss=m.get("loss_final", m.get("loss")), tokens_per_second=m.get("tokens_per_second"),
                    emissions_kg=m.get("carbon/emissions_kg"),
                    registered=(f"models:/{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"
@@ -162,14 +165,20 @@ def cancel(job_id: str, address: str | None = None, timeout: float = 120.0) -> d
     """Stop a queued or running job and wait until Ray reports it over; its run ends KILLED."""
     client, _, _ = client_for(address)
     details = _job_details(client, job_id)
-    if _status(details) not in TERMINAL:
+    was = _status(details)
+    if was not in TERMINAL:
         client.stop_job(job_id)
+    if was == "RUNNING":
         deadline = time.time() + timeout
         while _status(details) not in TERMINAL and time.time() < deadline:
             time.sleep(0.5)
             details = client.get_job_info(job_id)
+    # A queued job keeps its place until a slot frees; Ray then stops it before its command starts
+    # (the stop signal reaches the entry process first), so no run is ever created for it.
     runs = reconcile(job_id, _status(details), runs_by_job([job_id]).get(job_id, []))
-    return job_row(details, runs)
+    row = job_row(details, runs)
+    row["was"] = was
+    return row
 
 
 def watch(job_id: str, address: str | None = None, interval: float = 2.0, timeout: float | None = None,
@@ -239,11 +248,11 @@ def shutdown(timeout: float = 120.0) -> dict | None:
                      if _status(j) not in TERMINAL and j.submission_id]
         for job_id in open_jobs:
             client.stop_job(job_id)
+        stopped = list(open_jobs)
         deadline = time.time() + timeout
         while open_jobs and time.time() < deadline:
             open_jobs = [j for j in open_jobs if _status(client.get_job_info(j)) not in TERMINAL]
             time.sleep(0.5)
-        stopped = [j.submission_id for j in client.list_jobs() if _status(j) == "STOPPED"]
     except Exception:  # noqa: BLE001 - a broken instance is still stopped below
         pass
     result = ray_local.stop() or state

@@ -111,12 +111,21 @@ def check_command(argv: list[str]) -> None:
                       hint=f"commands: {', '.join(sorted(cli.list_commands(ctx)))}")
     if argv[0] in ("submit", "submit-vision", "submit-command", "jobs", "server", "ui"):
         raise MGError(f"`{argv[0]}` cannot run as a job")
+    name, args = argv[0], list(argv[1:])
     try:
-        cmd.make_context(argv[0], list(argv[1:]), parent=ctx)
+        while True:  # down through groups (`runs list ...`) to the command that runs
+            sub = cmd.make_context(name, args, parent=ctx)
+            if not isinstance(cmd, click.Group):
+                break
+            rest = [*sub._protected_args, *sub.args]
+            if not rest:
+                break
+            name, cmd, args = cmd.resolve_command(sub, rest)
+            ctx = sub
     except click.exceptions.Exit:
         pass
     except click.UsageError as exc:
-        raise MGError(f"model-garden {argv[0]}: {exc.format_message()}") from None
+        raise MGError(f"model-garden {' '.join(argv[:2])}: {exc.format_message()}") from None
 
 
 def tracking_uri_for_job(remote: bool) -> str:
