@@ -130,7 +130,7 @@ def test_three_jobs_queue_on_one_slot_and_a_cancelled_queued_job_never_starts(ra
         info = infos[j]
         assert secret not in info.entrypoint and secret not in json.dumps(info.metadata)
         assert info.runtime_env["env_vars"]["MLFLOW_TRACKING_PASSWORD"] == secret  # runtime env only
-        assert info.entrypoint_resources == {"mg_train_slot": 1.0}
+        assert info.metadata["mg.command"] == "train" and info.metadata["mg.resources"] == '{"mg_train_slot": 1}'
         assert secret not in _client(ray_env).get_job_logs(j)
     assert versions == {"1", "2", "3"}
     spans.sort()

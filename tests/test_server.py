@@ -34,59 +34,62 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> int:
         return err.code
 
 
-@pytest.fixture(scope="module")
-def team_server(postgres, s3, tmp_path_factory):  # noqa: F811
+def _start_server(args: list[str], env: dict, log: Path):
     import psutil
 
-    _, s3_env = s3
-    home = tmp_path_factory.mktemp("server-home")
     port = _free_port()
-    log = home / "server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
-    env.update(s3_env, MG_HOME=str(home), MLFLOW_AUTH_ADMIN_USERNAME=ADMIN, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PW)
-    uri = postgres.replace("mg@", f"mg:{DB_PW}@")  # the password must move to PGPASSWORD
-    proc = subprocess.Popen([str(BIN / "model-garden"), "server", "--backend-store-uri", uri, "--port", str(port),
-                             "--artifacts-destination", "s3://mg-artifacts/team", "--auth"],
+    proc = subprocess.Popen([str(BIN / "model-garden"), "server", "--port", str(port), *args],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    _wait(f"http://127.0.0.1:{port}/health", proc, log, timeout=300)
+    return proc, f"http://127.0.0.1:{port}", psutil.Process(proc.pid).children(recursive=True)
+
+
+def _stop_server(proc, tree):
+    import psutil
+
+    proc.send_signal(signal.SIGTERM)  # the CLI stops the whole server process group
     try:
-        _wait(f"http://127.0.0.1:{port}/health", proc, log, timeout=300)
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        yield {"url": f"http://127.0.0.1:{port}", "home": home, "log": log, "tree": tree, "pg": postgres}
-    finally:
-        proc.send_signal(signal.SIGTERM)  # the CLI stops the whole server process group
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     _, alive = psutil.wait_procs(tree, timeout=30)
     assert not alive, f"server processes left behind: {alive}"
 
 
-def test_auth_rejects_without_credentials_and_training_registry_deploy_work_with_them(
-        team_server, s3, tiny_model, sample_data, tmp_path, monkeypatch):  # noqa: F811
-    url = team_server["url"]
-    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
-    assert _get(search) == 401
-    assert _get(search, (ADMIN, "wrong-password")) == 401
-    assert _get(search, (ADMIN, ADMIN_PW)) == 200
-    anon = run_cli(["runs", "list"], env={"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "",
-                                          "MLFLOW_TRACKING_PASSWORD": ""})
-    assert anon.returncode != 0
+def _server_env(home: Path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+    env.update(extra, MG_HOME=str(home))
+    return env
 
-    creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PW,
-             "MG_HOME": str(tmp_path / "client-home")}  # the client has no S3 credentials: artifacts are proxied
+
+@pytest.fixture(scope="module")
+def pg_server(postgres, s3, tmp_path_factory):  # noqa: F811
+    _, s3_env = s3
+    home = tmp_path_factory.mktemp("server-home")
+    log = home / "server.log"
+    uri = postgres.replace("mg@", f"mg:{DB_PW}@")  # the password must move to PGPASSWORD
+    proc, url, tree = _start_server(["--backend-store-uri", uri, "--artifacts-destination", "s3://mg-artifacts/team"],
+                                    _server_env(home, **s3_env), log)
+    try:
+        yield {"url": url, "home": home, "log": log, "tree": tree, "pg": postgres}
+    finally:
+        _stop_server(proc, tree)
+
+
+def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tiny_model, sample_data, tmp_path,
+                                                              monkeypatch):  # noqa: F811
+    url = pg_server["url"]
+    client_env = {"MLFLOW_TRACKING_URI": url, "MG_HOME": str(tmp_path / "client-home")}
+    # the client has no S3 credentials and no database access: everything goes through the server
     train = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "12",
                      "--learning-rate", "3e-3", "--register-as", "team-lora", "--alias", "champion",
-                     "--no-system-metrics", "--no-carbon"], env=creds, cwd=tmp_path)
+                     "--no-system-metrics", "--no-carbon"], env=client_env, cwd=tmp_path)
     assert train.returncode == 0, train.stderr[-3000:]
-    listed = run_cli(["runs", "list"], env=creds)
-    assert listed.returncode == 0 and "models:/team-lora/1" in listed.stdout
 
     import mlflow
 
-    for key, value in creds.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     client = mlflow.tracking.MlflowClient(url)
     mv = client.get_model_version_by_alias("team-lora", "champion")
     run = client.get_run(mv.run_id)
@@ -96,21 +99,51 @@ def test_auth_rejects_without_credentials_and_training_registry_deploy_work_with
     assert any(k.endswith("adapter_model.safetensors") for k in keys), keys[:20]
     assert any(k.endswith("config/train_config.yaml") for k in keys)
 
-    plan = run_cli(["deploy", "models:/team-lora@champion", "--dry-run"], env=creds)  # resolves through the server
+    plan = run_cli(["deploy", "models:/team-lora@champion", "--dry-run"], env=client_env)  # resolves through the server
     assert plan.returncode == 0 and "--enable-lora" in plan.stdout, plan.stdout + plan.stderr
 
-    # schema created by MLflow's migrations; the DB password never reached argv or the log
+    # schema created by MLflow's migrations; the DB password never reached the server's argv or the log
     import psycopg2
 
-    dsn = team_server["pg"].replace("postgresql+psycopg2", "postgresql")
+    dsn = pg_server["pg"].replace("postgresql+psycopg2", "postgresql")
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT version_num FROM alembic_version")
         assert len(cur.fetchall()) == 1
-    assert (team_server["home"] / "server" / "basic_auth.db").is_file()
-    for proc in team_server["tree"]:
+    for proc in pg_server["tree"]:
         assert DB_PW not in " ".join(proc.cmdline())
-    text = team_server["log"].read_text()
-    assert DB_PW not in text and ADMIN_PW not in text and "(password passed as PGPASSWORD)" in text
+    text = pg_server["log"].read_text()
+    assert DB_PW not in text and "(password passed as PGPASSWORD)" in text
+
+
+def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp_path):
+    pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth] (Flask-WTF)")
+    home = tmp_path / "auth-home"  # the embedded default: sqlite + artifacts in $MG_HOME, proxied
+    proc, url, tree = _start_server(["--auth"], _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN,
+                                                            MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PW), tmp_path / "auth.log")
+    try:
+        search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
+        assert _get(search) == 401
+        assert _get(search, (ADMIN, "wrong-password")) == 401
+        assert _get(search, (ADMIN, ADMIN_PW)) == 200
+        anon = run_cli(["runs", "list"], env={"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "",
+                                              "MLFLOW_TRACKING_PASSWORD": ""})
+        assert anon.returncode != 0 and "401" in anon.stderr + anon.stdout
+        creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PW}
+        log_run = ("import mlflow; mlflow.set_experiment('model-garden')\n"
+                   "with mlflow.start_run(run_name='with-credentials'):\n"
+                   "    mlflow.log_metric('loss', 1.5, step=1); mlflow.log_text('hello', 'note.txt')")
+        logged = subprocess.run([str(BIN / "python"), "-c", log_run], env={**os.environ, **creds},
+                                capture_output=True, text=True, timeout=300)
+        assert logged.returncode == 0, logged.stderr[-2000:]
+        listed = run_cli(["runs", "list"], env=creds)
+        assert listed.returncode == 0 and "with-credentials" in listed.stdout and "FINISHED" in listed.stdout
+        notes = list((home / "mlartifacts").rglob("note.txt"))  # proxied into $MG_HOME's artifact folder
+        assert len(notes) == 1 and notes[0].read_text() == "hello"
+        assert (home / "server" / "basic_auth.db").is_file()
+        assert ADMIN_PW not in (tmp_path / "auth.log").read_text()
+        assert ADMIN_PW not in (home / "server" / "basic_auth.ini").read_text()
+    finally:
+        _stop_server(proc, tree)
 
 
 def test_server_plan_defaults_and_refusals(tmp_path, monkeypatch):

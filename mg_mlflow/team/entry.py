@@ -25,8 +25,16 @@ def _unblock() -> None:
 
 def child_main(argv: list[str]) -> None:
     _unblock()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM -> KeyboardInterrupt -> KILLED
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def interrupt(signum, _frame):
+        # once: Ray signals the whole tree and the wrapper forwards, and a second KeyboardInterrupt
+        # must not cut short the run's own KILLED ending
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # SIGTERM -> KeyboardInterrupt -> the run ends KILLED
+    signal.signal(signal.SIGINT, interrupt)
     from mg_mlflow.cli import cli
 
     cli.main(args=argv, prog_name="model-garden")
@@ -71,13 +79,13 @@ def main(argv: list[str]) -> int:
         return 143
     child.append(subprocess.Popen([sys.executable, "-m", "mg_mlflow.team.entry", "--child", *argv]))
     code = child[0].wait()
-    if code != 0 and job_id:
+    # A child that exited by itself ended its runs (FINISHED, FAILED on an error, KILLED on a stop);
+    # one that was killed by a signal could not: end them here.
+    if code < 0 and job_id:
         if stop["asked"]:
             status, reason = "KILLED", "job cancelled (Ray stopped it)"
-        elif code < 0:
-            status, reason = "FAILED", f"the job's process died (signal {signal.Signals(-code).name})"
         else:
-            status, reason = "FAILED", f"the job's process exited with code {code}"
+            status, reason = "FAILED", f"the job's process died (signal {signal.Signals(-code).name})"
         try:
             ended = end_open_runs(job_id, status, reason)
         except Exception as exc:  # noqa: BLE001 - the tracking store may be what failed

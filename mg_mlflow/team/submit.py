@@ -200,7 +200,7 @@ def submit(spec: JobSpec) -> dict:
         resources = {SLOT: 1}
         kwargs["entrypoint_resources"] = resources
     metadata = {"mg.command": spec.command[0], "mg.run_name": spec.run_name, "mg.experiment": spec.experiment,
-                "mg.tracking_uri": public_uri(uri)}
+                "mg.tracking_uri": public_uri(uri), "mg.resources": json.dumps(resources or {"GPU": spec.gpus})}
     try:
         client.submit_job(entrypoint=entrypoint, submission_id=job_id,
                           runtime_env=runtime_env(job_id, uri, spec, remote=not local),
