@@ -193,4 +193,37 @@ def test_bad_data_and_bad_options_are_refused_before_queueing(ray_env, tmp_path)
     assert typo.returncode == 2 and "did you mean lora_r" in typo.stderr
     generic = run_cli(["submit-command", "--", "runs", "list", "--no-such-option"], env=ray_env["env"])
     assert generic.returncode == 2 and "no-such-option" in generic.stderr
+    images = tmp_path / "vision.jsonl"
+    images.write_text('{"text": "What colour?", "image": "gone.png", "response": "red"}\n')
+    vision = run_cli(["submit-vision", "--base-model", ray_env["model"], "--dataset", str(images)], env=ray_env["env"])
+    assert vision.returncode == 2 and f"{images}:1" in vision.stderr and "gone.png" in vision.stderr, vision.stderr
+    # a cluster (--address) cannot reach this machine's sqlite store: refused, not queued
+    remote = run_cli(["submit", "--address", ray_env["state"]["dashboard_url"], "--base-model", ray_env["model"],
+                      "--dataset", ray_env["data"]], env=ray_env["env"])
+    assert remote.returncode == 2 and "model-garden server" in remote.stderr
     assert len(_client(ray_env).list_jobs()) == before
+
+
+def test_any_model_garden_command_runs_as_a_job(ray_env, tmp_path):
+    out = tmp_path / "from-job.jsonl"
+    proc = run_cli(["submit-command", "--", "data", "sample", str(out), "-n", "5"], env=ray_env["env"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job_id = proc.stdout.strip().splitlines()[-1]
+    info = _wait_terminal(ray_env, [job_id])[job_id]
+    assert info.status.value == "SUCCEEDED" and info.metadata["mg.command"] == "data"
+    assert len(out.read_text().splitlines()) == 5
+    logs = run_cli(["jobs", "logs", job_id], env=ray_env["env"])
+    assert logs.returncode == 0 and f"[model-garden job {job_id}] model-garden data sample" in logs.stdout
+
+
+def test_a_run_left_open_by_a_job_ray_ended_is_closed_on_read(mg_home):
+    import mlflow
+
+    from mg_mlflow.team.jobs import reconcile
+
+    client = mlflow.tracking.MlflowClient()
+    exp = client.create_experiment("orphans", artifact_location=(mg_home / "a").as_uri())
+    runs = [client.create_run(exp, tags={"mg.job_id": f"mg-{i}"}) for i in range(3)]
+    fixed = [reconcile("mg-x", state, [run])[0] for state, run in zip(("STOPPED", "FAILED", "RUNNING"), runs)]
+    assert [r.info.status for r in fixed] == ["KILLED", "FAILED", "RUNNING"]
+    assert "ended STOPPED" in fixed[0].data.tags["mg.error"]
