@@ -5,7 +5,6 @@ it with nothing but MLFLOW_TRACKING_URI and MLflow's credential variables; artif
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

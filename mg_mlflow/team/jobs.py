@@ -146,19 +146,18 @@ def logs(job_id: str, address: str | None = None) -> str:
     return client.get_job_logs(job_id)
 
 
-def follow_logs(job_id: str, address: str | None = None):
-    """Yield log chunks until the job ends (Ray's tail API)."""
+def follow_logs(job_id: str, address: str | None = None) -> None:
+    """Print the job's output as it comes, until the job ends (Ray's tail API)."""
     import asyncio
 
     client, _, _ = client_for(address)
     _job_details(client, job_id)
 
-    async def pump(queue: list):
+    async def pump():
         async for chunk in client.tail_job_logs(job_id):
-            queue.append(chunk)
             print(chunk, end="", flush=True)
 
-    asyncio.run(pump([]))
+    asyncio.run(pump())
 
 
 def cancel(job_id: str, address: str | None = None, timeout: float = 120.0) -> dict:
