@@ -116,9 +116,10 @@ def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tin
 
 def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp_path):
     pytest.importorskip("flask_wtf", reason="MLflow's basic-auth app needs mlflow[auth] (Flask-WTF)")
-    home = tmp_path / "auth-home"  # the embedded default: sqlite + artifacts in $MG_HOME, proxied
-    proc, url, tree = _start_server(["--auth"], _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN,
-                                                            MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PW), tmp_path / "auth.log")
+    home = tmp_path / "auth-home"  # the embedded default: sqlite + artifacts in $MG_HOME, proxied; the
+    # server creates a fresh schema itself (migrations are exercised by the PostgreSQL test)
+    env = _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PW)
+    proc, url, tree = _start_server(["--auth", "--no-upgrade-db"], env, tmp_path / "auth.log")
     try:
         search = f"{url}/api/2.0/mlflow/experiments/search?max_results=5"
         assert _get(search) == 401
@@ -161,6 +162,10 @@ def test_server_plan_defaults_and_refusals(tmp_path, monkeypatch):
     plan = plan_server(backend_store_uri="postgresql://mlflow:s3cr3t@db:5432/mlflow")
     assert "s3cr3t" not in " ".join(plan.argv) and plan.env == {"PGPASSWORD": "s3cr3t"}
     with pytest.raises(MGError, match="admin account"):
+        plan_server(auth=True)
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "short")
+    with pytest.raises(MGError, match="at least 12 characters"):
         plan_server(auth=True)
     with pytest.raises(MGError, match="no bucket"):
         plan_server(artifacts_destination="s3://")

@@ -32,7 +32,7 @@ def _check_server_plan(params: dict, tmp_path, monkeypatch) -> list[str]:
 
     monkeypatch.setenv("MG_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
-    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "x")
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "long-enough-password")
     plan = plan_server(params["host"], params["port"], params["backend_store_uri"], params["artifacts_destination"],
                        params["auth"], params["workers"], params["auth_database_uri"], params["allowed_hosts"])
     assert plan.auth and "--app-name" in plan.argv and "--serve-artifacts" in plan.argv

@@ -96,6 +96,9 @@ def _auth_env(home: Path, auth_database_uri: str | None) -> dict[str, str]:
         raise MGError("--auth needs an admin account",
                       hint="export MLFLOW_AUTH_ADMIN_USERNAME=... MLFLOW_AUTH_ADMIN_PASSWORD=... (or "
                            "MLFLOW_TRACKING_USERNAME/PASSWORD, which the CLI then also uses as a client)")
+    if len(password) < 12:  # MLflow refuses to create the admin with a shorter one, after a slow start
+        raise MGError("the basic-auth admin password must be at least 12 characters (MLflow's rule)",
+                      hint="set a longer MLFLOW_AUTH_ADMIN_PASSWORD")
     env["MLFLOW_AUTH_ADMIN_USERNAME"] = user
     env["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
     db_uri = auth_database_uri or f"sqlite:///{server_dir / 'basic_auth.db'}"
