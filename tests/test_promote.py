@@ -179,3 +179,32 @@ def test_prompt_logprobs_are_never_asked_of_a_cpu_lora_adapter():
     assert not logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-lora")
     assert logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-base")
     assert logprobs_safe({"engine": "vllm", "models": models}, "tiny-lora")
+
+
+def test_promote_redeploy_rolls_the_deployment_that_serves_the_alias(choice, tmp_path):
+    """A deployment of NAME@ALIAS (the stand-in engine: a vLLM start would cost ~1 min here) moves to the
+    promoted version: started beside the old one, healthy, then the old one stopped."""
+    import sys
+    from pathlib import Path
+
+    import psutil
+
+    sys.path.insert(0, str(Path(__file__).parent / "reliability"))
+    from deploy_rel_support import fake_engine_args
+
+    from mg_mlflow.deploy import state
+
+    _client().set_registered_model_alias(NAME, "live", "1")
+    res = run_cli(["deploy", f"models:/{NAME}@live", "--name", "live", *fake_engine_args(tmp_path)], timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    old = state.get_record("live")
+    try:
+        res = run_cli(["promote", NAME, "--alias", "live", "--metric", "eval/loss", "--redeploy"], timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        new = state.get_record("live")
+        best = _alias("live")
+        assert best != "1" and f"redeployed live: v1 -> v{best}" in res.stdout
+        assert [str(m["version"]) for m in new["models"] if m["name"] == NAME] == [best]
+        assert new["pid"] != old["pid"] and not psutil.pid_exists(old["pid"])  # the old server is gone
+    finally:
+        run_cli(["deployments", "stop", "live"], timeout=120)
