@@ -109,3 +109,30 @@ def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, t
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([str(BIN / "model-garden"), *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=timeout)
+
+
+def pytest_collection_modifyitems(config, items):
+    """``MG_TEST_ORDER=reverse`` or ``random[:SEED]``: run the suite in another order to catch tests
+    that depend on each other. Tests of one module stay together (module-scoped servers start once);
+    the modules and the tests inside each module are reordered."""
+    import random
+
+    order = os.environ.get("MG_TEST_ORDER", "")
+    if not order:
+        return
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(str(item.fspath), []).append(item)
+    groups = list(modules.values())
+    if order == "reverse":
+        groups = [list(reversed(g)) for g in reversed(groups)]
+    elif order.startswith("random"):
+        seed = int(order.split(":", 1)[1]) if ":" in order else random.randrange(10**6)
+        print(f"MG_TEST_ORDER=random:{seed}")
+        rng = random.Random(seed)
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+    else:
+        raise pytest.UsageError(f"MG_TEST_ORDER={order!r}: use reverse or random[:SEED]")
+    items[:] = [item for group in groups for item in group]

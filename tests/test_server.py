@@ -1,5 +1,5 @@
 """`model-garden server` for a team: MLflow's server on a real PostgreSQL with a real S3 store (moto),
-basic auth on, schema by MLflow's migrations. Training, the registry and deploy planning work against
+basic auth on, schema by MLflow's migrations. Training, evaluation, the registry and deploy planning work against
 it with nothing but MLFLOW_TRACKING_URI and MLflow's credential variables; artifacts land in the bucket.
 """
 
@@ -100,6 +100,18 @@ def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tin
 
     plan = run_cli(["deploy", "models:/team-lora@champion", "--dry-run"], env=client_env)  # resolves through the server
     assert plan.returncode == 0 and "--enable-lora" in plan.stdout, plan.stdout + plan.stderr
+
+    # evaluation against the server: metrics on the model, the table in the bucket, tags on the version
+    held = sample_data.parent / "held-team.jsonl"
+    held.write_text("".join(sample_data.read_text().splitlines(keepends=True)[:6]))
+    ev = run_cli(["evaluate", "models:/team-lora@champion", "--dataset", str(held), "--max-new-tokens", "4",
+                  "--no-carbon", "--json"], env=client_env, cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    tags = client.get_model_version("team-lora", mv.version).tags
+    eval_run = client.get_run(tags["mg.eval.last_run_id"])
+    assert eval_run.info.status == "FINISHED" and "eval/exact_match" in eval_run.data.metrics
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="mg-artifacts", Prefix="team/").get("Contents", [])]
+    assert any(eval_run.info.run_id in k for k in keys)  # its artifacts (the per-example table) went to S3
 
     # schema created by MLflow's migrations; the DB password never reached the server's argv or the log
     import psycopg2

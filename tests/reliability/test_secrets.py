@@ -45,7 +45,7 @@ def _process_list() -> str:
     return subprocess.run(["ps", "-eo", "pid,args", "-ww"], capture_output=True, text=True).stdout
 
 
-def test_no_planted_secret_leaks_from_train_or_deploy(tiny_model, sample_data, tmp_path):
+def test_no_planted_secret_leaks_from_train_deploy_or_evaluate(tiny_model, sample_data, tmp_path):
     server = MlflowServer(tmp_path / "server").start()
     home = tmp_path / "home"
     env = {**SECRETS, "MG_HOME": str(home), "MLFLOW_RUN_ID": None,
@@ -71,10 +71,16 @@ def test_no_planted_secret_leaks_from_train_or_deploy(tiny_model, sample_data, t
                       cwd=tmp_path, env=env)
         assert dry.returncode == 0, dry.stderr
         texts["deploy --dry-run output"] = dry.stdout + dry.stderr
+        held = tmp_path / "held.jsonl"
+        held.write_text("".join(sample_data.read_text().splitlines(keepends=True)[:4]))
+        evaluated = run_cli(["evaluate", "models:/secret-test@prod", "--dataset", str(held), "--max-new-tokens", "2",
+                             "--no-carbon"], cwd=tmp_path, env=env)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        texts["evaluate output"] = evaluated.stdout + evaluated.stderr
         listed = run_cli(["runs", "list"], cwd=tmp_path, env=env)
         assert listed.returncode == 0, listed.stderr
         texts["runs list output"] = listed.stdout + listed.stderr
-        (run,) = runs(f"http://127.0.0.1:{server.port}")
+        run = next(r for r in runs(f"http://127.0.0.1:{server.port}") if r.data.tags.get("mg.run_kind") != "evaluation")
         c = client(f"http://127.0.0.1:{server.port}")
         texts["run params, tags"] = repr(run.data.params) + repr(run.data.tags)
         texts["registered version"] = repr(c.get_model_version("secret-test", "1"))
