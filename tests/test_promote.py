@@ -101,7 +101,7 @@ def test_promote_moves_to_a_better_version_and_records_it(choice):
 
 
 def test_a_worse_candidate_leaves_the_alias_unchanged(choice):
-    from mg_mlflow.registry.promote import promote
+    from mg_mlflow.experiment.promote import promote
 
     losses = {v: m["eval/loss"] for v, m in choice["metrics"].items()}
     best = min(losses, key=losses.get)
@@ -127,7 +127,7 @@ def test_dry_run_prints_the_table_and_changes_nothing(choice):
 
 
 def test_improvement_threshold_and_carbon_budget(choice):
-    from mg_mlflow.registry.promote import promote
+    from mg_mlflow.experiment.promote import promote
 
     losses = {v: m["eval/loss"] for v, m in choice["metrics"].items()}
     _client().set_registered_model_alias(NAME, "green", "1")
@@ -146,7 +146,7 @@ def test_unevaluated_holder_or_metric_is_refused(choice, trained_lora):
     import mlflow
 
     from mg_mlflow.errors import MGError
-    from mg_mlflow.registry.promote import promote
+    from mg_mlflow.experiment.promote import promote
 
     mv = mlflow.register_model(trained_lora.model_uri, NAME)   # a fresh version nobody evaluated
     _client().set_registered_model_alias(NAME, "fresh", mv.version)

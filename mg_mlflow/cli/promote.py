@@ -43,7 +43,7 @@ def promote_cmd(name, alias, metric, dataset_digest, min_improvement, max_emissi
     import json
 
     from mg_mlflow.env import setup_env
-    from mg_mlflow.registry import promote as pr
+    from mg_mlflow.experiment import promote as pr
 
     setup_env()
     out = console()
