@@ -127,10 +127,11 @@ class StopOnSignal(TrainerCallback):
         return False
 
     def _handle(self, signum, frame):
+        name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
         if self.training and self.requested is None:
-            self.requested = signal.Signals(signum).name
+            self.requested = name
             return
-        raise KeyboardInterrupt(f"interrupted by {signal.Signals(signum).name}")
+        raise KeyboardInterrupt(f"interrupted by {name}")
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.training = True
