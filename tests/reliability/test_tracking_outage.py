@@ -27,8 +27,8 @@ class Slow(TrainerCallback):
         time.sleep(0.1)
 
 _orig = common.training_callbacks
-def _slowed(cfg, output_dir, progress):
-    metrics_cb, carbon_cb, callbacks = _orig(cfg, output_dir, progress)
+def _slowed(*args, **kwargs):
+    metrics_cb, carbon_cb, callbacks = _orig(*args, **kwargs)
     return metrics_cb, carbon_cb, [*callbacks, Slow()]
 common.training_callbacks = _slowed
 from mg_mlflow.cli import main
