@@ -54,6 +54,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory):
     if not Path(INITDB).exists():
+        if os.environ.get("CI"):  # .ci/test installs PostgreSQL: missing it in CI is a failure
+            pytest.fail("PostgreSQL server binaries (initdb) are not installed")
         pytest.skip("PostgreSQL server binaries (initdb) are not installed")
     import tempfile
 
