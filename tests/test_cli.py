@@ -40,6 +40,19 @@ def test_every_command_help_has_an_example(path):
     assert "Example" in result.output or "example" in result.output, result.output
 
 
+@pytest.mark.parametrize("path", _commands(), ids=lambda p: " ".join(p))
+def test_no_command_declares_an_option_twice(path):
+    # click keeps only one of two same-named parameters: the other's value would be silently lost
+    from mg_mlflow.cli import cli
+
+    cmd = cli
+    for name in path:
+        cmd = cmd.commands[name]
+    names = [p.name for p in cmd.params]
+    flags = [o for p in cmd.params for o in [*p.opts, *p.secondary_opts]]
+    assert len(names) == len(set(names)) and len(flags) == len(set(flags)), sorted(names)
+
+
 def test_data_sample_then_validate_prints_stats(tmp_path, tiny_model):
     out = tmp_path / "d.jsonl"
     assert run_cli(["data", "sample", str(out), "-n", "20", "--format", "messages"]).returncode == 0

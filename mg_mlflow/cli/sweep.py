@@ -50,7 +50,7 @@ def _given(pairs) -> dict[str, str]:
 @click.option("--resume", default=None, metavar="SWEEP_RUN_ID", help="continue an interrupted sweep (its parent run id)")
 @click.option("--if-given", "if_given", multiple=True, hidden=True,
               help="KEY=VALUE used only when VALUE is not empty (the MLproject entry point)")
-@config_options(TrainConfig)
+@config_options(TrainConfig, skip=("resume", "checkpoint_artifacts"))
 def sweep_cmd(config_file, set_args, modality, grid, space, trials, objective, direction, sampler, pruner,
               pruner_startup_trials, pruner_warmup_steps, parallel, register, max_emissions_kg, resume, if_given,
               **options):

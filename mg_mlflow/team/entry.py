@@ -35,8 +35,11 @@ def child_main(argv: list[str]) -> None:
 
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM -> KeyboardInterrupt -> the run ends KILLED
     signal.signal(signal.SIGINT, interrupt)
-    from mg_mlflow.cli import cli
-
+    try:
+        from mg_mlflow.cli import cli
+    except KeyboardInterrupt:  # stopped while starting up: nothing ran, no run exists
+        print("stopped before it started", flush=True)
+        sys.exit(130)
     cli.main(args=argv, prog_name="model-garden")
 
 
@@ -73,11 +76,18 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     job_id = os.environ.get("MG_JOB_ID", "")
-    print(f"[model-garden job {job_id}] model-garden {' '.join(argv)}", flush=True)
-    if stop["asked"]:
-        print(f"[model-garden job {job_id}] stopped before it started", flush=True)
-        return 143
-    child.append(subprocess.Popen([sys.executable, "-m", "mg_mlflow.team.entry", "--child", *argv]))
+    # Hold both signals while deciding and starting: a stop that lands between the check and the
+    # Popen would otherwise find no child to forward to, and the child would train unstopped. A held
+    # signal is delivered on unblock, once the child is in the list (the child unblocks its own mask).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if stop["asked"]:
+            print(f"[model-garden job {job_id}] stopped before it started", flush=True)
+            return 143
+        print(f"[model-garden job {job_id}] model-garden {' '.join(argv)}", flush=True)
+        child.append(subprocess.Popen([sys.executable, "-m", "mg_mlflow.team.entry", "--child", *argv]))
+    finally:
+        _unblock()
     code = child[0].wait()
     # A child that exited by itself ended its runs (FINISHED, FAILED on an error, KILLED on a stop);
     # one that was killed by a signal could not: end them here.
