@@ -172,8 +172,9 @@ def cancel(job_id: str, address: str | None = None, timeout: float = 120.0) -> d
         while _status(details) not in TERMINAL and time.time() < deadline:
             time.sleep(0.5)
             details = client.get_job_info(job_id)
-    # A queued job keeps its place until a slot frees; Ray then stops it before its command starts
-    # (the stop signal reaches the entry process first), so no run is ever created for it.
+    # A queued job keeps its place until a slot frees; Ray then starts its entry process and stops it
+    # at once: the entry (team/entry.py) holds the signal across its start-or-not decision, so the
+    # training command never starts and no run is ever created for it.
     runs = reconcile(job_id, _status(details), runs_by_job([job_id]).get(job_id, []))
     row = job_row(details, runs)
     row["was"] = was
