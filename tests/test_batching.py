@@ -39,6 +39,9 @@ def first_batch_loss(tiny_model, data, mode: str, responses_only: bool):
     train_data, _ = modality.load_data()
     model, tok, peft_config = modality.load("hf", str(tiny_model), None)
     trainer = modality.trainer(model, tok, peft_config, data.parent / f"out-{mode}", "hf", train_data, None, [])
+    from mg_mlflow.training.batching import effective_mode
+
+    assert effective_mode(trainer) == mode  # what the built trainer really does
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     targets = int(batch["labels"][..., 1:].ne(-100).sum())
     with torch.no_grad():
@@ -92,18 +95,25 @@ def test_attention_that_ignores_position_ids_is_refused(tiny_model):
 
 
 def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen_data):
+    """Three real runs: the params say how batches were built, and padding-free trains exactly like
+    padded (same tokens, same losses step by step), while packed puts more examples in a step."""
     import mlflow
 
-    result = train_tiny(tiny_model, varlen_data, batching="packed", max_steps=2, register_as="none", batch_size=2)
-    run = mlflow.get_run(result.run_id)
-    assert (run.data.params["batching"], run.data.params["batching_resolved"]) == ("packed", "packed")
-    assert run.data.tags["mg.batching_reason"] == "requested"
-    assert result.metrics["train_steps"] == 2 and result.metrics["loss_final"] > 0
-
-    result = train_tiny(tiny_model, varlen_data, max_steps=1, register_as="none")
-    run = mlflow.get_run(result.run_id)
-    assert (run.data.params["batching"], run.data.params["batching_resolved"]) == ("auto", "padded")
-    assert run.data.tags["mg.batching_reason"].startswith("auto (hf, cpu): ")
+    runs = {mode: train_tiny(tiny_model, varlen_data, batching=mode, max_steps=3, batch_size=3, seed=1,
+                             register_as="none") for mode in ("auto", "padding_free", "packed")}
+    for mode, result in runs.items():
+        run = mlflow.get_run(result.run_id)
+        resolved = "padded" if mode == "auto" else mode
+        assert (run.data.params["batching"], run.data.params["batching_resolved"]) == (mode, resolved)
+        assert run.data.tags["mg.batching_reason"] == ("requested" if mode != "auto" else
+                                                      "auto (hf, cpu): CPU: no varlen attention kernels to gain from")
+        assert result.metrics["train_steps"] == 3
+    padded, free, packed = (runs[m].metrics for m in ("auto", "padding_free", "packed"))
+    client = mlflow.tracking.MlflowClient()
+    curves = [[m.value for m in client.get_metric_history(runs[m].run_id, "loss")] for m in ("auto", "padding_free")]
+    assert len(curves[0]) == 3 and curves[1] == pytest.approx(curves[0], rel=1e-5)  # measured: equal to 1e-6
+    assert free["trained_tokens"] == padded["trained_tokens"]  # 1134 here: no pad token counted in either
+    assert packed["trained_tokens"] > 1.5 * padded["trained_tokens"]  # 3 bins hold more than 3 examples
 
 
 def test_auto_follows_the_rule_table():
