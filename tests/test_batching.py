@@ -99,14 +99,15 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
     padded (same tokens, same losses step by step), while packed puts more examples in a step."""
     import mlflow
 
+    from mg_mlflow.training.batching import CPU_WHY
+
     runs = {mode: train_tiny(tiny_model, varlen_data, batching=mode, max_steps=3, batch_size=3, seed=1,
                              register_as="none") for mode in ("auto", "padding_free", "packed")}
     for mode, result in runs.items():
         run = mlflow.get_run(result.run_id)
         resolved = "padded" if mode == "auto" else mode
         assert (run.data.params["batching"], run.data.params["batching_resolved"]) == (mode, resolved)
-        assert run.data.tags["mg.batching_reason"] == ("requested" if mode != "auto" else
-                                                      "auto (hf, cpu): CPU: no varlen attention kernels to gain from")
+        assert run.data.tags["mg.batching_reason"] == ("requested" if mode != "auto" else f"auto (hf, cpu): {CPU_WHY}")
         assert result.metrics["train_steps"] == 3
     padded, free, packed = (runs[m].metrics for m in ("auto", "padding_free", "packed"))
     client = mlflow.tracking.MlflowClient()

@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
+from mg_mlflow.config import BATCHING
 from mg_mlflow.errors import MGError
 
-MODES = ("auto", "padded", "padding_free", "packed")
+MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
 # (backend, device) -> (mode, why). Change a row only with a measurement, and cite it.
+CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
 AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
     # Issue 11 (one H100 80GB, 2026-11-27, unsloth 2026.10.9, Llama-3.2-1B shape, batch 8, rows of
     # 439-505 tokens): `model-garden train --backend unsloth` 0.389-0.417 s/step with Unsloth's
@@ -33,10 +35,10 @@ AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
     # 447-511-token rows 10.6k tok/s padding-free vs 25.0k padded.
     ("unsloth", "cuda"): ("padded", "measured: padded ~2x faster than padding-free on variable-length rows "
                                     "(H100, issue 11)"),
-    ("unsloth", "cpu"): ("padded", "CPU: no varlen attention kernels to gain from"),
+    ("unsloth", "cpu"): ("padded", CPU_WHY),
     # Not measured otherwise: padded is TRL's default and the loss is the same in every mode.
     ("hf", "cuda"): ("padded", "TRL's default; padding-free/packed not measured faster yet"),
-    ("hf", "cpu"): ("padded", "CPU: no varlen attention kernels to gain from"),
+    ("hf", "cpu"): ("padded", CPU_WHY),
 }
 
 # transformers (>= 5) builds a block-diagonal causal mask from restarting position_ids, with no 2-D
