@@ -74,6 +74,7 @@ def test_whole_path_gives_the_same_record_for_every_modality(mg_home, request, m
     tags = {t for t in mv.tags if not t.startswith("mg.carbon")}
     assert tags - (VISION_VERSION_TAGS if modality == "vision" else set()) == COMMON_VERSION_TAGS
     assert "model-garden deploy models:/" in mv.description and mv.tags["mg.dataset_digest"] in mv.description
+    assert "- batching: padded (asked: auto)" in mv.description  # how batches were built, on the card too
     assert {d.dataset.name for d in run.inputs.dataset_inputs} and len(run.inputs.dataset_inputs) == 2
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"plots", "config.yaml"} <= artifacts or {"plots"} <= artifacts
