@@ -24,6 +24,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
               "polynomial", "inverse_sqrt")
 FORMATS = ("auto", "instruction", "messages")
+BATCHING = ("auto", "padded", "padding_free", "packed")
 
 
 def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
@@ -61,7 +62,11 @@ class TrainConfig:
     max_seq_length: int = _f(512, "longest tokenized example; longer ones are truncated")
     seed: int = _f(42, "random seed for data order and initialisation")
     gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations")
-    packing: bool = _f(False, "pack several short examples into one sequence")
+    batching: str = _f("auto", "how examples become batches: padded (pad each batch to its longest example), "
+                               "padding_free (the same examples in one row without pad tokens, kept apart by "
+                               "position ids), packed (examples packed into bins of max_seq_length; batch_size "
+                               "counts bins), auto (the measured rule for the backend and device, see README); "
+                               "the loss is the same in every mode", BATCHING)
     train_on_responses_only: bool = _f(True, "compute the loss on the assistant response tokens only")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
@@ -213,6 +218,40 @@ def _unknown(cls: type, key: str) -> str:
     return f"unknown option {key!r}{tip}"
 
 
+# Old option names still accepted (YAML, --set, the CLI flag, MLproject), each mapped onto its
+# replacement with a one-line notice: name -> (type, new field, {old value: new value}).
+RENAMED: dict[str, tuple[type, str, dict[Any, Any]]] = {
+    "packing": (bool, "batching", {True: "packed", False: None}),  # None: no change
+}
+
+
+def _renamed(layer: dict[str, tuple[Any, str]], problems: list[str]) -> dict[str, tuple[Any, str]]:
+    """One precedence layer (the YAML file, the options, or the --set's) with its deprecated keys
+    mapped onto their replacement; the same layer giving both, with different values, is a problem."""
+    import logging
+
+    out = {k: v for k, v in layer.items() if k not in RENAMED}
+    for old in [k for k in layer if k in RENAMED]:
+        typ, new, mapping = RENAMED[old]
+        value, where = layer[old]
+        try:
+            mapped = mapping[parse_bool(value) if typ is bool else value]
+        except (ValueError, KeyError):
+            problems.append(f"{where}: {value!r} is not valid; {old} is deprecated, use {new} ({', '.join(BATCHING)})")
+            continue
+        if mapped is None:
+            continue
+        given = out.get(new)
+        if given is not None and str(given[0]) != mapped:
+            problems.append(f"{where}: {old}={value} means {new}={mapped}, but {given[1]} says {new}={given[0]}: "
+                            f"keep only {new} ({old} is deprecated)")
+            continue
+        logging.getLogger(__name__).warning("%s=%s is deprecated, read as %s=%s (write %s: %s instead)",
+                                            where, value, new, mapped, new, mapped)
+        out[new] = (mapped, where)
+    return out
+
+
 def build_config(cls: type, config_file: str | Path | None = None,
                  overrides: dict[str, Any] | None = None,
                  set_args: list[str] | tuple[str, ...] = ()) -> Any:
@@ -234,28 +273,34 @@ def build_config(cls: type, config_file: str | Path | None = None,
             raise ConfigError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"], str(path)) from None
         if not isinstance(loaded, dict):
             raise ConfigError([f"{path}: expected a mapping of option: value"], str(path))
+        layer = {}
         for key, value in loaded.items():
-            if key not in names:
+            if key not in names and key not in RENAMED:
                 problems.append(f"{path}: {_unknown(cls, key)}")
             else:
-                values[key] = (value, f"{path}: {key}")
+                layer[key] = (value, f"{path}: {key}")
+        values.update(_renamed(layer, problems))
+    layer = {}
     for key, value in (overrides or {}).items():
         if value is None:
             continue
-        if key not in names:
+        if key not in names and key not in RENAMED:
             problems.append(_unknown(cls, key))
         else:
-            values[key] = (value, f"option {key}")
+            layer[key] = (value, f"option {key}")
+    values.update(_renamed(layer, problems))
+    layer = {}
     for item in set_args:
         if "=" not in item:
             problems.append(f"--set {item!r}: expected key=value")
             continue
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        if key not in names:
+        if key not in names and key not in RENAMED:
             problems.append(f"--set {_unknown(cls, key)}")
         else:
-            values[key] = (value, f"--set {key}")
+            layer[key] = (value, f"--set {key}")
+    values.update(_renamed(layer, problems))
     kwargs = {}
     for key, (value, where) in values.items():
         try:

@@ -48,8 +48,9 @@ class VisionTrainConfig(TrainConfig):
         if self.max_pixels // (28 * 28) >= self.max_seq_length:
             problems.append(f"max_pixels={self.max_pixels} allows {self.max_pixels // 784} image tokens, "
                             f"not less than max_seq_length={self.max_seq_length}: lower max_pixels or raise max_seq_length")
-        if self.packing:
-            problems.append("packing is not supported for vision runs (each example keeps its own image)")
+        if self.batching not in ("auto", "padded"):
+            problems.append(f"batching={self.batching} is not supported for vision runs (each example keeps its "
+                            "own image and image tokens): use batching=padded or auto")
         if self.sample_images < 0 or self.sample_max_new_tokens < 1:
             problems.append("sample_images must be >= 0 and sample_max_new_tokens >= 1")
         if problems:

@@ -29,11 +29,13 @@ def test_mlflow_extra_parameters_become_set_overrides():
     from mg_mlflow.config import TrainConfig
     from mg_mlflow.vision_config import VisionTrainConfig
 
-    args = ["--no-progress", "--config", "r.yaml", "--lora_r", "8", "--carbon", "false", "--packing",
-            "--max-steps", "3", "--learning_rate", "5e-3", "--dataset", "d.jsonl"]
+    args = ["--no-progress", "--config", "r.yaml", "--lora_r", "8", "--carbon", "false", "--gradient-checkpointing",
+            "--max-steps", "3", "--learning_rate", "5e-3", "--dataset", "d.jsonl", "--batching", "packed",
+            "--packing", "true"]
     assert mlflow_params_to_set(args, TrainConfig) == [
-        "--no-progress", "--config", "r.yaml", "--set", "lora_r=8", "--set", "carbon=false", "--packing",
-        "--max-steps", "3", "--set", "learning_rate=5e-3", "--dataset", "d.jsonl"]
+        "--no-progress", "--config", "r.yaml", "--set", "lora_r=8", "--set", "carbon=false",
+        "--gradient-checkpointing", "--max-steps", "3", "--set", "learning_rate=5e-3", "--dataset", "d.jsonl",
+        "--batching", "packed", "--set", "packing=true"]  # -P packing=true: the deprecated name still maps
     assert mlflow_params_to_set(["--max_pixels", "50176"], VisionTrainConfig) == ["--set", "max_pixels=50176"]
     assert mlflow_params_to_set(["--max_pixels", "50176"], TrainConfig) == ["--max_pixels", "50176"]
 

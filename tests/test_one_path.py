@@ -24,7 +24,8 @@ COMMON_VERSION_TAGS = {"mg.save_method", "mg.kind", "mg.base_model", "mg.backend
                        "mg.quantization", "mg.run_id", "mg.dataset_digest", "mg.git_commit", "mg.train_loss",
                        "mg.eval_loss", "mg.verify_max_logit_diff"}
 VISION_VERSION_TAGS = {"mg.family", "mg.min_pixels", "mg.max_pixels"}
-COMMON_RUN_TAGS = {"mg.modality", "mg.backend", "mg.method", "mg.backend_reason", "mg.registered_model", "mg.git_commit",
+COMMON_RUN_TAGS = {"mg.modality", "mg.backend", "mg.method", "mg.backend_reason", "mg.batching_reason",
+                   "mg.registered_model", "mg.git_commit",
                    "mg.pid", "mg.pid_start", "mg.host",
                    "mg.registered_version"}
 
@@ -73,6 +74,7 @@ def test_whole_path_gives_the_same_record_for_every_modality(mg_home, request, m
     tags = {t for t in mv.tags if not t.startswith("mg.carbon")}
     assert tags - (VISION_VERSION_TAGS if modality == "vision" else set()) == COMMON_VERSION_TAGS
     assert "model-garden deploy models:/" in mv.description and mv.tags["mg.dataset_digest"] in mv.description
+    assert "- batching: padded (asked: auto)" in mv.description  # how batches were built, on the card too
     assert {d.dataset.name for d in run.inputs.dataset_inputs} and len(run.inputs.dataset_inputs) == 2
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"plots", "config.yaml"} <= artifacts or {"plots"} <= artifacts

@@ -116,10 +116,10 @@ def test_vision_config_collects_every_problem():
     from mg_mlflow.vision_config import VisionTrainConfig
 
     with pytest.raises(ConfigError) as err:
-        build_config(VisionTrainConfig, overrides={"dataset": "d.jsonl", "min_pixels": 100, "packing": True,
+        build_config(VisionTrainConfig, overrides={"dataset": "d.jsonl", "min_pixels": 100, "batching": "padding_free",
                                                    "dataset_format": "instruction"})
     text = str(err.value)
-    for needle in ("base_model is required", "min_pixels must be >= 784", "packing is not supported",
+    for needle in ("base_model is required", "min_pixels must be >= 784", "batching=padding_free is not supported for vision",
                    "dataset_format='instruction'"):
         assert needle in text
 

@@ -39,9 +39,14 @@ def config_options(cls: type, skip: tuple[str, ...] = ()):
     Values arrive as strings (or None when not given) and are coerced and validated by
     :func:`mg_mlflow.config.build_config`, so the CLI, YAML and MLproject share one set of rules.
     """
+    from mg_mlflow.config import RENAMED
+
     hints = typing.get_type_hints(cls)
 
     def decorate(func):
+        for old, (typ, new, _) in RENAMED.items():  # deprecated names: hidden, mapped by build_config
+            if new in hints and typ is bool:
+                func = click.option(f"--{old}/--no-{old}", old, default=None, hidden=True)(func)
         for f in reversed(dataclasses.fields(cls)):
             if f.name in skip:
                 continue

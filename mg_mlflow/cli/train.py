@@ -52,7 +52,9 @@ def mlflow_params_to_set(args: list[str], cls: type) -> list[str]:
     they did not give is simply absent. ``--lora-r 8`` and ``--carbon`` (flags) pass unchanged."""
     import typing
 
-    hints = typing.get_type_hints(cls)
+    from mg_mlflow.config import RENAMED
+
+    hints = {**{old: typ for old, (typ, new, _) in RENAMED.items()}, **typing.get_type_hints(cls)}
     out, i = [], 0
     while i < len(args):
         token = args[i]

@@ -10,13 +10,16 @@ def _fmt(value: Any) -> str:
 
 
 def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str, float],
-               evaluations: dict[str, float] | None = None) -> str:
-    """Markdown: what was trained from what data, how it did, what it cost, how to deploy it."""
+               evaluations: dict[str, float] | None = None, params: dict[str, str] | None = None) -> str:
+    """Markdown: what was trained from what data, how it did, what it cost, how to deploy it;
+    ``params``: the training run's params (how batches were built)."""
     lines = [f"**{tags.get('mg.modality', 'text')} {tags.get('mg.kind', 'model')}** trained by Model Garden "
              f"({tags.get('mg.method')}, backend {tags.get('mg.backend')}) in run `{tags.get('mg.run_id')}`.",
              "",
              f"- base: `{tags.get('mg.base_model')}`",
              f"- data digest: `{tags.get('mg.dataset_digest')}`"]
+    if (params or {}).get("batching_resolved"):
+        lines.append(f"- batching: {params['batching_resolved']} (asked: {params.get('batching', '?')})")
     losses = [f"{label} {_fmt(summary[key])}" for key, label in
               (("loss_final", "train loss"), ("eval_loss_final", "eval loss")) if key in summary]
     if losses:
@@ -44,12 +47,14 @@ def refresh_description(name: str, version: str, evaluations: dict[str, float]) 
     tags = mv.tags or {}
     if "mg.run_id" not in tags:
         return
-    summary = client.get_run(tags["mg.run_id"]).data.metrics
-    client.update_model_version(name, version, description=model_card(name, version, tags, summary, evaluations))
+    run = client.get_run(tags["mg.run_id"]).data
+    client.update_model_version(name, version, description=model_card(name, version, tags, run.metrics, evaluations,
+                                                                       run.params))
 
 
 def describe_version(name: str, version: str, tags: dict[str, Any], summary: dict[str, float]) -> None:
     import mlflow
 
-    mlflow.tracking.MlflowClient().update_model_version(
-        name, version, description=model_card(name, version, tags, summary))
+    client = mlflow.tracking.MlflowClient()
+    params = client.get_run(tags["mg.run_id"]).data.params if tags.get("mg.run_id") else {}
+    client.update_model_version(name, version, description=model_card(name, version, tags, summary, params=params))

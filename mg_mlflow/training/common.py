@@ -93,10 +93,25 @@ def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data) -> t
     output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     log_run_metadata(to_dict(cfg), {"mg.backend_reason": why, **tags})
+    log_batching(cfg, run_id, tags.get("mg.backend", "hf"))
     log_dataset_input(train_data, "training")
     if eval_data is not None:
         log_dataset_input(eval_data, "evaluation")
     return run_id, output_dir
+
+
+def log_batching(cfg, run_id: str, backend: str) -> None:
+    """``batching_resolved`` (the mode ``batching`` resolved to for this backend and device) as a
+    param, and the rule that chose it as the tag ``mg.batching_reason``; a resumed run keeps its first
+    value (params cannot change)."""
+    import mlflow
+
+    from mg_mlflow.training.batching import resolve_with_reason
+
+    resolved, why = resolve_with_reason(cfg, backend)
+    if "batching_resolved" not in mlflow.get_run(run_id).data.params:
+        mlflow.log_param("batching_resolved", resolved)
+    mlflow.set_tag("mg.batching_reason", why)
 
 
 def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:

@@ -26,13 +26,15 @@ def load_data(cfg: TrainConfig):
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str):
+    """TRL's ``SFTConfig`` for the run, batching included (:mod:`mg_mlflow.training.batching`)."""
     from trl import SFTConfig
 
+    from mg_mlflow.training.batching import resolve_batching, sft_kwargs
     from mg_mlflow.training.common import trainer_kwargs
 
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, packing=cfg.packing,
+        max_length=cfg.max_seq_length, **sft_kwargs(resolve_batching(cfg, backend), backend),
         completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
     )
 
@@ -62,16 +64,25 @@ class TextModality:
         from trl import SFTTrainer
 
         from mg_mlflow.data.load import to_trl_rows
+        from mg_mlflow.errors import MGError
+        from mg_mlflow.training import batching
         from mg_mlflow.training.common import no_answer_left
 
         cfg = self.cfg
+        mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
+        batching.check_boundaries(model, mode, backend)
         rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
-        trainer = SFTTrainer(
-            model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
-            train_dataset=Dataset.from_list(rows),
-            eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+        with batching.unsloth_choice(mode, backend):
+            trainer = SFTTrainer(
+                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
+                data_collator=batching.data_collator(mode, backend, tokenizer),
+                train_dataset=Dataset.from_list(rows),
+                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+        if batching.effective_mode(trainer) != mode:  # e.g. Unsloth refusing packing for this model
+            raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into "
+                          f"{batching.effective_mode(trainer)}", hint="use --batching padded (or auto)")
         if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
             raise no_answer_left(len(rows), cfg.max_seq_length)
         return trainer

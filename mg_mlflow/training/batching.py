@@ -1,0 +1,148 @@
+"""How examples become batches: ``padded``, ``padding_free`` or ``packed``, and what ``auto`` picks.
+
+The choice is ours, by measurement, never a library's default: Unsloth (2026.10) turns padding-free
+batching on by itself when ``SFTConfig.padding_free`` is left unset, and on an H100 with rows of
+different lengths that was ~2x slower (issue 11). The modes, all on TRL 1.16's ``SFTTrainer``:
+
+- ``padded``: each batch is ``batch_size`` examples padded to the longest one, with an attention mask.
+- ``padding_free``: the same ``batch_size`` examples per step, concatenated into one row with no pad
+  token; ``position_ids`` restart at 0 for each example, so attention and the loss keep each
+  example separate (the same tokens and the same loss as ``padded``, without the pad work).
+- ``packed``: examples are packed into bins of ``max_seq_length`` tokens (TRL best-fit-decreasing,
+  ``packing_strategy="bfd"``, which keeps boundaries through ``position_ids``); ``batch_size``
+  then counts bins, so one step sees more examples.
+
+``auto`` resolves by :data:`AUTO_RULES` (backend, device) -> mode; the requested and the resolved
+mode are logged as the params ``batching`` and ``batching_resolved``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from mg_mlflow.config import BATCHING
+from mg_mlflow.errors import MGError
+
+MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
+
+# (backend, device) -> (mode, why). Change a row only with a measurement, and cite it.
+CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
+AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
+    # Issue 11 (one H100 80GB, 2026-11-27, unsloth 2026.10.9, Llama-3.2-1B shape, batch 8, rows of
+    # 439-505 tokens): `model-garden train --backend unsloth` 0.389-0.417 s/step with Unsloth's
+    # automatic padding-free, 0.212 s/step padded (UNSLOTH_PADDING_CHOICE=padded); bare Unsloth on
+    # 447-511-token rows 10.6k tok/s padding-free vs 25.0k padded.
+    ("unsloth", "cuda"): ("padded", "measured: padded ~2x faster than padding-free on variable-length rows "
+                                    "(H100, issue 11)"),
+    ("unsloth", "cpu"): ("padded", CPU_WHY),
+    # Not measured otherwise: padded is TRL's default and the loss is the same in every mode.
+    ("hf", "cuda"): ("padded", "TRL's default; padding-free/packed not measured faster yet"),
+    ("hf", "cpu"): ("padded", CPU_WHY),
+}
+
+# transformers (>= 5) builds a block-diagonal causal mask from restarting position_ids, with no 2-D
+# attention mask, for these attention implementations (masking_utils.find_packed_sequence_indices;
+# flash-attention reads the boundaries as cu_seq_lens). Any other implementation would let the
+# examples of one flattened row attend to each other.
+BOUNDARY_SAFE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4",
+                           "flex_attention")
+
+
+def device_kind() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_batching(cfg, backend: str, device: str | None = None) -> str:
+    """The mode a run uses: the requested one, or for ``auto`` the :data:`AUTO_RULES` row of
+    (backend, device). Vision runs are always padded (each example keeps its own image)."""
+    return resolve_with_reason(cfg, backend, device)[0]
+
+
+def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[str, str]:
+    """(mode, why) as :func:`resolve_batching`; ``why`` becomes the run tag ``mg.batching_reason``."""
+    from mg_mlflow.vision_config import VisionTrainConfig
+
+    if isinstance(cfg, VisionTrainConfig):
+        return "padded", "vision: each example keeps its own image"
+    if cfg.batching != "auto":
+        return cfg.batching, "requested"
+    device = device or device_kind()
+    mode, why = auto_rule(backend, device)
+    return mode, f"auto ({backend}, {device}): {why}"
+
+
+def auto_rule(backend: str, device: str) -> tuple[str, str]:
+    """(mode, why) for ``auto``; an unknown (backend, device) is padded, the safe default."""
+    return AUTO_RULES.get((backend, "cuda" if device.startswith("cuda") else "cpu"),
+                          ("padded", "no measured rule: padded"))
+
+
+def sft_kwargs(mode: str, backend: str) -> dict:
+    """The ``SFTConfig`` arguments for a mode. ``padding_free`` is always given explicitly: Unsloth's
+    patched ``SFTConfig`` defaults it to None, meaning "let Unsloth decide", and an explicit value
+    always wins over its automatic choice (unsloth/trainer.py, utils/padding_choice.py)."""
+    if mode == "packed":
+        return {"packing": True, "packing_strategy": "bfd", "padding_free": True}
+    if mode == "padding_free" and backend == "unsloth":
+        # Unsloth rewrites TRL's "padding_free needs max_length=None" guard into its own truncation of
+        # the prepared rows, and attaches the boundaries to its attention (enable_padding_free_metadata);
+        # a custom collator would make it turn its metadata off, so it gets the flag, not a collator.
+        return {"packing": False, "padding_free": True}
+    # hf padding_free: TRL refuses padding_free=True with a max_length and no packing (it would not
+    # truncate), so the dataset is prepared (and truncated) as for padded and the flattening is done
+    # by TRL's own collator (see :func:`data_collator`).
+    return {"packing": False, "padding_free": False}
+
+
+def data_collator(mode: str, backend: str, tokenizer):
+    """TRL's ``DataCollatorForLanguageModeling`` in padding-free form for hf ``padding_free``, else
+    None (the trainer builds its own)."""
+    if mode != "padding_free" or backend == "unsloth":
+        return None
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+
+
+def check_boundaries(model, mode: str, backend: str) -> None:
+    """Refuse padding_free/packed where the model's attention would mix the examples of one row."""
+    if mode == "padded" or backend == "unsloth":  # Unsloth masks packed rows itself (utils/packing.py)
+        return
+    impl = getattr(model.config, "_attn_implementation", None) or "eager"
+    if impl not in BOUNDARY_SAFE_ATTENTION:
+        raise MGError(f"batching={mode} needs an attention implementation that keeps examples apart by "
+                      f"position ids, and this model uses {impl!r} (safe: {', '.join(BOUNDARY_SAFE_ATTENTION)})",
+                      hint="use --batching padded, or load the model with sdpa / flash_attention_2")
+
+
+def effective_mode(trainer) -> str:
+    """What the built trainer will really do (Unsloth may change the config in its __init__)."""
+    args = trainer.args
+    if getattr(args, "packing", False):
+        return "packed"
+    if getattr(args, "padding_free", False) or getattr(trainer.data_collator, "padding_free", False):
+        return "padding_free"
+    return "padded"
+
+
+@contextmanager
+def unsloth_choice(mode: str, backend: str):
+    """Pin Unsloth's own knob while its SFTTrainer is built: ``UNSLOTH_PADDING_CHOICE`` (read when
+    the trainer is constructed; ``padded`` or ``padding_free``). The explicit ``padding_free`` of
+    :func:`sft_kwargs` already wins; this also covers an Unsloth that only reads the variable.
+    The variable is restored afterwards, so nothing leaks into the next run of the process."""
+    if backend != "unsloth":
+        yield
+        return
+    before = os.environ.get("UNSLOTH_PADDING_CHOICE")
+    os.environ["UNSLOTH_PADDING_CHOICE"] = "padded" if mode == "padded" else "padding_free"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("UNSLOTH_PADDING_CHOICE", None)
+        else:
+            os.environ["UNSLOTH_PADDING_CHOICE"] = before
