@@ -115,6 +115,12 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
                else V.mg_command(v, a, data[v.shape], model, meter_json, experiment))
     except ValueError as exc:
         return {**ident, "error": str(exc)}
+    if v.num_gpus == 1 and "CUDA_VISIBLE_DEVICES" not in env:
+        # one card: with several visible and no launcher, transformers' Trainer would wrap the model in
+        # nn.DataParallel over all of them
+        env = {**env, "CUDA_VISIBLE_DEVICES": "0"}
+    elif v.num_gpus > 1 and "CUDA_VISIBLE_DEVICES" in env and env["CUDA_VISIBLE_DEVICES"].count(",") + 1 < v.num_gpus:
+        return {**ident, "error": f"{v.num_gpus} GPUs needed: run this group without --gpu"}
     started = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(lane_dir))
     wall = time.perf_counter() - started
@@ -196,7 +202,7 @@ def main(argv=None) -> dict:
         return {"model": model, "data": data}
     import mfu
 
-    peak = mfu.measure_peak(n=a.peak_n, iters=20 if not a.cpu_smoke else 2, repeats=5 if not a.cpu_smoke else 2)
+    peak = mfu.measure_peak(n=a.peak_n, iters=50 if not a.cpu_smoke else 2, repeats=5 if not a.cpu_smoke else 2)
     import torch
 
     if torch.cuda.is_available():
@@ -207,30 +213,37 @@ def main(argv=None) -> dict:
     lane_dir.mkdir(parents=True, exist_ok=True)
     env = lane_env(a, lane_dir)
     experiment = f"bench-parity-{a.size}"
-    rows = []
+    meta = {"lane": a.lane, "gpu": a.gpu, "card": peak["device"], "peak": peak, "params": params,
+            "versions": versions(), "args": vars(a), "data": data, "cpu_smoke": a.cpu_smoke,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "planned": [v.name for v in chosen]}
+    result = {"meta": meta, "rows": []}
     for v in chosen:
         row = run_variant(v, a, model, data, env, lane_dir, experiment)
         row.update(mfu.mfu_fields(row.get("tokens_per_s"), params["n_params"], peak["peak_flops"]))
-        rows.append(row)
+        result["rows"].append(row)
         print(json.dumps({k: row.get(k) for k in ("variant", "s_per_step", "tokens_per_s", "mfu", "error")},
                          default=str), flush=True)
-    result = {"meta": {"lane": a.lane, "gpu": a.gpu, "card": peak["device"], "peak": peak, "params": params,
-                       "versions": versions(), "args": vars(a), "data": data,
-                       "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                       "cpu_smoke": a.cpu_smoke, "wall_s": time.perf_counter() - t0},
-              "rows": rows}
+        meta["wall_s"] = time.perf_counter() - t0
+        write_outputs(result, out, lane_dir, final=v is chosen[-1])  # after each: a cut lease keeps the rest
     import parity_report
 
-    result["ratios"] = parity_report.ratios(rows)
+    print(parity_report.markdown([result]))
+    return result
+
+
+def write_outputs(result: dict, out: Path, lane_dir: Path, final: bool) -> None:
+    """results.json + results.md (+ logs.tar.gz with the MLflow runs as JSON once the lane is done)."""
+    import parity_report
+
+    result["ratios"] = parity_report.ratios(result["rows"])
+    result["meta"]["complete"] = final
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "results.md").write_text(parity_report.markdown([result]))
-    runs_json = export_runs(lane_dir)
+    runs_json = export_runs(lane_dir) if final else None
     with tarfile.open(out / "logs.tar.gz", "w:gz") as tar:
         tar.add(lane_dir / "logs", arcname="logs")
         if runs_json:
             tar.add(runs_json, arcname="mlflow_runs.json")
-    print(parity_report.markdown([result]))
-    return result
 
 
 if __name__ == "__main__":

@@ -74,7 +74,8 @@ def _f(v, fmt):
 def lane_markdown(res: dict) -> str:
     m = res["meta"]
     ver = m["versions"]
-    lines = [f"### lane {m['lane']}: {m['card']} ({m['date']})", "",
+    done = "" if m.get("complete", True) else f" (INCOMPLETE: {len(res['rows'])} of {len(m.get('planned', []))} variants)"
+    lines = [f"### lane {m['lane']}: {m['card']} ({m['date']}){done}", "",
              f"Peak bf16 matmul measured in this call: **{m['peak']['peak_tflops']:.0f} TFLOP/s** "
              f"({m['peak']['n']}^3, best of {m['peak']['repeats']}). N = {m['params']['n_params'] / 1e9:.3f} B "
              f"(all base parameters, tied embedding once; MFU = 6N x tok/s / peak; mfu_4n = 4/6 of it).",

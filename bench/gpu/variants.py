@@ -59,15 +59,17 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     for shape in ("fixed", "var"):
         parity += [Variant("bare", "unsloth", shape=shape), Variant("mg", "unsloth", shape=shape),
                    Variant("bare", "hf", shape=shape), Variant("mg", "hf", shape=shape)]
-    batching = [Variant("bare", "unsloth", batching="default"),
-                Variant("bare", "unsloth", batching="packed"), Variant("mg", "unsloth", batching="packed"),
-                Variant("bare", "unsloth", batching="padding_free"), Variant("mg", "unsloth", batching="padding_free"),
-                Variant("bare", "hf", batching="packed"), Variant("mg", "hf", batching="packed"),
-                Variant("mg", "hf", batching="padding_free")]
+    batching_u = [Variant("bare", "unsloth", batching="default"),
+                  Variant("bare", "unsloth", batching="packed"), Variant("mg", "unsloth", batching="packed"),
+                  Variant("bare", "unsloth", batching="padding_free"),
+                  Variant("mg", "unsloth", batching="padding_free")]
+    batching_h = [Variant("bare", "hf", batching="packed"), Variant("mg", "hf", batching="packed"),
+                  Variant("mg", "hf", batching="padding_free")]
     attrib = [Variant("mg", "unsloth")] + [Variant("mg", "unsloth", toggle=t) for t in TOGGLES]
     qlora = [Variant(s, b, method="qlora") for b in ("unsloth", "hf") for s in ("bare", "mg")]
     ddp = [Variant("mg", "hf"), Variant("mg", "hf", num_gpus=2)]
-    return {"parity": parity, "batching": batching, "attrib": attrib, "qlora": qlora, "ddp": ddp}
+    return {"parity": parity, "batching": batching_u + batching_h, "batching-u": batching_u,
+            "batching-h": batching_h, "attrib": attrib, "qlora": qlora, "ddp": ddp}
 
 
 def select(spec: str, smoke: bool = False) -> list[Variant]:
