@@ -56,6 +56,7 @@ def parse(argv=None):
     p.add_argument("--gpu", default="", help="CUDA_VISIBLE_DEVICES for this lane (two lanes on a 2-GPU machine)")
     p.add_argument("--lane", default="", help="name of this lane (default: gpu<N> or main)")
     p.add_argument("--peak-n", type=int, default=8192)
+    p.add_argument("--variant-timeout", type=float, default=420, help="seconds before a variant is killed")
     p.add_argument("--prepare-only", action="store_true", help="build model + data, then stop")
     p.add_argument("--plan", action="store_true", help="print the variants and estimated device seconds, run nothing")
     p.add_argument("--cpu-smoke", action="store_true",
@@ -122,7 +123,7 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
     elif v.num_gpus > 1 and "CUDA_VISIBLE_DEVICES" in env and env["CUDA_VISIBLE_DEVICES"].count(",") + 1 < v.num_gpus:
         return {**ident, "error": f"{v.num_gpus} GPUs needed: run this group without --gpu"}
     started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(lane_dir))
+    proc = run_bounded(cmd, env, lane_dir, a.variant_timeout)
     wall = time.perf_counter() - started
     (logs / f"{v.name}.log").write_text(" ".join(cmd) + "\n\n" + proc.stdout + "\n---- stderr ----\n"
                                         + proc.stderr[-200000:])
@@ -142,6 +143,22 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
     elif "tokens_per_s" in row:
         row["timing_source"] = "meter"
     return row
+
+
+def run_bounded(cmd: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """Run one variant in its own process group; past ``timeout`` the group (the variant and any ranks
+    it launched) is killed and the row records it, so one hung variant does not eat the lease."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\nKILLED: the variant ran past --variant-timeout {timeout:.0f} s"
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def mlflow_figures(run_name: str, experiment: str, warmup: int, uri: str) -> dict:

@@ -14,7 +14,7 @@
 #                        all lanes are done, 3 while one still runs (then call wait again at once:
 #                        the machine is given back ~30 s after a call ends)
 #   ddp                  the ddp group (--num-gpus 1 vs 2, hf) in the foreground -> $OUT/ddp/
-#   run GROUPS           one lane on GPU 0 in the foreground -> $OUT/gpu0/ (a 1-GPU machine)
+#   run GROUPS           one lane on GPU 0 in the foreground -> $OUT/gpu0-GROUPS/ (a 1-GPU machine)
 set -u
 W=/tmp/mgp
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 DO_NOT_TRACK=1 \
@@ -71,8 +71,9 @@ case "$cmd" in
     python3 bench/gpu/bench_parity.py --groups ddp --workdir $W/work --lane ddp --out "$OUT/ddp" $ARGS
     ;;
   run)
+    lane="gpu0-$(echo "$1" | tr -c 'A-Za-z0-9_.\n-' '-')"   # its own name: earlier calls' files are not overwritten
     # shellcheck disable=SC2086
-    python3 bench/gpu/bench_parity.py --gpu 0 --groups "$1" --workdir $W/work --out "$OUT/gpu0" $ARGS
+    python3 bench/gpu/bench_parity.py --gpu 0 --lane "$lane" --groups "$1" --workdir $W/work --out "$OUT/$lane" $ARGS
     ;;
   *)
     sed -n '2,20p' "$0"; exit 2
