@@ -236,7 +236,8 @@ def main(argv=None) -> dict:
     result = {"meta": meta, "rows": []}
     for v in chosen:
         row = run_variant(v, a, model, data, env, lane_dir, experiment)
-        row.update(mfu.mfu_fields(row.get("tokens_per_s"), params["n_params"], peak["peak_flops"]))
+        # several GPUs: the tokens of all ranks against the peak of all cards
+        row.update(mfu.mfu_fields(row.get("tokens_per_s"), params["n_params"], peak["peak_flops"] * v.num_gpus))
         result["rows"].append(row)
         print(json.dumps({k: row.get(k) for k in ("variant", "s_per_step", "tokens_per_s", "mfu", "error")},
                          default=str), flush=True)

@@ -8,7 +8,7 @@ real CLI plus the meter). Names read ``side-backend-method-shape-batching[-toggl
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,7 +25,6 @@ class Variant:
     batching: str = "padded"  # padded | padding_free | packed | default (bare: the library's own choice)
     toggle: str = ""  # attribution: "" (full tracking) | nolog | notok | nosys | nocarbon | loadseq | untracked
     num_gpus: int = 1
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def name(self) -> str:
