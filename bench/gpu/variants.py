@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# rough wall seconds per variant on one H100 (process start, imports, load, 30 steps, save), for the plan
-COST = {("bare", "hf"): 35, ("bare", "unsloth"): 60, ("mg", "hf"): 50, ("mg", "unsloth"): 80}
+# rough wall seconds per variant on one H100 (process start, imports, load, 30 steps, save), for the plan;
+# calibrated on bench/results/gpu-2026-11-26-run*: model-garden train took 45-61 s (hf), 65-80 s (unsloth)
+COST = {("bare", "hf"): 35, ("bare", "unsloth"): 60, ("mg", "hf"): 55, ("mg", "unsloth"): 80}
 
 
 @dataclass(frozen=True)
