@@ -143,7 +143,9 @@ def main(argv=None) -> dict:
     result = {"variant": f"bare-{a.backend}", "backend": a.backend, "method": a.method, "batching": a.batching,
               "grad_accum": a.grad_accum, "batch": a.batch, "steps": a.steps, "seq": a.seq,
               "load_seq": a.load_seq or a.seq, "gradient_checkpointing": a.gc, "train_seconds": total,
-              "load_seconds": load_seconds, "loss_final": losses[-1] if losses else None,
+              "load_seconds": load_seconds,
+              # logged once, at the last step: the Trainer's mean over all steps (not the last step's)
+              "loss_mean": losses[-1] if losses else None,
               "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
               "unsloth_env": {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_")},
               **meter.result()}

@@ -85,7 +85,7 @@ def lane_markdown(res: dict) -> str:
              + f". Batch {m['args']['batch']}, accumulation 1, {m['args']['steps']} steps, timed after "
              f"{m['args']['warmup']}; gradient checkpointing {'on' if m['args']['gc'] else 'off'}.", "",
              "| variant | s/step | tok/s (real) | MFU | pad % | batching used | peak GiB | MG tok/s (MLflow) "
-             "| loss final | note |", "|" + "---|" * 10]
+             "| loss final (bare: mean of all steps) | note |", "|" + "---|" * 10]
     for r in res["rows"]:
         used = "packed" if r.get("eff_packing") else "padding-free" if r.get("eff_padding_free") else \
             "padded" if "eff_padding_free" in r else "-"
@@ -96,7 +96,7 @@ def lane_markdown(res: dict) -> str:
         lines.append(f"| {r['variant']} | {_f(r.get('s_per_step'), '.3f')} | {_f(r.get('tokens_per_s'), ',.0f')} | "
                      f"{_f(r.get('mfu'), '.1%')} | {_f(None if pad is None else pad * 100, '.0f')} | {used} | "
                      f"{_f(r.get('peak_gpu_gb'), '.2f')} | {_f(r.get('mg_tokens_per_s'), ',.0f')} | "
-                     f"{_f(r.get('loss_final'), '.3f')} | {note} |")
+                     f"{_f(r.get('loss_final', r.get('loss_mean')), '.3f')} | {note} |")
     lines += ["", "| comparison | a | b | ratio | |", "|---|---|---|---|---|"]
     lines += [f"| {x['kind']} | {x['a']} | {x['b']} | {x['ratio']:.3f} | {x['note']} |" for x in res.get("ratios", [])]
     return "\n".join(lines)

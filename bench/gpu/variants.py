@@ -74,7 +74,7 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
 
 def select(spec: str, smoke: bool = False) -> list[Variant]:
     """``spec``: comma-separated group names and/or variant names, in order, no duplicates."""
-    table = groups(smoke)
+    table = {**groups(False), **groups(True)} if smoke else groups(False)
     by_name = {v.name: v for t in (groups(False), groups(True)) for vs in t.values() for v in vs}
     out: list[Variant] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
