@@ -13,7 +13,8 @@ carbon. Timed by bench/gpu/meter.py (the same meter as the platform runs). Print
 `--grad-accum` is explicit (default 1, the platform's default): Unsloth's SFTConfig otherwise
 defaults to 2, and an earlier figure compared 16-row steps with 8-row steps (issue 11).
 `--batching`: padded (Unsloth's automatic padding-free switched off: UNSLOTH_PADDING_CHOICE=padded,
-UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 and padding_free=False), padding_free, packed (TRL's BFD packing,
+UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 and padding_free=False), padding_free (padding_free=True,
+UNSLOTH_PADDING_CHOICE=padding_free), packed (TRL's BFD packing,
 padding-free with position ids), or default (whatever the library decides: the behaviour behind the
 issue's table). What the trainer really did is read back and recorded (eff_*).
 """
@@ -82,6 +83,8 @@ def main(argv=None) -> dict:
         if a.batching == "padded":
             os.environ["UNSLOTH_PADDING_CHOICE"] = "padded"
             os.environ["UNSLOTH_DISABLE_AUTO_PADDING_FREE"] = "1"
+        elif a.batching == "padding_free":  # the knob's other value, as the platform sets it
+            os.environ["UNSLOTH_PADDING_CHOICE"] = "padding_free"
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         from unsloth import FastLanguageModel  # before transformers / trl / peft
     import torch
