@@ -101,15 +101,18 @@ def run_variant(name: str, model: Path, data: Path, args, env: dict) -> dict:
 
 def run_bare(backend: str, model: Path, data: Path, args, env: dict) -> dict:
     cmd = [sys.executable, str(Path(__file__).with_name("bare_trl.py")), "--backend", backend, "--model", str(model),
-           "--data", str(data), "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+           "--data", str(data), "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--grad-accum", "1", "--batching", "default"]  # accumulation as the platform's; library's batching
     if GC:
         cmd.append("--gc")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     (Path(args.out) / f"bare-{backend}.log").write_text(proc.stdout + "\n---- stderr ----\n" + proc.stderr[-20000:])
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln.removeprefix("METER ") for ln in proc.stdout.splitlines() if ln.startswith("METER {")]
     if proc.returncode != 0 or not lines:
         return {"variant": f"bare-{backend}", "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
-    return {**json.loads(lines[-1]), "variant": f"bare-{backend}"}
+    row = json.loads(lines[-1])  # bench/gpu/meter.py's figures, in this table's names
+    return {**row, "variant": f"bare-{backend}", "tok_s_steady": row.get("tokens_per_s"),
+            "step_time_median_s": row.get("s_per_step")}
 
 
 def collect(run_name: str, experiment: str, steps: int) -> dict:

@@ -1,11 +1,12 @@
-"""Gather the wheels the GPU machine lacks (Python 3.12, x86_64) into .whl/part1 and .whl/part2.
+"""Gather the wheels the GPU machine lacks (Python 3.12, x86_64) into .whl/part1, part2, ...
 
 The device image already has torch 2.11 (CUDA), transformers 5.17, peft, accelerate and ~200 other
 packages (bench/gpu/device_packages.txt, from the device tool's KINDS.md). This walks the
 requirements of what Model Garden's GPU path needs, downloads each missing wheel once (pinned where
 the pin matters), and splits them into folders .whl/part1, part2, ... (one per call) under the per-call transfer limit (64 MiB).
 
-    python3 bench/gpu/fetch_wheels.py          # then: see bench/gpu/README.md
+    python3 bench/gpu/fetch_wheels.py [--set train|hf]   # then: see bench/gpu/README.md
+    (2026-11-27: train = 134 MiB in 3 parts, ~75 s here; the downloaded pool stays in .whl/all)
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / ".whl"
-LIMIT = 52 * 2**20  # + the repository itself (~9 MiB) stays under the 64 MiB per call
-TOP = ["unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "trl==1.15.0", "datasets==4.8.5",
-       "bitsandbytes==0.50.2", "mlflow==3.17.2", "codecarbon==3.3.2", "torchao==0.18.0",
-       "fsspec==2026.2.0", "dill==0.4.1", "multiprocess==0.70.19"]
+LIMIT = 56 * 2**20  # + the repository itself (~3 MiB, 2026-11) stays under the 64 MiB per call
+HF = ["trl==1.15.0", "datasets==4.8.5", "mlflow==3.17.2", "codecarbon==3.3.2", "fsspec==2026.2.0",
+      "dill==0.4.1", "multiprocess==0.70.19"]
+# unsloth 2026.10.9 caps trl <= 1.15.0 and datasets < 5 (FACTS.md); bitsandbytes is required by
+# Unsloth on CUDA even for 16-bit LoRA, and by QLoRA on both backends
+SETS = {"train": ["unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "bitsandbytes==0.50.2", "torchao==0.18.0", *HF],
+        "hf": HF}  # hf: the 2-GPU run alone (`--backend hf`), one part
+TOP = SETS["train"]
 PINS = {"mlflow-skinny": "==3.17.2", "mlflow-tracing": "==3.17.2", "fsspec": "==2026.2.0",
         "trl": "==1.15.0", "datasets": "==4.8.5"}
 # present on the device or deliberately left out (no xformers wheel matches torch 2.11+cu130;
@@ -73,15 +78,21 @@ def requires(whl: Path) -> list[Requirement]:
 
 
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--set", choices=sorted(SETS), default="train",
+                   help="train: Unsloth + QLoRA + tracking (bench_parity.py's 1-GPU groups); hf: the 2-GPU run only")
+    top = SETS[p.parse_args().set]
     pool = OUT / "all"
     pool.mkdir(parents=True, exist_ok=True)
     have = device_packages() | SKIP
-    queue = [Requirement(s) for s in TOP]
+    queue = [Requirement(s) for s in top]
     done: dict[str, Path] = {}
     while queue:
         req = queue.pop(0)
         name = canonicalize_name(req.name)
-        if name in done or (name in have and name not in {canonicalize_name(Requirement(t).name) for t in TOP}):
+        if name in done or (name in have and name not in {canonicalize_name(Requirement(t).name) for t in top}):
             continue
         spec = f"{req.name}{PINS.get(name, str(req.specifier))}"
         whl = download(spec, pool)

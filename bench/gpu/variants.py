@@ -1,0 +1,137 @@
+"""The variants of bench_parity.py, by group, and the command line each one runs.
+
+A variant is one fresh process (Unsloth patches libraries at import: backends must not share one):
+``bare`` = bare_trl.py (no Model Garden), ``mg`` = `model-garden train` through mg_timed.py (the
+real CLI plus the meter). Names read ``side-backend-method-shape-batching[-toggle]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# rough wall seconds per variant on one H100 (process start, imports, load, 30 steps, save), for the plan;
+# calibrated on bench/results/gpu-2026-11-26-run*: model-garden train took 45-61 s (hf), 65-80 s (unsloth)
+COST = {("bare", "hf"): 35, ("bare", "unsloth"): 60, ("mg", "hf"): 55, ("mg", "unsloth"): 80}
+
+
+@dataclass(frozen=True)
+class Variant:
+    side: str  # bare | mg
+    backend: str  # hf | unsloth
+    method: str = "lora"  # lora | qlora
+    shape: str = "var"  # fixed | var
+    batching: str = "padded"  # padded | padding_free | packed | default (bare: the library's own choice)
+    toggle: str = ""  # attribution: "" (full tracking) | nolog | notok | nosys | nocarbon | loadseq | untracked
+    num_gpus: int = 1
+
+    @property
+    def name(self) -> str:
+        base = f"{self.side}-{self.backend}-{self.method}-{self.shape}-{self.batching}"
+        if self.toggle:
+            base += f"-{self.toggle}"
+        if self.num_gpus > 1:
+            base += f"-{self.num_gpus}gpu"
+        return base
+
+    @property
+    def cost_s(self) -> int:
+        return COST[(self.side, self.backend)] + (20 if self.num_gpus > 1 else 0)
+
+
+TOGGLES = {  # what each attribution variant switches OFF, relative to full tracking
+    "nolog": "per-step metric logging (logging_steps = steps instead of 1)",
+    "notok": "include_num_input_tokens_seen (a gather + .item() per micro-batch)",
+    "nosys": "MLflow system metrics",
+    "nocarbon": "codecarbon (NVML power sampling)",
+    "loadseq": "load-time max_seq_length = 2048 instead of 512 (a cost ADDED, not removed)",
+    "untracked": "all of logging, token counting, system metrics and carbon",
+}
+
+
+def groups(smoke: bool = False) -> dict[str, list[Variant]]:
+    if smoke:  # CPU: the hf plumbing only (bare + platform, both data shapes)
+        return {"smoke": [Variant("bare", "hf", shape="var"), Variant("mg", "hf", shape="var")],
+                "smoke-toggles": [Variant("mg", "hf", shape="fixed", toggle="notok")]}
+    parity = []
+    for shape in ("fixed", "var"):
+        parity += [Variant("bare", "unsloth", shape=shape), Variant("mg", "unsloth", shape=shape),
+                   Variant("bare", "hf", shape=shape), Variant("mg", "hf", shape=shape)]
+    batching_u = [Variant("bare", "unsloth", batching="default"),
+                  Variant("bare", "unsloth", batching="packed"), Variant("mg", "unsloth", batching="packed"),
+                  Variant("bare", "unsloth", batching="padding_free"),
+                  Variant("mg", "unsloth", batching="padding_free")]
+    batching_h = [Variant("bare", "hf", batching="packed"), Variant("mg", "hf", batching="packed"),
+                  Variant("mg", "hf", batching="padding_free")]
+    attrib = [Variant("mg", "unsloth")] + [Variant("mg", "unsloth", toggle=t) for t in TOGGLES]
+    qlora = [Variant(s, b, method="qlora") for b in ("unsloth", "hf") for s in ("bare", "mg")]
+    ddp = [Variant("mg", "hf"), Variant("mg", "hf", num_gpus=2)]
+    return {"parity": parity, "batching": batching_u + batching_h, "batching-u": batching_u,
+            "batching-h": batching_h, "attrib": attrib, "qlora": qlora, "ddp": ddp}
+
+
+def select(spec: str, smoke: bool = False) -> list[Variant]:
+    """``spec``: comma-separated group names and/or variant names, in order, no duplicates."""
+    table = {**groups(False), **groups(True)} if smoke else groups(False)
+    by_name = {v.name: v for t in (groups(False), groups(True)) for vs in t.values() for v in vs}
+    out: list[Variant] = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        chosen = table.get(item) or ([by_name[item]] if item in by_name else None)
+        if chosen is None:
+            raise SystemExit(f"unknown group or variant {item!r}; groups: {', '.join(table)}")
+        out += [v for v in chosen if v not in out]
+    return out
+
+
+def bare_command(v: Variant, a, data: dict, model: str, out_json: Path) -> list[str]:
+    cmd = [sys.executable, str(HERE / "bare_trl.py"), "--backend", v.backend, "--method", v.method,
+           "--model", model, "--data", data["pc_data"], "--steps", str(a.steps), "--warmup", str(a.warmup),
+           "--batch", str(a.batch), "--grad-accum", "1", "--seq", str(a.seq), "--batching", v.batching,
+           "--lora-r", "16", "--lora-alpha", "16", "--out", str(out_json)]
+    return cmd + (["--gc"] if a.gc else [])
+
+
+def config_fields() -> set[str]:
+    from dataclasses import fields
+
+    from mg_mlflow.config import TrainConfig
+
+    return {f.name for f in fields(TrainConfig)}
+
+
+def batching_args(mode: str) -> list[str]:
+    """``--set batching=MODE``; in a checkout from before TrainConfig had ``batching``: padded is the
+    default there (for hf; Unsloth then decides itself), packed is ``packing=true``, padding_free
+    cannot be asked for (the row then fails with this message)."""
+    if "batching" in config_fields():
+        return ["--set", f"batching={mode}"]
+    if mode == "packed":
+        return ["--set", "packing=true"]
+    if mode == "padded":
+        return []
+    raise ValueError(f"batching={mode} needs TrainConfig.batching, which this checkout does not have")
+
+
+def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment: str) -> list[str]:
+    pre = [sys.executable, str(HERE / "mg_timed.py"), "--meter-out", str(out_json), "--warmup", str(a.warmup)]
+    if v.toggle in ("notok", "untracked"):
+        pre.append("--no-tokens-seen")
+    if v.toggle == "loadseq":
+        pre += ["--load-seq", "2048"]
+    cli = ["train", "--base-model", model, "--dataset", data["data"], "--backend", v.backend,
+           "--method", v.method, "--max-steps", str(a.steps), "--batch-size", str(a.batch), "--grad-accum", "1",
+           "--max-seq-length", str(a.seq), "--lora-r", "16", "--lora-alpha", "16", "--learning-rate", "2e-4",
+           "--gradient-checkpointing" if a.gc else "--no-gradient-checkpointing", "--register-as", "none",
+           "--experiment", experiment, "--run-name", v.name, "--no-progress", *batching_args(v.batching)]
+    cli += ["--logging-steps", str(a.steps) if v.toggle in ("nolog", "untracked") else "1"]
+    if v.toggle in ("nosys", "untracked"):
+        cli.append("--no-system-metrics")
+    if v.toggle in ("nocarbon", "untracked"):
+        cli.append("--no-carbon")
+    if v.num_gpus > 1:
+        cli += ["--set", f"num_gpus={v.num_gpus}"]
+        return [sys.executable, "-m", "mg_mlflow", *cli]  # ranks are new processes: MLflow's figures only
+    return pre + ["--", *cli]
+

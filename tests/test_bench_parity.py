@@ -1,0 +1,140 @@
+"""The GPU parity bench's arithmetic and plumbing, on CPU (bench/gpu/bench_parity.py and friends).
+
+MFU arithmetic on known numbers; the peak measurement's bookkeeping; datasets whose token lengths are
+exact; bare TRL and `model-garden train` (through mg_timed.py, in process) counting the same real
+tokens on the same rows with the same meter; the report's ratios; CPU results refused by the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GPU_DIR = Path(__file__).resolve().parents[1] / "bench" / "gpu"
+sys.path.insert(0, str(GPU_DIR))
+
+import mfu  # noqa: E402
+import parity_report  # noqa: E402
+
+
+def test_mfu_arithmetic_on_a_known_case():
+    # Llama-3.2-1B shape: 1,235,814,400 parameters (tied embedding once); 20,000 tok/s on a 700 TFLOP/s card
+    n, tps, peak = 1_235_814_400, 20_000.0, 700e12
+    assert mfu.flops_per_token(n) == 6 * n
+    assert mfu.mfu(tps, n, peak) == pytest.approx(6 * n * tps / peak, rel=1e-12)
+    assert mfu.mfu(tps, n, peak) == pytest.approx(0.21185, abs=1e-5)
+    fields = mfu.mfu_fields(tps, n, peak)
+    assert fields["model_tflops"] == pytest.approx(148.2977, rel=1e-5)
+    assert fields["mfu_4n"] == pytest.approx(fields["mfu"] * 4 / 6, rel=1e-12)
+    assert mfu.matmul_flops(8192) == 2 * 8192**3 == 1_099_511_627_776
+    assert mfu.matmul_flops(2, 3, 4) == 48
+    # attention's share on the 1B shape at 512 tokens: 12 * 16 * 2048 * 512 = 201 M FLOP/token, 2.7% of 6N
+    assert mfu.attention_flops_per_token(16, 2048, 512) / mfu.flops_per_token(n) == pytest.approx(0.02715, abs=1e-4)
+    assert mfu.mfu_fields(None, n, peak) == {}
+    with pytest.raises(ValueError, match="peak"):
+        mfu.mfu(tps, n, 0)
+
+
+def test_measured_peak_is_the_best_repeat():
+    peak = mfu.measure_peak(n=32, iters=3, repeats=3, dtype="float32", device="cpu")
+    assert len(peak["seconds"]) == 3 and min(peak["seconds"]) > 0
+    assert peak["peak_flops"] == pytest.approx(2 * 32**3 * 3 / min(peak["seconds"]), rel=1e-12)
+    assert peak["peak_tflops"] == pytest.approx(peak["peak_flops"] / 1e12, rel=1e-12)
+
+
+def test_param_count_matches_the_loaded_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    counted = mfu.param_count(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert counted["n_params"] == sum(p.numel() for p in model.parameters())
+    assert counted["layers"] == 2 and counted["hidden"] == 128
+    assert counted["n_embedding"] == model.get_input_embeddings().weight.numel()
+
+
+def test_fixed_rows_are_exact_and_both_forms_hold_the_same_text(tiny_model, tmp_path):
+    import bench_data
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    fixed = bench_data.build(tiny_model, tmp_path, "fixed", rows=8, seq=96)
+    var = bench_data.build(tiny_model, tmp_path, "var", rows=24, seq=96, min_len=40)
+    records = [json.loads(line) for line in Path(fixed["data"]).read_text().splitlines()]
+    assert [bench_data.row_tokens(tok, r) for r in records] == [95] * 8
+    assert (fixed["min_tokens"], fixed["max_tokens"]) == (95, 95)
+    lengths = [bench_data.row_tokens(tok, json.loads(line)) for line in Path(var["data"]).read_text().splitlines()]
+    assert 40 <= min(lengths) and max(lengths) <= 95 and len(set(lengths)) > 5
+    assert var["mean_tokens"] == pytest.approx(sum(lengths) / len(lengths))
+    pc = [json.loads(line) for line in Path(var["pc_data"]).read_text().splitlines()]
+    first = json.loads(Path(var["data"]).read_text().splitlines()[0])
+    assert pc[0]["prompt"][0]["content"] == f"{first['instruction']}\n{first['input']}"
+    assert pc[0]["completion"][0]["content"] == first["output"]
+
+
+def test_bare_and_platform_are_timed_alike_on_the_same_tokens(tiny_model, mg_home, tmp_path):
+    import bench_data
+    import bare_trl
+    import mg_timed
+
+    import mg_mlflow.training.common as common
+
+    fixed = bench_data.build(tiny_model, tmp_path, "fixed", rows=16, seq=96)
+    var = bench_data.build(tiny_model, tmp_path, "var", rows=16, seq=96, min_len=40)
+    common_args = ["--steps", "3", "--warmup", "1", "--batch", "4", "--seq", "96"]
+    bare_fixed = bare_trl.main(["--model", str(tiny_model), "--data", fixed["pc_data"], *common_args])
+    assert bare_fixed["tokens_per_step"] == 4 * 95 and bare_fixed["pad_fraction"] == 0
+    assert bare_fixed["grad_accum"] == 1 and bare_fixed["eff_grad_accum"] == 1 and bare_fixed["timed_steps"] == 2
+    assert bare_fixed["eff_tokens_seen"] == "no"  # the meter counts; the trainer adds no per-step sync
+
+    bare_var = bare_trl.main(["--model", str(tiny_model), "--data", var["pc_data"], *common_args])
+    original = common.trainer_kwargs
+    platform = mg_timed.run(["--warmup", "1", "--no-tokens-seen", "--meter-out", str(tmp_path / "m.json"), "--",
+                             "train", "--base-model", str(tiny_model), "--dataset", var["data"], "--max-steps", "3",
+                             "--batch-size", "4", "--max-seq-length", "96", "--register-as", "none",
+                             "--no-carbon", "--no-system-metrics", "--no-progress", "--run-name", "bench-test"])
+    assert platform["exit_code"] == 0, platform
+    assert common.trainer_kwargs is original  # the toggle's patch is undone
+    assert platform["eff_tokens_seen"] == "no" and platform["toggle_no_tokens_seen"] is True
+    # same rows, same seed, same batches: the same real tokens per step on both sides, some padding
+    assert platform["tokens_per_step"] == bare_var["tokens_per_step"]
+    assert platform["slots_per_step"] == bare_var["slots_per_step"]
+    assert 0 < platform["pad_fraction"] < 1
+    assert json.loads((tmp_path / "m.json").read_text())["tokens_per_step"] == platform["tokens_per_step"]
+
+
+def _row(variant, side, backend, tps, **kw):
+    base = {"variant": variant, "side": side, "backend": backend, "method": "lora", "shape": "var",
+            "batching": "padded", "toggle": "", "num_gpus": 1, "tokens_per_s": tps}
+    return {**base, **kw}
+
+
+def test_ratios_pair_like_with_like():
+    rows = [_row("bare-u", "bare", "unsloth", 20000.0), _row("mg-u", "mg", "unsloth", 19000.0),
+            _row("bare-h", "bare", "hf", 10000.0), _row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0),
+            _row("mg-u-nolog", "mg", "unsloth", 19950.0, toggle="nolog"),
+            _row("mg-u-packed", "mg", "unsloth", 38000.0, batching="packed"),
+            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0),
+            _row("mg-h-1", "mg", "hf", 9400.0, shape="fixed", mg_tokens_per_s=10000.0),
+            _row("broken", "bare", "hf", None, error="boom")]
+    got = {(r["kind"], r["a"], r["b"]): r["ratio"] for r in parity_report.ratios(rows)}
+    assert got[("platform/bare tok/s", "mg-u", "bare-u")] == pytest.approx(0.95)
+    assert got[("platform/bare tok/s", "mg-h", "bare-h")] == pytest.approx(0.95)
+    assert got[("unsloth/hf tok/s", "mg-u", "mg-h")] == pytest.approx(2.0)
+    assert got[("toggled/full tok/s", "mg-u-nolog", "mg-u")] == pytest.approx(1.05)
+    assert got[("batching/padded tok/s", "mg-u-packed", "mg-u")] == pytest.approx(2.0)
+    assert got[("2 GPUs/1 tok/s (MLflow)", "mg-h-2", "mg-h")] == pytest.approx(2.0)
+    assert not any("broken" in k for k in got)  # a failed row pairs with nothing
+    assert not any("mg-h-1" in k for k in got)  # fixed rows pair with no variable-length row
+    assert got[("unsloth/hf tok/s", "bare-u", "bare-h")] == pytest.approx(2.0)
+    assert len(got) == 7
+
+
+def test_the_writer_refuses_cpu_results(tmp_path):
+    res = {"meta": {"lane": "main", "card": "cpu", "cpu_smoke": True}, "rows": []}
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="CPU smoke"):
+        parity_report.write_results([tmp_path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
