@@ -144,9 +144,10 @@ def check_devices(n: int) -> None:
     found = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if found < n:
         what = f"{found} CUDA GPU{'s' if found != 1 else ''}" if found else "no CUDA GPU"
+        fits = f"--num-gpus {found} or less" if found > 1 else "--num-gpus 1 (one device)"
         raise MGError(f"--num-gpus {n} asks for {n} GPUs, but this machine has {what}",
-                      hint=f"use --num-gpus {max(found, 1)} or less; {CPU_ENV}=1 runs the {n} ranks on the "
-                           "CPU (gloo backend), for testing the distributed path")
+                      hint=f"use {fits}; or {CPU_ENV}=1 to run the {n} ranks on the CPU (gloo backend), "
+                           "for testing the distributed path")
 
 
 def free_port() -> int:
