@@ -79,7 +79,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
 
             model, processing, peft_config = modality.load(backend, base, revision)
             loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
-            modality.before_training(model, processing, train_data, eval_data)
+            if main:  # e.g. the vision samples' answers before training, which rank 0 logs
+                modality.before_training(model, processing, train_data, eval_data)
             with TrainProgress(f"{modality.command} {backend}/{cfg.method}",
                                enabled=show_progress if main else False) as progress:
                 metrics_cb, carbon_cb, default_callbacks = (training_callbacks(cfg, output_dir, progress, earlier)
