@@ -177,3 +177,13 @@ def test_carbon_measures_exactly_the_gpus_of_the_job(monkeypatch, tmp_path):
     assert distributed.job_gpu_ids() is None
     tracker = boamps.make_tracker(tmp_path, boamps.recording_output(), gpu_ids=[4, 6])
     assert tracker._conf["gpu_ids"] == [4, 6]
+
+
+def test_the_in_process_path_refuses_num_gpus_it_cannot_honour(mg_home, tiny_model, sample_data):
+    """A sweep trial or a script calling the training path in one process must not train on one
+    device while the run says num_gpus=2."""
+    from mg_mlflow.errors import MGError
+
+    with pytest.raises(MGError, match="num_gpus=2 needs one process per GPU"):
+        train_tiny(tiny_model, sample_data, num_gpus=2, experiment="ddp-inprocess")
+    assert _runs("ddp-inprocess") == []

@@ -36,6 +36,14 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     """Train, log, verify and register one model; ``callbacks`` are extra transformers
     ``TrainerCallback``s (e.g. a sweep's pruning callback)."""
     setup_env()
+    from mg_mlflow.training import distributed
+
+    if distributed.needs_launch(cfg):  # called in-process (a sweep trial, a script): one process only
+        from mg_mlflow.errors import MGError
+
+        raise MGError(f"num_gpus={cfg.num_gpus} needs one process per GPU, and this is a single process",
+                      hint=f"run `model-garden train --num-gpus {cfg.num_gpus}` (it starts them with torchrun), "
+                           "or torchrun yourself; sweeps train each trial on one device")
     modality = modality_for(cfg)
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
 
@@ -49,7 +57,6 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     import torch
 
     from mg_mlflow.registry.base_ref import loaded_revision
-    from mg_mlflow.training import distributed
     from mg_mlflow.tracking.run import run_context, use_tracking_uri
     from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
                                            start_run_record, timed_train, train_summary, training_callbacks)
