@@ -40,8 +40,9 @@ SOURCE_ENV = "MG_SOURCE_ARGV"     # the launcher's own argv (JSON), for the run'
 # ------------------------------------------------------------------ inside a rank
 
 def launched() -> bool:
-    """True inside a process started by torchrun/accelerate (or any launcher setting these)."""
-    return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
+    """True inside a process started by torchrun/accelerate (they set LOCAL_RANK and WORLD_SIZE; a
+    lone WORLD_SIZE=1 some schedulers export is not a launched job)."""
+    return "LOCAL_RANK" in os.environ or world_size() > 1
 
 
 def world_size() -> int:
