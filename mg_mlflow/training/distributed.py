@@ -212,9 +212,10 @@ def _wait(proc: subprocess.Popen) -> str | None:
 
 
 def end_failed_run(run_id: str, code: int, stopped_by: str | None) -> None:
-    """torchrun failed: rank 0's run ends KILLED when the user stopped the job, else FAILED (a rank
-    died: rank 0 may have been killed before it could say so, or ended KILLED by torchrun's stop
-    signal). A run rank 0 already ended FAILED or FINISHED keeps its own record."""
+    """torchrun failed: rank 0's run ends KILLED when the user stopped the job (even if a rank failed
+    on its way out, e.g. a peer gone mid-collective), else FAILED (a rank died: rank 0 may have been
+    killed before it could say so, or ended KILLED by torchrun's stop signal). A FINISHED run keeps
+    its record."""
     import mlflow
 
     from mg_mlflow.tracking.run import use_tracking_uri
@@ -222,12 +223,16 @@ def end_failed_run(run_id: str, code: int, stopped_by: str | None) -> None:
     use_tracking_uri()
     client = mlflow.tracking.MlflowClient()
     try:
-        status = client.get_run(run_id).info.status
+        run = client.get_run(run_id)
     except Exception:  # noqa: BLE001 - no run to fix
         return
     target = "KILLED" if stopped_by else "FAILED"
-    if status == "RUNNING" or (status == "KILLED" and target == "FAILED"):
-        why = (f"stopped by {stopped_by}" if stopped_by else
-               f"a training process (rank) failed: torchrun exited with code {code}; see the console output")
-        client.set_tag(run_id, "mg.error", why)
-        client.set_terminated(run_id, target)
+    if run.info.status in ("FINISHED", target):
+        return
+    if stopped_by:
+        why = f"stopped by {stopped_by}"
+    else:
+        why = f"a training process (rank) failed: torchrun exited with code {code}; see the console output"
+    earlier = run.data.tags.get("mg.error")
+    client.set_tag(run_id, "mg.error", f"{why} ({earlier})"[:4000] if earlier and earlier != why else why)
+    client.set_terminated(run_id, target)
