@@ -172,6 +172,12 @@ def launch(cfg, command: str = "train", progress: bool | None = None) -> int:
 
     n = cfg.num_gpus
     check_devices(n)
+    if cfg.base_model.startswith("models:/"):  # download the registered base once, not N times at once
+        from mg_mlflow.tracking.run import use_tracking_uri
+        from mg_mlflow.training.common import resolve_base_model
+
+        use_tracking_uri()
+        resolve_base_model(cfg.base_model)
     with tempfile.TemporaryDirectory(prefix="mg-ddp-") as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(to_yaml(cfg))
