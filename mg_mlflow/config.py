@@ -78,6 +78,8 @@ class TrainConfig:
     resume: str = _f("", "id of an interrupted run to continue from its last checkpoint: the SAME MLflow run "
                          "goes on (its config is the base; options given now override it)")
     logging_steps: int = _f(1, "log metrics every N steps")
+    num_gpus: int = _f(1, "data-parallel training on N GPUs of this machine (torchrun; one MLflow run, one "
+                          "registered version); MG_DDP_CPU=1 runs the N ranks on the CPU (gloo) instead")
     # where the result goes
     save_method: str = _f("lora", "register the LoRA adapter (lora) or the merged full model (merged_16bit)", SAVE_METHODS)
     register_as: str = _f("", "registered model name (default: derived from the base model); 'none' = save locally only, log and register nothing")
@@ -106,6 +108,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_seq_length", "lora_r", "lora_alpha", "logging_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_gpus < 1:
+            problems.append(f"num_gpus must be >= 1, got {self.num_gpus}")
         if self.max_steps == 0 or self.max_steps < -1:
             problems.append(f"max_steps must be -1 (use epochs) or > 0, got {self.max_steps}")
         if self.max_steps == -1 and self.epochs <= 0:

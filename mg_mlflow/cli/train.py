@@ -22,6 +22,10 @@ TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
           --save-method merged_16bit --register-as qwen-support --alias champion
 
     Under `mlflow run . -e train`, the run MLflow created (MLFLOW_RUN_ID) is used.
+
+    \b
+    Several GPUs of one machine (data parallel under torchrun: one MLflow run, one version):
+      model-garden train --config recipe.yaml --num-gpus 2
     """
 
 VISION_HELP = """Fine-tune a vision-language model (Qwen2.5-VL family), log it to MLflow and register it.
@@ -138,7 +142,13 @@ def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) 
             use_tracking_uri()
             config_file = config_of_run(options["resume"])
         cfg = config_from_cli(cls, config_file, set_args, options)
+        from mg_mlflow.training import distributed
+
+        if distributed.needs_launch(cfg):  # --num-gpus N: N ranks under torchrun, this process waits
+            click.get_current_context().exit(distributed.launch(cfg, name, progress))
         result = train(cfg, show_progress=progress)
+        if not distributed.is_main():
+            return  # a rank > 0 of --num-gpus N: rank 0 prints the summary
         print_kv(f"{name} finished", _summary_rows(result, cfg))
         console().print("Compare runs in the MLflow UI: [bold]model-garden ui[/]")
 

@@ -62,8 +62,9 @@ def recording_output():
 
 def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", region: str = "",
                  pue: float = 1.0, measure_secs: float = 5.0, offline: bool = True,
-                 project_name: str = "model-garden"):
-    """A machine-wide codecarbon tracker writing ``output_dir/emissions.csv`` and feeding ``handler``."""
+                 project_name: str = "model-garden", gpu_ids: list | None = None):
+    """A machine-wide codecarbon tracker writing ``output_dir/emissions.csv`` and feeding ``handler``;
+    ``gpu_ids``: measure (and sum) exactly these GPUs (default: codecarbon's, every visible one)."""
     from codecarbon import EmissionsTracker, OfflineEmissionsTracker
     from codecarbon.output_methods.base_output import OutputMethod
 
@@ -72,6 +73,8 @@ def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", 
                   output_file=CSV_NAME, on_csv_write="append", output_methods=[OutputMethod.CSV],
                   output_handlers=[handler], pue=pue, tracking_mode="machine", log_level="error",
                   api_call_interval=-1, allow_multiple_runs=True)
+    if gpu_ids is not None:
+        kwargs["gpu_ids"] = gpu_ids
     if not offline:
         return EmissionsTracker(**kwargs)
     if region:

@@ -43,12 +43,14 @@ class CarbonCallback(TrainerCallback):
 
     def __init__(self, output_dir: str | Path, country: str = "USA", region: str = "", pue: float = 1.0,
                  interval_steps: int = 10, interval_secs: float = 0.0, measure_secs: float = 5.0,
-                 offline: bool = True, project_name: str = "model-garden", min_gap_secs: float | None = None):
+                 offline: bool = True, project_name: str = "model-garden", min_gap_secs: float | None = None,
+                 gpu_ids: list | None = None):
         self.output_dir = Path(output_dir) / "carbon"
         self.country, self.region, self.pue, self.offline = country, region, pue, offline
         self.interval_steps, self.interval_secs = max(1, int(interval_steps)), float(interval_secs)
         self.measure_secs, self.project_name = float(measure_secs), project_name
         self.min_gap_secs = self.measure_secs if min_gap_secs is None else float(min_gap_secs)
+        self.gpu_ids = gpu_ids  # several GPUs: every GPU of the job, summed (None: codecarbon's default)
         self.tracker: Any = None
         self.handler: Any = None
         self.run_id: str | None = None
@@ -70,7 +72,7 @@ class CarbonCallback(TrainerCallback):
         """The codecarbon tracker; subclasses may return another one (tests inject failures here)."""
         return boamps.make_tracker(self.output_dir, self.handler, country=self.country, region=self.region,
                                    pue=self.pue, measure_secs=self.measure_secs, offline=self.offline,
-                                   project_name=self.project_name)
+                                   project_name=self.project_name, gpu_ids=self.gpu_ids)
 
     def _fail(self, what: str, exc: BaseException | str) -> None:
         """Say why once, stop the tracker quietly, keep training."""
@@ -241,12 +243,13 @@ class CarbonCallback(TrainerCallback):
             warnings.warn(f"carbon report artifacts were not logged: {exc}", RuntimeWarning, stacklevel=2)
 
 
-def training_callback(cfg, output_dir):
-    """The callback for a :class:`~mg_mlflow.config.TrainConfig`, or None when carbon is off."""
+def training_callback(cfg, output_dir, gpu_ids: list | None = None):
+    """The callback for a :class:`~mg_mlflow.config.TrainConfig`, or None when carbon is off;
+    ``gpu_ids``: the GPUs a job on several GPUs uses (their energy is summed)."""
     if not getattr(cfg, "carbon", False):
         return None
     return CarbonCallback(
         output_dir, country=cfg.carbon_country, region=cfg.carbon_region, pue=cfg.carbon_pue,
         interval_steps=cfg.carbon_interval_steps, interval_secs=getattr(cfg, "carbon_interval_secs", 0.0),
         measure_secs=cfg.carbon_measure_secs, offline=getattr(cfg, "carbon_offline", True),
-        project_name=getattr(cfg, "run_name", "") or "model-garden")
+        project_name=getattr(cfg, "run_name", "") or "model-garden", gpu_ids=gpu_ids)

@@ -5,6 +5,8 @@ resolution, run naming and tags, trainer arguments, callbacks, summary metrics, 
 from __future__ import annotations
 
 import errno
+import json
+import os
 import re
 import shutil
 import sys
@@ -76,7 +78,8 @@ def run_name(cfg, modality: str, backend: str) -> str:
 
 def source_tags(command: str) -> dict[str, str]:
     """``mlflow.source.*`` naming the command (and recipe file) instead of ``__main__``."""
-    argv = sys.argv[1:]
+    launcher_argv = os.environ.get("MG_SOURCE_ARGV")  # a rank of --num-gpus N: the launcher's command line
+    argv = json.loads(launcher_argv) if launcher_argv else sys.argv[1:]
     source = f"model-garden {command}"
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         source += f" --config {argv[argv.index('--config') + 1]}"
@@ -147,7 +150,9 @@ def training_callbacks(cfg, output_dir: Path, progress, earlier=None):
 
     metrics_cb = MLflowMetricsCallback(progress)
     callbacks = [metrics_cb]
-    carbon_cb = carbon.training_callback(cfg, output_dir) if cfg.carbon else None
+    from mg_mlflow.training.distributed import job_gpu_ids
+
+    carbon_cb = carbon.training_callback(cfg, output_dir, gpu_ids=job_gpu_ids()) if cfg.carbon else None
     if carbon_cb is not None:
         callbacks.append(carbon_cb)
     if earlier is not None:

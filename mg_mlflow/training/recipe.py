@@ -12,6 +12,8 @@ here and in :mod:`mg_mlflow.training.save`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from mg_mlflow.env import setup_env
 from mg_mlflow.training.result import TrainResult
 
@@ -34,6 +36,14 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     """Train, log, verify and register one model; ``callbacks`` are extra transformers
     ``TrainerCallback``s (e.g. a sweep's pruning callback)."""
     setup_env()
+    from mg_mlflow.training import distributed
+
+    if distributed.needs_launch(cfg):  # called in-process (a sweep trial, a script): one process only
+        from mg_mlflow.errors import MGError
+
+        raise MGError(f"num_gpus={cfg.num_gpus} needs one process per GPU, and this is a single process",
+                      hint=f"run `model-garden train --num-gpus {cfg.num_gpus}` (it starts them with torchrun), "
+                           "or torchrun yourself; sweeps train each trial on one device")
     modality = modality_for(cfg)
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
 
@@ -56,20 +66,32 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
 
     tags = run_tags(modality.name, backend, cfg.method)
     name = run_name(cfg, modality.name, backend)
-    use_tracking_uri()
-    earlier = earlier_segment(cfg.resume) if cfg.resume else None
-    with StopOnSignal() as stopper, run_context(
-            cfg.experiment, name, cfg.system_metrics, tags={**tags, **source_tags(modality.command)},
-            name_given=bool(cfg.run_name), resume=cfg.resume) as run:
-        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data)
+    # several GPUs (torchrun): every rank trains; only rank 0 has an MLflow run and logs, saves, registers
+    main = distributed.is_main()
+    distributed.start_process_group()
+    if main:
+        use_tracking_uri()
+    earlier = earlier_segment(cfg.resume) if cfg.resume and main else None
+    run_ctx = run_context(cfg.experiment, name, cfg.system_metrics, tags={**tags, **source_tags(modality.command)},
+                          name_given=bool(cfg.run_name), resume=cfg.resume) if main else nullcontext()
+    with StopOnSignal() as stopper, run_ctx as run:
+        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data) if main else ("", None)
+        if main:
+            distributed.log_world_size()
+            distributed.record_run_id(run_id)
+        output_dir = distributed.share(output_dir)  # checkpoints of every rank in rank 0's folder
         with disk_full_is_clear(output_dir):
-            checkpoint = checkpoint_to_resume(cfg.resume, output_dir) if cfg.resume else None
+            checkpoint = distributed.share(checkpoint_to_resume(cfg.resume, output_dir)
+                                           if cfg.resume and main else None)
 
             model, processing, peft_config = modality.load(backend, base, revision)
             loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
-            modality.before_training(model, processing, train_data, eval_data)
-            with TrainProgress(f"{modality.command} {backend}/{cfg.method}", enabled=show_progress) as progress:
-                metrics_cb, carbon_cb, default_callbacks = training_callbacks(cfg, output_dir, progress, earlier)
+            if main:  # e.g. the vision samples' answers before training, which rank 0 logs
+                modality.before_training(model, processing, train_data, eval_data)
+            with TrainProgress(f"{modality.command} {backend}/{cfg.method}",
+                               enabled=show_progress if main else False) as progress:
+                metrics_cb, carbon_cb, default_callbacks = (training_callbacks(cfg, output_dir, progress, earlier)
+                                                            if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
                 if torch.cuda.is_available():
@@ -77,6 +99,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                 train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,
                                             resume_from=checkpoint)
             stopper.raise_if_stopped(trainer.state.global_step)  # checkpoint saved: the run ends KILLED
+            if not main:  # rank > 0: trained its share; saving and registering are rank 0's
+                return TrainResult(run_id="", output_dir=output_dir, model_dir=output_dir / "model")
 
             mlflow.flush_async_logging()  # every per-step point is stored before the summary
             summary = train_summary(trainer, metrics_cb, carbon_cb, train_seconds)

@@ -140,7 +140,10 @@ class StopOnSignal(TrainerCallback):
         self.training = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        from mg_mlflow.training.distributed import any_rank
+
+        if any_rank(self.requested is not None):  # several ranks stop after the same step
+            self.requested = self.requested or "a stop signal on another rank"
             control.should_save = True
             control.should_training_stop = True
 
