@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, run_cli
+from procs import stop_process
 
 pytestmark = pytest.mark.services
 INITDB = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), "initdb")
@@ -39,16 +40,6 @@ def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> 
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"{url} not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +91,7 @@ def s3(tmp_path_factory):
         client.create_bucket(Bucket="mg-artifacts")
         yield client, env
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +107,7 @@ def mlflow_server(postgres, s3, tmp_path_factory):
         _wait(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_train_register_and_resolve_through_postgres_and_s3(mlflow_server, s3, tiny_model, sample_data,

@@ -15,6 +15,7 @@ import pytest
 from chromium_support import CHROMIUM, dump_and_shot, scrolled_text
 from compare_support import train_pair
 from conftest import BIN, isolated_home
+from procs import stop_process
 # In CI (.ci/test installs Chromium) a missing browser fails the tests instead of skipping them.
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                 reason="headless Chromium is not installed")
@@ -56,12 +57,7 @@ def ui(tmp_path_factory, tiny_model, sample_data):
                          if line.startswith(("training runs of", "compare 2 runs")))
             yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
         finally:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+            stop_process(proc, timeout=30, group=True)
 
 
 def _chromium(tmp_path, url: str, shot: str) -> str:
