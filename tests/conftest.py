@@ -23,6 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Every `mlflow server` a test starts (tracking outage, UI, team server, PostgreSQL + S3) would also
+# start MLflow's job runner: 8 more Python processes (Huey consumers for GenAI scorers/trace jobs,
+# which Model Garden does not use) that take ~10-20 s of a 2-core machine to start and keep polling.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from chromium_support import CHROMIUM, dump_and_shot, scrolled_text
-from compare_support import train_pair
+from compare_support import pair_store  # noqa: F401 - fixture
 from conftest import BIN, isolated_home
 from procs import stop_process
 # In CI (.ci/test installs Chromium) a missing browser fails the tests instead of skipping them.
@@ -28,10 +28,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory, tiny_model, sample_data):
-    """Two runs + evaluations in a fresh store, and `model-garden ui --compare A --compare B` serving it."""
-    with isolated_home(tmp_path_factory.mktemp("ui-home")) as home:
-        pair = train_pair(tiny_model, sample_data)
+def ui(pair_store):
+    """Two runs + evaluations (the session's pair store), and `model-garden ui --compare A --compare B` serving it."""
+    with isolated_home(pair_store[0]) as home:
+        pair = pair_store[1]
         port = _free_port()
         log = home / "ui.log"
         cmd = [str(BIN / "model-garden"), "ui", "--port", str(port), "--open",
