@@ -66,6 +66,13 @@ def mg_home(tmp_path) -> Path:
         yield home
 
 
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory) -> Path:
+    """A fresh MG_HOME and sqlite store for one module's runs."""
+    with isolated_home(tmp_path_factory.mktemp("module-home")) as home:
+        yield home
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from mg_mlflow.dev.tiny import build_tiny_llama
@@ -140,3 +147,7 @@ def pytest_collection_modifyitems(config, items):
     else:
         raise pytest.UsageError(f"MG_TEST_ORDER={order!r}: use reverse or random[:SEED]")
     items[:] = [item for group in groups for item in group]
+
+
+# Session-wide PostgreSQL and S3 servers for the team-server tests (one database and bucket per module).
+from services_support import moto_endpoint, pg_cluster  # noqa: E402,F401 - fixtures

@@ -42,8 +42,9 @@ def ui(pair_store):
         browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
         browser.chmod(0o755)
         with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "BROWSER": str(browser)}, start_new_session=True)
+            # one uvicorn worker (MLflow's own MLFLOW_WORKERS; default 4 processes) is plenty for one browser
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "BROWSER": str(browser), "MLFLOW_WORKERS": "1"})
         try:
             deadline = time.time() + 180
             while time.time() < deadline:
