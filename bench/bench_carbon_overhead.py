@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
+from common import bench_home, offline_env
+
+offline_env()
 
 
 def main() -> int:
@@ -41,12 +40,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mg-bench-carbon-"))
-    os.environ["MG_HOME"] = str(work / "home")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'home' / 'mlflow.db'}"
-    os.environ["HF_HOME"] = str(work / "home" / "hf")
-    from mg_mlflow.env import setup_env
-
-    setup_env()
+    bench_home(work / "home")
     import mlflow
     import torch
     from datasets import Dataset

@@ -20,42 +20,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
-def _setup(home: Path):
-    os.environ["MG_HOME"] = str(home)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    from mg_mlflow.env import setup_env
-
-    setup_env()
+from common import bench_home, train_registered
 
 
 def _train(home: Path) -> dict[str, str]:
-    from mg_mlflow.config import TrainConfig, build_config
-    from mg_mlflow.data.sample import write_sample
-    from mg_mlflow.dev.tiny import build_tiny_llama
-    from mg_mlflow.registry.resolve import resolve_model_uri
-
     uris = {"merged": "models:/bench-merged@prod", "adapter": "models:/bench-lora@prod"}
-    try:
-        for uri in uris.values():
-            resolve_model_uri(uri)
-        return uris
-    except Exception:  # noqa: BLE001 - not trained yet
-        pass
-    from mg_mlflow.training.text import train_text
-
-    tiny = build_tiny_llama(home / "tiny")
-    data = write_sample(home / "data.jsonl", n=64)
-    for save, name in (("merged_16bit", "bench-merged"), ("lora", "bench-lora")):
-        cfg = build_config(TrainConfig, overrides={
-            "base_model": str(tiny), "dataset": str(data), "max_steps": 30, "learning_rate": 3e-3,
-            "batch_size": 4, "system_metrics": False, "carbon": False, "save_method": save,
-            "register_as": name, "alias": "prod"})
-        train_text(cfg, show_progress=False)
-    for uri in uris.values():
-        resolve_model_uri(uri)  # warm the download cache
+    train_registered(home, {"bench-merged": "merged_16bit", "bench-lora": "lora"}, max_steps=30)
     return uris
 
 
@@ -123,7 +93,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
     home = args.home or Path(tempfile.mkdtemp(prefix="mg-bench-"))
-    _setup(home)
+    bench_home(home)
     uris = _train(home)
     rows = []
     for kind, uri in uris.items():

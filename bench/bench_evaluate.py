@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -24,42 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import bench_home, train_registered
+
 BIN = Path(sys.executable).parent
 NAME = "bench-eval-merged"
 
 
-def _setup(home: Path) -> None:
-    os.environ["MG_HOME"] = str(home)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    from mg_mlflow.env import setup_env
-
-    setup_env()
-
-
 def _model(home: Path) -> str:
-    from mg_mlflow.registry.resolve import resolve_model_uri
-
-    uri = f"models:/{NAME}@prod"
-    try:
-        resolve_model_uri(uri)
-        return uri
-    except Exception:  # noqa: BLE001 - not trained yet
-        pass
-    from mg_mlflow.config import TrainConfig, build_config
-    from mg_mlflow.data.sample import write_sample
-    from mg_mlflow.dev.tiny import build_tiny_llama
-    from mg_mlflow.training.text import train_text
-
-    tiny = build_tiny_llama(home / "tiny")
-    data = write_sample(home / "data.jsonl", n=64)
-    cfg = build_config(TrainConfig, overrides={
-        "base_model": str(tiny), "dataset": str(data), "max_steps": 60, "learning_rate": 3e-3, "batch_size": 4,
-        "system_metrics": False, "carbon": False, "save_method": "merged_16bit", "register_as": NAME, "alias": "prod"})
-    train_text(cfg, show_progress=False)
-    resolve_model_uri(uri)  # warm the download cache
-    return uri
+    train_registered(home, {NAME: "merged_16bit"}, max_steps=60)
+    return f"models:/{NAME}@prod"
 
 
 def _evaluate(uri: str, data: Path, tokens: int, extra: list[str]) -> tuple[float, dict]:
@@ -82,8 +54,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="mg-bench-eval-"))
-    home.mkdir(parents=True, exist_ok=True)
-    _setup(home)
+    bench_home(home)
 
     from mg_mlflow.data.sample import write_sample
     from mg_mlflow.deploy.manager import deploy, stop

@@ -13,17 +13,14 @@ plots and ``trials.json``. Printed: seconds per trial each way, the difference p
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from common import bench_home, offline_env
+
+offline_env()
 
 
 def main() -> int:
@@ -33,13 +30,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (direct, sweep)")
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="mg-bench-sweep-"))
-    os.environ["MG_HOME"] = str(home)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
-    os.environ["HF_HOME"] = str(home / "hf")
-    from mg_mlflow.env import setup_env
-
-    setup_env()
+    home = bench_home(Path(tempfile.mkdtemp(prefix="mg-bench-sweep-")))
     from mg_mlflow.config import TrainConfig, build_config
     from mg_mlflow.data.sample import write_sample
     from mg_mlflow.dev.tiny import build_tiny_llama

@@ -12,6 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from procs import stop_process
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 SCROLL_GRIDS = """(async () => {
@@ -75,9 +77,4 @@ def scrolled_text(tmp_path: Path, url: str, timeout: float = 120) -> str:
                 time.sleep(1)
         raise AssertionError("the page did not answer in time")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

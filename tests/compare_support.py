@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from conftest import train_tiny
+import pytest
+
+from conftest import isolated_home, train_tiny
 
 EXACT_MATCH = {"lr-3e-3": 0.5, "lr-1e-4": 0.25}
 
@@ -35,3 +37,14 @@ def train_pair(tiny_model, data) -> Pair:
         client.log_metric(ev, "eval/exact_match", EXACT_MATCH[name], model_id=model_id)
         client.set_terminated(ev, "FINISHED")
     return Pair(run_ids, model_ids, exp_id, versions)
+
+
+@pytest.fixture(scope="session")
+def pair_store(tmp_path_factory, tiny_model, sample_data):
+    """(home, Pair): the pair trained once per session in its own store. test_compare and test_ui
+    re-enter it with ``isolated_home(home)``; both only read it (test_compare adds its one
+    comparison run, which no test of test_ui looks for)."""
+    home = tmp_path_factory.mktemp("pair-home")
+    with isolated_home(home):
+        pair = train_pair(tiny_model, sample_data)
+    return home, pair

@@ -23,6 +23,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Every `mlflow server` a test starts (tracking outage, UI, team server, PostgreSQL + S3) would also
+# start MLflow's job runner: 8 more Python processes (Huey consumers for GenAI scorers/trace jobs,
+# which Model Garden does not use) that take ~10-20 s of a 2-core machine to start and keep polling.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +63,13 @@ def isolated_home(home: Path):
 def mg_home(tmp_path) -> Path:
     """A fresh MG_HOME and sqlite store for one test."""
     with isolated_home(tmp_path / "mg-home") as home:
+        yield home
+
+
+@pytest.fixture(scope="module")
+def module_home(tmp_path_factory) -> Path:
+    """A fresh MG_HOME and sqlite store for one module's runs."""
+    with isolated_home(tmp_path_factory.mktemp("module-home")) as home:
         yield home
 
 
@@ -136,3 +147,7 @@ def pytest_collection_modifyitems(config, items):
     else:
         raise pytest.UsageError(f"MG_TEST_ORDER={order!r}: use reverse or random[:SEED]")
     items[:] = [item for group in groups for item in group]
+
+
+# Session-wide PostgreSQL and S3 servers for the team-server tests (one database and bucket per module).
+from services_support import moto_endpoint, pg_cluster  # noqa: E402,F401 - fixtures

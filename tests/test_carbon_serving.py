@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import isolated_home, run_cli, train_tiny
+from conftest import run_cli, train_tiny
 
 EXPERIMENT = "carbon-report"
 MODEL = "carbon-served"
@@ -57,13 +57,7 @@ print(count["n"], flush=True)
 
 
 @pytest.fixture(scope="module")
-def carbon_home(tmp_path_factory):
-    with isolated_home(tmp_path_factory.mktemp("carbon-home")) as home:
-        yield home
-
-
-@pytest.fixture(scope="module")
-def trained(carbon_home, tiny_model, sample_data):
+def trained(module_home, tiny_model, sample_data):
     return train_tiny(tiny_model, sample_data, carbon=True, carbon_interval_steps=5, carbon_measure_secs=0.2,
                       max_steps=15, register_as=MODEL, experiment=EXPERIMENT)
 
@@ -157,7 +151,7 @@ def test_monitor_follows_the_served_process_until_it_exits(served, trained, tmp_
     assert mv.tags["mg.serving_run"] == served["run_id"]
 
 
-def test_monitor_ends_on_sigterm_and_tolerates_a_missing_endpoint(carbon_home, tmp_path):
+def test_monitor_ends_on_sigterm_and_tolerates_a_missing_endpoint(module_home, tmp_path):
     from mg_mlflow.tracking.serving_monitor import start_serving_monitor
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

@@ -9,14 +9,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from compare_support import EXACT_MATCH, train_pair
+from compare_support import EXACT_MATCH, pair_store  # noqa: F401 - fixture
 from conftest import isolated_home
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, tiny_model, sample_data):
-    with isolated_home(tmp_path_factory.mktemp("compare-home")) as home:
-        yield home, train_pair(tiny_model, sample_data)
+def pair(pair_store):
+    with isolated_home(pair_store[0]) as home:
+        yield home, pair_store[1]
 
 
 def _cli(args):

@@ -77,7 +77,7 @@ def _wait_terminal(ray_env, job_ids, timeout=420):
         infos = {j: client.get_job_info(j) for j in job_ids}
         if all(i.status.is_terminal() for i in infos.values()):
             return infos
-        time.sleep(2)
+        time.sleep(0.5)
     raise AssertionError({j: str(i.status) for j, i in infos.items()})
 
 
@@ -95,7 +95,7 @@ def _wait_steps(ray_env, job_id, n=3, timeout=300):
         client, runs = _runs(ray_env, job_id)
         if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= n:
             return client, runs[0]
-        time.sleep(1)
+        time.sleep(0.5)
     raise AssertionError(f"{job_id}: fewer than {n} logged steps in {timeout} s")
 
 

@@ -14,8 +14,10 @@ from vision_support import shapes, tiny_vl  # noqa: F401
 
 def test_entry_points_declare_no_parameter_that_could_override_a_recipe():
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
-    for entry in ("train", "train_vision"):
+    for entry in ("train", "train_vision", "sweep"):
         assert not spec[entry].get("parameters"), "a declared default would override the recipe"
+    assert spec["evaluate"]["parameters"] == {"model_uri": {"type": "string"}, "dataset": {"type": "string"}}
+    assert not [e for e in spec.values() if "--if-given" in e["command"]]  # one mechanism: extra parameters
     for project in ROOT.glob("projects/*/MLproject"):
         from mg_mlflow.config import TrainConfig
 
@@ -71,3 +73,30 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
     assert run.data.tags["mlflow.project.entryPoint"] == entry and run.info.status == "FINISHED"
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     assert run.info.run_name.startswith(f"{base.name}{' vision' if modality == 'vision' else ''} lora r4")
+
+
+def test_sweep_and_evaluate_take_extra_parameters_the_same_way():
+    """The one translation (cli/base.py) for the sweep and evaluate entry points: training fields become
+    --set, the command's own options spelled with _ get their dashed names, true/false picks a flag."""
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli
+    from mg_mlflow.cli.base import mlflow_params_to_args
+    from mg_mlflow.cli.evaluate import evaluate_cmd
+    from mg_mlflow.cli.sweep import sweep_cmd
+
+    args = ["--grid", "seed=1,2", "--trials", "2", "--max_emissions_kg", "0.5", "--lora_r", "8", "--carbon", "false",
+            "--max_pixels", "12544", "--resume", "abc", "--pruner_startup_trials", "3", "--dataset", "d.jsonl"]
+    assert mlflow_params_to_args(args, sweep_cmd, sweep_cmd.config_class, sweep_cmd.config_skip) == [
+        "--grid", "seed=1,2", "--trials", "2", "--max-emissions-kg", "0.5", "--set", "lora_r=8",
+        "--set", "carbon=false", "--set", "max_pixels=12544", "--resume", "abc", "--pruner-startup-trials", "3",
+        "--dataset", "d.jsonl"]
+    args = ["models:/m/1", "--dataset", "d.jsonl", "--max_new_tokens", "4.0", "--tasks_dir", "t", "--carbon", "False",
+            "--force", "true", "--json_schema", "s.json"]
+    assert mlflow_params_to_args(args, evaluate_cmd) == [
+        "models:/m/1", "--dataset", "d.jsonl", "--max-new-tokens", "4.0", "--tasks-dir", "t", "--no-carbon",
+        "--force", "--json-schema", "s.json"]
+    assert mlflow_params_to_args(["--force", "0", "--carbon", "yes"], evaluate_cmd) == ["--carbon"]
+    # through click: an unknown parameter is named, nothing runs
+    res = CliRunner().invoke(cli, ["evaluate", "models:/m/1", "--dataset", "d.jsonl", "--max_new_token", "4"])
+    assert res.exit_code == 2 and "--max_new_token" in res.output

@@ -7,116 +7,31 @@ with an empty cache resolves `models:/NAME@ALIAS` from the server and gets the s
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from conftest import BIN, run_cli
+from procs import stop_process
+from services_support import free_port, postgres, s3, wait_healthy  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.services
-INITDB = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), "initdb")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url} server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} not healthy in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    if not Path(INITDB).exists():
-        if os.environ.get("CI"):  # .ci/test installs PostgreSQL: missing it in CI is a failure
-            pytest.fail("PostgreSQL server binaries (initdb) are not installed")
-        pytest.skip("PostgreSQL server binaries (initdb) are not installed")
-    import tempfile
-
-    root = Path(tempfile.mkdtemp(prefix="mg-pg-"))  # outside pytest's 0700 tmp: the server runs as postgres
-    data = root / "data"
-    port = _free_port()
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_pg:
-        shutil.chown(root, "postgres")
-    bindir = Path(INITDB).resolve().parent
-    init = subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "mg"],
-                          capture_output=True, text=True)
-    assert init.returncode == 0, init.stderr
-    log = data.parent / "pg.log"
-    log.touch()
-    log.chmod(0o666)
-    subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    try:
-        subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mg", "mlflow"],
-                       check=True, capture_output=True)
-        yield f"postgresql+psycopg2://mg@127.0.0.1:{port}/mlflow"
-    finally:
-        subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        _wait(f"http://127.0.0.1:{port}/moto-api/", proc, log)
-        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-               "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="test",
-                              aws_secret_access_key="test", region_name="us-east-1")
-        client.create_bucket(Bucket="mg-artifacts")
-        yield client, env
-    finally:
-        _stop(proc)
 
 
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, s3, tmp_path_factory):
     _, s3_env = s3
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--backend-store-uri", postgres,
                              "--artifacts-destination", "s3://mg-artifacts", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "1"],
                             env={**os.environ, **s3_env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        _wait(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_train_register_and_resolve_through_postgres_and_s3(mlflow_server, s3, tiny_model, sample_data,

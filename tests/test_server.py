@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, run_cli
-from test_scale_servers import _free_port, _wait, postgres, s3  # noqa: F401 - shared service fixtures
+from services_support import free_port, postgres, s3, wait_healthy  # noqa: F401 - fixtures (one database and bucket per module)
 
 ADMIN, ADMIN_PW = "admin", "admin-pw-4242"
 DB_PW = "db-pw-not-in-argv-91"
@@ -36,10 +36,10 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> int:
 def _start_server(args: list[str], env: dict, log: Path):
     import psutil
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(BIN / "model-garden"), "server", "--port", str(port), *args],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    _wait(f"http://127.0.0.1:{port}/health", proc, log, timeout=300)
+    wait_healthy(f"http://127.0.0.1:{port}/health", proc, log, timeout=300)
     return proc, f"http://127.0.0.1:{port}", psutil.Process(proc.pid).children(recursive=True)
 
 

@@ -189,29 +189,34 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
 
 
 def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path):
-    """`mlflow run . -e sweep`: every parameter defaults to "" (not given); the run MLflow created is
-    the parent of the trials."""
+    """`mlflow run . -e sweep`: no declared parameter, so one not given is absent (not ""); sweep options
+    keep their names (max_emissions_kg -> --max-emissions-kg), training fields become --set; the run
+    MLflow created is the parent of the trials."""
     import yaml
     from mlflow.tracking import MlflowClient
 
     from conftest import ROOT
 
     entry = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]["sweep"]
-    assert all(p["default"] == "" for p in entry["parameters"].values())
-    assert all(f"--if-given {k}={{{k}}}" in entry["command"] for k in entry["parameters"])
+    assert not entry.get("parameters") and "--if-given" not in entry["command"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", "sweep", "--env-manager", "local",
            "-P", f"base_model={tiny_model}", "-P", f"dataset={sample_data}", "-P", "max_steps=4",
-           "-P", "grid=seed=1,2", "-P", "objective=loss_final", "-P", "pruner=none", "-P", "register=none",
+           "-P", "grid=seed=1,2", "-P", "trials=2", "-P", "objective=loss_final", "-P", "pruner=none",
+           "-P", "register=none", "-P", "max_emissions_kg=1.0", "-P", "lora_r=4",
            "-P", "carbon=false", "-P", "system_metrics=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient()
     parents = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], "tags.mg.run_kind = 'sweep'")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    params = parents[0].data.params
+    assert (params["sweep.trials"], params["sweep.max_emissions_kg"], params["sweep.objective"],
+            params["sweep.pruner"], params["sweep.register"]) == ("2", "1.0", "loss_final", "none", "none")
     children = _children(client, parents[0].info.run_id)
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
     assert all(c.info.status == "FINISHED" and c.data.params["max_steps"] == "4" for c in children)
+    assert all(c.data.params["lora_r"] == "4" and "carbon/total_emissions_kg" not in c.data.metrics for c in children)
 
 
 def test_parallel_workers_share_one_study(mg_home, tiny_model, sample_data):

@@ -13,8 +13,9 @@ import urllib.request
 import pytest
 
 from chromium_support import CHROMIUM, dump_and_shot, scrolled_text
-from compare_support import train_pair
+from compare_support import pair_store  # noqa: F401 - fixture
 from conftest import BIN, isolated_home
+from procs import stop_process
 # In CI (.ci/test installs Chromium) a missing browser fails the tests instead of skipping them.
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                 reason="headless Chromium is not installed")
@@ -27,10 +28,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ui(tmp_path_factory, tiny_model, sample_data):
-    """Two runs + evaluations in a fresh store, and `model-garden ui --compare A --compare B` serving it."""
-    with isolated_home(tmp_path_factory.mktemp("ui-home")) as home:
-        pair = train_pair(tiny_model, sample_data)
+def ui(pair_store):
+    """Two runs + evaluations (the session's pair store), and `model-garden ui --compare A --compare B` serving it."""
+    with isolated_home(pair_store[0]) as home:
+        pair = pair_store[1]
         port = _free_port()
         log = home / "ui.log"
         cmd = [str(BIN / "model-garden"), "ui", "--port", str(port), "--open",
@@ -41,8 +42,9 @@ def ui(tmp_path_factory, tiny_model, sample_data):
         browser.write_text(f'#!/bin/sh\necho "$1" > {opened}\n')
         browser.chmod(0o755)
         with open(log, "w") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                    env={**os.environ, "BROWSER": str(browser)}, start_new_session=True)
+            # one uvicorn worker (MLflow's own MLFLOW_WORKERS; default 4 processes) is plenty for one browser
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, "BROWSER": str(browser), "MLFLOW_WORKERS": "1"})
         try:
             deadline = time.time() + 180
             while time.time() < deadline:
@@ -56,12 +58,7 @@ def ui(tmp_path_factory, tiny_model, sample_data):
                          if line.startswith(("training runs of", "compare 2 runs")))
             yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
         finally:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+            stop_process(proc, timeout=30, group=True)
 
 
 def _chromium(tmp_path, url: str, shot: str) -> str:

@@ -10,19 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, ROOT, isolated_home
+from conftest import BIN, ROOT
 from vision_support import COLOURS, SHAPES, shapes, tiny_vl, train_vl  # noqa: F401 - fixtures
 
 
 @pytest.fixture(scope="module")
-def vl_home(tmp_path_factory):
-    """One sqlite store for this module's runs."""
-    with isolated_home(tmp_path_factory.mktemp("vl-home")) as home:
-        yield home
-
-
-@pytest.fixture(scope="module")
-def vl_lora(vl_home, tiny_vl, shapes):
+def vl_lora(module_home, tiny_vl, shapes):
     return train_vl(tiny_vl, shapes, max_steps=120, register_as="tiny-vl-lora", alias="champion",
                     eval_split=0.1, eval_steps=60)
 
@@ -87,7 +80,7 @@ def test_registered_version_reloads_and_answers_a_new_image(vl_lora, tmp_path):
     assert generate_answer(model, proc, str(image), questions[1], 8) == answers[1]
 
 
-def test_merged_with_vision_lora_registers_a_deployable_folder(vl_home, tiny_vl, shapes, tmp_path):
+def test_merged_with_vision_lora_registers_a_deployable_folder(module_home, tiny_vl, shapes, tmp_path):
     import mlflow
 
     result = train_vl(tiny_vl, shapes, max_steps=20, save_method="merged_16bit", finetune_vision_layers=True,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import console
+from mg_mlflow.cli.base import MlflowParamsCommand, console
 
 
 def _int(value: str | None, option: str, default: int | None) -> int | None:
-    """Numbers arrive as text so that MLproject's "" (not given) and "64.0" both work."""
+    """Numbers arrive as text so that "64.0" (a number as `mlflow run -P` may spell it) works; "" = not given."""
     from mg_mlflow.errors import MGError
 
     if value in (None, ""):
@@ -22,16 +22,7 @@ def _int(value: str | None, option: str, default: int | None) -> int | None:
     return int(number)
 
 
-def _bool(value: str, option: str) -> bool:
-    from mg_mlflow.errors import MGError
-
-    text = value.strip().lower()
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise MGError(f"{option} must be true or false, got {value!r}")
-    return text in ("true", "1", "yes")
-
-
-@click.command("evaluate")
+@click.command("evaluate", cls=MlflowParamsCommand)  # -P tasks_dir=x -P carbon=false work under `mlflow run`
 @click.argument("model_uri")
 @click.option("--dataset", "-d", required=True, help="JSONL/JSON/CSV/Parquet with references (training format)")
 @click.option("--deployment", default="", help="evaluate through this running deployment (fast path)")
@@ -44,11 +35,10 @@ def _bool(value: str, option: str) -> bool:
 @click.option("--limit", default="", help="evaluate the first N records only")
 @click.option("--force", is_flag=True, help="evaluate again even if this version was evaluated on this data")
 @click.option("--carbon/--no-carbon", default=True, show_default=True, help="measure the evaluation's energy/CO2")
-@click.option("--carbon-value", default="", hidden=True, help="MLproject form of --carbon: true|false")
 @click.option("--api-key", envvar="MG_API_KEY", default=None, help="the deployment's API key (env MG_API_KEY)")
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
 def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, max_new_tokens, concurrency,
-                 batch_size, limit, force, carbon, carbon_value, api_key, as_json):
+                 batch_size, limit, force, carbon, api_key, as_json):
     """Evaluate MODEL_URI on a dataset with reference answers and record it in MLflow.
 
     Metrics: eval/loss and eval/perplexity (teacher forcing on the answers, the training masking),
@@ -66,13 +56,13 @@ def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, 
       model-garden evaluate models:/tiny-lora/3 -d heldout.jsonl --deployment tiny-lora --concurrency 16
       model-garden evaluate models:/tiny-lora/3 -d heldout.jsonl --task mytask --tasks-dir ./lm_tasks
       model-garden evaluate models:/support-bot@prod -d tickets.jsonl --json-schema ticket.schema.json
+      mlflow run . -e evaluate --env-manager local -P model_uri=models:/tiny-lora/3 \\
+          -P dataset=$PWD/heldout.jsonl -P max_new_tokens=32 -P carbon=false
     """
     import json
 
     from mg_mlflow.evaluation.runner import EvalOptions, evaluate
 
-    if carbon_value:
-        carbon = _bool(carbon_value, "carbon")
     opts = EvalOptions(dataset=dataset, deployment=deployment or None, tasks=tuple(t for t in tasks if t),
                        tasks_dir=tasks_dir or None, json_schema=json_schema or None,
                        max_new_tokens=_int(max_new_tokens, "--max-new-tokens", 64),

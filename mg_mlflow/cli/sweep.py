@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import config_options, console, print_kv
+from mg_mlflow.cli.base import MlflowParamsCommand, config_options, console, print_kv
 from mg_mlflow.config import TrainConfig
-
-SWEEP_KEYS = {"modality", "grid", "space", "trials", "objective", "direction", "sampler", "pruner",
-              "parallel", "register", "max_emissions_kg", "resume"}
+from mg_mlflow.vision_config import VisionTrainConfig
 
 
-def _given(pairs) -> dict[str, str]:
-    """``--if-given key=value`` pairs whose value is not empty (MLproject parameters default to "")."""
-    out = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{item!r}: expected key=value", param_hint="--if-given")
-        if value.strip():
-            out[key.strip().replace("-", "_")] = value.strip()
-    return out
+class SweepCommand(MlflowParamsCommand):
+    """`mlflow run . -e sweep -P trials=4 -P lora_r=8`: training fields become ``--set`` (the vision
+    fields too, for ``-P modality=vision``); the sweep's own options keep their names."""
+
+    config_class = VisionTrainConfig
+    config_skip = ("resume", "checkpoint_artifacts")  # --resume is the sweep's own option
 
 
-@click.command("sweep", context_settings={"max_content_width": 110})
+@click.command("sweep", cls=SweepCommand, context_settings={"max_content_width": 110})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML recipe with the fixed training options (as for `train`)")
 @click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE", help="override a fixed option, repeatable")
@@ -48,11 +42,9 @@ def _given(pairs) -> dict[str, str]:
 @click.option("--max-emissions-kg", type=float, default=None,
               help="carbon budget: no new trial starts once the summed emissions would pass it")
 @click.option("--resume", default=None, metavar="SWEEP_RUN_ID", help="continue an interrupted sweep (its parent run id)")
-@click.option("--if-given", "if_given", multiple=True, hidden=True,
-              help="KEY=VALUE used only when VALUE is not empty (the MLproject entry point)")
-@config_options(TrainConfig, skip=("resume", "checkpoint_artifacts"))
+@config_options(TrainConfig, skip=SweepCommand.config_skip)
 def sweep_cmd(config_file, set_args, modality, grid, space, trials, objective, direction, sampler, pruner,
-              pruner_startup_trials, pruner_warmup_steps, parallel, register, max_emissions_kg, resume, if_given,
+              pruner_startup_trials, pruner_warmup_steps, parallel, register, max_emissions_kg, resume,
               **options):
     """Search hyperparameters with Optuna: one parent MLflow run, one nested child run per trial.
 
@@ -78,17 +70,7 @@ def sweep_cmd(config_file, set_args, modality, grid, space, trials, objective, d
     from mg_mlflow.experiment.sweep import SweepSpec, run_sweep
 
     setup_env()
-    extra = _given(if_given)
-    sweep_extra = {k: v for k, v in extra.items() if k in SWEEP_KEYS}
-    config_file = config_file or extra.pop("config", None)
-    options.update({k: v for k, v in extra.items() if k not in SWEEP_KEYS})
-    if parallel is None and "parallel" in sweep_extra:
-        parallel = int(float(sweep_extra["parallel"]))
-    resume = resume or sweep_extra.get("resume")
-    knobs = {"trials": trials if trials is not None else (int(float(sweep_extra["trials"])) if "trials" in sweep_extra else None),
-             "parallel": parallel,
-             "max_emissions_kg": max_emissions_kg if max_emissions_kg is not None else
-             (float(sweep_extra["max_emissions_kg"]) if "max_emissions_kg" in sweep_extra else None)}
+    knobs = {"trials": trials, "parallel": parallel, "max_emissions_kg": max_emissions_kg}
     out = console()
     if resume:
         fixed = [k for k, v in options.items() if v is not None] + (["--config"] if config_file else []) + \
@@ -99,17 +81,12 @@ def sweep_cmd(config_file, set_args, modality, grid, space, trials, objective, d
         result = run_sweep(resume=resume, echo=out.print, overrides=knobs)
     else:
         spec = SweepSpec(options=options, config_file=config_file or "", set_args=list(set_args),
-                         modality=modality or sweep_extra.get("modality", "text"),
-                         grid=list(grid) + ([sweep_extra["grid"]] if "grid" in sweep_extra else []),
-                         space=list(space) + ([sweep_extra["space"]] if "space" in sweep_extra else []),
-                         trials=knobs["trials"] or 0, objective=objective or sweep_extra.get("objective", "eval_loss_final"),
-                         direction=direction or sweep_extra.get("direction", ""),
-                         sampler=sampler or sweep_extra.get("sampler", "tpe"),
-                         pruner=pruner or sweep_extra.get("pruner", "median"),
+                         modality=modality or "text", grid=list(grid), space=list(space), trials=trials or 0,
+                         objective=objective or "eval_loss_final", direction=direction or "",
+                         sampler=sampler or "tpe", pruner=pruner or "median",
                          pruner_startup_trials=2 if pruner_startup_trials is None else pruner_startup_trials,
                          pruner_warmup_steps=pruner_warmup_steps or 0, parallel=parallel or 1,
-                         register=register or sweep_extra.get("register", "best"),
-                         max_emissions_kg=knobs["max_emissions_kg"] or 0.0,
+                         register=register or "best", max_emissions_kg=max_emissions_kg or 0.0,
                          seed=int(float(options.get("seed") or 42)))
         result = run_sweep(spec, echo=out.print)
     best = result.best

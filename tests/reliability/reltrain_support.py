@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from procs import stop_process
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,13 +58,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=timeout)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+    """A training or server started in its own session: ``sig`` to its group, SIGKILL after ``timeout``."""
+    stop_process(proc, sig, timeout, group=True)
 
 
 def free_port() -> int:

@@ -10,9 +10,19 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import BIN, run_cli
 from deploy_rel_support import fake_engine_args, processes_with, wait_for
 from deploy_support import free_port, group_alive, stop_everything
+
+
+@pytest.fixture(autouse=True)
+def _stop_deployments(mg_home):
+    """Every test ends with no deployment left in its MG_HOME (mg_home: still set while this stops
+    them), whether it passed, failed or failed to deploy."""
+    yield
+    stop_everything()
 
 
 def _folder() -> Path:
@@ -35,18 +45,15 @@ def test_two_deploys_for_one_port_one_wins_the_other_launches_nothing(tiny_model
            *fake_engine_args(markers, bind_delay=3.0)]
     procs = [subprocess.Popen([*cmd, "--name", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=dict(os.environ)) for name in ("first", "second")]
-    try:
-        outs = [p.communicate(timeout=180) for p in procs]
-        codes = [p.returncode for p in procs]
-        assert sorted(codes) == [0, 2], outs
-        winner, loser = ("first", "second") if codes[0] == 0 else ("second", "first")
-        err = outs[codes.index(2)][1]
-        assert f"port {port} is already in use" in err and "Traceback" not in err, err
-        assert len(list(markers.glob("*.started"))) == 1  # the loser launched nothing
-        assert json.loads((_folder() / f"{winner}.json").read_text())["port"] == port
-        assert not (_folder() / f"{loser}.json").exists() and not (_folder() / f"{loser}.log").exists()
-    finally:
-        stop_everything()
+    outs = [p.communicate(timeout=180) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    winner, loser = ("first", "second") if codes[0] == 0 else ("second", "first")
+    err = outs[codes.index(2)][1]
+    assert f"port {port} is already in use" in err and "Traceback" not in err, err
+    assert len(list(markers.glob("*.started"))) == 1  # the loser launched nothing
+    assert json.loads((_folder() / f"{winner}.json").read_text())["port"] == port
+    assert not (_folder() / f"{loser}.json").exists() and not (_folder() / f"{loser}.log").exists()
 
 
 def test_two_deploys_of_one_name_one_wins(tiny_model, mg_home, tmp_path):
@@ -56,51 +63,42 @@ def test_two_deploys_of_one_name_one_wins(tiny_model, mg_home, tmp_path):
            *fake_engine_args(markers, bind_delay=3.0)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
              for _ in range(2)]
-    try:
-        outs = [p.communicate(timeout=180) for p in procs]
-        codes = [p.returncode for p in procs]
-        assert sorted(codes) == [0, 2], outs
-        err = " ".join(outs[codes.index(2)][1].split())
-        # while the winner starts: "being started"; once it is up: "already running"
-        assert "deployment 'same' is being started" in err or "deployment 'same' is already running" in err, err
-        assert len(list(markers.glob("*.started"))) == 1
-        assert len(list(_folder().glob("*.json"))) == 1
-    finally:
-        stop_everything()
+    outs = [p.communicate(timeout=180) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], outs
+    err = " ".join(outs[codes.index(2)][1].split())
+    # while the winner starts: "being started"; once it is up: "already running"
+    assert "deployment 'same' is being started" in err or "deployment 'same' is already running" in err, err
+    assert len(list(markers.glob("*.started"))) == 1
+    assert len(list(_folder().glob("*.json"))) == 1
 
 
 def test_sigkilled_engine_shows_dead_and_leaves_no_child(tiny_model, mg_home, tmp_path):
     record = _deploy(tiny_model, "crashy", tmp_path)
     pgid = record["pgid"]
-    try:
-        members = group_alive(pgid)
-        assert record["pid"] in members and record["guard_pid"] in members and len(members) == 3  # + engine child
-        os.kill(record["pid"], signal.SIGKILL)
-        wait_for(lambda: group_alive(pgid) == [], 30, "the guard to end the orphaned engine child")
-        rows = {r["name"]: r for r in json.loads(run_cli(["deployments", "list", "--json"]).stdout)}
-        assert rows["crashy"]["status"] == "dead"
-        assert f"# guard: vLLM pid {record['pid']} exited" in Path(record["log_file"]).read_text()
-        res = run_cli(["deployments", "stop", "crashy"])
-        assert res.returncode == 0 and not (_folder() / "crashy.json").exists()
-    finally:
-        stop_everything()
+    members = group_alive(pgid)
+    assert record["pid"] in members and record["guard_pid"] in members and len(members) == 3  # + engine child
+    os.kill(record["pid"], signal.SIGKILL)
+    wait_for(lambda: group_alive(pgid) == [], 30, "the guard to end the orphaned engine child")
+    rows = {r["name"]: r for r in json.loads(run_cli(["deployments", "list", "--json"]).stdout)}
+    assert rows["crashy"]["status"] == "dead"
+    assert f"# guard: vLLM pid {record['pid']} exited" in Path(record["log_file"]).read_text()
+    res = run_cli(["deployments", "stop", "crashy"])
+    assert res.returncode == 0 and not (_folder() / "crashy.json").exists()
 
 
 def test_stop_after_a_crash_ends_the_orphans(tiny_model, mg_home, tmp_path):
     """Guard and engine both SIGKILLed (nothing left to clean up by itself): `stop` ends the orphan."""
     record = _deploy(tiny_model, "orphans", tmp_path)
     pgid = record["pgid"]
-    try:
-        os.kill(record["guard_pid"], signal.SIGKILL)
-        os.kill(record["pid"], signal.SIGKILL)
-        wait_for(lambda: record["pid"] not in group_alive(pgid), 10, "the engine to die")
-        orphans = group_alive(pgid)
-        assert len(orphans) == 1 and orphans[0] not in (record["pid"], record["guard_pid"])
-        res = run_cli(["deployments", "stop", "orphans"])
-        assert res.returncode == 0, res.stderr
-        assert group_alive(pgid) == [] and not (_folder() / "orphans.json").exists()
-    finally:
-        stop_everything()
+    os.kill(record["guard_pid"], signal.SIGKILL)
+    os.kill(record["pid"], signal.SIGKILL)
+    wait_for(lambda: record["pid"] not in group_alive(pgid), 10, "the engine to die")
+    orphans = group_alive(pgid)
+    assert len(orphans) == 1 and orphans[0] not in (record["pid"], record["guard_pid"])
+    res = run_cli(["deployments", "stop", "orphans"])
+    assert res.returncode == 0, res.stderr
+    assert group_alive(pgid) == [] and not (_folder() / "orphans.json").exists()
 
 
 def test_engine_crashing_at_start_leaves_nothing(tiny_model, mg_home, tmp_path):
@@ -128,19 +126,16 @@ def test_cli_update_moves_beside_and_keeps_options_and_key(tiny_model, mg_home, 
                   env={"MG_API_KEY": KEY}, timeout=120)
     assert res.returncode == 0, res.stderr
     old = json.loads((_folder() / "upd.json").read_text())
-    try:
-        res = run_cli(["deployments", "update", "upd", "--max-model-len", "256"], env={"MG_API_KEY": ""}, timeout=120)
-        assert res.returncode == 0, res.stdout + res.stderr
-        new = json.loads((_folder() / "upd.json").read_text())
-        assert new["port"] != old["port"] and f"port {old['port']} -> {new['port']}" in res.stdout
-        assert new["options"]["max_model_len"] == 256 and "--max-model-len 256" in new["command"]
-        assert {k: v for k, v in new["options"].items() if k not in ("max_model_len", "port")} == \
-               {k: v for k, v in old["options"].items() if k not in ("max_model_len", "port")}
-        assert _env_key(new["pid"]) == KEY and new["api_key_required"]  # read back from the old server
-        assert group_alive(old["pgid"]) == [] and len(list(tmp_path.glob("*.started"))) == 2
-        assert (_folder() / "upd.prev.log").is_file() and not (_folder() / "upd.next.log").exists()
-    finally:
-        stop_everything()
+    res = run_cli(["deployments", "update", "upd", "--max-model-len", "256"], env={"MG_API_KEY": ""}, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    new = json.loads((_folder() / "upd.json").read_text())
+    assert new["port"] != old["port"] and f"port {old['port']} -> {new['port']}" in res.stdout
+    assert new["options"]["max_model_len"] == 256 and "--max-model-len 256" in new["command"]
+    assert {k: v for k, v in new["options"].items() if k not in ("max_model_len", "port")} == \
+           {k: v for k, v in old["options"].items() if k not in ("max_model_len", "port")}
+    assert _env_key(new["pid"]) == KEY and new["api_key_required"]  # read back from the old server
+    assert group_alive(old["pgid"]) == [] and len(list(tmp_path.glob("*.started"))) == 2
+    assert (_folder() / "upd.prev.log").is_file() and not (_folder() / "upd.next.log").exists()
 
 
 def test_update_never_drops_the_key_of_a_protected_deployment(tiny_model, mg_home, tmp_path):
@@ -149,15 +144,12 @@ def test_update_never_drops_the_key_of_a_protected_deployment(tiny_model, mg_hom
                   env={"MG_API_KEY": KEY}, timeout=120)
     assert res.returncode == 0, res.stderr
     old = json.loads((_folder() / "locked.json").read_text())
-    try:
-        os.kill(old["pid"], signal.SIGKILL)
-        wait_for(lambda: group_alive(old["pgid"]) == [], 30, "the crashed deployment to be cleaned up")
-        res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": ""}, timeout=120)
-        assert res.returncode == 2 and "requires an API key" in res.stderr, res.stdout + res.stderr
-        assert len(list(tmp_path.glob("*.started"))) == 1  # nothing launched
-        res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": KEY}, timeout=120)
-        assert res.returncode == 0, res.stdout + res.stderr
-        new = json.loads((_folder() / "locked.json").read_text())
-        assert new["port"] == old["port"] and _env_key(new["pid"]) == KEY  # a dead one restarts in place
-    finally:
-        stop_everything()
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: group_alive(old["pgid"]) == [], 30, "the crashed deployment to be cleaned up")
+    res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": ""}, timeout=120)
+    assert res.returncode == 2 and "requires an API key" in res.stderr, res.stdout + res.stderr
+    assert len(list(tmp_path.glob("*.started"))) == 1  # nothing launched
+    res = run_cli(["deployments", "update", "locked"], env={"MG_API_KEY": KEY}, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    new = json.loads((_folder() / "locked.json").read_text())
+    assert new["port"] == old["port"] and _env_key(new["pid"]) == KEY  # a dead one restarts in place
