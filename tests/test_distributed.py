@@ -152,7 +152,7 @@ def _left_in_session(sid: int, wait_s: float = 30.0) -> list[int]:
 
 
 def test_num_gpus_is_an_mlproject_parameter_and_a_validated_field():
-    from mg_mlflow.cli.train import mlflow_params_to_set
+    from mg_mlflow.cli.base import mlflow_params_to_set
     from mg_mlflow.config import TrainConfig, build_config
 
     # `mlflow run . -e train -P num_gpus=2` reaches the entry point as `--num_gpus 2`

@@ -27,7 +27,7 @@ def test_entry_points_declare_no_parameter_that_could_override_a_recipe():
 
 
 def test_mlflow_extra_parameters_become_set_overrides():
-    from mg_mlflow.cli.train import mlflow_params_to_set
+    from mg_mlflow.cli.base import mlflow_params_to_set
     from mg_mlflow.config import TrainConfig
     from mg_mlflow.vision_config import VisionTrainConfig
 

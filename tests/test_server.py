@@ -165,13 +165,17 @@ def test_server_plan_defaults_and_refusals(tmp_path, monkeypatch):
     for key in ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_USERNAME",
                 "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", raising=False)
+    off = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # MLflow's unused job runner: 8 processes
     plan = plan_server()
     argv = plan.argv
     assert argv[argv.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert argv[argv.index("--artifacts-destination") + 1] == str(tmp_path / "mlartifacts")
-    assert "--serve-artifacts" in argv and argv[argv.index("--host") + 1] == "127.0.0.1" and not plan.env
+    assert "--serve-artifacts" in argv and argv[argv.index("--host") + 1] == "127.0.0.1" and plan.env == off
     plan = plan_server(backend_store_uri="postgresql://mlflow:s3cr3t@db:5432/mlflow")
-    assert "s3cr3t" not in " ".join(plan.argv) and plan.env == {"PGPASSWORD": "s3cr3t"}
+    assert "s3cr3t" not in " ".join(plan.argv) and plan.env == {**off, "PGPASSWORD": "s3cr3t"}
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "true")  # the user's own choice wins
+    assert plan_server().env == {}
     with pytest.raises(MGError, match="admin account"):
         plan_server(auth=True)
     monkeypatch.setenv("MLFLOW_AUTH_ADMIN_USERNAME", "admin")

@@ -86,7 +86,11 @@ def mlflow_params_to_args(args: list[str], command: click.Command | None = None,
     - one of ``command``'s own options spelled with ``_`` -> its ``--dashed-name`` (``--tasks_dir x``
       -> ``--tasks-dir x``); a flag with a true/false word -> the flag or its ``--no-`` form.
     """
-    hints = typing.get_type_hints(config_class) if config_class else {}
+    hints = {}
+    if config_class:
+        from mg_mlflow.config import RENAMED  # old names (packing) still reach the config, which maps them
+
+        hints = {**{old: typ for old, (typ, _new, _map) in RENAMED.items()}, **typing.get_type_hints(config_class)}
     flags = {}  # "--name" -> (on, off) for boolean flags of the command
     names = set()
     for param in command.params if command else ():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import config_options, console, print_kv
+from mg_mlflow.cli.base import MlflowParamsCommand, config_options, console, print_kv
 from mg_mlflow.config import TrainConfig
 from mg_mlflow.vision_config import VisionTrainConfig
 
@@ -44,34 +44,6 @@ VISION_HELP = """Fine-tune a vision-language model (Qwen2.5-VL family), log it t
 
     Under `mlflow run . -e train_vision`, the run MLflow created (MLFLOW_RUN_ID) is used.
     """
-
-
-BOOL_WORDS = {"1", "0", "true", "false", "yes", "no", "on", "off"}
-
-
-def mlflow_params_to_set(args: list[str], cls: type) -> list[str]:
-    """``mlflow run -P key=value`` reaches an entry point with no declared parameters as
-    ``--key value`` (MLflow's "extra parameters", logged only when given): turn each such pair for a
-    config field into ``--set key=value``, so a parameter the user gave outranks the recipe and one
-    they did not give is simply absent. ``--lora-r 8`` and ``--carbon`` (flags) pass unchanged."""
-    import typing
-
-    from mg_mlflow.config import RENAMED
-
-    hints = {**{old: typ for old, (typ, new, _) in RENAMED.items()}, **typing.get_type_hints(cls)}
-    out, i = [], 0
-    while i < len(args):
-        token = args[i]
-        name = token[2:] if token.startswith("--") and "=" not in token else ""
-        if name in hints and i + 1 < len(args):
-            value = args[i + 1]
-            if hints[name] is bool and value.lower() in BOOL_WORDS or hints[name] is not bool and "_" in name:
-                out += ["--set", f"{name}={value}"]
-                i += 2
-                continue
-        out.append(token)
-        i += 1
-    return out
 
 
 def train_options(cls: type, example_yaml: str):
@@ -115,13 +87,10 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
     return rows
 
 
-class TrainCommand(click.Command):
+class TrainCommand(MlflowParamsCommand):
     """A training command that also takes ``mlflow run``'s ``--key value`` parameters."""
 
     config_class: type = TrainConfig
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, mlflow_params_to_set(list(args), self.config_class))
 
 
 def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) -> click.Command:

@@ -118,13 +118,20 @@ def _auth_env(home: Path, auth_database_uri: str | None) -> dict[str, str]:
     return env
 
 
+
+def job_runner_off() -> dict[str, str]:
+    """MLflow 3's server also starts a job runner (8 Huey worker processes for GenAI scorer and trace
+    jobs) that Model Garden never uses: ~10-20 s of start-up and idle polling on a small machine.
+    Off unless the user set ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` themselves."""
+    return {} if "MLFLOW_SERVER_ENABLE_JOB_EXECUTION" in os.environ else {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
 def plan_server(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: str | None = None,
                 artifacts_destination: str | None = None, auth: bool = False, workers: int = 1,
                 auth_database_uri: str | None = None, allowed_hosts: str | None = None) -> ServerPlan:
     """The ``mlflow server`` argv and the environment it needs (nothing secret in argv)."""
     home = mg_home()
     home.mkdir(parents=True, exist_ok=True)
-    env: dict[str, str] = {}
+    env: dict[str, str] = job_runner_off()
     backend = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     _check_backend(backend)
     backend, password = split_password(backend)
