@@ -9,6 +9,7 @@ cache of deployments and their state files.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 DEFAULTS = {
@@ -59,3 +60,19 @@ def setup_env() -> Path:
     os.environ.setdefault("UNSLOTH_COMPILE_LOCATION", str(home / "unsloth_compiled_cache"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", default_tracking_uri())
     return home
+
+
+@contextmanager
+def scoped_env(**values: str | None):
+    """Set environment variables for the duration of a block and restore each one afterwards (unset
+    again if it was unset); a ``None`` value leaves that variable as it is."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -10,9 +10,9 @@ is needed. Each task's numeric metrics are returned as ``eval/<task>/<metric>``.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
+from mg_mlflow.env import scoped_env
 from mg_mlflow.errors import MGError
 
 
@@ -44,20 +44,6 @@ def check_tasks(tasks: list[str], tasks_dir: str | None):
                       hint=(f"did you mean {', '.join(near)}? " if near else "")
                       + "define a task as YAML in a folder and pass --tasks-dir FOLDER")
     return manager
-
-
-@contextmanager
-def _env(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: v for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def api_backend_missing() -> list[str]:
@@ -105,7 +91,7 @@ def run_tasks(tasks: list[str], manager, model: str, model_args: dict, api_key: 
     """(``eval/<task>/<metric>`` numbers, lm-eval's results dict) for ``tasks``."""
     import lm_eval
 
-    with _env(OPENAI_API_KEY=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"):
+    with scoped_env(OPENAI_API_KEY=api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"):
         try:
             out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(tasks),
                                           task_manager=manager, limit=limit, log_samples=False,

@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow.env import scoped_env
 from mg_mlflow.experiment.space import suggest, trial_name
 
 
@@ -72,15 +73,8 @@ def train_function(modality: str):
 @contextmanager
 def attached(run_id: str):
     """``MLFLOW_RUN_ID`` pointing at the child while the block runs (restored afterwards)."""
-    before = os.environ.get("MLFLOW_RUN_ID")
-    os.environ["MLFLOW_RUN_ID"] = run_id
-    try:
+    with scoped_env(MLFLOW_RUN_ID=run_id):
         yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_RUN_ID", None)
-        else:
-            os.environ["MLFLOW_RUN_ID"] = before
 
 
 def _end(client, run_id: str, status: str, tags: dict[str, str]) -> None:

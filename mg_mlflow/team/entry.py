@@ -47,6 +47,8 @@ def end_open_runs(job_id: str, status: str, reason: str) -> list[str]:
     """Set every still-RUNNING run tagged ``mg.job_id=job_id`` to ``status``; returns their ids."""
     import mlflow
 
+    from mg_mlflow.tracking.liveness import end_open_run
+
     client = mlflow.tracking.MlflowClient()
     ended = []
     exp_ids = [e.experiment_id for e in client.search_experiments()]
@@ -54,8 +56,7 @@ def end_open_runs(job_id: str, status: str, reason: str) -> list[str]:
         return ended
     for run in client.search_runs(exp_ids, filter_string=f"tags.`mg.job_id` = '{job_id}'"):
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "mg.error", reason)
-            client.set_terminated(run.info.run_id, status)
+            end_open_run(client, run.info.run_id, status, reason)
             ended.append(run.info.run_id)
     return ended
 

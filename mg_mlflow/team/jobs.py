@@ -80,14 +80,16 @@ def reconcile(job_id: str, ray_state: str, runs: list) -> list:
     end the run): end the run as KILLED (stopped) or FAILED, so both sides agree."""
     import mlflow
 
+    from mg_mlflow.tracking.liveness import end_open_run
+
     if ray_state not in RUN_STATUS_FOR:
         return runs
     client = mlflow.tracking.MlflowClient()
     fixed = []
     for run in runs:
         if run.info.status == "RUNNING":
-            client.set_tag(run.info.run_id, "mg.error", f"Ray job {job_id} ended {ray_state} while this run was open")
-            client.set_terminated(run.info.run_id, RUN_STATUS_FOR[ray_state])
+            end_open_run(client, run.info.run_id, RUN_STATUS_FOR[ray_state],
+                         f"Ray job {job_id} ended {ray_state} while this run was open")
             run = client.get_run(run.info.run_id)
         fixed.append(run)
     return fixed

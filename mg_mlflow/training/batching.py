@@ -18,10 +18,10 @@ mode are logged as the params ``batching`` and ``batching_resolved``.
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 
 from mg_mlflow.config import BATCHING
+from mg_mlflow.env import scoped_env
 from mg_mlflow.errors import MGError
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
@@ -137,12 +137,5 @@ def unsloth_choice(mode: str, backend: str):
     if backend != "unsloth":
         yield
         return
-    before = os.environ.get("UNSLOTH_PADDING_CHOICE")
-    os.environ["UNSLOTH_PADDING_CHOICE"] = "padded" if mode == "padded" else "padding_free"
-    try:
+    with scoped_env(UNSLOTH_PADDING_CHOICE="padded" if mode == "padded" else "padding_free"):
         yield
-    finally:
-        if before is None:
-            os.environ.pop("UNSLOTH_PADDING_CHOICE", None)
-        else:
-            os.environ["UNSLOTH_PADDING_CHOICE"] = before

@@ -224,6 +224,7 @@ def end_failed_run(run_id: str, code: int, stopped_by: str | None) -> None:
     its record."""
     import mlflow
 
+    from mg_mlflow.tracking.liveness import end_open_run
     from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
@@ -240,5 +241,4 @@ def end_failed_run(run_id: str, code: int, stopped_by: str | None) -> None:
     else:
         why = f"a training process (rank) failed: torchrun exited with code {code}; see the console output"
     earlier = run.data.tags.get("mg.error")
-    client.set_tag(run_id, "mg.error", f"{why} ({earlier})"[:4000] if earlier and earlier != why else why)
-    client.set_terminated(run_id, target)
+    end_open_run(client, run_id, target, f"{why} ({earlier})"[:4000] if earlier and earlier != why else why)

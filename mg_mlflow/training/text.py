@@ -25,8 +25,9 @@ def load_data(cfg: TrainConfig):
     return split_eval(train, cfg.eval_split, cfg.seed)
 
 
-def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str):
-    """TRL's ``SFTConfig`` for the run, batching included (:mod:`mg_mlflow.training.batching`)."""
+def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str, mode: str | None = None):
+    """TRL's ``SFTConfig`` for the run, batching included (``mode``: the resolved batching, else
+    resolved here by :func:`mg_mlflow.training.batching.resolve_batching`)."""
     from trl import SFTConfig
 
     from mg_mlflow.training.batching import resolve_batching, sft_kwargs
@@ -34,7 +35,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str)
 
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, **sft_kwargs(resolve_batching(cfg, backend), backend),
+        max_length=cfg.max_seq_length, **sft_kwargs(mode or resolve_batching(cfg, backend), backend),
         completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
     )
 
@@ -75,14 +76,15 @@ class TextModality:
         eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
         with batching.unsloth_choice(mode, backend):
             trainer = SFTTrainer(
-                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend),
+                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend, mode),
                 data_collator=batching.data_collator(mode, backend, tokenizer),
                 train_dataset=Dataset.from_list(rows),
                 eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
                 processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-        if batching.effective_mode(trainer) != mode:  # e.g. Unsloth refusing packing for this model
-            raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into "
-                          f"{batching.effective_mode(trainer)}", hint="use --batching padded (or auto)")
+        got = batching.effective_mode(trainer)
+        if got != mode:  # e.g. Unsloth refusing packing for this model
+            raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into {got}",
+                          hint="use --batching padded (or auto)")
         if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
             raise no_answer_left(len(rows), cfg.max_seq_length)
         return trainer
