@@ -78,6 +78,9 @@ class TrainConfig:
     resume: str = _f("", "id of an interrupted run to continue from its last checkpoint: the SAME MLflow run "
                          "goes on (its config is the base; options given now override it)")
     logging_steps: int = _f(1, "log metrics every N steps")
+    metrics_sync_steps: int = _f(0, "read the per-step loss back from the GPU every N steps instead of every step "
+                                    "(every step still gets its point; no step waits for the device); "
+                                    "0 = auto: 10 on a GPU, 1 on the CPU")
     num_gpus: int = _f(1, "data-parallel training on N GPUs of this machine (torchrun; one MLflow run, one "
                           "registered version); MG_DDP_CPU=1 runs the N ranks on the CPU (gloo) instead")
     # where the result goes
@@ -108,6 +111,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_seq_length", "lora_r", "lora_alpha", "logging_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.metrics_sync_steps < 0:
+            problems.append(f"metrics_sync_steps must be >= 0 (0 = auto), got {self.metrics_sync_steps}")
         if self.num_gpus < 1:
             problems.append(f"num_gpus must be >= 1, got {self.num_gpus}")
         if self.max_steps == 0 or self.max_steps < -1:

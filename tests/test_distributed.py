@@ -43,7 +43,9 @@ def _runs(experiment: str):
 def test_two_ranks_make_one_run_and_one_version(ddp_home, tiny_model, sample_data):
     proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data),
                     "--max-steps", str(STEPS), "--batch-size", "2", "--learning-rate", "3e-3",
-                    "--num-gpus", "2", "--register-as", "ddp-tiny", "--experiment", "ddp", "--no-progress"],
+                    "--num-gpus", "2", "--register-as", "ddp-tiny", "--experiment", "ddp", "--no-progress",
+                    # the GPU default: losses and tokens read (all_reduced over the ranks) every 4 steps
+                    "--set", "metrics_sync_steps=4"],
                    env={"MG_DDP_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

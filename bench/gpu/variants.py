@@ -48,6 +48,8 @@ TOGGLES = {  # what each attribution variant switches OFF, relative to full trac
     "nocarbon": "codecarbon (NVML power sampling)",
     "loadseq": "load-time max_seq_length = 2048 instead of 512 (a cost ADDED, not removed)",
     "untracked": "all of logging, token counting, system metrics and carbon",
+    "sync1": "metrics_sync_steps=1: loss and tokens read from the GPU at every step (the Trainer's own "
+             "path, the default before issue 11's fix; a cost ADDED, not removed)",
 }
 
 
@@ -65,11 +67,14 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
                   Variant("mg", "unsloth", batching="padding_free")]
     batching_h = [Variant("bare", "hf", batching="packed"), Variant("mg", "hf", batching="packed"),
                   Variant("mg", "hf", batching="padding_free")]
-    attrib = [Variant("mg", "unsloth")] + [Variant("mg", "unsloth", toggle=t) for t in TOGGLES]
+    attrib = [Variant("mg", "unsloth")] + [Variant("mg", "unsloth", toggle=t) for t in TOGGLES if t != "sync1"]
+    # fixed-length rows: steps of equal work, so a platform cost is not lost in the var rows' noise
+    attrib_fixed = [Variant("bare", "unsloth", shape="fixed"), Variant("mg", "unsloth", shape="fixed")] + [
+        Variant("mg", "unsloth", shape="fixed", toggle=t) for t in ("sync1", "untracked", "nosys", "nocarbon")]
     qlora = [Variant(s, b, method="qlora") for b in ("unsloth", "hf") for s in ("bare", "mg")]
     ddp = [Variant("mg", "hf"), Variant("mg", "hf", num_gpus=2)]
     return {"parity": parity, "batching": batching_u + batching_h, "batching-u": batching_u,
-            "batching-h": batching_h, "attrib": attrib, "qlora": qlora, "ddp": ddp}
+            "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp}
 
 
 def select(spec: str, smoke: bool = False) -> list[Variant]:
@@ -130,6 +135,8 @@ def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment
         cli.append("--no-system-metrics")
     if v.toggle in ("nocarbon", "untracked"):
         cli.append("--no-carbon")
+    if v.toggle == "sync1":
+        cli += ["--set", "metrics_sync_steps=1"]
     if v.num_gpus > 1:
         cli += ["--set", f"num_gpus={v.num_gpus}"]
         return [sys.executable, "-m", "mg_mlflow", *cli]  # ranks are new processes: MLflow's figures only

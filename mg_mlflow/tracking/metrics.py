@@ -7,6 +7,11 @@ training (transformers' own MLflowCallback is switched off with ``report_to="non
 Points go through a local spool (:mod:`mg_mlflow.tracking.spool`): appended to
 ``<output_dir>/mlflow_spool_<run id>.jsonl`` first, then sent in the background with retries, so a
 tracking server that is down for a while costs no point and never stalls a step.
+
+On a GPU the per-step ``loss`` and ``learning_rate`` arrive in batches from
+:class:`mg_mlflow.training.step_stats.DeferredStepStats` (read from the device every N steps, so no step
+waits for it) through :meth:`MLflowMetricsCallback.on_steps`; the Trainer's own log then brings only
+``grad_norm`` and the evaluation and summary figures.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy",
 class MLflowMetricsCallback(TrainerCallback):
     """Log every ``on_log`` dict as MLflow metrics and keep the history for plots and tags."""
 
-    def __init__(self, progress: Any | None = None):
+    DEFERRED = ("loss", "learning_rate", "epoch", "num_input_tokens_seen")  # from on_steps when deferred
+
+    def __init__(self, progress: Any | None = None, logging_steps: int = 1):
+        self.deferred = False  # set by DeferredStepStats' owner: per-step points come through on_steps
+        self.logging_steps = logging_steps
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.progress = progress
         self._last_tokens: float | None = None
@@ -38,6 +47,7 @@ class MLflowMetricsCallback(TrainerCallback):
         self._step_ends: list[float] = []
         self.logged_through = -1  # a resumed run: steps up to here are already in MLflow
         self.spool = None  # opened at train begin, inside the run
+        self._max_steps = 0
 
     def continue_from(self, earlier) -> None:
         """A resumed run: keep the earlier segment's history, log no step twice."""
@@ -73,17 +83,35 @@ class MLflowMetricsCallback(TrainerCallback):
 
         self._last_time = time.perf_counter()
         self._last_tokens = 0.0
+        self._max_steps = state.max_steps
         run = mlflow.active_run()
         if run is not None and self.spool is None:
             self.spool = MetricSpool(self.spool_path(args.output_dir, run.info.run_id), run.info.run_id)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = dict(logs or {})
+        if self.deferred:  # these come per step through on_steps; the Trainer's are K-step averages
+            for key in self.DEFERRED:
+                logs.pop(key, None)
+        self._record(int(state.global_step), self._metrics_from(logs))
+
+    def on_steps(self, points: list[tuple[int, dict]], total_tokens: float, window_tokens: float,
+                 seconds: float) -> None:
+        """A batch of per-step points from DeferredStepStats; ``tokens_per_second`` over the batch."""
+        self.total_tokens = total_tokens
+        for i, (step, metrics) in enumerate(points):
+            last = i == len(points) - 1
+            if last and seconds > 0 and window_tokens > 0:
+                metrics = {**metrics, "tokens_per_second": window_tokens / seconds}
+            if step == 1 or step % self.logging_steps == 0 or last:
+                self._record(step, metrics)
+
+    def _record(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        metrics = self._metrics_from(logs or {})
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
         if not metrics:
             return
-        step = int(state.global_step)
         if step <= self.logged_through and "eval_loss" not in metrics:
             return  # recomputed after a resume: the first segment's point is kept
         for key, value in metrics.items():
@@ -95,7 +123,7 @@ class MLflowMetricsCallback(TrainerCallback):
         else:
             mlflow.log_metrics(metrics, step=step, synchronous=False)
         if self.progress is not None:
-            self.progress.update(step, state.max_steps, metrics)
+            self.progress.update(step, self._max_steps, metrics)
 
     def on_step_end(self, args, state, control, **kwargs):
         self._step_ends.append(time.perf_counter())

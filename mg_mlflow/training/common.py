@@ -123,7 +123,10 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
 
     from mg_mlflow.training.backends import torch_dtype
 
+    from mg_mlflow.training.step_stats import sync_every
+
     dtype = torch_dtype(cfg.dtype)
+    every = sync_every(cfg)  # > 1: loss and tokens are read every N steps by step_stats, not per step
     return dict(
         output_dir=str(output_dir / "checkpoints"), max_steps=cfg.max_steps, num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size,
@@ -131,13 +134,13 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=int(cfg.warmup_steps) if cfg.warmup_steps >= 1 else cfg.warmup_steps,
         weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
-        logging_steps=cfg.logging_steps, logging_first_step=True,
+        logging_steps=cfg.logging_steps if every == 1 else max(every, cfg.logging_steps), logging_first_step=True,
         eval_strategy="steps" if has_eval and cfg.eval_steps > 0 else "no", eval_steps=cfg.eval_steps or None,
         save_strategy="steps" if cfg.save_steps > 0 else "no", save_steps=cfg.save_steps or 500,
         gradient_checkpointing=cfg.gradient_checkpointing and backend == "hf",
         bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
         fp16=dtype == torch.float16 and torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding", report_to="none", disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding" if every == 1 else "no", report_to="none", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
     )
 
@@ -148,7 +151,7 @@ def training_callbacks(cfg, output_dir: Path, progress, earlier=None):
     from mg_mlflow.tracking import carbon
     from mg_mlflow.tracking.metrics import MLflowMetricsCallback
 
-    metrics_cb = MLflowMetricsCallback(progress)
+    metrics_cb = MLflowMetricsCallback(progress, logging_steps=cfg.logging_steps)
     callbacks = [metrics_cb]
     from mg_mlflow.training.distributed import job_gpu_ids
 

@@ -62,6 +62,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                            start_run_record, timed_train, train_summary, training_callbacks)
     from mg_mlflow.training.progress import TrainProgress
     from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
+    from mg_mlflow.training import step_stats
     from mg_mlflow.training.save import save_and_register
 
     tags = run_tags(modality.name, backend, cfg.method)
@@ -94,6 +95,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
+                step_stats.install(trainer, cfg, metrics_cb)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,

@@ -1,0 +1,135 @@
+"""Per-step loss and token counts kept on the device and read back every N steps.
+
+transformers' Trainer reads the loss (``.item()``) at every logging step and, with
+``include_num_input_tokens_seen``, the token count after every micro-batch: each read waits for the
+GPU to finish. Unsloth's steps are bound by how fast Python launches kernels, so a wait per step
+costs the launch time of the next step: measured on one H100 (issue 11, bench/gpu), per-step logging
+made `model-garden train --backend unsloth` 0.82x bare Unsloth on fixed-length rows.
+
+Here each optimizer step's loss (the sum of its micro-batches' losses, what the Trainer logs at
+``logging_steps=1``) and its real (non-pad) input tokens are added up on the device, and read back
+in one transfer every ``every`` steps (averaged, and summed, over the ranks of a distributed run,
+as the Trainer does). Every step still gets its ``loss`` and ``learning_rate`` point in MLflow;
+``grad_norm`` comes from the Trainer's own log, every ``every`` steps. ``every == 1`` is the
+Trainer's own path (no wrapper), used on the CPU, where nothing runs ahead of Python.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+GPU_EVERY = 10  # steps between reads on a GPU: one wait per 10 steps (bench/gpu, issue 11)
+
+
+def sync_every(cfg) -> int:
+    """``cfg.metrics_sync_steps``, 0 = auto: 1 on the CPU, :data:`GPU_EVERY` on a GPU."""
+    if cfg.metrics_sync_steps > 0:
+        return cfg.metrics_sync_steps
+    import torch
+
+    return GPU_EVERY if torch.cuda.is_available() else 1
+
+
+def count_tokens(inputs: dict, pad_token_id: int | None):
+    """Real input tokens of one micro-batch, as a device tensor (the Trainer's non_padding rule)."""
+    if "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    ids = inputs["input_ids"]
+    return (ids != pad_token_id).sum() if pad_token_id is not None else ids.new_tensor(ids.numel())
+
+
+class DeferredStepStats(TrainerCallback):
+    """Collect per-step loss/tokens without waiting for the device; hand them to ``sink`` in batches.
+
+    ``sink.on_steps(rows, tokens_total, seconds)`` gets ``[(step, {"loss", "learning_rate",
+    "epoch"}), ...]`` on the main rank; every rank takes part in the read (a collective when
+    distributed), so every rank must carry this callback.
+    """
+
+    def __init__(self, every: int, sink: Any | None = None):
+        self.every, self.sink = every, sink
+        self._loss = None  # this step's loss so far (device tensor)
+        self._tokens = None
+        self._rows: list[tuple[int, Any, Any, float, float]] = []
+        self._lr = 0.0
+        self._pad_id = None
+        self._since = time.perf_counter()
+        self.total_tokens = 0.0
+
+    def attach(self, trainer) -> None:
+        """Wrap ``trainer.training_step`` (an instance attribute: Unsloth's loop calls it too)."""
+        inner = trainer.training_step
+        proc = getattr(trainer, "processing_class", None)
+        self._pad_id = getattr(getattr(proc, "tokenizer", proc), "pad_token_id", None)
+
+        def training_step(model, inputs, *args, **kwargs):
+            loss = inner(model, inputs, *args, **kwargs)
+            detached = loss.detach()
+            tokens = count_tokens(inputs, self._pad_id).to(detached.device)
+            self._loss = detached if self._loss is None else self._loss + detached
+            self._tokens = tokens if self._tokens is None else self._tokens + tokens
+            return loss
+
+        trainer.training_step = training_step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._since = time.perf_counter()
+        self.total_tokens = float(state.num_input_tokens_seen or 0)
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if optimizer is not None:  # the rate this step used (the scheduler steps after this)
+            self._lr = float(optimizer.param_groups[0]["lr"])
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._loss is not None:
+            self._rows.append((int(state.global_step), self._loss, self._tokens, self._lr, float(state.epoch or 0)))
+            self._loss = self._tokens = None
+        if state.global_step % self.every == 0 or (state.max_steps and state.global_step >= state.max_steps):
+            self.flush(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.flush(state)
+
+    def flush(self, state) -> None:
+        """One read of every step collected so far (on every rank at the same steps)."""
+        if not self._rows:
+            return
+        import torch
+
+        from mg_mlflow.training import distributed
+
+        rows, self._rows = self._rows, []
+        losses = torch.stack([r[1].float().reshape(()) for r in rows])
+        tokens = torch.stack([r[2].reshape(()).to(torch.float64) for r in rows])
+        world = distributed.world_size()
+        if world > 1 and torch.distributed.is_initialized():
+            both = torch.cat([losses.to(torch.float64), tokens])
+            torch.distributed.all_reduce(both)  # SUM (gloo has no AVG): loss is the mean over ranks
+            losses, tokens = (both[:len(rows)] / world).float(), both[len(rows):]
+        loss_values, token_values = losses.tolist(), tokens.tolist()
+        now = time.perf_counter()
+        seconds, self._since = now - self._since, now
+        window_tokens = float(sum(token_values))
+        self.total_tokens += window_tokens
+        state.num_input_tokens_seen = int(self.total_tokens)  # for the carbon callback's per-token figures
+        if self.sink is not None:
+            points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
+                      for (step, _, _, lr, epoch), loss in zip(rows, loss_values)]
+            self.sink.on_steps(points, self.total_tokens, window_tokens, seconds)
+
+
+def install(trainer, cfg, metrics_cb) -> DeferredStepStats | None:
+    """On every rank: defer the per-step reads when ``sync_every(cfg) > 1``; ``metrics_cb`` (rank 0's
+    MLflow callback, None elsewhere) then takes its per-step points from here."""
+    every = sync_every(cfg)
+    if every == 1:
+        return None
+    stats = DeferredStepStats(every, sink=metrics_cb)
+    if metrics_cb is not None:
+        metrics_cb.deferred = True
+    stats.attach(trainer)
+    trainer.add_callback(stats)
+    return stats

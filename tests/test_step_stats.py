@@ -1,0 +1,40 @@
+"""Deferred per-step metrics (``metrics_sync_steps``, the GPU default): the loss is read from the device
+every N steps, yet MLflow gets exactly the points the Trainer's per-step path gives."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import train_tiny
+
+
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    import mlflow
+
+    return sorted((m.step, m.value) for m in mlflow.tracking.MlflowClient().get_metric_history(run_id, key))
+
+
+def test_deferred_reads_log_the_same_point_at_every_step(mg_home, tiny_model, sample_data):
+    runs = {every: train_tiny(tiny_model, sample_data, max_steps=7, batch_size=3, seed=3, register_as="none",
+                              metrics_sync_steps=every, experiment=f"sync-{every}") for every in (1, 4)}
+    per_step, deferred = runs[1], runs[4]
+    for key in ("loss", "learning_rate", "epoch"):
+        a, b = dict(_history(per_step.run_id, key)), _history(deferred.run_id, key)
+        assert [s for s, _ in b] == list(range(1, 8)), key  # every step, once (flushed at 4 and at 7)
+        assert [v for _, v in b] == pytest.approx([a[s] for s, _ in b], rel=1e-5), key
+    assert deferred.metrics["trained_tokens"] == per_step.metrics["trained_tokens"] > 0  # no pad token counted
+    assert deferred.metrics["loss_final"] == pytest.approx(per_step.metrics["loss_final"], rel=1e-5)
+    # grad_norm comes from the Trainer's own log, every N steps (and the first); throughput per read window
+    assert {s for s, _ in _history(deferred.run_id, "grad_norm")} == {1, 4}
+    assert {s for s, _ in _history(deferred.run_id, "tokens_per_second")} == {4, 7}
+    assert all(v > 0 for _, v in _history(deferred.run_id, "tokens_per_second"))
+
+
+def test_sync_steps_is_validated_and_auto_is_one_on_the_cpu(tmp_path):
+    from mg_mlflow.config import ConfigError, TrainConfig, build_config
+    from mg_mlflow.training.step_stats import sync_every
+
+    base = {"base_model": "m", "dataset": "d.jsonl"}
+    assert sync_every(build_config(TrainConfig, overrides=base)) == 1  # no GPU here: the Trainer's own path
+    assert sync_every(build_config(TrainConfig, overrides={**base, "metrics_sync_steps": 5})) == 5
+    with pytest.raises(ConfigError, match="metrics_sync_steps must be >= 0"):
+        build_config(TrainConfig, overrides={**base, "metrics_sync_steps": -1}).validate()
