@@ -113,10 +113,12 @@ def _row(variant, side, backend, tps, **kw):
 
 def test_ratios_pair_like_with_like():
     rows = [_row("bare-u", "bare", "unsloth", 20000.0), _row("mg-u", "mg", "unsloth", 19000.0),
-            _row("bare-h", "bare", "hf", 10000.0), _row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0),
+            _row("bare-h", "bare", "hf", 10000.0), _row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0,
+                                                                   mg_tokens_per_s_last=10000.0),
             _row("mg-u-nolog", "mg", "unsloth", 19950.0, toggle="nolog"),
             _row("mg-u-packed", "mg", "unsloth", 38000.0, batching="packed"),
-            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0),
+            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0,
+                 mg_tokens_per_s_last=15000.0),
             _row("mg-h-1", "mg", "hf", 9400.0, shape="fixed", mg_tokens_per_s=10000.0),
             _row("broken", "bare", "hf", None, error="boom")]
     got = {(r["kind"], r["a"], r["b"]): r["ratio"] for r in parity_report.ratios(rows)}
@@ -125,11 +127,25 @@ def test_ratios_pair_like_with_like():
     assert got[("unsloth/hf tok/s", "mg-u", "mg-h")] == pytest.approx(2.0)
     assert got[("toggled/full tok/s", "mg-u-nolog", "mg-u")] == pytest.approx(1.05)
     assert got[("batching/padded tok/s", "mg-u-packed", "mg-u")] == pytest.approx(2.0)
-    assert got[("2 GPUs/1 tok/s (MLflow)", "mg-h-2", "mg-h")] == pytest.approx(2.0)
+    assert got[("2 GPUs/1 tok/s (MLflow, median)", "mg-h-2", "mg-h")] == pytest.approx(2.0)
+    assert got[("2 GPUs/1 tok/s (MLflow, last window)", "mg-h-2", "mg-h")] == pytest.approx(1.5)
     assert not any("broken" in k for k in got)  # a failed row pairs with nothing
     assert not any("mg-h-1" in k for k in got)  # fixed rows pair with no variable-length row
     assert got[("unsloth/hf tok/s", "bare-u", "bare-h")] == pytest.approx(2.0)
-    assert len(got) == 7
+    assert len(got) == 8
+
+
+def test_an_older_result_gets_its_last_window_from_the_exported_runs():
+    rows = [_row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0),
+            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0)]
+    res = {"meta": {}, "rows": rows, "ratios": parity_report.ratios(rows)}
+    exported = {"experiments": [{"name": "x", "runs": [
+        {"name": "mg-h", "history": {"tokens_per_second": [[20, 3000.0], [30, 6000.0], [10, 1000.0]]}},
+        {"name": "mg-h-2", "history": {"tokens_per_second": [[10, 7000.0], [30, 9000.0]]}}]}]}
+    parity_report.fill_last_window(res, exported)
+    assert [r["mg_tokens_per_s_last"] for r in res["rows"]] == [6000.0, 9000.0]  # the highest step's point
+    got = {r["kind"]: r["ratio"] for r in res["ratios"]}
+    assert got["2 GPUs/1 tok/s (MLflow, last window)"] == pytest.approx(1.5)
 
 
 def test_the_writer_refuses_cpu_results(tmp_path):

@@ -36,8 +36,11 @@ AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
     ("unsloth", "cuda"): ("padded", "measured: padded ~2x faster than padding-free on variable-length rows "
                                     "(H100, issue 11)"),
     ("unsloth", "cpu"): ("padded", CPU_WHY),
-    # Not measured otherwise: padded is TRL's default and the loss is the same in every mode.
-    ("hf", "cuda"): ("padded", "TRL's default; padding-free/packed not measured faster yet"),
+    # bench/results/2026-11-27-parity/lease1-h100 (one H100, rows of 64-511 tokens, batch 8): hf padded
+    # 5,318 tok/s vs padding-free 3,551 (no flash-attn wheel for torch 2.11 cu130: SDPA over position
+    # ids); Unsloth padded 7,909 vs padding-free 4,881.
+    ("hf", "cuda"): ("padded", "measured: padded 1.5x faster than padding-free on variable-length rows "
+                               "without flash-attn (H100, issue 11)"),
     ("hf", "cpu"): ("padded", CPU_WHY),
 }
 
