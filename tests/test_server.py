@@ -101,6 +101,24 @@ def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tin
     plan = run_cli(["deploy", "models:/team-lora@champion", "--dry-run"], env=client_env)  # resolves through the server
     assert plan.returncode == 0 and "--enable-lora" in plan.stdout, plan.stdout + plan.stderr
 
+    # another machine: empty cache, only the tracking URI; the base resolves through the registry too,
+    # and the adapter from the bucket gives the trainer's own logits
+    monkeypatch.setenv("MG_HOME", str(tmp_path / "other-home"))
+    mlflow.set_tracking_uri(url)
+    import torch
+
+    from mg_mlflow.registry.loader import load_model_dir, load_transformers
+    from mg_mlflow.registry.resolve import resolve_model_uri
+
+    resolved = resolve_model_uri("models:/team-lora@champion")
+    assert resolved.version == str(mv.version) and str(tmp_path / "other-home") in str(resolved.local_dir)
+    assert resolved.metadata["base_model"]["uri"].startswith("models:/tiny-base/")
+    model, tok = load_transformers("models:/team-lora@champion")
+    local, _ = load_model_dir(tmp_path / "client-home" / "outputs" / run.info.run_id / "model")
+    enc = tok("Reverse the word.\nriver", return_tensors="pt")
+    with torch.no_grad():
+        assert (model(**enc).logits - local(**enc).logits).abs().max().item() <= 1e-5
+
     # evaluation against the server: metrics on the model, the table in the bucket, tags on the version
     held = sample_data.parent / "held-team.jsonl"
     held.write_text("".join(sample_data.read_text().splitlines(keepends=True)[:6]))

@@ -87,7 +87,10 @@ class DeferredStepStats(TrainerCallback):
         if self._loss is not None:
             self._rows.append((int(state.global_step), self._loss, self._tokens, self._lr, float(state.epoch or 0)))
             self._loss = self._tokens = None
-        if state.global_step % self.every == 0 or (state.max_steps and state.global_step >= state.max_steps):
+        # also before a checkpoint (its num_input_tokens_seen is then exact) and when a stop was asked
+        # for (the flags are set by the callbacks before this one, identically on every rank)
+        if (state.global_step % self.every == 0 or (state.max_steps and state.global_step >= state.max_steps)
+                or control.should_save or control.should_training_stop):
             self.flush(state)
 
     def on_train_end(self, args, state, control, **kwargs):
