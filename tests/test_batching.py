@@ -23,7 +23,7 @@ def varlen_data(tmp_path_factory):
     return path
 
 
-def first_batch_loss(tiny_model, data, mode: str, responses_only: bool):
+def first_batch_loss(tiny_model, data, mode: str, responses_only: bool, **extra):
     """(loss, target tokens, batch, trainer) of the first batch the real SFTTrainer would train on, before
     any update (LoRA's B starts at zero, so every mode sees the same initial model)."""
     import torch
@@ -34,11 +34,12 @@ def first_batch_loss(tiny_model, data, mode: str, responses_only: bool):
     # batch_size 6 = the whole dataset; 6 packed bins hold it too, so every mode sees the same tokens.
     cfg = build_config(TrainConfig, overrides={
         "base_model": str(tiny_model), "dataset": str(data), "batching": mode, "batch_size": 6,
-        "max_seq_length": 256, "train_on_responses_only": responses_only, "max_steps": 1})
+        "max_seq_length": 256, "train_on_responses_only": responses_only, "max_steps": 1, **extra})
     modality = TextModality(cfg)
     train_data, _ = modality.load_data()
     model, tok, peft_config = modality.load("hf", str(tiny_model), None)
-    trainer = modality.trainer(model, tok, peft_config, data.parent / f"out-{mode}", "hf", train_data, None, [])
+    trainer = modality.trainer(model, tok, peft_config, data.parent / f"out-{mode}-{len(extra)}", "hf", train_data,
+                               None, [])
     from mg_mlflow.training.batching import effective_mode
 
     assert effective_mode(trainer) == mode  # what the built trainer really does
@@ -77,6 +78,32 @@ def test_same_tokens_give_the_same_loss_in_every_mode(tiny_model, varlen_data, r
     with torch.no_grad():
         leaked = float(trainer.compute_loss(trainer.model, leak, num_items_in_batch=torch.tensor(n_free)))
     assert abs(leaked - padded) > 1e-4 * padded
+
+
+def test_bucketed_padding_changes_the_shape_not_the_loss(tiny_model, varlen_data):
+    """``pad_to_multiple_of``: every batch is as wide as a multiple of N (fewer distinct shapes for the
+    GPU), the extra positions are masked pad, the loss over the same target tokens is unchanged."""
+    long = {"max_seq_length": 2048}  # nothing truncated: the plain batch is as wide as its longest example
+    plain, n_plain, b_plain, _ = first_batch_loss(tiny_model, varlen_data, "padded", True, **long)
+    bucketed, n_bucketed, b_bucketed, trainer = first_batch_loss(tiny_model, varlen_data, "padded", True,
+                                                                 pad_to_multiple_of=64, **long)
+    assert trainer.args.pad_to_multiple_of == 64
+    width, plain_width = b_bucketed["input_ids"].shape[1], b_plain["input_ids"].shape[1]
+    assert width % 64 == 0 and width > plain_width and plain_width % 64 != 0
+    assert int(b_bucketed["attention_mask"].sum()) == int(b_plain["attention_mask"].sum())  # only pad added
+    assert n_bucketed == n_plain
+    assert bucketed == pytest.approx(plain, rel=1e-5)
+
+
+def test_bucketed_padding_is_validated_and_text_only():
+    from mg_mlflow.config import TrainConfig, build_config
+    from mg_mlflow.errors import ConfigError
+    from mg_mlflow.vision_config import VisionTrainConfig
+
+    with pytest.raises(ConfigError, match="pad_to_multiple_of must be >= 0"):
+        build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d", "pad_to_multiple_of": -8}).validate()
+    with pytest.raises(ConfigError, match="pad_to_multiple_of=64 applies to text runs only"):
+        build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d", "pad_to_multiple_of": 64})
 
 
 def test_attention_that_ignores_position_ids_is_refused(tiny_model):

@@ -44,6 +44,7 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--load-seq", type=int, default=0, help="Unsloth's load-time max_seq_length (default: --seq)")
     p.add_argument("--batching", choices=BATCHING, default="padded")
+    p.add_argument("--pad-multiple", type=int, default=0, help="SFTConfig pad_to_multiple_of (0 = off)")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -134,7 +135,8 @@ def main(argv=None) -> dict:
                     gradient_accumulation_steps=a.grad_accum, learning_rate=a.lr, seed=a.seed, data_seed=a.seed,
                     bf16=cuda, max_length=max_length(a), logging_steps=a.steps, report_to="none",
                     save_strategy="no", gradient_checkpointing=a.gc and a.backend == "hf", disable_tqdm=True,
-                    use_cpu=not cuda, dataset_num_proc=None, **sft_kwargs(a))
+                    use_cpu=not cuda, dataset_num_proc=None, pad_to_multiple_of=a.pad_multiple or None,
+                    **sft_kwargs(a))
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     meter = meter_mod.attach(trainer, a.warmup)
     if cuda:

@@ -23,7 +23,7 @@ class Variant:
     backend: str  # hf | unsloth
     method: str = "lora"  # lora | qlora
     shape: str = "var"  # fixed | var
-    batching: str = "padded"  # padded | padding_free | packed | default (bare: the library's own choice)
+    batching: str = "padded"  # padded | padded64 | padding_free | packed | default (bare: the library's own choice)
     toggle: str = ""  # attribution: "" (full tracking) | nolog | notok | nosys | nocarbon | loadseq | untracked
     num_gpus: int = 1
 
@@ -73,7 +73,10 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
         Variant("mg", "unsloth", shape="fixed", toggle=t) for t in ("sync1", "untracked", "nosys", "nocarbon")]
     qlora = [Variant(s, b, method="qlora") for b in ("unsloth", "hf") for s in ("bare", "mg")]
     ddp = [Variant("mg", "hf"), Variant("mg", "hf", num_gpus=2)]
-    return {"parity": parity, "batching": batching_u + batching_h, "batching-u": batching_u,
+    # padded to a multiple of 64 (pad_to_multiple_of): at most 8 batch shapes at 512, against the
+    # warm-up every new padded length costs (2026-11-27: var windows climbed 0.9k -> 6.2k -> 11.0k tok/s)
+    bucket = [Variant(s, b, batching="padded64") for b in ("unsloth", "hf") for s in ("bare", "mg")]
+    return {"parity": parity, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp}
 
 
@@ -91,9 +94,11 @@ def select(spec: str, smoke: bool = False) -> list[Variant]:
 
 
 def bare_command(v: Variant, a, data: dict, model: str, out_json: Path) -> list[str]:
+    bucket = ["--pad-multiple", "64"] if v.batching == "padded64" else []
     cmd = [sys.executable, str(HERE / "bare_trl.py"), "--backend", v.backend, "--method", v.method,
            "--model", model, "--data", data["pc_data"], "--steps", str(a.steps), "--warmup", str(a.warmup),
-           "--batch", str(a.batch), "--grad-accum", "1", "--seq", str(a.seq), "--batching", v.batching,
+           "--batch", str(a.batch), "--grad-accum", "1", "--seq", str(a.seq), *bucket,
+           "--batching", "padded" if v.batching == "padded64" else v.batching,
            "--lora-r", "16", "--lora-alpha", "16", "--out", str(out_json)]
     return cmd + (["--gc"] if a.gc else [])
 
@@ -110,6 +115,10 @@ def batching_args(mode: str) -> list[str]:
     """``--set batching=MODE``; in a checkout from before TrainConfig had ``batching``: padded is the
     default there (for hf; Unsloth then decides itself), packed is ``packing=true``, padding_free
     cannot be asked for (the row then fails with this message)."""
+    if mode == "padded64":
+        if "pad_to_multiple_of" not in config_fields():
+            raise ValueError("padded64 needs TrainConfig.pad_to_multiple_of, which this checkout does not have")
+        return [*batching_args("padded"), "--set", "pad_to_multiple_of=64"]
     if "batching" in config_fields():
         return ["--set", f"batching={mode}"]
     if mode == "packed":

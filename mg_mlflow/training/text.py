@@ -37,6 +37,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str,
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
         max_length=cfg.max_seq_length, **sft_kwargs(mode or resolve_batching(cfg, backend), backend),
         completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
+        pad_to_multiple_of=cfg.pad_to_multiple_of or None,
     )
 
 
