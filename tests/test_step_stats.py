@@ -47,3 +47,13 @@ def test_sync_steps_is_validated_and_auto_is_one_on_the_cpu(tmp_path):
     assert sync_every(build_config(TrainConfig, overrides={**base, "metrics_sync_steps": 5})) == 5
     with pytest.raises(ConfigError, match="metrics_sync_steps must be >= 0"):
         build_config(TrainConfig, overrides={**base, "metrics_sync_steps": -1}).validate()
+
+
+def test_deferred_reads_keep_the_logging_grid(mg_home, tiny_model, sample_data):
+    """``logging_steps`` still decides which steps get a point (1, every N-th, the last), whatever the
+    read interval; throughput lands on the last point of each read."""
+    result = train_tiny(tiny_model, sample_data, max_steps=7, batch_size=3, seed=3, register_as="none",
+                        metrics_sync_steps=4, logging_steps=3, experiment="sync-grid")
+    assert [s for s, _ in _history(result.run_id, "loss")] == [1, 3, 6, 7]
+    assert [s for s, _ in _history(result.run_id, "tokens_per_second")] == [3, 7]  # reads at 4 and 7
+    assert result.metrics["trained_tokens"] > 0

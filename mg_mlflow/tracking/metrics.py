@@ -99,12 +99,12 @@ class MLflowMetricsCallback(TrainerCallback):
                  seconds: float) -> None:
         """A batch of per-step points from DeferredStepStats; ``tokens_per_second`` over the batch."""
         self.total_tokens = total_tokens
-        for i, (step, metrics) in enumerate(points):
-            last = i == len(points) - 1
-            if last and seconds > 0 and window_tokens > 0:
-                metrics = {**metrics, "tokens_per_second": window_tokens / seconds}
-            if step == 1 or step % self.logging_steps == 0 or last:
-                self._record(step, metrics)
+        chosen = [(step, m) for step, m in points
+                  if step == 1 or step % self.logging_steps == 0 or step == self._max_steps]
+        if chosen and seconds > 0 and window_tokens > 0:  # the window's throughput on its last point
+            chosen[-1] = (chosen[-1][0], {**chosen[-1][1], "tokens_per_second": window_tokens / seconds})
+        for step, metrics in chosen:
+            self._record(step, metrics)
 
     def _record(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
