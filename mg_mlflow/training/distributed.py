@@ -39,6 +39,8 @@ SOURCE_ENV = "MG_SOURCE_ARGV"     # the launcher's own argv (JSON), for the run'
 
 # ------------------------------------------------------------------ inside a rank
 
+_HOST_GROUP = None  # set by start_process_group
+
 def launched() -> bool:
     """True inside a process started by torchrun/accelerate (they set LOCAL_RANK and WORLD_SIZE; a
     lone WORLD_SIZE=1 some schedulers export is not a launched job)."""
@@ -72,9 +74,14 @@ def start_process_group() -> None:
     if not distributed():
         return
     import torch
+    import torch.distributed as dist
     from accelerate import PartialState
 
+    global _HOST_GROUP
     PartialState(cpu=not torch.cuda.is_available())
+    # a host-side (gloo) group for the per-step stop flag: an all_reduce on the GPU would need a
+    # .item() that waits for the whole step on every step (the cost issue 11 measured and removed)
+    _HOST_GROUP = dist.new_group(backend="gloo")
 
 
 def share(value: Any) -> Any:
@@ -90,15 +97,19 @@ def share(value: Any) -> Any:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any (keeps a stop request consistent, so no rank
-    waits in a collective that the others have left)."""
+    waits in a collective that the others have left). Over the host-side group: no GPU wait."""
     if not distributed():
         return flag
     import torch
     import torch.distributed as dist
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if _HOST_GROUP is None:  # a process group someone else started: the default group, on its device
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    else:
+        t = torch.tensor([1 if flag else 0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
     return bool(t.item())
 
 
