@@ -34,7 +34,7 @@ SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy",
 class MLflowMetricsCallback(TrainerCallback):
     """Log every ``on_log`` dict as MLflow metrics and keep the history for plots and tags."""
 
-    DEFERRED = ("loss", "learning_rate", "epoch", "num_input_tokens_seen")  # from on_steps when deferred
+    DEFERRED = ("loss", "learning_rate", "epoch")  # from on_steps when deferred (no token count is logged then)
 
     def __init__(self, progress: Any | None = None, logging_steps: int = 1):
         self.deferred = False  # set by DeferredStepStats' owner: per-step points come through on_steps
@@ -63,8 +63,6 @@ class MLflowMetricsCallback(TrainerCallback):
         out = {}
         for key, value in logs.items():
             if key in SKIP or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
-            if isinstance(value, float) and not math.isfinite(value):
                 continue
             out[RENAME.get(key, key)] = float(value)
         tokens = logs.get("num_input_tokens_seen")
@@ -109,7 +107,7 @@ class MLflowMetricsCallback(TrainerCallback):
     def _record(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # a NaN/inf point is left out
         if not metrics:
             return
         if step <= self.logged_through and "eval_loss" not in metrics:

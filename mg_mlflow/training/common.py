@@ -122,7 +122,6 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
     import torch
 
     from mg_mlflow.training.backends import torch_dtype
-
     from mg_mlflow.training.step_stats import sync_every
 
     dtype = torch_dtype(cfg.dtype)

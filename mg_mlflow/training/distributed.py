@@ -39,7 +39,8 @@ SOURCE_ENV = "MG_SOURCE_ARGV"     # the launcher's own argv (JSON), for the run'
 
 # ------------------------------------------------------------------ inside a rank
 
-_HOST_GROUP = None  # set by start_process_group
+_HOST_GROUP = None  # the host-side (gloo) group of this job, see _host_group
+
 
 def launched() -> bool:
     """True inside a process started by torchrun/accelerate (they set LOCAL_RANK and WORLD_SIZE; a
@@ -74,14 +75,10 @@ def start_process_group() -> None:
     if not distributed():
         return
     import torch
-    import torch.distributed as dist
     from accelerate import PartialState
 
-    global _HOST_GROUP
     PartialState(cpu=not torch.cuda.is_available())
-    # a host-side (gloo) group for the per-step stop flag: an all_reduce on the GPU would need a
-    # .item() that waits for the whole step on every step (the cost issue 11 measured and removed)
-    _HOST_GROUP = dist.new_group(backend="gloo")
+    _host_group()  # created now, while every rank is here
 
 
 def share(value: Any) -> Any:
@@ -103,14 +100,21 @@ def any_rank(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    if _HOST_GROUP is None:  # a process group someone else started: the default group, on its device
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
-        t = torch.tensor([1 if flag else 0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    else:
-        t = torch.tensor([1 if flag else 0])
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_HOST_GROUP)
+    t = torch.tensor([1 if flag else 0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_host_group())
     return bool(t.item())
+
+
+def _host_group():
+    """A gloo group over the job's ranks, for host-side flags: the same all_reduce on the default
+    (NCCL) group would need a ``.item()`` that waits for the whole step on the GPU, every step (the
+    cost issue 11 measured and removed). Created once, by every rank (a collective)."""
+    global _HOST_GROUP
+    if _HOST_GROUP is None:
+        import torch.distributed as dist
+
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
 
 
 def job_gpu_ids() -> list[int | str] | None:

@@ -44,8 +44,8 @@ def count_tokens(inputs: dict, pad_token_id: int | None):
 class DeferredStepStats(TrainerCallback):
     """Collect per-step loss/tokens without waiting for the device; hand them to ``sink`` in batches.
 
-    ``sink.on_steps(rows, tokens_total, seconds)`` gets ``[(step, {"loss", "learning_rate",
-    "epoch"}), ...]`` on the main rank; every rank takes part in the read (a collective when
+    ``sink.on_steps(points, total_tokens, window_tokens, seconds)`` gets ``[(step, {"loss",
+    "learning_rate", "epoch"}), ...]`` and the read window's tokens and seconds on the main rank; every rank takes part in the read (a collective when
     distributed), so every rank must carry this callback.
     """
 
