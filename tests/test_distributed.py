@@ -189,3 +189,41 @@ def test_the_in_process_path_refuses_num_gpus_it_cannot_honour(mg_home, tiny_mod
     with pytest.raises(MGError, match="num_gpus=2 needs one process per GPU"):
         train_tiny(tiny_model, sample_data, num_gpus=2, experiment="ddp-inprocess")
     assert _runs("ddp-inprocess") == []
+
+
+def _stop_flag_rank(rank: int, port: int, out) -> None:
+    """One of 2 ranks: join the job's process group the way a training rank does, then agree on a flag
+    that only rank 1 raises."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), MG_DDP_CPU="1")
+    import torch.distributed as dist
+
+    from mg_mlflow.training import distributed
+
+    distributed.start_process_group()
+    group = distributed._HOST_GROUP
+    out.put((rank, group is not None and group is not dist.group.WORLD, dist.get_backend(group),
+             distributed.any_rank(rank == 1), distributed.any_rank(False)))
+    dist.destroy_process_group()
+
+
+def test_ranks_agree_on_a_stop_over_their_own_host_side_group():
+    """The per-step stop flag goes over a second, gloo group (on GPUs the default group is NCCL, whose
+    all_reduce + .item() would make every step wait for the device)."""
+    import multiprocessing as mp
+
+    from services_support import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_stop_flag_rank, args=(r, port, out)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    try:
+        got = sorted(out.get(timeout=120) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert got == [(0, True, "gloo", True, False), (1, True, "gloo", True, False)]
