@@ -13,7 +13,8 @@
 #                        logs.tar.gz: 3 files a lane; the device returns 8 per call). Exit 0 when
 #                        all lanes are done, 3 while one still runs (then call wait again at once:
 #                        the machine is given back ~30 s after a call ends)
-#   ddp                  the ddp group (--num-gpus 1 vs 2, hf) in the foreground -> $OUT/ddp/
+#   ddp [GROUPS]         the ddp group (--num-gpus 1 vs 2, hf; or GROUPS, e.g. ddp,ddp-bucket) in the
+#                        foreground -> $OUT/ddp/
 #   run GROUPS           one lane on GPU 0 in the foreground -> $OUT/gpu0-GROUPS/ (a 1-GPU machine)
 set -u
 W=/tmp/mgp
@@ -68,7 +69,7 @@ case "$cmd" in
     ;;
   ddp)
     # shellcheck disable=SC2086
-    python3 bench/gpu/bench_parity.py --groups ddp --workdir $W/work --lane ddp --out "$OUT/ddp" $ARGS
+    python3 bench/gpu/bench_parity.py --groups "${1:-ddp}" --workdir $W/work --lane ddp --out "$OUT/ddp" $ARGS
     ;;
   run)
     lane="gpu0-$(echo "$1" | tr -c 'A-Za-z0-9_.\n-' '-')"   # its own name: earlier calls' files are not overwritten
