@@ -67,8 +67,9 @@ class TrainConfig:
                                "position ids), packed (examples packed into bins of max_seq_length; batch_size "
                                "counts bins), auto (the measured rule for the backend and device, see README); "
                                "the loss is the same in every mode", BATCHING)
-    pad_to_multiple_of: int = _f(0, "pad each batch's length up to a multiple of N (e.g. 64; text runs): fewer "
-                                    "distinct batch shapes for the GPU to warm up on; 0 = to the longest example")
+    pad_to_multiple_of: int = _f(-1, "pad each batch's length up to a multiple of N (text runs): fewer distinct "
+                                     "batch shapes for the GPU to warm up on; 0 = to the longest example; -1 = "
+                                     "auto (the measured rule: 64 for padded batches on a GPU, 0 on CPU)")
     train_on_responses_only: bool = _f(True, "compute the loss on the assistant response tokens only")
     lora_r: int = _f(16, "LoRA rank")
     lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
@@ -113,8 +114,8 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_seq_length", "lora_r", "lora_alpha", "logging_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pad_to_multiple_of < 0:
-            problems.append(f"pad_to_multiple_of must be >= 0 (0 = off), got {self.pad_to_multiple_of}")
+        if self.pad_to_multiple_of < -1:
+            problems.append(f"pad_to_multiple_of must be >= 0 (0 = off) or -1 (auto), got {self.pad_to_multiple_of}")
         if self.metrics_sync_steps < 0:
             problems.append(f"metrics_sync_steps must be >= 0 (0 = auto), got {self.metrics_sync_steps}")
         if self.num_gpus < 1:

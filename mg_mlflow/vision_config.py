@@ -51,9 +51,9 @@ class VisionTrainConfig(TrainConfig):
         if self.batching not in ("auto", "padded"):
             problems.append(f"batching={self.batching} is not supported for vision runs (each example keeps its "
                             "own image and image tokens): use batching=padded or auto")
-        if self.pad_to_multiple_of:
+        if self.pad_to_multiple_of > 0:
             problems.append(f"pad_to_multiple_of={self.pad_to_multiple_of} applies to text runs only (the vision "
-                            "collator pads each batch to its longest example): leave it at 0")
+                            "collator pads each batch to its longest example): leave it at -1 (auto) or 0")
         if self.sample_images < 0 or self.sample_max_new_tokens < 1:
             problems.append("sample_images must be >= 0 and sample_max_new_tokens >= 1")
         if problems:

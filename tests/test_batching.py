@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from conftest import train_tiny
@@ -100,10 +101,30 @@ def test_bucketed_padding_is_validated_and_text_only():
     from mg_mlflow.errors import ConfigError
     from mg_mlflow.vision_config import VisionTrainConfig
 
-    with pytest.raises(ConfigError, match="pad_to_multiple_of must be >= 0"):
+    with pytest.raises(ConfigError, match=r"pad_to_multiple_of must be >= 0 \(0 = off\) or -1 \(auto\), got -8"):
         build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d", "pad_to_multiple_of": -8}).validate()
     with pytest.raises(ConfigError, match="pad_to_multiple_of=64 applies to text runs only"):
         build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d", "pad_to_multiple_of": 64})
+    build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d"}).validate()  # auto is fine
+
+
+def test_auto_bucketing_follows_its_measured_rule():
+    """pad_to_multiple_of = -1 (the default): 64 for padded batches on a GPU (measured, issue 11), off on
+    the CPU and for rows that are not padded per batch; an explicit value always wins."""
+    from mg_mlflow.config import TrainConfig
+    from mg_mlflow.training.batching import AUTO_PAD_MULTIPLE, resolve_pad_multiple
+    from mg_mlflow.training.text import sft_config
+
+    auto = TrainConfig(base_model="m", dataset="d")
+    assert auto.pad_to_multiple_of == -1
+    assert resolve_pad_multiple(auto, "padded", "cuda:0")[0] == 64 == AUTO_PAD_MULTIPLE["cuda"][0]
+    assert resolve_pad_multiple(auto, "padded", "cpu")[0] == 0
+    assert resolve_pad_multiple(auto, "packed", "cuda")[0] == resolve_pad_multiple(auto, "padding_free", "cuda")[0] == 0
+    assert resolve_pad_multiple(TrainConfig(base_model="m", dataset="d", pad_to_multiple_of=0), "padded", "cuda") == \
+        (0, "requested")
+    assert resolve_pad_multiple(TrainConfig(base_model="m", dataset="d", pad_to_multiple_of=32), "padded", "cpu") == \
+        (32, "requested")
+    assert sft_config(auto, Path("/tmp/x"), False, "hf", "padded").pad_to_multiple_of is None  # this CPU machine
 
 
 def test_attention_that_ignores_position_ids_is_refused(tiny_model):
@@ -126,7 +147,7 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
     padded (same tokens, same losses step by step), while packed puts more examples in a step."""
     import mlflow
 
-    from mg_mlflow.training.batching import CPU_WHY
+    from mg_mlflow.training.batching import AUTO_PAD_MULTIPLE, CPU_WHY
 
     runs = {mode: train_tiny(tiny_model, varlen_data, batching=mode, max_steps=3, batch_size=3, seed=1,
                              register_as="none") for mode in ("auto", "padding_free", "packed")}
@@ -134,7 +155,11 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
         run = mlflow.get_run(result.run_id)
         resolved = "padded" if mode == "auto" else mode
         assert (run.data.params["batching"], run.data.params["batching_resolved"]) == (mode, resolved)
-        assert run.data.tags["mg.batching_reason"] == ("requested" if mode != "auto" else f"auto (hf, cpu): {CPU_WHY}")
+        reason = run.data.tags["mg.batching_reason"]
+        assert reason.startswith("requested;" if mode != "auto" else f"auto (hf, cpu): {CPU_WHY};")
+        assert run.data.params["pad_to_multiple_of_resolved"] == "0"  # auto on the CPU: no bucketing
+        assert reason.endswith("pad_to_multiple_of: " + (f"auto (cpu): {AUTO_PAD_MULTIPLE['cpu'][1]}" if mode == "auto"
+                                                         else f"auto: {mode} rows are not padded per batch"))
         assert result.metrics["train_steps"] == 3
     padded, free, packed = (runs[m].metrics for m in ("auto", "padding_free", "packed"))
     client = mlflow.tracking.MlflowClient()
@@ -227,3 +252,14 @@ def test_vision_runs_are_padded_only(mode):
     with pytest.raises(ConfigError, match=f"batching={mode} is not supported for vision runs"):
         build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d", "batching": mode})
     assert build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d"}).batching == "auto"
+
+
+def test_model_card_says_how_batches_were_bucketed():
+    from mg_mlflow.registry.model_card import model_card
+
+    def card(**params):
+        return model_card("m", "1", {}, {}, params={"batching": "auto", "batching_resolved": "padded", **params})
+
+    assert "- batching: padded, padded to a multiple of 64 (asked: auto)" in card(pad_to_multiple_of_resolved="64")
+    assert "- batching: padded (asked: auto)" in card(pad_to_multiple_of_resolved="0")
+    assert "- batching: padded (asked: auto)" in card()  # a run from before the param existed

@@ -48,8 +48,8 @@ def parse(argv=None):
     p.add_argument("--size", choices=["tiny", "1b", "8b"], default="1b")
     # 50 steps timed after 20 (2026-11-27 used 30 after 5): on variable-length rows every new padded
     # length costs time when first seen, and hf's 10-step windows still climbed 1.4k -> 3.2k -> 6.0k tok/s
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--steps", type=int, default=90)
+    p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--rows", type=int, default=1200)

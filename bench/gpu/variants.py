@@ -79,7 +79,10 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     # padded to a multiple of 64 (pad_to_multiple_of): at most 8 batch shapes at 512, against the
     # warm-up every new padded length costs (2026-11-27: var windows climbed 0.9k -> 6.2k -> 11.0k tok/s)
     bucket = [Variant(s, b, batching="padded64") for b in ("unsloth", "hf") for s in ("bare", "mg")]
-    return {"parity": parity, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
+    # var rows bucketed: short launch-bound steps, where a per-step host cost of the platform shows
+    attrib_bucket = [Variant("mg", "unsloth", batching="padded64", toggle=t)
+                     for t in ("untracked", "nosys", "nocarbon", "nolog")]
+    return {"parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp,
             "ddp-bucket": ddp_bucket}
 
@@ -122,9 +125,11 @@ def batching_args(mode: str) -> list[str]:
     if mode == "padded64":
         if "pad_to_multiple_of" not in config_fields():
             raise ValueError("padded64 needs TrainConfig.pad_to_multiple_of, which this checkout does not have")
-        return [*batching_args("padded"), "--set", "pad_to_multiple_of=64"]
+        return ["--set", "batching=padded", "--set", "pad_to_multiple_of=64"]
     if "batching" in config_fields():
-        return ["--set", f"batching={mode}"]
+        # pad_to_multiple_of's auto (-1) buckets padded batches on a GPU: `padded` pins it off
+        unbucketed = ["--set", "pad_to_multiple_of=0"] if mode == "padded" and "pad_to_multiple_of" in config_fields() else []
+        return ["--set", f"batching={mode}", *unbucketed]
     if mode == "packed":
         return ["--set", "packing=true"]
     if mode == "padded":

@@ -19,7 +19,9 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
              f"- base: `{tags.get('mg.base_model')}`",
              f"- data digest: `{tags.get('mg.dataset_digest')}`"]
     if (params or {}).get("batching_resolved"):
-        lines.append(f"- batching: {params['batching_resolved']} (asked: {params.get('batching', '?')})")
+        bucket = params.get("pad_to_multiple_of_resolved", "0")
+        bucket = f", padded to a multiple of {bucket}" if bucket not in ("0", "", None) else ""
+        lines.append(f"- batching: {params['batching_resolved']}{bucket} (asked: {params.get('batching', '?')})")
     losses = [f"{label} {_fmt(summary[key])}" for key, label in
               (("loss_final", "train loss"), ("eval_loss_final", "eval loss")) if key in summary]
     if losses:

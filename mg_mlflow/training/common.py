@@ -104,16 +104,24 @@ def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data) -> t
 
 
 def log_batching(cfg, run_id: str, backend: str) -> None:
-    """``batching_resolved`` (the mode ``batching`` resolved to for this backend and device) as a
-    param, and the rule that chose it as the tag ``mg.batching_reason``; a resumed run keeps its first
-    value (params cannot change)."""
+    """``batching_resolved`` (the mode ``batching`` resolved to for this backend and device) and, for
+    text runs, ``pad_to_multiple_of_resolved`` as params, and the rules that chose them as the tag
+    ``mg.batching_reason``; a resumed run keeps its first values (params cannot change)."""
     import mlflow
 
     from mg_mlflow.training.batching import resolve_with_reason
 
+    from mg_mlflow.vision_config import VisionTrainConfig
+
     resolved, why = resolve_with_reason(cfg, backend)
-    if "batching_resolved" not in mlflow.get_run(run_id).data.params:
-        mlflow.log_param("batching_resolved", resolved)
+    params = {"batching_resolved": resolved}
+    if not isinstance(cfg, VisionTrainConfig):  # text: padded batches are bucketed (pad_to_multiple_of)
+        from mg_mlflow.training.batching import resolve_pad_multiple
+
+        params["pad_to_multiple_of_resolved"], pad_why = resolve_pad_multiple(cfg, resolved)
+        why = f"{why}; pad_to_multiple_of: {pad_why}"
+    logged = mlflow.get_run(run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     mlflow.set_tag("mg.batching_reason", why)
 
 

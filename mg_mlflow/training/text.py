@@ -30,14 +30,15 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str,
     resolved here by :func:`mg_mlflow.training.batching.resolve_batching`)."""
     from trl import SFTConfig
 
-    from mg_mlflow.training.batching import resolve_batching, sft_kwargs
+    from mg_mlflow.training.batching import resolve_batching, resolve_pad_multiple, sft_kwargs
     from mg_mlflow.training.common import trainer_kwargs
 
+    mode = mode or resolve_batching(cfg, backend)
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, **sft_kwargs(mode or resolve_batching(cfg, backend), backend),
+        max_length=cfg.max_seq_length, **sft_kwargs(mode, backend),
         completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
-        pad_to_multiple_of=cfg.pad_to_multiple_of or None,
+        pad_to_multiple_of=resolve_pad_multiple(cfg, mode)[0] or None,
     )
 
 
