@@ -13,6 +13,7 @@
 #                        logs.tar.gz: 3 files a lane; the device returns 8 per call). Exit 0 when
 #                        all lanes are done, 3 while one still runs (then call wait again at once:
 #                        the machine is given back ~30 s after a call ends)
+#   stop                 stop every lane (its whole process group) and copy what it wrote, as wait does
 #   ddp [GROUPS]         the ddp group (--num-gpus 1 vs 2, hf; or GROUPS, e.g. ddp,ddp-bucket) in the
 #                        foreground -> $OUT/ddp/
 #   run GROUPS           one lane on GPU 0 in the foreground -> $OUT/gpu0-GROUPS/ (a 1-GPU machine)
@@ -56,6 +57,7 @@ case "$cmd" in
       # shellcheck disable=SC2086
       setsid nohup python3 bench/gpu/bench_parity.py --gpu "$gpu" --groups "$groups" --workdir $W/work \
         --out "$W/out-gpu$gpu" $ARGS > "$W/lane-gpu$gpu.log" 2>&1 < /dev/null &
+      echo $! > "$W/lane-gpu$gpu.pid"   # setsid: the lane leads its own process group (see stop)
       echo "lane gpu$gpu started: $groups (log $W/lane-gpu$gpu.log)"
     done
     ;;
@@ -66,6 +68,14 @@ case "$cmd" in
     copy_out
     if pgrep -f "bench_parity.py --gpu" > /dev/null; then echo "STILL RUNNING: call wait again"; exit 3; fi
     echo "ALL LANES DONE"
+    ;;
+  stop)
+    # the lanes' process groups, by the pids start saved (never `pkill -f PATTERN` in a device
+    # command: the command's own bash line contains the pattern, and the call kills itself)
+    for f in "$W"/lane-*.pid; do [ -f "$f" ] && kill -- -"$(cat "$f")" 2>/dev/null; rm -f "$f"; done
+    # each variant runs in its own session (bench_parity.py start_new_session): stop those too; this
+    # script's own command line ("device_parity.sh stop") does not match
+    pkill -9 -f 'bench/gpu/(mg_timed|bare_trl)\.py'; sleep 3; copy_out; echo "lanes stopped; what they wrote is under \$OUT"
     ;;
   ddp)
     # shellcheck disable=SC2086
