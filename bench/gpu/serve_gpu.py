@@ -9,6 +9,8 @@ Two lanes run side by side, one per GPU (CUDA_VISIBLE_DEVICES), then tensor para
   GPU 1: the vision-language model answering an OpenAI `image_url` request; a second deployment on a
          GPU that is already taken and one that cannot fit (clear error, hint, nothing left running);
   both:  tensor parallel planned from the machine (GPU count and memory).
+`--only fp8,int4` serves the quantized checkpoints alone (gpu-fp8, gpu-int4: compressed-tensors FP8 and
+W4A16 from serve_models.py), each with its dry-run plan.
 Each deployment answers through `model-garden generate` and the OpenAI client, and is stopped with
 `model-garden deployments stop`, after which nvidia-smi must show no process on its GPU.
 Results: $OUT/functional.json (+ the error text of the failing deployments).
@@ -168,7 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--eager", action="store_true", help="pass --enforce-eager (start in seconds, not minutes)")
-    ap.add_argument("--only", default="lanes,tp")
+    ap.add_argument("--only", default="lanes,tp", help="comma-separated: lanes, fp8, int4, tp")
     args = ap.parse_args()
     flags = ["--enforce-eager"] if args.eager else []
     put("gpus_before", gpu_processes())
@@ -180,10 +182,11 @@ def main() -> None:
         while any(th.is_alive() for th in threads):
             time.sleep(5)
             save(args.out, "functional.json", RESULTS)
-    if "fp8" in args.only:
-        put("fp8_plan", mg("deploy", "models:/gpu-fp8@champion", "--dry-run", gpus="0"))
-        put("fp8", served("fp8", ["models:/gpu-fp8@champion"], "0", flags, ["gpu-fp8", "gpu-merged"], args.out, 8002,
-                          keep_log=True))
+    for key, port in (("fp8", 8002), ("int4", 8004)):  # quantized checkpoints: the plan, then served
+        if key in args.only:
+            uri = f"models:/gpu-{key}@champion"
+            put(f"{key}_plan", mg("deploy", uri, "--dry-run", gpus="0"))
+            put(key, served(key, [uri], "0", flags, [f"gpu-{key}", "gpu-merged"], args.out, port, keep_log=True))
     if "tp" in args.only:
         guarded(tensor_parallel, flags, args.out)
     put("gpus_after", gpu_processes())
