@@ -81,13 +81,18 @@ def _tensor_table(folder: Path) -> dict[str, dict]:
     return table
 
 
-def _count(table: dict[str, dict]) -> tuple[int, int]:
+def _count(table: dict[str, dict], pack: int = 1) -> tuple[int, int]:
+    """(parameters, bytes on disk). A compressed-tensors ``weight_packed`` int32 holds ``pack`` weights;
+    its ``weight_shape`` (the unpacked shape) is bookkeeping, not parameters."""
     params = nbytes = 0
-    for info in table.values():
+    for name, info in table.items():
         n = 1
         for dim in info.get("shape", []):
             n *= int(dim)
-        params += n
+        if name.endswith(".weight_packed"):
+            n *= pack
+        if not name.endswith(".weight_shape"):
+            params += n
         start, end = info.get("data_offsets", [0, 0])
         nbytes += int(end) - int(start)
     return params, nbytes
@@ -121,6 +126,15 @@ def _config_quantization(config: dict, folder: Path) -> str | None:
         side = _read_json(folder / "quantize_config.json")
         return QUANT_METHODS.get(str(side.get("quant_method", "gptq")).lower(), "gptq")
     return None
+
+
+def _pack_factor(config: dict) -> int:
+    """Weights per int32 in compressed-tensors' pack-quantized tensors: 32 // the config's weight bits
+    (1 when the config does not name one bit width)."""
+    qc = config.get("quantization_config") or config.get("compression_config") or {}
+    groups = qc.get("config_groups") if isinstance(qc, dict) else None
+    bits = {(g.get("weights") or {}).get("num_bits") for g in (groups or {}).values() if isinstance(g, dict)}
+    return 32 // bits.pop() if len(bits) == 1 and bits <= set(range(1, 9)) else 1
 
 
 def _is_vision(config: dict) -> bool:
@@ -196,7 +210,7 @@ def inspect_model(folder: str | Path) -> Inspection:
     table = _tensor_table(folder)
     declared = _config_quantization(config, folder)
     if table:
-        result.num_parameters, result.weight_bytes = _count(table)
+        result.num_parameters, result.weight_bytes = _count(table, _pack_factor(config))
         found = _tensor_quantization(table)
         if declared and not found:
             dtypes = {info.get("dtype") for info in table.values()}
@@ -209,6 +223,9 @@ def inspect_model(folder: str | Path) -> Inspection:
             # (e.g. FP8 tensors in a compressed-tensors checkpoint are compressed-tensors, not vLLM's fp8)
             result.notes.append(f"{found} tensors in a {declared} checkpoint: served as {declared}")
             found = declared
+        if found == "compressed-tensors" and not declared:
+            result.notes.append("packed compressed-tensors weights but no quantization_config in config.json: "
+                                "nothing can load them without it")
         result.quantization = found or declared
     else:
         bins = list(folder.glob("*.bin"))
@@ -226,3 +243,12 @@ def leftover_quantization_config(folder: str | Path, inspection: Inspection) -> 
     if inspection.kind != "merged" or inspection.quantization:
         return False
     return _config_quantization(_read_json(Path(folder) / "config.json"), Path(folder)) is not None
+
+
+def undeclared_packed_weights(folder: str | Path, inspection: Inspection) -> bool:
+    """True when the weights are compressed-tensors packed tensors but config.json declares no quantization
+    (only ``weight_packed`` tensors make an undeclared folder compressed-tensors): the packing (bits, groups)
+    is written only there, so vLLM cannot load such a folder."""
+    if inspection.kind != "merged" or inspection.quantization != "compressed-tensors":
+        return False
+    return _config_quantization(_read_json(Path(folder) / "config.json"), Path(folder)) is None

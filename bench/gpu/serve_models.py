@@ -10,12 +10,16 @@ Registers, each with alias ``champion``, in the MLflow store of ``$MG_HOME``:
 | gpu-lora-a / -b      | LoRA r=16 on all 7 projections, random non-zero B (so they change outputs) |
 | gpu-merged           | gpu-llama with gpu-lora-a merged in (bf16)                                |
 | gpu-fp8              | gpu-merged as an FP8 compressed-tensors checkpoint (FP8_DYNAMIC scheme)   |
+| gpu-int4             | gpu-merged as INT4 compressed-tensors (W4A16 scheme, pack-quantized)      |
 | gpu-bnb-leftover     | gpu-merged whose config.json still declares bitsandbytes 4-bit            |
 | gpu-vl               | tiny Qwen2.5-VL (mg_mlflow.dev.tiny_vision)                               |
 
 The FP8 checkpoint is written with compressed-tensors' own config classes (what llm-compressor's
 ``FP8_DYNAMIC`` preset produces: FP8 E4M3 weights with one scale per output channel, activations
-quantized per token at run time), so no hub and no calibration data are needed.
+quantized per token at run time), so no hub and no calibration data are needed. The INT4 checkpoint
+is the ``W4A16`` preset (symmetric int4 weights, one scale per group of 128 inputs, 16-bit activations)
+with min-max scales (what llm-compressor's preset does without GPTQ), packed by compressed-tensors'
+own ``PackedQuantizationCompressor``.
 """
 
 from __future__ import annotations
@@ -90,18 +94,42 @@ def merge(base: Path, adapter: Path, out: Path, device: str) -> Path:
     return out
 
 
-def fp8_quantization_config() -> dict:
-    """compressed-tensors' FP8_DYNAMIC preset on every Linear but lm_head, as config.json holds it."""
-    from compressed_tensors.quantization import QuantizationConfig, preset_name_to_scheme
+def quantization_config(scheme, fmt: str) -> dict:
+    """compressed-tensors' ``scheme`` on every Linear but lm_head, stored as ``fmt``, as config.json holds it."""
+    from compressed_tensors.quantization import QuantizationConfig
 
-    qc = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme("FP8_DYNAMIC", ["Linear"])},
-                            ignore=["lm_head"], format="float-quantized", quantization_status="compressed")
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt,
+                            quantization_status="compressed")
     return json.loads(qc.model_dump_json())
 
 
-def write_fp8(src: Path, out: Path) -> Path:
-    """``src`` (16-bit safetensors) with every decoder projection as FP8 E4M3 + per-channel scale."""
+def _fp8_tensors(w) -> dict:
+    """FP8 E4M3 weight + one scale per output channel (the FP8_DYNAMIC preset's weights)."""
     import torch
+
+    scale = (w.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
+    return {"weight": (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn),
+            "weight_scale": scale.to(w.dtype)}
+
+
+def _packed_int_tensors(w, scheme) -> dict:
+    """``w`` quantized per group by ``scheme`` (symmetric min-max, compressed-tensors' own qparams) and
+    packed by its pack-quantized compressor: int32 ``weight_packed``, ``weight_scale``, ``weight_shape``."""
+    from compressed_tensors.compressors import PackedQuantizationCompressor
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    size = scheme.weights.group_size
+    if w.shape[1] % size:
+        raise ValueError(f"input size {w.shape[1]} is not a multiple of the group size {size}")
+    groups = w.float().unflatten(1, (-1, size))
+    scale, zero_point = calculate_qparams(groups.amin(-1), groups.amax(-1), scheme.weights)
+    return PackedQuantizationCompressor.compress(
+        {"weight": w, "weight_scale": scale.to(w.dtype), "weight_zero_point": zero_point}, scheme)
+
+
+def _write_quantized(src: Path, out: Path, quantize, qconfig: dict) -> Path:
+    """``src`` (16-bit safetensors) copied to ``out`` with each decoder projection's ``X.weight`` replaced by
+    ``X.<name>`` for every ``name: tensor`` of ``quantize(weight)``, and ``qconfig`` as quantization_config."""
     from safetensors.torch import load_file, save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -110,13 +138,10 @@ def write_fp8(src: Path, out: Path) -> Path:
             shutil.copy2(f, out / f.name)
     index = {}
     for shard in sorted(src.glob("*.safetensors")):
-        tensors = load_file(shard)
         q = {}
-        for name, w in tensors.items():
+        for name, w in load_file(shard).items():
             if name.endswith(".weight") and name.split(".")[-2] in PROJ:
-                scale = (w.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=1e-12)
-                q[name] = (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
-                q[name[: -len("weight")] + "weight_scale"] = scale.to(w.dtype)
+                q.update({name[: -len("weight")] + k: v.contiguous() for k, v in quantize(w).items()})
             else:
                 q[name] = w
         save_file(q, str(out / shard.name), metadata={"format": "pt"})
@@ -126,9 +151,29 @@ def write_fp8(src: Path, out: Path) -> Path:
         meta["weight_map"] = index
         (out / "model.safetensors.index.json").write_text(json.dumps(meta, indent=2))
     cfg = json.loads((out / "config.json").read_text())
-    cfg["quantization_config"] = fp8_quantization_config()
+    cfg["quantization_config"] = qconfig
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     return out
+
+
+def write_fp8(src: Path, out: Path) -> Path:
+    """``src`` (16-bit safetensors) with every decoder projection as FP8 E4M3 + per-channel scale."""
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    return _write_quantized(src, out, _fp8_tensors,
+                            quantization_config(preset_name_to_scheme("FP8_DYNAMIC", ["Linear"]), "float-quantized"))
+
+
+def write_w4a16(src: Path, out: Path) -> Path:
+    """``src`` (16-bit safetensors) with every decoder projection as symmetric INT4, one scale per group of
+    128 inputs (the W4A16 preset), packed eight to an int32 (compressed-tensors' pack-quantized format)."""
+    from functools import partial
+
+    from compressed_tensors.quantization import preset_name_to_scheme
+
+    scheme = preset_name_to_scheme("W4A16", ["Linear"])
+    return _write_quantized(src, out, partial(_packed_int_tensors, scheme=scheme),
+                            quantization_config(scheme, "pack-quantized"))
 
 
 def write_bnb_leftover(src: Path, out: Path) -> Path:
@@ -183,6 +228,8 @@ def main() -> None:
     uris["gpu-merged"] = register_folder(w / "merged", "gpu-merged", "merged")
     write_fp8(w / "merged", w / "fp8")
     uris["gpu-fp8"] = register_folder(w / "fp8", "gpu-fp8", "merged")
+    write_w4a16(w / "merged", w / "int4")
+    uris["gpu-int4"] = register_folder(w / "int4", "gpu-int4", "merged")
     write_bnb_leftover(w / "merged", w / "bnb-leftover")
     uris["gpu-bnb-leftover"] = register_folder(w / "bnb-leftover", "gpu-bnb-leftover", "merged")
     from mg_mlflow.dev.tiny_vision import build_tiny_qwen2_5_vl

@@ -285,6 +285,13 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
         argv += ["--tensor-parallel-size", str(opts.tensor_parallel_size)]
 
     quant = opts.quantization or (base_info.quantization if base_info else None)
+    if base_info:
+        from mg_mlflow.inspect import undeclared_packed_weights
+
+        if undeclared_packed_weights(model_path, base_info):
+            raise MGError(f"{model_path}: packed compressed-tensors weights (weight_packed) but config.json has "
+                          "no quantization_config, which holds their bits and groups: vLLM cannot load them",
+                          hint="restore the quantization_config the quantizer wrote into config.json")
     if opts.quantization or (quant and QUANT_FLAG.get(quant)):
         argv += ["--quantization", opts.quantization or QUANT_FLAG[quant]]
     if base_info and not quant:
