@@ -205,6 +205,7 @@ def ui_cmd(port, host, experiment, compare, open_browser, links_only):
     uri = default_tracking_uri()
     # the store URI travels in the environment, not on the command line: a database URI may hold a
     # password, and every user of the machine can read command lines (`ps`)
+    from mg_mlflow.proc import wait_interruptibly
     from mg_mlflow.team.server import job_runner_off
 
     env = {**os.environ, **job_runner_off(), "MLFLOW_BACKEND_STORE_URI": uri}
@@ -223,7 +224,7 @@ def ui_cmd(port, host, experiment, compare, open_browser, links_only):
             target = links[-1][1] if links else base
             if not webbrowser.open(target):
                 out.print(f"no browser found here; open {target}", soft_wrap=True)
-        proc.wait()
+        wait_interruptibly(proc)
     except KeyboardInterrupt:
         proc.terminate()
         proc.wait(timeout=30)

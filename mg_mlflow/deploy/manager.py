@@ -221,13 +221,14 @@ def _run_foreground(proc, record: dict) -> None:
     """Block until vLLM exits; Ctrl-C or SIGTERM stops the whole group and removes the record."""
     from mg_mlflow.deploy import state
     from mg_mlflow.deploy.supervisor import log_tail, stop_record
+    from mg_mlflow.proc import wait_interruptibly
 
     def _term(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _term)
     try:
-        code = proc.wait()
+        code = wait_interruptibly(proc)
         tail = log_tail(record["log_file"])
         stop_record(record)
         state.remove_record(record["name"])

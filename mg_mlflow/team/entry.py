@@ -64,6 +64,8 @@ def end_open_runs(job_id: str, status: str, reason: str) -> list[str]:
 def main(argv: list[str]) -> int:
     import subprocess
 
+    from mg_mlflow.proc import wait_interruptibly
+
     _unblock()
     stop = {"asked": False}
     child: list[subprocess.Popen] = []
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> int:
         child.append(subprocess.Popen([sys.executable, "-m", "mg_mlflow.team.entry", "--child", *argv]))
     finally:
         _unblock()
-    code = child[0].wait()
+    code = wait_interruptibly(child[0])
     # A child that exited by itself ended its runs (FINISHED, FAILED on an error, KILLED on a stop);
     # one that was killed by a signal could not: end them here.
     if code < 0 and job_id:

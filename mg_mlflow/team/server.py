@@ -176,6 +176,8 @@ def run_server(plan: ServerPlan) -> int:
     import signal
     import subprocess
 
+    from mg_mlflow.proc import wait_interruptibly
+
     proc = subprocess.Popen(plan.argv, env={**os.environ, **plan.env}, start_new_session=True)
 
     def stop_group(sig: int) -> None:
@@ -187,7 +189,7 @@ def run_server(plan: ServerPlan) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_group(signal.SIGTERM))
     signal.signal(signal.SIGINT, lambda *_: stop_group(signal.SIGTERM))
     try:
-        code = proc.wait()
+        code = wait_interruptibly(proc)
     finally:
         if proc.poll() is None:
             stop_group(signal.SIGTERM)

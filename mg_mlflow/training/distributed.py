@@ -211,6 +211,8 @@ def launch(cfg, command: str = "train", progress: bool | None = None) -> int:
 
 def _wait(proc: subprocess.Popen) -> str | None:
     """Wait for torchrun; returns the name of the signal that stopped us (None: none did)."""
+    from mg_mlflow.proc import wait_interruptibly
+
     stopped_by = None
 
     def forward(signum, frame):
@@ -223,7 +225,7 @@ def _wait(proc: subprocess.Popen) -> str | None:
     try:
         while True:
             try:
-                proc.wait()
+                wait_interruptibly(proc)
                 return stopped_by
             except KeyboardInterrupt:  # pragma: no cover - the handler above takes SIGINT
                 stopped_by = "SIGINT"
