@@ -90,8 +90,10 @@ def run_trials(sweep, result) -> str:
     try:
         reason = trial_loop(sweep, result)
     finally:
+        from mg_mlflow.proc import wait_interruptibly
+
         for proc in workers:
-            proc.wait()
+            wait_interruptibly(proc)
     return reason
 
 
