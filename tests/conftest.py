@@ -7,6 +7,7 @@ Everything runs offline on CPU. Tests that need vLLM are marked ``vllm``.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+# A suite started in the background by a non-interactive shell (`bash -c '... &'`, nohup) inherits
+# SIGINT ignored (POSIX: asynchronous lists ignore SIGINT and SIGQUIT), and so would every process the
+# tests start, since an ignored signal stays ignored across exec: the tests that stop a deployment or a
+# training with Ctrl-C would wait on a process that cannot hear it. Put Python's own handler back; the
+# processes the tests start then begin with SIGINT's default action, as under a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Before any Hugging Face / MLflow import in the test process.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
