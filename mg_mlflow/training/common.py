@@ -109,15 +109,12 @@ def log_batching(cfg, run_id: str, backend: str) -> None:
     ``mg.batching_reason``; a resumed run keeps its first values (params cannot change)."""
     import mlflow
 
-    from mg_mlflow.training.batching import resolve_with_reason
-
+    from mg_mlflow.training.batching import resolve_pad_multiple, resolve_with_reason
     from mg_mlflow.vision_config import VisionTrainConfig
 
     resolved, why = resolve_with_reason(cfg, backend)
     params = {"batching_resolved": resolved}
     if not isinstance(cfg, VisionTrainConfig):  # text: padded batches are bucketed (pad_to_multiple_of)
-        from mg_mlflow.training.batching import resolve_pad_multiple
-
         params["pad_to_multiple_of_resolved"], pad_why = resolve_pad_multiple(cfg, resolved)
         why = f"{why}; pad_to_multiple_of: {pad_why}"
     logged = mlflow.get_run(run_id).data.params
