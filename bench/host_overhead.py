@@ -32,7 +32,7 @@ def py_spy(out: Path) -> str:
     return str(out / "pyspy" / "bin" / "py-spy")
 
 
-def analyse(raw: Path, steps: int) -> dict:
+def analyse(raw: Path) -> dict:
     loop = callbacks = 0
     busy: collections.Counter = collections.Counter()
     for line in raw.read_text().splitlines():
@@ -75,7 +75,7 @@ def main(argv=None) -> None:
                     str(a.out / "data.jsonl"), "--max-steps", str(a.steps), "--batch-size", "8", "--register-as",
                     "none", "--set", "metrics_sync_steps=10"], check=True, env=env, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
-    res = analyse(raw, a.steps)
+    res = analyse(raw)
     ms = 1000 / a.rate
     print(f"training loop, main thread: {res['loop_samples'] * ms / 1000:.1f} s; in callbacks "
           f"{100 * (res['callback_share'] or 0):.2f}% ({res['callback_samples'] * ms / a.steps:.2f} ms per step)")

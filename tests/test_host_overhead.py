@@ -25,7 +25,7 @@ RAW = "\n".join([
 def test_callback_share_and_busy_threads(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text(RAW + "\n")
-    res = host_overhead.analyse(raw, steps=10)
+    res = host_overhead.analyse(raw)
     assert (res["loop_samples"], res["callback_samples"]) == (100, 10)
     assert res["callback_share"] == 0.1
     assert res["busy_samples_by_thread"] == {"mg-metric-spool": 7}  # waiting samples are not work
@@ -34,4 +34,4 @@ def test_callback_share_and_busy_threads(tmp_path):
 def test_with_subprocesses_the_process_frame_is_skipped(tmp_path):
     raw = tmp_path / "raw.txt"
     raw.write_text("\n".join(f'process 7:"model-garden train";{line}' for line in RAW.splitlines()) + "\n")
-    assert host_overhead.analyse(raw, steps=10)["callback_samples"] == 10
+    assert host_overhead.analyse(raw)["callback_samples"] == 10
