@@ -1,6 +1,6 @@
 """LoRA adapter vs merged model throughput, each deployed by `model-garden deploy` on its own GPU.
 
-    python3 bench/gpu/bench_lora.py --out $OUT [--levels 8,64] [--eager]
+    python3 bench/gpu/bench_lora.py --out $OUT [--levels 8,64] [--eager] [--gpus 2,3]
 
 gpu-merged is gpu-llama with gpu-lora-a merged in, so both serve the same function; the adapter
 deployment computes the LoRA path at run time (vLLM's punica kernels). Results: $OUT/lora.json.
@@ -23,17 +23,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--levels", default="1,8,64")
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--gpus", default="0,1", help="GPU of the merged model, GPU of the adapter")
     args = ap.parse_args()
     flags = ["--enforce-eager"] if args.eager else []
     bench_serve.LEVELS = tuple(int(x) for x in args.levels.split(","))
-    R: dict = {"flags": flags}
+    g_merged, g_lora = args.gpus.split(",")
+    R: dict = {"flags": flags, "gpus": {"merged": g_merged, "lora": g_lora}}
     starts = {}
 
     def start(name, uri, gpu, port):
         starts[name] = mg("deploy", uri, "--name", name, "--port", str(port), "--gpu-memory-utilization", "0.85",
                           *flags, gpus=gpu)
-    th = [threading.Thread(target=start, args=a) for a in (("bl-lora", "models:/gpu-lora-a@champion", "1", 8011),
-                                                          ("bl-merged", "models:/gpu-merged@champion", "0", 8010))]
+    th = [threading.Thread(target=start, args=a) for a in (("bl-lora", "models:/gpu-lora-a@champion", g_lora, 8011),
+                                                          ("bl-merged", "models:/gpu-merged@champion", g_merged, 8010))]
     for t in th:
         t.start()
     for t in th:
@@ -41,7 +43,8 @@ def main() -> None:
     R["starts"] = {k: {"rc": v["rc"], "seconds": v["seconds"], "stderr": v["stderr"][-800:]} for k, v in starts.items()}
     try:
         if record("bl-lora") and record("bl-merged"):
-            R["lora_vs_merged"] = bench_serve.compare(("lora", 8011, "gpu-lora-a", 1), ("merged", 8010, "gpu-merged", 0))
+            R["lora_vs_merged"] = bench_serve.compare(("lora", 8011, "gpu-lora-a", int(g_lora)),
+                                                      ("merged", 8010, "gpu-merged", int(g_merged)))
     finally:
         for name in ("bl-lora", "bl-merged"):
             if record(name):

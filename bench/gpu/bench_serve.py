@@ -143,6 +143,7 @@ def run() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget", type=float, default=540, help="seconds; optional steps are skipped past it")
+    ap.add_argument("--skip-lora", action="store_true", help="no LoRA step (bench_lora.py measures it on other GPUs)")
     ap.add_argument("--mode", choices=["eager-warm", "graphs-cold"], default="eager-warm",
                     help="eager-warm: --enforce-eager, the machine's JIT caches; graphs-cold: vLLM's defaults "
                          "(torch.compile + CUDA graphs), each server an empty HOME")
@@ -199,8 +200,8 @@ def run() -> None:
     R["gpu1_after_bare_stop"] = gpu_processes_on(1, settle=30)
 
     # 3. LoRA adapter vs merged
-    if time.time() - T0 > args.budget - 90:
-        R["lora_skipped"] = "budget"
+    if args.skip_lora or time.time() - T0 > args.budget - 90:
+        R["lora_skipped"] = "--skip-lora" if args.skip_lora else "budget"
         return finish(R, args)
     lora = mg("deploy", "models:/gpu-lora-a@champion", "--name", "bench-lora", "--port", "8001",
               "--gpu-memory-utilization", UTIL, *MODE["flags"],

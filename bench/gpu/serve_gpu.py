@@ -10,7 +10,9 @@ Two lanes run side by side, one per GPU (CUDA_VISIBLE_DEVICES), then tensor para
          GPU that is already taken and one that cannot fit (clear error, hint, nothing left running);
   both:  tensor parallel planned from the machine (GPU count and memory).
 `--only fp8,int4` serves the quantized checkpoints alone (gpu-fp8, gpu-int4: compressed-tensors FP8 and
-W4A16 from serve_models.py), each with its dry-run plan.
+W4A16 from serve_models.py; `--gpu N` picks the card), each with its dry-run plan, and then checks vLLM's
+greedy answer against transformers' on the same folder (compressed-tensors decompresses it on load), so
+a checkpoint that loads but computes the wrong function fails the comparison.
 Each deployment answers through `model-garden generate` and the OpenAI client, and is stopped with
 `model-garden deployments stop`, after which nvidia-smi must show no process on its GPU.
 Results: $OUT/functional.json (+ the error text of the failing deployments).
@@ -156,6 +158,49 @@ def tensor_parallel(flags: list[str], out: Path) -> None:
     put("tensor_parallel", res)
 
 
+HF_GREEDY = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, prompt, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to("cuda").eval()
+ids = tok(prompt, return_tensors="pt").input_ids.to("cuda")
+out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+print(json.dumps({"text": tok.decode(out[0, ids.shape[1]:]), "layer0_up": type(model.model.layers[0].mlp.up_proj).__name__}))
+"""
+
+
+def hf_greedy(uri: str, gpu: str, n: int = 24) -> dict:
+    """transformers' greedy continuation of PROMPT on the folder ``uri`` resolves to (a fresh process on ``gpu``)."""
+    import json
+
+    folder = local_dir(uri)
+    p = subprocess.run([sys.executable, "-c", HF_GREEDY, folder, PROMPT, str(n)], capture_output=True, text=True,
+                       env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}, timeout=600)
+    if p.returncode != 0:
+        return {"rc": p.returncode, "stderr": p.stderr[-2000:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def common_prefix(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def quantized(key: str, port: int, gpu: str, flags: list[str], out: Path) -> None:
+    """The plan, the deployment (answers, stop, empty GPU), then vLLM's greedy text against transformers'."""
+    uri = f"models:/gpu-{key}@champion"
+    put(f"{key}_plan", mg("deploy", uri, "--dry-run", gpus=gpu))
+    res = served(key, [uri], gpu, flags, [f"gpu-{key}"], out, port, keep_log=True)
+    vllm_text = (res.get("openai", {}).get(f"gpu-{key}") or {}).get("text")
+    ref = {"hf": hf_greedy(uri, gpu), "hf_bf16_merged": hf_greedy("models:/gpu-merged@champion", gpu)}
+    if vllm_text is not None and "text" in ref["hf"]:
+        ref["vllm_text"] = vllm_text
+        ref["common_prefix_chars"] = common_prefix(vllm_text, ref["hf"]["text"])
+        ref["common_prefix_with_bf16_merged"] = common_prefix(vllm_text, ref["hf_bf16_merged"].get("text", ""))
+    res["reference"] = ref
+    put(key, res)
+
+
 def guarded(func, *args) -> None:
     try:
         func(*args)
@@ -171,6 +216,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--eager", action="store_true", help="pass --enforce-eager (start in seconds, not minutes)")
     ap.add_argument("--only", default="lanes,tp", help="comma-separated: lanes, fp8, int4, tp")
+    ap.add_argument("--gpu", default="0", help="the GPU of the quantized checkpoints (fp8, int4)")
     args = ap.parse_args()
     flags = ["--enforce-eager"] if args.eager else []
     put("gpus_before", gpu_processes())
@@ -184,9 +230,7 @@ def main() -> None:
             save(args.out, "functional.json", RESULTS)
     for key, port in (("fp8", 8002), ("int4", 8004)):  # quantized checkpoints: the plan, then served
         if key in args.only:
-            uri = f"models:/gpu-{key}@champion"
-            put(f"{key}_plan", mg("deploy", uri, "--dry-run", gpus="0"))
-            put(key, served(key, [uri], "0", flags, [f"gpu-{key}", "gpu-merged"], args.out, port, keep_log=True))
+            guarded(quantized, key, port, args.gpu, flags, args.out)
     if "tp" in args.only:
         guarded(tensor_parallel, flags, args.out)
     put("gpus_after", gpu_processes())
