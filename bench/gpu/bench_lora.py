@@ -23,12 +23,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--levels", default="1,8,64")
     ap.add_argument("--eager", action="store_true")
+    ap.add_argument("--scale", type=int, default=1, help="N x the requests of each timed run")
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--gpus", default="0,1", help="GPU of the merged model, GPU of the adapter")
     args = ap.parse_args()
     flags = ["--enforce-eager"] if args.eager else []
     bench_serve.LEVELS = tuple(int(x) for x in args.levels.split(","))
+    bench_serve.SCALE.update(requests=args.scale, rounds=args.rounds)
     g_merged, g_lora = args.gpus.split(",")
-    R: dict = {"flags": flags, "gpus": {"merged": g_merged, "lora": g_lora}}
+    R: dict = {"flags": flags, **bench_serve.SCALE, "gpus": {"merged": g_merged, "lora": g_lora}}
     starts = {}
 
     def start(name, uri, gpu, port):

@@ -36,6 +36,7 @@ LEVELS = (1, 8, 64)
 MAX_TOKENS = 128
 PROMPT = "Write a long story about a fox who learns to fly. " * 4  # ~60 tokens with the tiny tokenizer
 UTIL = "0.85"
+SCALE = {"requests": 1, "rounds": 2}  # --scale N: N x the requests per run; --rounds
 MODE = {"flags": ["--enforce-eager"], "cold": False}  # --mode: eager-warm (default) | graphs-cold
 BARE: list = []
 
@@ -90,7 +91,7 @@ def load(port: int, model: str, concurrency: int, gpu: int) -> dict:
     url = f"http://127.0.0.1:{port}/v1/completions"
     asyncio.run(_load(url, model, concurrency, max(4, concurrency)))  # warm-up at this level
     e0 = energy_mj(gpu)
-    res = asyncio.run(_load(url, model, concurrency, max(16, 4 * concurrency)))
+    res = asyncio.run(_load(url, model, concurrency, max(16, 4 * concurrency) * SCALE["requests"]))
     e1 = energy_mj(gpu)
     if e0 is not None and e1 is not None:
         res["gpu_joules"] = round((e1 - e0) / 1000, 1)
@@ -98,8 +99,9 @@ def load(port: int, model: str, concurrency: int, gpu: int) -> dict:
     return res
 
 
-def compare(a: tuple, b: tuple, rounds: int = 2) -> dict:
+def compare(a: tuple, b: tuple, rounds: int | None = None) -> dict:
     """a, b = (label, port, model, gpu); alternate a, b at each level, ``rounds`` times."""
+    rounds = rounds or SCALE["rounds"]
     out = {}
     for c in LEVELS:
         runs = {a[0]: [], b[0]: []}
@@ -143,15 +145,18 @@ def run() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--budget", type=float, default=540, help="seconds; optional steps are skipped past it")
+    ap.add_argument("--scale", type=int, default=1, help="N x the requests of each timed run (CUDA graphs: ~1 s at 1x)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the two sides at each concurrency")
     ap.add_argument("--skip-lora", action="store_true", help="no LoRA step (bench_lora.py measures it on other GPUs)")
     ap.add_argument("--mode", choices=["eager-warm", "graphs-cold"], default="eager-warm",
                     help="eager-warm: --enforce-eager, the machine's JIT caches; graphs-cold: vLLM's defaults "
                          "(torch.compile + CUDA graphs), each server an empty HOME")
     args = ap.parse_args()
+    SCALE.update(requests=args.scale, rounds=args.rounds)
     if args.mode == "graphs-cold":
         MODE.update(flags=[], cold=True)
     R_mode = args.mode
-    R: dict = {"util": UTIL, "max_tokens": MAX_TOKENS, "mode": R_mode}
+    R: dict = {"util": UTIL, "max_tokens": MAX_TOKENS, "mode": R_mode, **SCALE}
     folder = local_dir("models:/gpu-merged@champion")
     R["folder"] = folder
 

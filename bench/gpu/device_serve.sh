@@ -43,15 +43,16 @@ running() {
 }
 
 case "$cmd" in
-  start)
-    rm -rf $W && mkdir -p $W/a $W/b
+  start)   # start [no-int4]; BENCH_ARGS (e.g. "--scale 4 --rounds 3") go to both benchmarks
+    [ -d $W ] && mv $W "$W.$(date +%s)"   # an earlier start's results stay on the machine
+    mkdir -p $W/a $W/b
     n=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
     if [ "$n" -ge 4 ]; then
-      setsid nohup python3 $D/bench_serve.py --out $W/a --mode graphs-cold --skip-lora --budget 900 \
+      setsid nohup python3 $D/bench_serve.py --out $W/a --mode graphs-cold --skip-lora --budget 900 ${BENCH_ARGS:-} \
         > $W/job-a.log 2>&1 < /dev/null &
       echo $! > $W/job-a.pid
-      setsid nohup bash -c "python3 $D/bench_lora.py --out $W/b --gpus 2,3; \
-        python3 $D/serve_gpu.py --out $W/b --eager --only int4 --gpu 2" > $W/job-b.log 2>&1 < /dev/null &
+      INT4="python3 $D/serve_gpu.py --out $W/b --eager --only int4 --gpu 2"; [ "${1:-}" = no-int4 ] && INT4=true
+      setsid nohup bash -c "python3 $D/bench_lora.py --out $W/b --gpus 2,3 ${BENCH_ARGS:-}; $INT4" > $W/job-b.log 2>&1 < /dev/null &
       echo $! > $W/job-b.pid
       echo "$n GPUs: job a (deploy vs bare, GPUs 0,1) and job b (LoRA vs merged on 2,3, then INT4 on 2) started"
     else
