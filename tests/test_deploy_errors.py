@@ -106,6 +106,29 @@ def test_dead_stale_and_stop_group(mg_home):
         stop_group(proc.pid, grace=2)
 
 
+def test_start_time_matches_records_written_from_proc(mg_home):
+    """Records of servers started before psutil replaced the /proc reader hold /proc/PID/stat's start
+    ticks (field 22); psutil's reading must give the same string, or upgrading would mark every running
+    deployment stale."""
+    from mg_mlflow.deploy import state
+
+    proc = _spawn_group()
+    try:
+        raw = Path(f"/proc/{proc.pid}/stat").read_text()
+        ticks = raw[raw.rfind(")") + 2:].split()[19]
+        assert state.process_start_time(proc.pid) == ticks
+        state.write_record({"name": "old", "host": "127.0.0.1", "port": free_port(), "pgid": proc.pid,
+                            "pid": proc.pid, "pid_start_time": ticks, "models": [], "uris": [],
+                            "log_file": str(mg_home / "x.log")})
+        assert state.status_of(state.read_record("old"), probe=False) == "running"
+    finally:
+        from mg_mlflow.deploy.supervisor import stop_group
+
+        stop_group(proc.pid, grace=2)
+    proc.wait(timeout=10)  # reaped: the pid no longer names a process
+    assert state.process_start_time(proc.pid) is None and not state.pid_alive(proc.pid)
+
+
 def test_stop_unknown(mg_home):
     res = run_cli(["deployments", "stop", "ghost"])
     assert res.returncode == 2 and "no deployment named 'ghost'" in res.stderr

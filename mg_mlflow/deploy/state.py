@@ -94,59 +94,50 @@ def get_record(name: str) -> dict[str, Any]:
     return rec
 
 
-# --- processes (Linux /proc, with a portable fallback) -------------------------------------------
+# --- processes (psutil) ---------------------------------------------------------------------------
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces: split after the closing parenthesis
-    rest = raw[raw.rfind(")") + 2:].split()
-    return [raw[: raw.find(" ")], raw[raw.find("(") + 1: raw.rfind(")")], *rest]
+_GONE = ("zombie", "dead")  # psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD: exited, not yet reaped
 
 
 def process_start_time(pid: int) -> str | None:
-    """Start time in clock ticks since boot (Linux), used to detect pid reuse."""
-    fields = _proc_stat(pid)
-    return fields[21] if fields else None
+    """When ``pid`` started, in clock ticks since boot (a string): with the pid, the identity that tells a
+    server from a later process given the same pid. The value equals /proc/PID/stat's field 22 on Linux,
+    which records written by earlier versions hold, so those records keep matching."""
+    import psutil
+
+    try:
+        created = psutil.Process(pid).create_time()
+    except (psutil.Error, ValueError, OverflowError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    return str(round((created - psutil.boot_time()) * ticks))
 
 
 def pid_alive(pid: int | None) -> bool:
     """True if ``pid`` runs (zombies count as dead)."""
+    import psutil
+
     if not pid:
         return False
-    fields = _proc_stat(pid)
-    if fields is not None:
-        return fields[2] not in ("Z", "X")
-    if Path("/proc/self/stat").exists():
-        return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() not in _GONE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) pids whose process group is ``pgid``."""
-    if not Path("/proc/self/stat").exists():
-        try:
-            os.killpg(pgid, 0)
-            return [pgid]
-        except ProcessLookupError:
-            return []
+    import psutil
+
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() not in _GONE:
+                members.append(proc.pid)
+        except (psutil.Error, OSError):  # gone meanwhile, or not ours to inspect
             continue
-        fields = _proc_stat(int(entry.name))
-        if fields and fields[4] == str(pgid) and fields[2] not in ("Z", "X"):
-            members.append(int(entry.name))
     return members
 
 

@@ -69,13 +69,13 @@ def pick_port(host: str, wanted: int | None, reserved: set[int]) -> int:
 
 
 def mem_available() -> int | None:
+    """Memory the machine can give a new process without swapping (bytes; MemAvailable on Linux)."""
+    import psutil
+
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError):
+        return None
 
 
 def check_memory(weight_bytes: int, kv_gib: float) -> None:
