@@ -184,3 +184,46 @@ def test_failed_start_reports_cause_and_hint(tmp_path):
     assert "vLLM exited with code 1" in text and "cause: " in text and "No available memory" in text
     assert "hint: the weights and activations fill" in text
     assert proc.poll() == 1
+
+
+def _phases(path: Path) -> list[str]:
+    """The phase the progress line shows after each line of a captured log, without repeats."""
+    from mg_mlflow.deploy.supervisor import startup_phase
+
+    lines, seen, phase = path.read_text(errors="replace").splitlines(), [], None
+    for i in range(len(lines)):
+        phase = startup_phase(lines[max(0, i - 39):i + 1], phase)   # the 40-line window wait_healthy reads
+        if phase and (not seen or seen[-1] != phase):
+            seen.append(phase)
+    return seen
+
+
+def test_startup_phases_of_a_cold_h100_start():
+    """vLLM 0.26 with CUDA graphs on a fresh H100 (bench/results/2026-11-28-serve): 121 s of engine init,
+    of which ~90 s are silent kernel JIT after the CUDA-graph memory report. The progress names each phase,
+    and names that silence, instead of showing a stale log line."""
+    phases = _phases(DATA / "vllm026_h100_cold_start.log")
+    jit = next(p for p in phases if p.startswith("compiling kernels (JIT"))
+    expected = ["reading the model's config", "starting the engine", "loading weights", "torch.compile (cached for the next start)",
+                "profiling memory", "allocating the KV cache", "autotuning kernels", "warming up kernels",
+                "capturing CUDA graphs", jit, "starting the API server", "ready"]
+    assert [p for p in phases if p in expected] == expected
+    lines = (DATA / "vllm026_h100_cold_start.log").read_text(errors="replace").splitlines()
+    silent = next(i for i, line in enumerate(lines) if "Kernel JIT monitor activated" in line)
+    from mg_mlflow.deploy.supervisor import startup_phase
+
+    assert startup_phase(lines[silent - 40:silent]) == jit   # what the user sees during the 90 s
+
+
+def test_startup_phases_of_a_warm_h100_start():
+    """The same model started again with the caches kept: graphs load from the cache, nothing compiles."""
+    phases = _phases(DATA / "vllm026_h100_warm_start.log")
+    assert "loading compiled graphs from the cache" in phases
+    assert "torch.compile (cached for the next start)" not in phases and phases[-1] == "ready"
+
+
+def test_startup_phase_keeps_the_last_one_over_unknown_lines():
+    from mg_mlflow.deploy.supervisor import startup_phase
+
+    assert startup_phase(["INFO some line vLLM prints", "another"], "loading weights") == "loading weights"
+    assert startup_phase([], None) is None

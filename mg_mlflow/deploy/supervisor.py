@@ -100,6 +100,38 @@ def log_tail(path: str | Path, lines: int = 30) -> str:
         return ""
 
 
+# What vLLM is doing while it starts, from the last of these lines in its log (vLLM 0.26 wording; a
+# line that matches none keeps the phase before it). Measured on an H100 (bench/results/2026-11-28-serve):
+# the first start on a machine spends ~90 s after the CUDA-graph memory report JIT-compiling kernels
+# without a word in the log, which is where a user would think it hangs.
+_PHASES = (
+    ("non-default args", "reading the model's config"),
+    ("Resolved architecture", "starting the engine"),
+    ("Initializing a V1 LLM engine", "starting the engine"),
+    ("Loading safetensors checkpoint shards", "loading weights"),
+    ("Loading weights took", "loading weights"),
+    ("Compiling a graph for compile range", "torch.compile (cached for the next start)"),
+    ("Directly load the compiled graph", "loading compiled graphs from the cache"),
+    ("Initial profiling/warmup run", "profiling memory"),
+    ("Available KV cache memory", "allocating the KV cache"),
+    ("Autotuning process starts", "autotuning kernels"),
+    ("Warming up", "warming up kernels"),
+    ("Capturing CUDA graphs", "capturing CUDA graphs"),
+    ("for CUDAGraph memory", "compiling kernels (JIT: about 1.5 min on the first start on a machine, cached after)"),
+    ("init engine (profile, create kv cache, warmup model) took", "starting the API server"),
+    ("Application startup complete", "ready"),
+)
+
+
+def startup_phase(lines: list[str], current: str | None = None) -> str | None:
+    """The start-up phase the last recognised line of ``lines`` (a vLLM log, oldest first) names."""
+    for line in reversed(lines):
+        for marker, phase in reversed(_PHASES):
+            if marker in line:
+                return phase
+    return current
+
+
 _MAX_LEN = re.compile(r"estimated maximum model length is (\d+)")
 _FREE = re.compile(r"Free memory on device \S+ \(([\d.]+)/([\d.]+) GiB\) on startup is less than desired "
                    r"GPU memory utilization \(([\d.]+)")
@@ -211,6 +243,7 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                             transient=True)
         progress.start()
         task = progress.add_task(label, last="")
+    phase = None
     try:
         while True:
             if proc.poll() is not None:
@@ -230,8 +263,11 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                               hint="raise --health-timeout, or read the log for the cause: "
                                    + failure_hint(tail))
             if progress is not None:
-                last = log_tail(log_file, 1)[-90:]
-                progress.update(task, last=last.replace("[", "\\["))
+                recent = log_tail(log_file, 40).splitlines()
+                phase = startup_phase(recent, phase)
+                last = (recent[-1] if recent else "")[-90:]
+                progress.update(task, description=f"{label}: {phase}" if phase else label,
+                                last=last.replace("[", "\\["))
             time.sleep(0.5)
     finally:
         if progress is not None:
