@@ -203,7 +203,7 @@ def test_startup_phases_of_a_cold_h100_start():
     of which ~90 s are silent kernel JIT after the CUDA-graph memory report. The progress names each phase,
     and names that silence, instead of showing a stale log line."""
     phases = _phases(DATA / "vllm026_h100_cold_start.log")
-    jit = next(p for p in phases if p.startswith("compiling kernels (JIT"))
+    jit = next(p for p in phases if p.startswith("compiling kernels"))
     expected = ["reading the model's config", "starting the engine", "loading weights", "torch.compile (cached for the next start)",
                 "profiling memory", "allocating the KV cache", "autotuning kernels", "warming up kernels",
                 "capturing CUDA graphs", jit, "starting the API server", "ready"]

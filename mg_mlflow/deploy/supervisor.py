@@ -117,7 +117,7 @@ _PHASES = (
     ("Autotuning process starts", "autotuning kernels"),
     ("Warming up", "warming up kernels"),
     ("Capturing CUDA graphs", "capturing CUDA graphs"),
-    ("for CUDAGraph memory", "compiling kernels (JIT: about 1.5 min on the first start on a machine, cached after)"),
+    ("for CUDAGraph memory", "compiling kernels (first start: ~1.5 min, then cached)"),
     ("init engine (profile, create kv cache, warmup model) took", "starting the API server"),
     ("Application startup complete", "ready"),
 )
@@ -238,9 +238,14 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        progress = Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), TimeElapsedColumn(),
-                            TextColumn("[dim]{task.fields[last]}"), console=Console(stderr=True),
-                            transient=True)
+        from rich.table import Column
+
+        # the phase keeps its room on a narrow terminal; the raw log line takes what is left
+        progress = Progress(SpinnerColumn(), TimeElapsedColumn(),
+                            TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+                            TextColumn("[dim]{task.fields[last]}",
+                                       table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                            console=Console(stderr=True), transient=True, expand=True)
         progress.start()
         task = progress.add_task(label, last="")
     phase = None
