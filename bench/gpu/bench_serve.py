@@ -147,6 +147,8 @@ def run() -> None:
     ap.add_argument("--budget", type=float, default=540, help="seconds; optional steps are skipped past it")
     ap.add_argument("--scale", type=int, default=1, help="N x the requests of each timed run (CUDA graphs: ~1 s at 1x)")
     ap.add_argument("--rounds", type=int, default=2, help="alternations of the two sides at each concurrency")
+    ap.add_argument("--gpus", default="0,1", help="GPU of the deployment, GPU of bare vLLM (1,0 swaps them, to tell "
+                                                  "a GPU difference from the platform's)")
     ap.add_argument("--skip-lora", action="store_true", help="no LoRA step (bench_lora.py measures it on other GPUs)")
     ap.add_argument("--mode", choices=["eager-warm", "graphs-cold"], default="eager-warm",
                     help="eager-warm: --enforce-eager, the machine's JIT caches; graphs-cold: vLLM's defaults "
@@ -156,12 +158,13 @@ def run() -> None:
     if args.mode == "graphs-cold":
         MODE.update(flags=[], cold=True)
     R_mode = args.mode
-    R: dict = {"util": UTIL, "max_tokens": MAX_TOKENS, "mode": R_mode, **SCALE}
+    g_dep, g_bare = args.gpus.split(",")
+    R: dict = {"util": UTIL, "max_tokens": MAX_TOKENS, "mode": R_mode, **SCALE, "gpus": {"deploy": g_dep, "bare": g_bare}}
     folder = local_dir("models:/gpu-merged@champion")
     R["folder"] = folder
 
     # 1. cold starts side by side
-    env_b = {**os.environ, **fresh_home("bare"), "CUDA_VISIBLE_DEVICES": "1"}
+    env_b = {**os.environ, **fresh_home("bare"), "CUDA_VISIBLE_DEVICES": g_bare}
     blog = open(args.out / "bare_vllm.log", "w")
     t = time.time()
     import shutil
@@ -178,7 +181,7 @@ def run() -> None:
     def deploy_merged():
         dep.update(mg("deploy", "models:/gpu-merged@champion", "--name", "bench-merged", "--port", "8000",
                       "--gpu-memory-utilization",
-                      UTIL, *MODE["flags"], gpus="0", env=fresh_home("deploy")))
+                      UTIL, *MODE["flags"], gpus=g_dep, env=fresh_home("deploy")))
     th = threading.Thread(target=deploy_merged)
     th.start()
     bare_s = wait_health(8300, bare, timeout=600)
@@ -198,11 +201,11 @@ def run() -> None:
         return
 
     # 2. throughput, deployment vs bare
-    R["deploy_vs_bare"] = compare(("deploy", rec["port"], "gpu-merged", 0), ("bare", 8300, folder, 1))
+    R["deploy_vs_bare"] = compare(("deploy", rec["port"], "gpu-merged", int(g_dep)), ("bare", 8300, folder, int(g_bare)))
     save(args.out, "bench.json", R)
     os.killpg(bare.pid, 15)
     bare.wait(timeout=60)
-    R["gpu1_after_bare_stop"] = gpu_processes_on(1, settle=30)
+    R["bare_gpu_after_stop"] = gpu_processes_on(int(g_bare), settle=30)
 
     # 3. LoRA adapter vs merged
     if args.skip_lora or time.time() - T0 > args.budget - 90:
@@ -210,12 +213,13 @@ def run() -> None:
         return finish(R, args)
     lora = mg("deploy", "models:/gpu-lora-a@champion", "--name", "bench-lora", "--port", "8001",
               "--gpu-memory-utilization", UTIL, *MODE["flags"],
-              gpus="1", env=fresh_home("bare"))
+              gpus=g_bare, env=fresh_home("bare"))
     lrec = record("bench-lora")
     R["lora_start"] = {"cli_s": lora["seconds"], "rc": lora["rc"], "stderr": lora["stderr"][-1500:],
                        "log": log_numbers(lrec["log_file"]) if lrec else {}, "command": lrec.get("command") if lrec else None}
     if lrec:
-        R["lora_vs_merged"] = compare(("lora", lrec["port"], "gpu-lora-a", 1), ("merged", rec["port"], "gpu-merged", 0))
+        R["lora_vs_merged"] = compare(("lora", lrec["port"], "gpu-lora-a", int(g_bare)),
+                                       ("merged", rec["port"], "gpu-merged", int(g_dep)))
         save(args.out, "bench.json", R)
         R["lora_stop"] = mg("deployments", "stop", "bench-lora")
 
@@ -234,7 +238,7 @@ def finish(R: dict, args) -> None:
     if time.time() - T0 < args.budget - 150:
         warm = mg("deploy", "models:/gpu-merged@champion", "--name", "bench-warm", "--port", "8002",
                   "--gpu-memory-utilization", UTIL, *MODE["flags"],
-                  gpus="0", env=fresh_home("deploy"))
+                  gpus=args.gpus.split(",")[0], env=fresh_home("deploy"))
         wrec = record("bench-warm")
         R["warm_start"] = {"cli_s": warm["seconds"], "rc": warm["rc"], "log": log_numbers(wrec["log_file"]) if wrec else {}}
         if wrec:

@@ -43,12 +43,13 @@ running() {
 }
 
 case "$cmd" in
-  start)   # start [no-int4]; BENCH_ARGS (e.g. "--scale 4 --rounds 3") go to both benchmarks
+  start)   # start [no-int4]; BENCH_ARGS (e.g. "--scale 4 --rounds 3") go to both benchmarks, SERVE_ARGS
+           # to bench_serve.py alone (e.g. "--gpus 1,0": the deployment on GPU 1, bare vLLM on GPU 0)
     [ -d $W ] && mv $W "$W.$(date +%s)"   # an earlier start's results stay on the machine
     mkdir -p $W/a $W/b
     n=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
     if [ "$n" -ge 4 ]; then
-      setsid nohup python3 $D/bench_serve.py --out $W/a --mode graphs-cold --skip-lora --budget 900 ${BENCH_ARGS:-} \
+      setsid nohup python3 $D/bench_serve.py --out $W/a --mode graphs-cold --skip-lora --budget 900 ${BENCH_ARGS:-} ${SERVE_ARGS:-} \
         > $W/job-a.log 2>&1 < /dev/null &
       echo $! > $W/job-a.pid
       INT4="python3 $D/serve_gpu.py --out $W/b --eager --only int4 --gpu 2"; [ "${1:-}" = no-int4 ] && INT4=true
@@ -56,7 +57,7 @@ case "$cmd" in
       echo $! > $W/job-b.pid
       echo "$n GPUs: job a (deploy vs bare, GPUs 0,1) and job b (LoRA vs merged on 2,3, then INT4 on 2) started"
     else
-      setsid nohup bash -c "python3 $D/bench_serve.py --out $W/a --mode graphs-cold --budget 900; \
+      setsid nohup bash -c "python3 $D/bench_serve.py --out $W/a --mode graphs-cold --budget 900 ${BENCH_ARGS:-} ${SERVE_ARGS:-}; \
         python3 $D/serve_gpu.py --out $W/a --eager --only int4 --gpu 0" > $W/job-a.log 2>&1 < /dev/null &
       echo $! > $W/job-a.pid
       echo "$n GPUs: one job (deploy vs bare with its LoRA step, then INT4 on GPU 0) started"
