@@ -100,8 +100,9 @@ def log_tail(path: str | Path, lines: int = 30) -> str:
         return ""
 
 
-# What vLLM is doing while it starts, from the last of these lines in its log (vLLM 0.26 wording; a
-# line that matches none keeps the phase before it). Measured on an H100 (bench/results/2026-11-28-serve):
+# What vLLM is doing while it starts, from the last of these lines in its log (vLLM 0.26 wording; each
+# marker is the first line vLLM prints as the phase begins; a line that matches none keeps the phase
+# before it). Measured on an H100 (bench/results/2026-11-28-serve):
 # the first start on a machine spends ~90 s after the CUDA-graph memory report JIT-compiling kernels
 # without a word in the log, which is where a user would think it hangs.
 _PHASES = (
@@ -110,8 +111,9 @@ _PHASES = (
     ("Initializing a V1 LLM engine", "starting the engine"),
     ("Loading safetensors checkpoint shards", "loading weights"),
     ("Loading weights took", "loading weights"),
-    ("Compiling a graph for compile range", "torch.compile (cached for the next start)"),
+    ("for vLLM's torch.compile", "torch.compile (cached after the first start)"),
     ("Directly load the compiled graph", "loading compiled graphs from the cache"),
+    ("torch.compile took", "profiling memory"),
     ("Initial profiling/warmup run", "profiling memory"),
     ("Available KV cache memory", "allocating the KV cache"),
     ("Autotuning process starts", "autotuning kernels"),
