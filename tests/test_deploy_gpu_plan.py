@@ -188,11 +188,11 @@ def test_failed_start_reports_cause_and_hint(tmp_path):
 
 def _phases(path: Path) -> list[str]:
     """The phase the progress line shows after each line of a captured log, without repeats."""
-    from mg_mlflow.deploy.supervisor import startup_phase
+    from mg_mlflow.deploy.supervisor import PHASE_WINDOW, startup_phase
 
     lines, seen, phase = path.read_text(errors="replace").splitlines(), [], None
     for i in range(len(lines)):
-        phase = startup_phase(lines[max(0, i - 39):i + 1], phase)   # the 40-line window wait_healthy reads
+        phase = startup_phase(lines[max(0, i + 1 - PHASE_WINDOW):i + 1], phase)   # the window wait_healthy reads
         if phase and (not seen or seen[-1] != phase):
             seen.append(phase)
     return seen
@@ -210,9 +210,9 @@ def test_startup_phases_of_a_cold_h100_start():
     assert [p for p in phases if p in expected] == expected
     lines = (DATA / "vllm026_h100_cold_start.log").read_text(errors="replace").splitlines()
     silent = next(i for i, line in enumerate(lines) if "Kernel JIT monitor activated" in line)
-    from mg_mlflow.deploy.supervisor import startup_phase
+    from mg_mlflow.deploy.supervisor import PHASE_WINDOW, startup_phase
 
-    assert startup_phase(lines[silent - 40:silent]) == jit   # what the user sees during the 90 s
+    assert startup_phase(lines[silent - PHASE_WINDOW:silent]) == jit   # what the user sees during the 90 s
 
 
 def test_startup_phases_of_a_warm_h100_start():

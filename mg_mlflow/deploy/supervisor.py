@@ -125,6 +125,9 @@ _PHASES = (
 )
 
 
+PHASE_WINDOW = 40  # log lines wait_healthy reads for the phase: a marker stays in view through a silent phase
+
+
 def startup_phase(lines: list[str], current: str | None = None) -> str | None:
     """The start-up phase the last recognised line of ``lines`` (a vLLM log, oldest first) names."""
     for line in reversed(lines):
@@ -270,7 +273,7 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                               hint="raise --health-timeout, or read the log for the cause: "
                                    + failure_hint(tail))
             if progress is not None:
-                recent = log_tail(log_file, 40).splitlines()
+                recent = log_tail(log_file, PHASE_WINDOW).splitlines()
                 phase = startup_phase(recent, phase)
                 last = (recent[-1] if recent else "")[-90:]
                 progress.update(task, description=f"{label}: {phase}" if phase else label,
