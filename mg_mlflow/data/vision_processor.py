@@ -1,7 +1,8 @@
 """Model inputs for Qwen2-VL-family models without torchvision: images, chat prompt, generation.
 
 ``transformers``' ``Qwen2_5_VLProcessor`` (and so ``AutoProcessor``) needs torchvision for its video
-processor, and PyPI torchvision does not load beside the CPU torch build (FACTS.md). This module
+processor, and PyPI torchvision does not load beside the CPU torch build
+(``operator torchvision::nms does not exist``). This module
 does the processor's job for images: the PIL image processor turns each image into patches, every
 ``<|image_pad|>`` of the chat template is expanded to the image's number of tokens, and labels
 cover the answer only. It formats data for a model, so it sits in the data layer: training (the

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # A ChatML-style template. HF's Jinja settings strip the newline after a block tag, so newlines
-# are written as {{ '\n' }} (see FACTS.md).
+# are written as {{ '\n' }}.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"

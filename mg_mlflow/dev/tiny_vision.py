@@ -21,7 +21,7 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 # The Qwen2-VL chat template (as shipped with Qwen/Qwen2.5-VL-*-Instruct). Newlines are written as
-# {{ '\n' }} because HF's Jinja settings strip the newline after a block tag (FACTS.md).
+# {{ '\n' }} because HF's Jinja settings strip the newline after a block tag.
 CHAT_TEMPLATE = (
     "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
     "{% for message in messages %}"

@@ -1,7 +1,8 @@
 """Load a Model Garden model folder or registry URI back as transformers / peft objects.
 
 This is the documented loader for what MLflow's transformers flavor cannot hold faithfully (an
-adapter whose base was a local folder; see FACTS.md and mlflow #22020)::
+adapter whose base was a local folder: its LoRA weights are re-initialised on reload, or the base
+is referenced by an absolute path; mlflow #22020)::
 
     from mg_mlflow.registry.loader import load_transformers
     model, tokenizer = load_transformers("models:/tiny-lora@champion")
