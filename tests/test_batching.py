@@ -263,3 +263,37 @@ def test_model_card_says_how_batches_were_bucketed():
     assert "- batching: padded, padded to a multiple of 64 (asked: auto)" in card(pad_to_multiple_of_resolved="64")
     assert "- batching: padded (asked: auto)" in card(pad_to_multiple_of_resolved="0")
     assert "- batching: padded (asked: auto)" in card()  # a run from before the param existed
+
+
+def test_flattened_rows_on_a_gpu_run_flex_attention():
+    """hf backend: padding-free and packed rows get FlexAttention on a CUDA GPU (a document mask from
+    position ids), padded rows and every CPU run keep SDPA (FlexAttention has no CPU backward)."""
+    from mg_mlflow.training.batching import FLAT_ROW_ATTENTION, attention_implementation
+
+    assert FLAT_ROW_ATTENTION == "flex_attention"
+    assert attention_implementation("padding_free", "cuda") == attention_implementation("packed", "cuda:1") == \
+        "flex_attention"
+    assert attention_implementation("padded", "cuda") == "sdpa"
+    assert attention_implementation("padding_free", "cpu") == attention_implementation("packed", "cpu") == "sdpa"
+
+
+def test_flex_attention_keeps_examples_of_a_flattened_row_apart(tiny_model, varlen_data):
+    """The GPU path's attention on the real padding-free batch: the tiny model loaded with
+    FlexAttention gives the padded batch's loss over the same targets (forward only: FlexAttention
+    has no backward on the CPU), and switches back to SDPA for the reload probe."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mg_mlflow.training.backends import inference_attention
+
+    padded, n_padded, _, _ = first_batch_loss(tiny_model, varlen_data, "padded", True)
+    _, n_free, b_free, trainer = first_batch_loss(tiny_model, varlen_data, "padding_free", True)
+    flex = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="flex_attention",
+                                                dtype=torch.float32)
+    assert flex.config._attn_implementation == "flex_attention"
+    batch = {k: b_free[k] for k in ("input_ids", "labels", "position_ids")}
+    with torch.no_grad():
+        free = float(trainer.compute_loss(flex, batch, num_items_in_batch=torch.tensor(n_free)))
+    assert n_free == n_padded and free == pytest.approx(padded, rel=1e-5)
+    inference_attention(flex)
+    assert flex.config._attn_implementation == "sdpa"
