@@ -11,7 +11,7 @@ The modes, all on TRL's ``SFTTrainer``:
   then counts bins, so one step sees more examples.
 
 The choice is always ours, never a library's default (Unsloth turns padding-free on by itself when
-``SFTConfig.padding_free`` is left unset). ``auto`` resolves by :data:`AUTO_RULES`; the requested and
+``SFTConfig.padding_free`` is left unset). ``auto`` resolves by :func:`auto_rule`; the requested and
 the resolved mode are logged as the params ``batching`` and ``batching_resolved``, the rule as the
 tag ``mg.batching_reason``. Padded text batches are bucketed by ``pad_to_multiple_of`` (-1 = auto,
 :data:`AUTO_PAD_MULTIPLE`), logged as ``pad_to_multiple_of_resolved``. The measurements behind both
@@ -21,7 +21,11 @@ Attention for flattened rows (:func:`attention_implementation`): with the hf bac
 padding-free and packed rows run PyTorch FlexAttention (``attn_implementation="flex_attention"``):
 transformers turns the restarting ``position_ids`` into a block-sparse document mask, so only the
 blocks inside one example are computed. SDPA over the same rows needs a dense block-diagonal mask,
-which rules out its flash kernel. Padded rows keep SDPA.
+which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends packed rows itself.
+
+On a GPU a small model's step costs about the same whatever its tokens (launch-bound), so tokens/s
+follows the real tokens per step: ``packed`` (full bins) is the fastest layout for variable-length
+rows on the hf backend, at the price of more examples per step (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -34,16 +38,13 @@ from mg_mlflow.errors import MGError
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
+# batching = auto: never a mode that changes how many examples a step holds (``packed`` does, so it
+# is only ever asked for); between padded and padding_free, the one measured faster on the device
+# (bench/gpu/bench_parity.py, docs/performance.md). Today that is padded on every backend and device.
+AUTO_MODE = "padded"
 CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
-# (backend, device) -> (mode, why) for batching = auto. Change a row only with a measurement on that
-# device, recorded in docs/performance.md.
-AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
-    ("unsloth", "cuda"): ("padded", "padded (bucketed) is fastest on variable-length rows "
-                                    "(docs/performance.md)"),
-    ("unsloth", "cpu"): ("padded", CPU_WHY),
-    ("hf", "cuda"): ("padded", "padded (bucketed) is fastest on variable-length rows (docs/performance.md)"),
-    ("hf", "cpu"): ("padded", CPU_WHY),
-}
+GPU_WHY = ("GPU: padded, bucketed to a multiple of 64, is as fast as padding-free on variable-length rows "
+           "(hf + FlexAttention) or faster (Unsloth); see docs/performance.md")
 
 # device -> (N, why) for pad_to_multiple_of = -1 (auto): padded text batches are padded up to a
 # multiple of N tokens, so a GPU sees at most max_seq_length / N batch shapes.
@@ -81,7 +82,7 @@ def attention_implementation(mode: str, device: str | None = None) -> str:
 
 
 def resolve_batching(cfg, backend: str, device: str | None = None) -> str:
-    """The mode a run uses: the requested one, or for ``auto`` the :data:`AUTO_RULES` row of
+    """The mode a run uses: the requested one, or for ``auto`` :func:`auto_rule` of
     (backend, device). Vision runs are always padded (each example keeps its own image)."""
     return resolve_with_reason(cfg, backend, device)[0]
 
@@ -100,9 +101,8 @@ def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[s
 
 
 def auto_rule(backend: str, device: str) -> tuple[str, str]:
-    """(mode, why) for ``auto``; an unknown (backend, device) is padded, the safe default."""
-    return AUTO_RULES.get((backend, "cuda" if device.startswith("cuda") else "cpu"),
-                          ("padded", "no measured rule: padded"))
+    """(mode, why) for ``auto`` on this backend and device (see :data:`AUTO_MODE`)."""
+    return AUTO_MODE, GPU_WHY if device.startswith("cuda") else CPU_WHY
 
 
 def resolve_pad_multiple(cfg, mode: str, device: str | None = None) -> tuple[int, str]:
