@@ -17,8 +17,7 @@ for padding-free and packed rows on a GPU, SDPA otherwise).
 `--batching`: padded (Unsloth's automatic padding-free switched off: UNSLOTH_PADDING_CHOICE=padded,
 UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 and padding_free=False), padding_free (padding_free=True,
 UNSLOTH_PADDING_CHOICE=padding_free), packed (TRL's BFD packing,
-padding-free with position ids), or default (whatever the library decides: the behaviour behind the
-issue's table). What the trainer really did is read back and recorded (eff_*).
+padding-free with position ids), or default (whatever the library decides). What the trainer really did is read back and recorded (eff_*).
 """
 
 from __future__ import annotations

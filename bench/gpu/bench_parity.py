@@ -158,7 +158,7 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
 
 def run_bounded(cmd: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     """Run one variant in its own process group; past ``timeout`` the group (the variant and any ranks
-    it launched) is killed and the row records it, so one hung variant does not eat the lease."""
+    it launched) is killed and the row records it, so one hung variant does not take the rest of the machine time."""
     import signal
 
     proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -257,7 +257,7 @@ def main(argv=None) -> dict:
         print(json.dumps({k: row.get(k) for k in ("variant", "round", "s_per_step", "tokens_per_s", "mfu",
                                                   "wall_s", "error")}, default=str), flush=True)
         meta["wall_s"] = time.perf_counter() - t0
-        write_outputs(result, out, lane_dir, final=i == len(plan) - 1)  # after each: a cut lease keeps the rest
+        write_outputs(result, out, lane_dir, final=i == len(plan) - 1)  # after each: a run cut short keeps the rest
     import parity_report
 
     print(parity_report.markdown([result]))

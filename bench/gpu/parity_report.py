@@ -1,7 +1,7 @@
 """Ratios and the markdown report of bench_parity.py, and the results writer.
 
     # after the device calls, with each lane's files fetched (results.json + logs.tar.gz per folder):
-    python bench/gpu/parity_report.py /work/.device/.../gpu0 /work/.device/.../gpu1 \
+    python bench/gpu/parity_report.py FILES/gpu0 FILES/gpu1 \
         --to bench/results/$(date +%F)-parity
     # -> <lane>.json (every row), <lane>-mlflow_runs.json (the MLflow runs as JSON), summary.md
 
