@@ -5,7 +5,7 @@ real codecarbon tracker (offline) and a real sqlite MLflow store, and times ever
 interval between consecutive ``on_step_end`` events (so it includes every callback's own work; the
 tracker's one-off start, ~1.5 s before the first step, is not a step), both in wall-clock time and in
 CPU time of the whole process (all threads: the tracker's sampling and logging threads included). On a
-machine shared with other jobs the CPU-time ratio is the steadier figure. The issue's bar: < 1%.
+machine shared with other jobs the CPU-time ratio is the steadier figure. The bar: < 1%.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_carbon_overhead.py --rounds 3 --steps 500
 

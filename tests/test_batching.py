@@ -109,7 +109,7 @@ def test_bucketed_padding_is_validated_and_text_only():
 
 
 def test_auto_bucketing_follows_its_measured_rule():
-    """pad_to_multiple_of = -1 (the default): 64 for padded batches on a GPU (measured, issue 11), off on
+    """pad_to_multiple_of = -1 (the default): 64 for padded batches on a GPU (measured: docs/performance.md), off on
     the CPU and for rows that are not padded per batch; an explicit value always wins."""
     from mg_mlflow.config import TrainConfig
     from mg_mlflow.training.batching import AUTO_PAD_MULTIPLE, resolve_pad_multiple
@@ -171,13 +171,14 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
 
 def test_auto_follows_the_rule_table():
     from mg_mlflow.config import TrainConfig
-    from mg_mlflow.training.batching import AUTO_RULES, resolve_batching
+    from mg_mlflow.training.batching import AUTO_MODE, CPU_WHY, GPU_WHY, auto_rule, resolve_batching
     from mg_mlflow.vision_config import VisionTrainConfig
 
     auto = TrainConfig(base_model="m", dataset="d")
     table = {key: resolve_batching(auto, *key) for key in
              [("unsloth", "cuda"), ("unsloth", "cpu"), ("hf", "cuda"), ("hf", "cpu")]}
-    assert table == {key: "padded" for key in table} == {k: v[0] for k, v in AUTO_RULES.items()}
+    assert AUTO_MODE == "padded" and table == {key: AUTO_MODE for key in table}  # never packed: it changes a step
+    assert auto_rule("hf", "cuda:1") == ("padded", GPU_WHY) and auto_rule("unsloth", "cpu") == ("padded", CPU_WHY)
     assert resolve_batching(auto, "unsloth", "cuda:0") == "padded"
     assert resolve_batching(TrainConfig(base_model="m", dataset="d", batching="padding_free"), "hf", "cpu") == \
         "padding_free"
@@ -263,3 +264,35 @@ def test_model_card_says_how_batches_were_bucketed():
     assert "- batching: padded, padded to a multiple of 64 (asked: auto)" in card(pad_to_multiple_of_resolved="64")
     assert "- batching: padded (asked: auto)" in card(pad_to_multiple_of_resolved="0")
     assert "- batching: padded (asked: auto)" in card()  # a run from before the param existed
+
+
+def test_flattened_rows_on_a_gpu_run_flex_attention():
+    """hf backend: padding-free and packed rows get FlexAttention on a CUDA GPU (a document mask from
+    position ids), padded rows and every CPU run keep SDPA (FlexAttention has no CPU backward)."""
+    from mg_mlflow.training.batching import FLAT_ROW_ATTENTION, attention_implementation
+
+    assert FLAT_ROW_ATTENTION == "flex_attention"
+    assert attention_implementation("padding_free", "cuda") == attention_implementation("packed", "cuda:1") == \
+        "flex_attention"
+    assert attention_implementation("padded", "cuda") == "sdpa"
+    assert attention_implementation("padding_free", "cpu") == attention_implementation("packed", "cpu") == "sdpa"
+
+
+def test_flex_attention_keeps_examples_of_a_flattened_row_apart(tiny_model, varlen_data):
+    """The GPU path's attention on the real padding-free batch: the trainer's model switched to
+    FlexAttention gives the padded batch's loss over the same targets (forward only: FlexAttention has
+    no backward on the CPU), then goes back to SDPA for the reload probe."""
+    import torch
+
+    from mg_mlflow.training.backends import inference_attention
+
+    padded, n_padded, _, _ = first_batch_loss(tiny_model, varlen_data, "padded", True)
+    _, n_free, b_free, trainer = first_batch_loss(tiny_model, varlen_data, "padding_free", True)
+    model = trainer.model
+    model.set_attn_implementation("flex_attention")
+    assert model.config._attn_implementation == "flex_attention"
+    with torch.no_grad():
+        free = float(trainer.compute_loss(model, b_free, num_items_in_batch=torch.tensor(n_free)))
+    assert n_free == n_padded and free == pytest.approx(padded, rel=1e-5)
+    inference_attention(model)
+    assert model.config._attn_implementation == "sdpa"

@@ -38,11 +38,14 @@ def test_mfu_arithmetic_on_a_known_case():
         mfu.mfu(tps, n, 0)
 
 
-def test_measured_peak_is_the_best_repeat():
-    peak = mfu.measure_peak(n=32, iters=3, repeats=3, dtype="float32", device="cpu")
-    assert len(peak["seconds"]) == 3 and min(peak["seconds"]) > 0
-    assert peak["peak_flops"] == pytest.approx(2 * 32**3 * 3 / min(peak["seconds"]), rel=1e-12)
+def test_measured_peak_is_the_median_burst():
+    import statistics
+
+    peak = mfu.measure_peak(n=32, iters=3, repeats=5, dtype="float32", device="cpu")
+    assert len(peak["seconds"]) == 5 and min(peak["seconds"]) > 0 and peak["statistic"] == "median"
+    assert peak["peak_flops"] == pytest.approx(2 * 32**3 * 3 / statistics.median(peak["seconds"]), rel=1e-12)
     assert peak["peak_tflops"] == pytest.approx(peak["peak_flops"] / 1e12, rel=1e-12)
+    assert peak["best_tflops"] >= peak["peak_tflops"] and peak["spread"] >= 0
 
 
 def test_param_count_matches_the_loaded_model(tiny_model):
@@ -105,45 +108,87 @@ def test_bare_and_platform_are_timed_alike_on_the_same_tokens(tiny_model, mg_hom
     assert json.loads((tmp_path / "m.json").read_text())["tokens_per_step"] == platform["tokens_per_step"]
 
 
-def _row(variant, side, backend, tps, **kw):
+def _row(variant, side, backend, tps, round_=0, **kw):
     base = {"variant": variant, "side": side, "backend": backend, "method": "lora", "shape": "var",
-            "batching": "padded", "toggle": "", "num_gpus": 1, "tokens_per_s": tps}
+            "batching": "padded", "toggle": "", "num_gpus": 1, "tokens_per_s": tps, "round": round_}
     return {**base, **kw}
 
 
-def test_ratios_pair_like_with_like():
-    rows = [_row("bare-u", "bare", "unsloth", 20000.0), _row("mg-u", "mg", "unsloth", 19000.0),
-            _row("bare-h", "bare", "hf", 10000.0), _row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0,
-                                                                   mg_tokens_per_s_last=10000.0),
-            _row("mg-u-nolog", "mg", "unsloth", 19950.0, toggle="nolog"),
-            _row("mg-u-packed", "mg", "unsloth", 38000.0, batching="packed"),
-            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0,
-                 mg_tokens_per_s_last=15000.0),
-            _row("mg-h-1", "mg", "hf", 9400.0, shape="fixed", mg_tokens_per_s=10000.0),
+def _rounds(variant, side, backend, values, **kw):
+    """One row per round; ``values`` per round (a number is tokens/s; a dict sets several fields)."""
+    rows = []
+    for k, v in enumerate(values):
+        extra = v if isinstance(v, dict) else {"tokens_per_s": v}
+        rows.append(_row(variant, side, backend, None, k, **{**kw, **extra}))
+    return rows
+
+
+def test_ratios_pair_like_with_like_round_by_round():
+    rows = [*_rounds("bare-u", "bare", "unsloth", [20000.0, 10000.0]),
+            *_rounds("mg-u", "mg", "unsloth", [19000.0, 9000.0]),
+            *_rounds("bare-h", "bare", "hf", [10000.0, 5000.0]),
+            *_rounds("mg-h", "mg", "hf", [{"tokens_per_s": 9500.0, "mg_tokens_per_s": 9000.0,
+                                           "mg_tokens_per_s_last": 10000.0}] * 2),
+            *_rounds("mg-u-nolog", "mg", "unsloth", [19950.0, 9450.0], toggle="nolog"),
+            *_rounds("mg-u-packed", "mg", "unsloth", [38000.0, 18000.0], batching="packed"),
+            *_rounds("mg-h-2", "mg", "hf", [{"tokens_per_s": 18000.0, "mg_tokens_per_s": 18000.0,
+                                             "mg_tokens_per_s_last": 15000.0}] * 2, num_gpus=2),
+            *_rounds("mg-h-fixed", "mg", "hf", [19000.0, 19000.0], shape="fixed"),
             _row("broken", "bare", "hf", None, error="boom")]
-    got = {(r["kind"], r["a"], r["b"]): r["ratio"] for r in parity_report.ratios(rows)}
-    assert got[("platform/bare tok/s", "mg-u", "bare-u")] == pytest.approx(0.95)
-    assert got[("platform/bare tok/s", "mg-h", "bare-h")] == pytest.approx(0.95)
-    assert got[("unsloth/hf tok/s", "mg-u", "mg-h")] == pytest.approx(2.0)
-    assert got[("toggled/full tok/s", "mg-u-nolog", "mg-u")] == pytest.approx(1.05)
-    assert got[("batching/padded tok/s", "mg-u-packed", "mg-u")] == pytest.approx(2.0)
-    assert got[("2 GPUs/1 tok/s (MLflow, median)", "mg-h-2", "mg-h")] == pytest.approx(2.0)
-    assert got[("2 GPUs/1 tok/s (MLflow, last window)", "mg-h-2", "mg-h")] == pytest.approx(1.5)
+    found = parity_report.ratios(rows)
+    got = {(r["kind"], r["a"], r["b"]): r for r in found}
+    # each pair is one round of both variants: ratios 0.95 and 0.90, median 0.925, range kept
+    u = got[("platform/bare tok/s", "mg-u", "bare-u")]
+    assert (u["pairs"], u["ratio"], u["lo"], u["hi"]) == (2, pytest.approx(0.925), pytest.approx(0.9),
+                                                          pytest.approx(0.95))
+    assert got[("platform/bare tok/s", "mg-h", "bare-h")]["per_pair"] == pytest.approx([0.95, 1.9])
+    assert got[("unsloth/hf tok/s", "mg-u", "mg-h")]["ratio"] == pytest.approx((2.0 + 9000 / 9500) / 2)
+    assert got[("toggled/full tok/s", "mg-u-nolog", "mg-u")]["ratio"] == pytest.approx((1.05 + 1.05) / 2)
+    assert got[("batching/padded tok/s", "mg-u-packed", "mg-u")]["ratio"] == pytest.approx((2.0 + 2.0) / 2)
+    assert got[("var/fixed rows tok/s", "mg-h", "mg-h-fixed")]["ratio"] == pytest.approx(0.5)
+    assert got[("2 GPUs/1 tok/s (MLflow, median)", "mg-h-2", "mg-h")]["ratio"] == pytest.approx(2.0)
+    assert got[("2 GPUs/1 tok/s (MLflow, last window)", "mg-h-2", "mg-h")]["ratio"] == pytest.approx(1.5)
     assert not any("broken" in k for k in got)  # a failed row pairs with nothing
-    assert not any("mg-h-1" in k for k in got)  # fixed rows pair with no variable-length row
-    assert got[("unsloth/hf tok/s", "bare-u", "bare-h")] == pytest.approx(2.0)
-    assert len(got) == 8
+    assert got[("unsloth/hf tok/s", "bare-u", "bare-h")]["ratio"] == pytest.approx(2.0)
+
+
+def test_no_ratio_from_a_single_pair():
+    rows = [_row("mg-u", "mg", "unsloth", 19000.0), _row("bare-u", "bare", "unsloth", 20000.0),
+            _row("mg-h", "mg", "hf", 9000.0, round_=1)]  # a round the others did not run
+    got = {(r["kind"], r["a"], r["b"]): r for r in parity_report.ratios(rows)}
+    one = got[("platform/bare tok/s", "mg-u", "bare-u")]
+    assert one["pairs"] == 1 and one["ratio"] is None and "no ratio (needs 2)" in one["note"]
+    assert got[("unsloth/hf tok/s", "mg-u", "mg-h")]["pairs"] == 0
+    md = parity_report.lane_markdown({"meta": {"lane": "x", "card": "H200", "date": "d", "versions": {},
+                                               "peak": {"peak_tflops": 700.0, "n": 8192, "repeats": 5},
+                                               "params": {"n_params": 1e9}, "data": {},
+                                               "args": {"batch": 8, "steps": 90, "warmup": 40, "gc": False}},
+                                      "rows": rows, "ratios": parity_report.ratios(rows)})
+    assert "| platform/bare tok/s | mg-u | bare-u | 1 | - | - | 1 pair(s): no ratio" in md
+
+
+def test_rounds_alternate_their_order():
+    import variants
+
+    plan = variants.schedule("packing-u,mg-hf-lora-var-padded64", repeat=3)
+    names = [(r, v.name) for r, v in plan]
+    block = [v.name for v in variants.groups()["packing-u"]]
+    assert [n for r, n in names if r == 0][:len(block)] == block
+    assert [n for r, n in names if r == 1][:len(block)] == block[::-1]  # ABBA within the block
+    assert [n for r, n in names if r == 2][:len(block)] == block
+    assert names[-3:] == [(0, "mg-hf-lora-var-padded64"), (1, "mg-hf-lora-var-padded64"),
+                          (2, "mg-hf-lora-var-padded64")]  # loose variants form their own block
 
 
 def test_an_older_result_gets_its_last_window_from_the_exported_runs():
-    rows = [_row("mg-h", "mg", "hf", 9500.0, mg_tokens_per_s=9000.0),
-            _row("mg-h-2", "mg", "hf", 18000.0, num_gpus=2, mg_tokens_per_s=18000.0)]
+    rows = [*_rounds("mg-h", "mg", "hf", [{"tokens_per_s": 9500.0, "mg_tokens_per_s": 9000.0}] * 2),
+            *_rounds("mg-h-2", "mg", "hf", [{"tokens_per_s": 18000.0, "mg_tokens_per_s": 18000.0}] * 2, num_gpus=2)]
     res = {"meta": {}, "rows": rows, "ratios": parity_report.ratios(rows)}
     exported = {"experiments": [{"name": "x", "runs": [
         {"name": "mg-h", "history": {"tokens_per_second": [[20, 3000.0], [30, 6000.0], [10, 1000.0]]}},
         {"name": "mg-h-2", "history": {"tokens_per_second": [[10, 7000.0], [30, 9000.0]]}}]}]}
     parity_report.fill_last_window(res, exported)
-    assert [r["mg_tokens_per_s_last"] for r in res["rows"]] == [6000.0, 9000.0]  # the highest step's point
+    assert [r["mg_tokens_per_s_last"] for r in res["rows"]] == [6000.0] * 2 + [9000.0] * 2  # the highest step's point
     got = {r["kind"]: r["ratio"] for r in res["ratios"]}
     assert got["2 GPUs/1 tok/s (MLflow, last window)"] == pytest.approx(1.5)
 

@@ -11,12 +11,13 @@ carbon. Timed by bench/gpu/meter.py (the same meter as the platform runs). Print
         --grad-accum 1 --steps 30 --out bare.json
 
 `--grad-accum` is explicit (default 1, the platform's default): Unsloth's SFTConfig otherwise
-defaults to 2, and an earlier figure compared 16-row steps with 8-row steps (issue 11).
+defaults to 2, which would compare 16-row steps with 8-row ones.
+`--attn` (hf): the attention implementation, by default the one Model Garden picks (FlexAttention
+for padding-free and packed rows on a GPU, SDPA otherwise).
 `--batching`: padded (Unsloth's automatic padding-free switched off: UNSLOTH_PADDING_CHOICE=padded,
 UNSLOTH_DISABLE_AUTO_PADDING_FREE=1 and padding_free=False), padding_free (padding_free=True,
 UNSLOTH_PADDING_CHOICE=padding_free), packed (TRL's BFD packing,
-padding-free with position ids), or default (whatever the library decides: the behaviour behind the
-issue's table). What the trainer really did is read back and recorded (eff_*).
+padding-free with position ids), or default (whatever the library decides). What the trainer really did is read back and recorded (eff_*).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--load-seq", type=int, default=0, help="Unsloth's load-time max_seq_length (default: --seq)")
     p.add_argument("--batching", choices=BATCHING, default="padded")
+    p.add_argument("--attn", default="auto",
+                   help="hf attn_implementation; auto: flex_attention for padding_free/packed on CUDA "
+                        "(Model Garden's rule), sdpa otherwise")
     p.add_argument("--pad-multiple", type=int, default=0, help="SFTConfig pad_to_multiple_of (0 = off)")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=16)
@@ -113,7 +117,8 @@ def main(argv=None) -> dict:
 
         kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
         if cuda:
-            kwargs["attn_implementation"] = "sdpa"
+            flat = a.batching in ("padding_free", "packed")
+            kwargs["attn_implementation"] = a.attn if a.attn != "auto" else "flex_attention" if flat else "sdpa"
         if a.method == "qlora":
             from transformers import BitsAndBytesConfig
 

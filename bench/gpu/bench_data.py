@@ -2,8 +2,7 @@
 
 Two shapes (``shape``):
 
-- ``fixed``: every row is exactly ``seq - 1`` tokens once the chat template is applied (the shape of
-  the issue's "rows of exactly 511 tokens"): no padding whatever the batching;
+- ``fixed``: every row is exactly ``seq - 1`` tokens once the chat template is applied: no padding whatever the batching;
 - ``var``: instruction rows whose total length is drawn log-uniformly between ``min_len`` and
   ``seq - 1`` (a long tail of short answers and a few long ones, as in real instruction sets; median
   ~180 tokens for 64..511): padded batches spend most slots on padding, padding-free/packed do not.

@@ -1,24 +1,28 @@
 """Bare Unsloth/HF vs `model-garden train`, back to back on one card, with MFU and cost attribution.
 
-One call on the GPU machine runs the chosen groups (bench/gpu/variants.py) on the same card:
+One call on the GPU machine runs the chosen groups (bench/gpu/variants.py) on the same card; each
+group runs ``--repeat`` rounds in alternating order (A B C, C B A: ABBA), so any two variants of a
+group are compared in ``--repeat`` pairs and the report gives the median ratio and its spread:
 
+    packing-h / packing-u   fixed rows vs variable rows: bucketed padding (today's default),
+              padding-free and packed rows; hf (FlexAttention for flattened rows) and Unsloth
     parity    bare Unsloth+TRL, `model-garden train --backend unsloth` (full tracking), bare HF+peft,
               `model-garden train --backend hf`; padded batches; fixed-length AND variable-length rows
     batching  the same on variable rows with padding_free and packed batches (and bare Unsloth's own
-              default choice, the behaviour behind issue 11's table)
-    attrib    `--backend unsloth` with each suspect of the platform overhead switched off in turn
+              default choice)
+    attrib, toggles-var   `--backend unsloth` with each per-step cost of the platform switched off
     qlora     parity's four on variable rows with a 4-bit base
     ddp       `--backend hf`, --num-gpus 1 vs 2 (needs 2 GPUs): tokens/s and the loss curves
 
 Every single-GPU variant is timed by bench/gpu/meter.py (the same two-sync window for bare and
 platform, real non-pad tokens counted on the device); platform runs also carry Model Garden's own
-MLflow figures. The card's bf16 peak is measured first (bench/gpu/mfu.py), so MFU = 6N x tokens/s /
-peak comes from this call. Output (at most 3 files: the device returns 8 per call):
+MLflow figures. The card's bf16 peak is measured first (bench/gpu/mfu.py: the median of several
+timed bursts), so MFU = 6N x tokens/s / peak comes from this call. Output (3 files):
 OUT/results.json, OUT/results.md, OUT/logs.tar.gz (each variant's log + the MLflow runs as JSON).
 
-    python bench/gpu/bench_parity.py --out $OUT --groups parity,attrib          # on the GPU
-    python bench/gpu/bench_parity.py --groups parity,batching,attrib,qlora --plan   # device seconds, here
-    python bench/gpu/bench_parity.py --cpu-smoke --out /tmp/smoke                # plumbing, on a CPU
+    python bench/gpu/bench_parity.py --out $OUT --groups packing-h,packing-u    # on the GPU
+    python bench/gpu/bench_parity.py --groups parity,attrib --plan              # device seconds, here
+    python bench/gpu/bench_parity.py --cpu-smoke --out /tmp/smoke               # plumbing, on a CPU
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ def parse(argv=None):
     p.add_argument("--workdir", default="/tmp/mg-parity", help="model, data (shared by lanes) and lane stores")
     p.add_argument("--groups", default="parity", help="groups and/or variant names, comma-separated")
     p.add_argument("--size", choices=["tiny", "1b", "8b"], default="1b")
-    # 50 steps timed after 20 (2026-11-27 used 30 after 5): on variable-length rows every new padded
-    # length costs time when first seen, and hf's 10-step windows still climbed 1.4k -> 3.2k -> 6.0k tok/s
+    # 50 steps timed after 40: on variable-length rows every new padded length costs time when first
+    # seen, and shorter warm-ups still held part of it
     p.add_argument("--steps", type=int, default=90)
     p.add_argument("--warmup", type=int, default=40)
     p.add_argument("--batch", type=int, default=8)
@@ -55,6 +59,8 @@ def parse(argv=None):
     p.add_argument("--rows", type=int, default=1200)
     p.add_argument("--min-len", type=int, default=64, help="shortest variable-length row (tokens)")
     p.add_argument("--gc", action="store_true", help="gradient checkpointing in every variant (default off)")
+    p.add_argument("--repeat", type=int, default=2,
+                   help="rounds per group in alternating order (ABBA); the report gives no ratio from fewer than 2")
     p.add_argument("--gpu", default="", help="CUDA_VISIBLE_DEVICES for this lane (two lanes on a 2-GPU machine)")
     p.add_argument("--lane", default="", help="name of this lane (default: gpu<N> or main)")
     p.add_argument("--peak-n", type=int, default=8192)
@@ -66,6 +72,7 @@ def parse(argv=None):
     a = p.parse_args(argv)
     if a.cpu_smoke:
         a.size, a.steps, a.warmup, a.batch, a.seq, a.rows, a.min_len, a.peak_n = "tiny", 3, 1, 4, 128, 48, 32, 256
+        a.repeat = min(a.repeat, 2)
         if a.groups == "parity":
             a.groups = "smoke"
     a.lane = a.lane or (f"gpu{a.gpu}" if a.gpu else "main")
@@ -106,16 +113,18 @@ def lane_env(a, lane_dir: Path) -> dict:
     return env
 
 
-def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Path, experiment: str) -> dict:
+def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Path, experiment: str,
+                round_: int = 0) -> dict:
     logs = lane_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    meter_json = logs / f"{v.name}.meter.json"
+    tag = f"{v.name}.r{round_}"
+    meter_json = logs / f"{tag}.meter.json"
     meter_json.unlink(missing_ok=True)
     ident = {"variant": v.name, "side": v.side, "backend": v.backend, "method": v.method, "shape": v.shape,
-             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "lane": a.lane}
+             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "lane": a.lane, "round": round_}
     try:
         cmd = (V.bare_command(v, a, data[v.shape], model, meter_json) if v.side == "bare"
-               else V.mg_command(v, a, data[v.shape], model, meter_json, experiment))
+               else V.mg_command(v, a, data[v.shape], model, meter_json, experiment, run_name=tag))
     except ValueError as exc:
         return {**ident, "error": str(exc)}
     if v.num_gpus == 1 and "CUDA_VISIBLE_DEVICES" not in env:
@@ -127,7 +136,7 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
     started = time.perf_counter()
     proc = run_bounded(cmd, env, lane_dir, a.variant_timeout)
     wall = time.perf_counter() - started
-    (logs / f"{v.name}.log").write_text(" ".join(cmd) + "\n\n" + proc.stdout + "\n---- stderr ----\n"
+    (logs / f"{tag}.log").write_text(" ".join(cmd) + "\n\n" + proc.stdout + "\n---- stderr ----\n"
                                         + proc.stderr[-200000:])
     row = json.loads(meter_json.read_text()) if meter_json.is_file() else {}
     row.update({**ident, "wall_s": wall, "returncode": proc.returncode})
@@ -136,7 +145,7 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
         row["error"] = " | ".join(tail)[-600:] or f"exit {proc.returncode}"
     if v.side == "mg":
         try:
-            row.update(mlflow_figures(v.name, experiment, a.warmup, env["MLFLOW_TRACKING_URI"]))
+            row.update(mlflow_figures(tag, experiment, a.warmup, env["MLFLOW_TRACKING_URI"]))
         except Exception as exc:  # noqa: BLE001 - a missing run is recorded, the lane goes on
             row.setdefault("error", f"no MLflow run read back: {exc}")
     if v.num_gpus > 1 and not row.get("error"):  # launched ranks carry no meter: MLflow's own figures
@@ -149,7 +158,7 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
 
 def run_bounded(cmd: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
     """Run one variant in its own process group; past ``timeout`` the group (the variant and any ranks
-    it launched) is killed and the row records it, so one hung variant does not eat the lease."""
+    it launched) is killed and the row records it, so one hung variant does not take the rest of the machine time."""
     import signal
 
     proc = subprocess.Popen(cmd, env=env, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -206,13 +215,13 @@ def export_runs(lane_dir: Path) -> Path | None:
 
 def main(argv=None) -> dict:
     a = parse(argv)
-    chosen = V.select(a.groups, smoke=a.cpu_smoke)
+    plan = V.schedule(a.groups, a.repeat, smoke=a.cpu_smoke)
     if a.plan:
-        total = sum(v.cost_s for v in chosen)
-        for v in chosen:
-            print(f"{v.cost_s:5d} s  {v.name}")
-        print(f"{len(chosen)} variants, ~{total} s ({total / 60:.1f} min) + ~60 s model/data/peak")
-        return {"plan": [v.name for v in chosen], "estimate_s": total}
+        total = sum(v.cost_s for _, v in plan)
+        for r, v in plan:
+            print(f"{v.cost_s:5d} s  {v.name} (round {r})")
+        print(f"{len(plan)} runs, ~{total} s ({total / 60:.1f} min) + ~60 s model/data/peak")
+        return {"plan": [f"{v.name}.r{r}" for r, v in plan], "estimate_s": total}
     if a.gpu:  # before torch is imported anywhere in this process
         os.environ["CUDA_VISIBLE_DEVICES"] = a.gpu
     out, work = Path(a.out), Path(a.workdir)
@@ -237,17 +246,18 @@ def main(argv=None) -> dict:
     experiment = f"bench-parity-{a.size}"
     meta = {"lane": a.lane, "gpu": a.gpu, "card": peak["device"], "peak": peak, "params": params,
             "versions": versions(), "args": vars(a), "data": data, "cpu_smoke": a.cpu_smoke,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "planned": [v.name for v in chosen]}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "planned": [f"{v.name}.r{r}" for r, v in plan], "repeat": a.repeat}
     result = {"meta": meta, "rows": []}
-    for v in chosen:
-        row = run_variant(v, a, model, data, env, lane_dir, experiment)
+    for i, (r, v) in enumerate(plan):
+        row = run_variant(v, a, model, data, env, lane_dir, experiment, r)
         # several GPUs: the tokens of all ranks against the peak of all cards
         row.update(mfu.mfu_fields(row.get("tokens_per_s"), params["n_params"], peak["peak_flops"] * v.num_gpus))
         result["rows"].append(row)
-        print(json.dumps({k: row.get(k) for k in ("variant", "s_per_step", "tokens_per_s", "mfu", "error")},
-                         default=str), flush=True)
+        print(json.dumps({k: row.get(k) for k in ("variant", "round", "s_per_step", "tokens_per_s", "mfu",
+                                                  "wall_s", "error")}, default=str), flush=True)
         meta["wall_s"] = time.perf_counter() - t0
-        write_outputs(result, out, lane_dir, final=v is chosen[-1])  # after each: a cut lease keeps the rest
+        write_outputs(result, out, lane_dir, final=i == len(plan) - 1)  # after each: a run cut short keeps the rest
     import parity_report
 
     print(parity_report.markdown([result]))

@@ -1,4 +1,4 @@
-"""Serving numbers side by side in one lease: `model-garden deploy` vs bare `vllm serve` on the same folder.
+"""Serving numbers side by side on one machine: `model-garden deploy` vs bare `vllm serve` on the same folder.
 
     python3 bench/gpu/bench_serve.py --out $OUT [--budget 540] [--mode eager-warm|graphs-cold]   # 2 GPUs
 

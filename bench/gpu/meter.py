@@ -95,7 +95,8 @@ def effective_settings(trainer) -> dict:
             "eff_logging_steps": float(args.logging_steps),
             "eff_tokens_seen": str(getattr(args, "include_num_input_tokens_seen", "")),
             "eff_gradient_checkpointing": bool(args.gradient_checkpointing),
-            "eff_trainer_class": type(trainer).__name__}
+            "eff_trainer_class": type(trainer).__name__,
+            "eff_attn": str(getattr(getattr(trainer.model, "config", None), "_attn_implementation", ""))}
 
 
 def attach(trainer, warmup: int = 5) -> Meter:

@@ -1,7 +1,7 @@
 """Model FLOP utilisation (MFU) for the training bench: the arithmetic, the parameter count and the
 card's peak, measured in the same call.
 
-Convention (the one issue 11 asks for, PaLM/Chinchilla style): one trained token costs ``6 * N``
+Convention (PaLM/Chinchilla style): one trained token costs ``6 * N``
 FLOP, 2N forward + 4N backward, where ``N`` is the parameter count of the BASE model, frozen weights
 included, the tied embedding counted once, LoRA's own ~0.5% left out:
 
@@ -17,7 +17,7 @@ included, the tied embedding counted once, LoRA's own ~0.5% left out:
   MFU measures useful model FLOP, not what the hardware executed.
 
 ``peak`` is the card's dense bf16 matmul rate MEASURED by :func:`measure_peak` (a large bf16 matmul,
-best of several timed repeats), not the datasheet figure: an H100 SXM's datasheet says 989 TFLOP/s
+the median of several timed bursts), not the datasheet figure: an H100 SXM's datasheet says 989 TFLOP/s
 dense bf16; torch's matmul reaches ~600-800 of it, and that is the ceiling a training step can see.
 """
 
@@ -80,7 +80,8 @@ def param_count(model_dir: str) -> dict:
 def measure_peak(n: int = 8192, iters: int = 20, repeats: int = 5, dtype: str = "bfloat16",
                  device: str | None = None) -> dict:
     """Dense matmul rate of this device: ``repeats`` timed runs of ``iters`` products of two random
-    n x n matrices (random, not zeros: zeros run faster on some chips); the best run counts.
+    n x n matrices (random, not zeros: zeros run faster on some chips); the median burst counts (one
+    lucky burst does not set the ceiling), the best and the spread are kept beside it.
     CUDA: timed with events after a warm-up; CPU (for the smoke test): perf_counter."""
     import torch
 
@@ -112,8 +113,12 @@ def measure_peak(n: int = 8192, iters: int = 20, repeats: int = 5, dtype: str = 
             times.append(time.perf_counter() - t0)
     if not torch.isfinite(out.float()).all():
         raise RuntimeError("the peak matmul produced non-finite values")
-    best = min(times)
+    import statistics
+
+    mid, best = statistics.median(times), min(times)
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    return {"peak_flops": matmul_flops(n) * iters / best, "peak_tflops": matmul_flops(n) * iters / best / 1e12,
+    return {"peak_flops": matmul_flops(n) * iters / mid, "peak_tflops": matmul_flops(n) * iters / mid / 1e12,
+            "best_tflops": matmul_flops(n) * iters / best / 1e12,
+            "spread": (max(times) - best) / mid, "statistic": "median",
             "n": n, "iters": iters, "repeats": repeats, "dtype": dtype, "device": name,
             "seconds": times}

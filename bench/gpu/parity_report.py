@@ -1,7 +1,7 @@
 """Ratios and the markdown report of bench_parity.py, and the results writer.
 
     # after the device calls, with each lane's files fetched (results.json + logs.tar.gz per folder):
-    python bench/gpu/parity_report.py /work/.device/.../gpu0 /work/.device/.../gpu1 \
+    python bench/gpu/parity_report.py FILES/gpu0 FILES/gpu1 \
         --to bench/results/$(date +%F)-parity
     # -> <lane>.json (every row), <lane>-mlflow_runs.json (the MLflow runs as JSON), summary.md
 
@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import shutil
 import sys
 import tarfile
 from pathlib import Path
+
+
+MIN_PAIRS = 2  # a ratio from one pair of runs is noise-sized on these launch-bound steps: none is printed
 
 
 def _key(r: dict, *skip: str) -> tuple:
@@ -28,46 +32,83 @@ def _ok(r: dict) -> bool:
     return not r.get("error") and bool(r.get("tokens_per_s"))
 
 
-def ratios(rows: list[dict]) -> list[dict]:
-    """Every comparison the issue asks for that these rows allow; each names both variants."""
-    good = [r for r in rows if _ok(r)]
+def by_variant(rows: list[dict]) -> dict[str, dict[int, dict]]:
+    """variant -> round -> its good row (a row without ``round`` is round 0)."""
+    out: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        if _ok(r):
+            out.setdefault(r["variant"], {})[int(r.get("round", 0))] = r
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    """median, min, max and (max - min) / median of one variant's tokens/s over its rounds."""
+    mid = statistics.median(values)
+    return {"n": len(values), "median": mid, "min": min(values), "max": max(values),
+            "spread": (max(values) - min(values)) / mid if mid else None}
+
+
+def ratios(rows: list[dict], field: str = "tokens_per_s") -> list[dict]:
+    """Every comparison these rows allow, each between two variants and over the rounds both ran
+    (one pair per round: the same round of the same ABBA block). ``ratio`` is the median of the
+    per-pair ratios, ``lo``/``hi`` their range; with fewer than :data:`MIN_PAIRS` pairs there is no
+    ratio (``ratio`` None), only the note saying so."""
+    runs = by_variant(rows)
+    first = {name: next(iter(rs.values())) for name, rs in runs.items()}
     out = []
 
-    def add(kind, a, b, value, note=""):
-        out.append({"kind": kind, "a": a["variant"], "b": b["variant"], "ratio": value, "note": note})
+    def add(kind, a, b, note="", value_field=field):
+        ra, rb = runs[a["variant"]], runs[b["variant"]]
+        per = [ra[k][value_field] / rb[k][value_field] for k in sorted(set(ra) & set(rb))
+               if ra[k].get(value_field) and rb[k].get(value_field)]
+        item = {"kind": kind, "a": a["variant"], "b": b["variant"], "pairs": len(per), "per_pair": per,
+                "ratio": None, "lo": None, "hi": None, "note": note}
+        if len(per) >= MIN_PAIRS:
+            item.update(ratio=statistics.median(per), lo=min(per), hi=max(per))
+        else:
+            item["note"] = (f"{len(per)} pair(s): no ratio (needs {MIN_PAIRS}); " + note).strip("; ")
+        out.append(item)
 
+    good = list(first.values())
     for r in good:  # platform / bare, same data, batching, method (target >= 0.95)
         if r["side"] == "mg" and not r["toggle"] and r["num_gpus"] == 1:
             for b in good:
                 if b["side"] == "bare" and _key(b, "side") == _key(r, "side"):
-                    add("platform/bare tok/s", r, b, r["tokens_per_s"] / b["tokens_per_s"], "target >= 0.95")
-    for r in good:  # unsloth / hf, same side and everything else (target >= 1.6 on var, mg)
+                    add("platform/bare tok/s", r, b, "target >= 0.95")
+    for r in good:  # unsloth / hf, same side and everything else
         if r["backend"] == "unsloth" and not r["toggle"] and r["num_gpus"] == 1:
             for h in good:
                 if h["backend"] == "hf" and _key(h, "backend") == _key(r, "backend"):
-                    add("unsloth/hf tok/s", r, h, r["tokens_per_s"] / h["tokens_per_s"],
-                        "target >= 1.6 (mg, var)" if r["side"] == "mg" and r["shape"] == "var" else "")
-    for r in good:  # batching mode / padded
-        if r["batching"] != "padded" and not r["toggle"] and r["num_gpus"] == 1:
+                    add("unsloth/hf tok/s", r, h)
+    for r in good:  # batching mode / padded (to the longest row, or to a multiple of 64: the GPU default)
+        if r["batching"] not in ("padded",) and not r["toggle"] and r["num_gpus"] == 1:
             for p in good:
-                if p["batching"] == "padded" and _key(p, "batching") == _key(r, "batching"):
-                    add("batching/padded tok/s", r, p, r["tokens_per_s"] / p["tokens_per_s"])
+                if p["batching"] in ("padded", "padded64") and p["batching"] != r["batching"] and \
+                        _key(p, "batching") == _key(r, "batching"):
+                    add(f"batching/{p['batching']} tok/s", r, p,
+                        "target >= 2 (flattened rows vs padded64)" if p["batching"] == "padded64" and
+                        r["batching"] in ("padding_free", "packed") else "")
+    for r in good:  # variable-length rows / fixed-length rows, same backend and side (target >= 0.85)
+        if r["shape"] == "var" and not r["toggle"] and r["num_gpus"] == 1:
+            for f in good:
+                if f["shape"] == "fixed" and f["batching"] == "padded" and not f["toggle"] and \
+                        (f["side"], f["backend"], f["method"], f["num_gpus"]) == \
+                        (r["side"], r["backend"], r["method"], r["num_gpus"]):
+                    add("var/fixed rows tok/s", r, f, "target >= 0.85")
     for r in good:  # attribution: what the toggled cost takes away from full tracking
         if r["toggle"]:
             for f in good:
                 if not f["toggle"] and _key(f, "toggle") == _key(r, "toggle"):
-                    add("toggled/full tok/s", r, f, r["tokens_per_s"] / f["tokens_per_s"],
-                        "> 1: switching it off is faster by this factor")
+                    add("toggled/full tok/s", r, f, "> 1: switching it off is faster by this factor")
     for r in good:  # several GPUs, both from Model Garden's MLflow record (target >= 1.8)
         if r["num_gpus"] > 1:
-            for s in good:
-                if s["num_gpus"] == 1 and _key(s, "num_gpus") == _key(r, "num_gpus") and s.get("mg_tokens_per_s"):
-                    value = (r.get("mg_tokens_per_s") or 0) / s["mg_tokens_per_s"]
-                    add(f"{r['num_gpus']} GPUs/1 tok/s (MLflow, median)", r, s, value, "target >= 1.8")
-                    if r.get("mg_tokens_per_s_last") and s.get("mg_tokens_per_s_last"):
-                        add(f"{r['num_gpus']} GPUs/1 tok/s (MLflow, last window)", r, s,
-                            r["mg_tokens_per_s_last"] / s["mg_tokens_per_s_last"],
-                            "target >= 1.8; the settled figure when early windows still warm up")
+            for s_ in good:
+                if s_["num_gpus"] == 1 and _key(s_, "num_gpus") == _key(r, "num_gpus") and s_.get("mg_tokens_per_s"):
+                    add(f"{r['num_gpus']} GPUs/1 tok/s (MLflow, median)", r, s_, "target >= 1.8",
+                        value_field="mg_tokens_per_s")
+                    add(f"{r['num_gpus']} GPUs/1 tok/s (MLflow, last window)", r, s_,
+                        "target >= 1.8; the settled figure when early windows still warm up",
+                        value_field="mg_tokens_per_s_last")
     return out
 
 
@@ -81,15 +122,15 @@ def lane_markdown(res: dict) -> str:
     done = "" if m.get("complete", True) else f" (INCOMPLETE: {len(res['rows'])} of {len(m.get('planned', []))} variants)"
     lines = [f"### lane {m['lane']}: {m['card']} ({m['date']}){done}", "",
              f"Peak bf16 matmul measured in this call: **{m['peak']['peak_tflops']:.0f} TFLOP/s** "
-             f"({m['peak']['n']}^3, best of {m['peak']['repeats']}). N = {m['params']['n_params'] / 1e9:.3f} B "
+             f"({m['peak']['n']}^3, {m['peak'].get('statistic', 'best')} of {m['peak']['repeats']} bursts). N = {m['params']['n_params'] / 1e9:.3f} B "
              f"(all base parameters, tied embedding once; MFU = 6N x tok/s / peak; mfu_4n = 4/6 of it).",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items() if v) + ".",
              "Data: " + "; ".join(f"{s}: {d['rows']} rows, {d['min_tokens']}-{d['max_tokens']} tokens "
                                   f"(median {d['median_tokens']})" for s, d in m["data"].items())
              + f". Batch {m['args']['batch']}, accumulation 1, {m['args']['steps']} steps, timed after "
              f"{m['args']['warmup']}; gradient checkpointing {'on' if m['args']['gc'] else 'off'}.", "",
-             "| variant | s/step | tok/s (real) | MFU | pad % | batching used | peak GiB | MG tok/s (MLflow) "
-             "| loss final (bare: mean of all steps) | note |", "|" + "---|" * 10]
+             "| variant | round | s/step | tok/s (real) | MFU | pad % | batching used | attention | peak GiB "
+             "| MG tok/s (MLflow) | loss final (bare: mean of all steps) | note |", "|" + "---|" * 12]
     for r in res["rows"]:
         used = "packed" if r.get("eff_packing") else "padding-free" if r.get("eff_padding_free") else \
             "padded" if "eff_padding_free" in r else "-"
@@ -97,12 +138,24 @@ def lane_markdown(res: dict) -> str:
         if r.get("timing_source") == "mlflow":
             note = ("MLflow figures; " + note).strip("; ")
         pad = r.get("pad_fraction")
-        lines.append(f"| {r['variant']} | {_f(r.get('s_per_step'), '.3f')} | {_f(r.get('tokens_per_s'), ',.0f')} | "
+        lines.append(f"| {r['variant']} | {r.get('round', 0)} | {_f(r.get('s_per_step'), '.3f')} | {_f(r.get('tokens_per_s'), ',.0f')} | "
                      f"{_f(r.get('mfu'), '.1%')} | {_f(None if pad is None else pad * 100, '.0f')} | {used} | "
                      f"{_f(r.get('peak_gpu_gb'), '.2f')} | {_f(r.get('mg_tokens_per_s'), ',.0f')} | "
                      f"{_f(r.get('loss_final', r.get('loss_mean')), '.3f')} | {note} |")
-    lines += ["", "| comparison | a | b | ratio | |", "|---|---|---|---|---|"]
-    lines += [f"| {x['kind']} | {x['a']} | {x['b']} | {x['ratio']:.3f} | {x['note']} |" for x in res.get("ratios", [])]
+    lines += ["", "Per variant over its rounds (spread = (max - min) / median):", "",
+              "| variant | runs | tok/s median | min | max | spread | MFU (median) |", "|---|---|---|---|---|---|---|"]
+    for name, rounds in by_variant(res["rows"]).items():
+        st = spread([r["tokens_per_s"] for r in rounds.values()])
+        mfus = [r["mfu"] for r in rounds.values() if r.get("mfu")]
+        lines.append(f"| {name} | {st['n']} | {st['median']:,.0f} | {st['min']:,.0f} | {st['max']:,.0f} | "
+                     f"{_f(st['spread'], '.1%')} | {_f(statistics.median(mfus) if mfus else None, '.1%')} |")
+    lines += ["", f"Ratios: the median over pairs of runs from the same round (at least {MIN_PAIRS} pairs, "
+              "else none is given), with the range of the pairs.", "",
+              "| comparison | a | b | pairs | ratio | range | |", "|---|---|---|---|---|---|---|"]
+    for x in res.get("ratios", []):
+        rng = "-" if x.get("lo") is None else f"{x['lo']:.3f}-{x['hi']:.3f}"
+        lines.append(f"| {x['kind']} | {x['a']} | {x['b']} | {x.get('pairs', '-')} | {_f(x.get('ratio'), '.3f')} | "
+                     f"{rng} | {x['note']} |")
     return "\n".join(lines)
 
 

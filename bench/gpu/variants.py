@@ -49,7 +49,7 @@ TOGGLES = {  # what each attribution variant switches OFF, relative to full trac
     "loadseq": "load-time max_seq_length = 2048 instead of 512 (a cost ADDED, not removed)",
     "untracked": "all of logging, token counting, system metrics and carbon",
     "sync1": "metrics_sync_steps=1: loss and tokens read from the GPU at every step (the Trainer's own "
-             "path, the default before issue 11's fix; a cost ADDED, not removed)",
+             "path; a cost ADDED, not removed)",
 }
 
 
@@ -82,21 +82,56 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     # var rows bucketed: short launch-bound steps, where a per-step host cost of the platform shows
     attrib_bucket = [Variant("mg", "unsloth", batching="padded64", toggle=t)
                      for t in ("untracked", "nosys", "nocarbon", "nolog")]
-    return {"parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
+    # variable-length rows at fixed-row speed: fixed rows, today's bucketed padding and the flattened
+    # layouts (hf: FlexAttention document masks; Unsloth: its own packed attention), per backend
+    packing_h = [Variant("mg", "hf", shape="fixed"), Variant("mg", "hf", batching="padded64"),
+                 Variant("mg", "hf", batching="padding_free"), Variant("mg", "hf", batching="packed"),
+                 Variant("bare", "hf", batching="padding_free")]
+    packing_u = [Variant("mg", "unsloth", shape="fixed"), Variant("mg", "unsloth", batching="padded64"),
+                 Variant("mg", "unsloth", batching="padding_free")]
+    # the platform's per-step costs on variable-length rows, each switched off in turn
+    toggles_var = [Variant("mg", "unsloth", batching="padded64")] + [
+        Variant("mg", "unsloth", batching="padded64", toggle=t) for t in ("nosys", "nocarbon", "nolog")]
+    return {"packing-h": packing_h, "packing-u": packing_u, "toggles-var": toggles_var,
+            "parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp,
             "ddp-bucket": ddp_bucket}
 
 
 def select(spec: str, smoke: bool = False) -> list[Variant]:
     """``spec``: comma-separated group names and/or variant names, in order, no duplicates."""
+    return [v for block in blocks(spec, smoke) for v in block]
+
+
+def blocks(spec: str, smoke: bool = False) -> list[list[Variant]]:
+    """The variants of ``spec`` in blocks: one per group named (variant names given one by one form
+    one block together); a variant already chosen is not repeated."""
     table = {**groups(False), **groups(True)} if smoke else groups(False)
     by_name = {v.name: v for t in (groups(False), groups(True)) for vs in t.values() for v in vs}
-    out: list[Variant] = []
+    out: list[list[Variant]] = []
+    seen: list[Variant] = []
+    loose: list[Variant] = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         chosen = table.get(item) or ([by_name[item]] if item in by_name else None)
         if chosen is None:
             raise SystemExit(f"unknown group or variant {item!r}; groups: {', '.join(table)}")
-        out += [v for v in chosen if v not in out]
+        new = [v for v in chosen if v not in seen]
+        seen += new
+        if item in table:
+            out.append(new)
+        else:
+            loose += new
+    return [b for b in out + [loose] if b]
+
+
+def schedule(spec: str, repeat: int, smoke: bool = False) -> list[tuple[int, Variant]]:
+    """(round, variant) in run order. Each block runs ``repeat`` times, forward then backward (ABBA:
+    A B C, C B A, A B C, ...), so a drift of the machine during the block weighs on every variant alike
+    and each pair of rounds gives one ratio between any two variants of the block."""
+    out = []
+    for block in blocks(spec, smoke):
+        for r in range(repeat):
+            out += [(r, v) for v in (block if r % 2 == 0 else block[::-1])]
     return out
 
 
@@ -137,7 +172,8 @@ def batching_args(mode: str) -> list[str]:
     raise ValueError(f"batching={mode} needs TrainConfig.batching, which this checkout does not have")
 
 
-def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment: str) -> list[str]:
+def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment: str,
+               run_name: str = "") -> list[str]:
     pre = [sys.executable, str(HERE / "mg_timed.py"), "--meter-out", str(out_json), "--warmup", str(a.warmup)]
     if v.toggle in ("notok", "untracked"):
         pre.append("--no-tokens-seen")
@@ -147,7 +183,7 @@ def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment
            "--method", v.method, "--max-steps", str(a.steps), "--batch-size", str(a.batch), "--grad-accum", "1",
            "--max-seq-length", str(a.seq), "--lora-r", "16", "--lora-alpha", "16", "--learning-rate", "2e-4",
            "--gradient-checkpointing" if a.gc else "--no-gradient-checkpointing", "--register-as", "none",
-           "--experiment", experiment, "--run-name", v.name, "--no-progress", *batching_args(v.batching)]
+           "--experiment", experiment, "--run-name", run_name or v.name, "--no-progress", *batching_args(v.batching)]
     cli += ["--logging-steps", str(a.steps) if v.toggle in ("nolog", "untracked") else "1"]
     if v.toggle in ("nosys", "untracked"):
         cli.append("--no-system-metrics")

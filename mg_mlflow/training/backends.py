@@ -12,6 +12,7 @@ import importlib.util
 import os
 
 from mg_mlflow.errors import MGError, MissingExtra
+from mg_mlflow.training import batching
 
 LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -87,8 +88,8 @@ def load_hf(cfg, base: str, revision: str | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = hf_load_kwargs(cfg, revision)
-    if _cuda():
-        kwargs["attn_implementation"] = "sdpa"
+    if _cuda():  # FlexAttention for padding-free / packed rows, SDPA for padded ones
+        kwargs["attn_implementation"] = batching.attention_implementation(batching.resolve_batching(cfg, "hf"))
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(base, revision=revision) if revision else AutoTokenizer.from_pretrained(base)
@@ -126,6 +127,15 @@ def load_unsloth(cfg, base: str, revision: str | None):
             use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
             random_state=cfg.seed)
     return model, tokenizer, None
+
+
+def inference_attention(model) -> None:
+    """After training: a model trained with FlexAttention answers the reload probe (and anything
+    after it) through SDPA, as every reloaded copy does, so trained and saved logits compare like for
+    like and no inference-mode FlexAttention kernel is compiled."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) == batching.FLAT_ROW_ATTENTION:
+        model.set_attn_implementation("sdpa")
 
 
 def load_model(backend: str, cfg, base: str, revision: str | None):

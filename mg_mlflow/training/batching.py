@@ -1,8 +1,6 @@
 """How examples become batches: ``padded``, ``padding_free`` or ``packed``, and what ``auto`` picks.
 
-The choice is ours, by measurement, never a library's default: Unsloth (2026.10) turns padding-free
-batching on by itself when ``SFTConfig.padding_free`` is left unset, and on an H100 with rows of
-different lengths that was ~2x slower (issue 11). The modes, all on TRL 1.16's ``SFTTrainer``:
+The modes, all on TRL's ``SFTTrainer``:
 
 - ``padded``: each batch is ``batch_size`` examples padded to the longest one, with an attention mask.
 - ``padding_free``: the same ``batch_size`` examples per step, concatenated into one row with no pad
@@ -12,10 +10,22 @@ different lengths that was ~2x slower (issue 11). The modes, all on TRL 1.16's `
   ``packing_strategy="bfd"``, which keeps boundaries through ``position_ids``); ``batch_size``
   then counts bins, so one step sees more examples.
 
-``auto`` resolves by :data:`AUTO_RULES` (backend, device) -> mode; the requested and the resolved
-mode are logged as the params ``batching`` and ``batching_resolved``. Padded text batches are also
-bucketed: ``pad_to_multiple_of`` = -1 (auto) resolves by :data:`AUTO_PAD_MULTIPLE` (device -> N), logged
-as ``pad_to_multiple_of_resolved``.
+The choice is always ours, never a library's default (Unsloth turns padding-free on by itself when
+``SFTConfig.padding_free`` is left unset). ``auto`` resolves by :func:`auto_rule`; the requested and
+the resolved mode are logged as the params ``batching`` and ``batching_resolved``, the rule as the
+tag ``mg.batching_reason``. Padded text batches are bucketed by ``pad_to_multiple_of`` (-1 = auto,
+:data:`AUTO_PAD_MULTIPLE`), logged as ``pad_to_multiple_of_resolved``. The measurements behind both
+tables are in docs/performance.md (bench/gpu/bench_parity.py).
+
+Attention for flattened rows (:func:`attention_implementation`): with the hf backend on a CUDA GPU,
+padding-free and packed rows run PyTorch FlexAttention (``attn_implementation="flex_attention"``):
+transformers turns the restarting ``position_ids`` into a block-sparse document mask, so only the
+blocks inside one example are computed. SDPA over the same rows needs a dense block-diagonal mask,
+which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends packed rows itself.
+
+On a GPU a small model's step costs about the same whatever its tokens (launch-bound), so tokens/s
+follows the real tokens per step: ``packed`` (full bins) is the fastest layout for variable-length
+rows on the hf backend, at the price of more examples per step (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -28,32 +38,18 @@ from mg_mlflow.errors import MGError
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
-# (backend, device) -> (mode, why). Change a row only with a measurement, and cite it.
+# batching = auto: never a mode that changes how many examples a step holds (``packed`` does, so it
+# is only ever asked for); between padded and padding_free, the one measured faster on the device
+# (bench/gpu/bench_parity.py, docs/performance.md). Today that is padded on every backend and device.
+AUTO_MODE = "padded"
 CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
-AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
-    # Issue 11 (one H100 80GB, 2026-11-27, unsloth 2026.10.9, Llama-3.2-1B shape, batch 8, rows of
-    # 439-505 tokens): `model-garden train --backend unsloth` 0.389-0.417 s/step with Unsloth's
-    # automatic padding-free, 0.212 s/step padded (UNSLOTH_PADDING_CHOICE=padded); bare Unsloth on
-    # 447-511-token rows 10.6k tok/s padding-free vs 25.0k padded.
-    ("unsloth", "cuda"): ("padded", "measured: padded ~2x faster than padding-free on variable-length rows "
-                                    "(H100, issue 11)"),
-    ("unsloth", "cpu"): ("padded", CPU_WHY),
-    # bench/results/2026-11-27-parity/lease1-h100 (one H100, rows of 64-511 tokens, batch 8): hf padded
-    # 5,318 tok/s vs padding-free 3,551 (no flash-attn wheel for torch 2.11 cu130: SDPA over position
-    # ids); Unsloth padded 7,909 vs padding-free 4,881.
-    ("hf", "cuda"): ("padded", "measured: padded 1.5x faster than padding-free on variable-length rows "
-                               "without flash-attn (H100, issue 11)"),
-    ("hf", "cpu"): ("padded", CPU_WHY),
-}
+GPU_WHY = ("GPU: padded, bucketed to a multiple of 64, is as fast as padding-free on variable-length rows "
+           "(hf + FlexAttention) or faster (Unsloth); see docs/performance.md")
 
-# device -> (N, why) for pad_to_multiple_of = -1 (auto): padded text batches are padded up to a multiple
-# of N tokens. Change a row only with a measurement, and cite it.
+# device -> (N, why) for pad_to_multiple_of = -1 (auto): padded text batches are padded up to a
+# multiple of N tokens, so a GPU sees at most max_seq_length / N batch shapes.
 AUTO_PAD_MULTIPLE: dict[str, tuple[int, str]] = {
-    # bench/results/2026-11-28-parity (one H100, rows of 64-511 tokens, batch 8, one lane, steps 21-50):
-    # `model-garden train` padded to a multiple of 64 vs to the longest row: hf 10,727 vs 5,331 tok/s
-    # (2.0x), unsloth 11,850 vs 9,331 (1.27x); bare TRL 1.94x (hf) and 1.48x (unsloth). Every new padded
-    # length costs the GPU a warm-up; multiples of 64 leave at most 8 lengths at 512, for ~4% more pad.
-    "cuda": (64, "measured: 1.3-2.0x tokens/s on variable-length rows (H100, issue 11)"),
+    "cuda": (64, "fewer batch shapes: 1.3-2.0x tokens/s on variable-length rows (docs/performance.md)"),
     "cpu": (0, "CPU: no per-shape warm-up to win back; padding to the longest row is the least work"),
 }
 
@@ -63,6 +59,7 @@ AUTO_PAD_MULTIPLE: dict[str, tuple[int, str]] = {
 # examples of one flattened row attend to each other.
 BOUNDARY_SAFE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flash_attention_4",
                            "flex_attention")
+FLAT_ROW_ATTENTION = "flex_attention"  # hf backend, CUDA, padding_free / packed rows
 
 
 def device_kind() -> str:
@@ -71,8 +68,21 @@ def device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def attention_implementation(mode: str, device: str | None = None) -> str:
+    """The hf backend's ``attn_implementation`` for batches built in ``mode``: FlexAttention for
+    flattened rows on a CUDA GPU (a document mask from ``position_ids``), SDPA otherwise (FlexAttention
+    has no backward on the CPU)."""
+    device = device or device_kind()
+    if mode in ("padding_free", "packed") and device.startswith("cuda"):
+        from transformers.utils import is_torch_flex_attn_available
+
+        if is_torch_flex_attn_available():
+            return FLAT_ROW_ATTENTION
+    return "sdpa"
+
+
 def resolve_batching(cfg, backend: str, device: str | None = None) -> str:
-    """The mode a run uses: the requested one, or for ``auto`` the :data:`AUTO_RULES` row of
+    """The mode a run uses: the requested one, or for ``auto`` :func:`auto_rule` of
     (backend, device). Vision runs are always padded (each example keeps its own image)."""
     return resolve_with_reason(cfg, backend, device)[0]
 
@@ -91,9 +101,8 @@ def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[s
 
 
 def auto_rule(backend: str, device: str) -> tuple[str, str]:
-    """(mode, why) for ``auto``; an unknown (backend, device) is padded, the safe default."""
-    return AUTO_RULES.get((backend, "cuda" if device.startswith("cuda") else "cpu"),
-                          ("padded", "no measured rule: padded"))
+    """(mode, why) for ``auto`` on this backend and device (see :data:`AUTO_MODE`)."""
+    return AUTO_MODE, GPU_WHY if device.startswith("cuda") else CPU_WHY
 
 
 def resolve_pad_multiple(cfg, mode: str, device: str | None = None) -> tuple[int, str]:

@@ -2,9 +2,8 @@
 
 transformers' Trainer reads the loss (``.item()``) at every logging step and, with
 ``include_num_input_tokens_seen``, the token count after every micro-batch: each read waits for the
-GPU to finish. Unsloth's steps are bound by how fast Python launches kernels, so a wait per step
-costs the launch time of the next step: measured on one H100 (issue 11, bench/gpu), per-step logging
-made `model-garden train --backend unsloth` 0.82x bare Unsloth on fixed-length rows.
+GPU to finish. Steps of small models are bound by how fast Python launches kernels, so a wait per
+step costs the launch time of the next one (the measurement is in docs/performance.md).
 
 Here each optimizer step's loss (the sum of its micro-batches' losses, what the Trainer logs at
 ``logging_steps=1``) and its real (non-pad) input tokens are added up on the device, and read back
@@ -21,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-GPU_EVERY = 10  # steps between reads on a GPU: one wait per 10 steps (bench/gpu, issue 11)
+GPU_EVERY = 10  # steps between reads on a GPU: one wait per 10 steps (docs/performance.md)
 
 
 def sync_every(cfg) -> int:

@@ -95,6 +95,9 @@ class TextModality:
         pass
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
+        from mg_mlflow.training.backends import inference_attention
+
+        inference_attention(model)  # the probe and the reloaded copies run the same attention
         return {}
 
     def probe(self, tokenizer, train_data, eval_data) -> dict:

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# GPU machine side of the serving benchmark (issue 12), after device_final.sh and serve_models.py.
+# GPU machine side of the serving benchmark, after device_final.sh and serve_models.py.
 # Run from the repository root (the device tool's working directory), with wheels/src carried:
 #
-#   bash wheels/src/bench/gpu/device_serve.sh start     the jobs in the background (setsid: they
+#   bash wheels/src/bench/offline/device_serve.sh start     the jobs in the background (setsid: they
 #                                                       outlive the call while the machine stays warm)
-#   bash wheels/src/bench/gpu/device_serve.sh wait S    wait until the jobs end or S seconds pass; print
+#   bash wheels/src/bench/offline/device_serve.sh wait S    wait until the jobs end or S seconds pass; print
 #                                                       their progress; copy what they wrote to $OUT
 #                                                       (JSON + one tar of logs). Exit 3 while one runs:
 #                                                       call wait again at once (the machine is given
 #                                                       back ~30 s after a call ends)
-#   bash wheels/src/bench/gpu/device_serve.sh stop      stop the jobs (process groups) and every
+#   bash wheels/src/bench/offline/device_serve.sh stop      stop the jobs (process groups) and every
 #                                                       deployment, then copy as wait does
 #
 # 4 GPUs: job a = bench_serve.py --mode graphs-cold --skip-lora on GPUs 0,1 (deploy vs bare with
@@ -19,7 +19,7 @@
 set -u
 D=bench/gpu; [ -f wheels/src/$D/bench_serve.py ] && D=wheels/src/$D
 # shellcheck disable=SC1091
-source "$D/device_env.sh"
+source "$D/../offline/device_env.sh"
 W=/tmp/sv
 cmd=${1:-}; shift || true
 

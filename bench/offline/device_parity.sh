@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU machine side of bench_parity.py: staging, lanes in the background, polling, the 2-GPU run.
 # Run from the repository root (the device tool's working directory). See bench/gpu/README.md for
-# the call sequence; each call is one line, e.g.  bash bench/gpu/device_parity.sh install 1
+# the call sequence; each call is one line, e.g.  bash bench/offline/device_parity.sh install 1
 #
-#   install K            pip-install .whl/partK (carried by this call) into /tmp/site; K=1 also
+#   install K            pip-install $WHL/partK (WHL default .whl; carried by this call) into /tmp/site; K=1 also
 #                        prints the card, the driver and torch
 #   start SPEC...        build the model + both datasets once (foreground, ~1-2 min), then start
 #                        one lane per SPEC in the background (setsid: it outlives the call while
@@ -43,7 +43,7 @@ case "$cmd" in
       python3 -c 'import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.device_count(), "GPUs")'
     fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-      .whl/part"$K"/*.whl || exit 5
+      "${WHL:-.whl}"/part"$K"/*.whl || exit 5
     echo "part $K installed in $(( $(date +%s) - T0 )) s: $(ls /tmp/site | grep -c dist-info) packages in /tmp/site"
     ;;
   start)

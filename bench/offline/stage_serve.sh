@@ -2,15 +2,15 @@
 # Stage the official vLLM plus Model Garden's serving dependencies for the borrowed GPU machine
 # (Python 3.12, torch 2.11.0+cu130, no network), as parts that travel one per device call.
 #
-#   bash bench/gpu/stage_serve.sh            # here (has the package registries); ~2 min (resolve + download)
+#   bash bench/offline/stage_serve.sh            # here (has the package registries); ~2 min (resolve + download)
 #
 # 1. resolve: pip's own resolver (dry run, --report) in a throw-away Python 3.12 venv in which the
 #    device's big packages are faked as installed, then every package the device already has
-#    (bench/gpu/device_packages.txt) subtracted;
+#    (bench/offline/device_packages.txt) subtracted;
 # 2. download those wheels (--no-deps, manylinux x86_64, cp312);
 # 3. tar them (XZ=1: rewrite them uncompressed and xz the tar: a third smaller, but ~11 min of xz on
 #    2 idle cores), split into PART_MIB parts: $W/c01, c02, ... (one folder per device call) and the
-#    device-side scripts in $W/dev (bench/gpu/device_step.sh, device_final.sh).
+#    device-side scripts in $W/dev (bench/offline/device_step.sh, device_final.sh).
 #
 # On the GPU machine, back to back (it is given back ~30 s after a call ends), carrying $W/dev and $W/cKK:
 #   call 1..N-1: bash $W/dev/device_step.sh K

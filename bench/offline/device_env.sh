@@ -1,4 +1,4 @@
-# GPU machine, each call after the install: `source wheels/src/bench/gpu/device_env.sh` (from the
+# GPU machine, each call after the install: `source wheels/src/bench/offline/device_env.sh` (from the
 # repository root). Model Garden's source travels in wheels/src (PYTHONPATH); `model-garden` runs it.
 # PYTHONSAFEPATH: `python -m` must not put the current folder (a checkout with its own mg_mlflow)
 # ahead of PYTHONPATH

@@ -1,12 +1,12 @@
 """Gather the wheels the GPU machine lacks (Python 3.12, x86_64) into .whl/part1, part2, ...
 
 The device image already has torch 2.11 (CUDA), transformers 5.17, peft, accelerate and ~200 other
-packages (bench/gpu/device_packages.txt, from the device tool's KINDS.md). This walks the
+packages (device_packages.txt beside this script, the image's package list). This walks the
 requirements of what Model Garden's GPU path needs, downloads each missing wheel once (pinned where
 the pin matters), and splits them into folders .whl/part1, part2, ... (one per call) under the per-call transfer limit (64 MiB).
 
-    python3 bench/gpu/fetch_wheels.py [--set train|hf]   # then: see bench/gpu/README.md
-    (2026-11-27: train = 134 MiB in 3 parts, ~75 s here; the downloaded pool stays in .whl/all)
+    python3 bench/offline/fetch_wheels.py [--set train|hf]   # then: see bench/offline/README.md
+    (train: 134 MiB in 3 parts, ~75 s; the downloaded pool stays in .whl/all)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ OUT = ROOT / ".whl"
 LIMIT = 56 * 2**20  # + the repository itself (~3 MiB, 2026-11) stays under the 64 MiB per call
 HF = ["trl==1.15.0", "datasets==4.8.5", "mlflow==3.17.2", "codecarbon==3.3.2", "fsspec==2026.2.0",
       "dill==0.4.1", "multiprocess==0.70.19"]
-# unsloth 2026.10.9 caps trl <= 1.15.0 and datasets < 5 (FACTS.md); bitsandbytes is required by
+# unsloth 2026.10.9 caps trl <= 1.15.0 and datasets < 5; bitsandbytes is required by
 # Unsloth on CUDA even for 16-bit LoRA, and by QLoRA on both backends
 SETS = {"train": ["unsloth==2026.10.9", "unsloth_zoo==2026.10.9", "bitsandbytes==0.50.2", "torchao==0.18.0", *HF],
         "hf": HF}  # hf: the 2-GPU run alone (`--backend hf`), one part
