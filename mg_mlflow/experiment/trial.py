@@ -17,8 +17,10 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow.config import build_config
 from mg_mlflow.env import scoped_env
 from mg_mlflow.experiment.space import suggest, trial_name
+from mg_mlflow.training.recipe import train
 
 
 class PruningCallback(TrainerCallback):
@@ -65,8 +67,6 @@ class Outcome:
 def train_function(modality: str):
     """``fn(cfg, callbacks)`` training into the active MLFLOW_RUN_ID through the one training path
     (the config class carries the modality; extra callbacks prune)."""
-    from mg_mlflow.training.recipe import train
-
     return lambda cfg, callbacks: train(cfg, show_progress=False, callbacks=callbacks)
 
 
@@ -89,8 +89,6 @@ def _end(client, run_id: str, status: str, tags: dict[str, str]) -> None:
 def run_trial(ctx, trial) -> Outcome:
     """Suggest params, train them in a child run and end the child; the caller tells Optuna
     (``outcome.state``). ``ctx`` is the sweep."""
-    from mg_mlflow.config import build_config
-
     client = ctx.client
     params = suggest(trial, ctx.dims)
     name = trial_name(trial.number, params)
