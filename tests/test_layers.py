@@ -52,7 +52,7 @@ HEAVY = ("torch", "transformers", "trl", "peft", "mlflow", "vllm", "datasets", "
          "matplotlib", "codecarbon", "accelerate", "optuna", "pandas", "lm_eval")
 # modules that subclass a heavy library's class at their top; imported only inside functions
 HEAVY_MODULES = {"mg_mlflow.tracking.metrics", "mg_mlflow.tracking.carbon", "mg_mlflow.training.resume",
-                 "mg_mlflow.training.step_stats", "mg_mlflow.experiment.trial",
+                 "mg_mlflow.training.step_stats", "mg_mlflow.experiment.pruning",
                  "mg_mlflow.registry.pyfunc_model", "mg_mlflow.registry.pyfunc_vision",
                  "mg_mlflow.deploy.plugin"}
 

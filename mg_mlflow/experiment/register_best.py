@@ -14,6 +14,7 @@ from pathlib import Path
 from mg_mlflow.config import build_config
 from mg_mlflow.data.vision_sample import draw_shape
 from mg_mlflow.errors import MGError
+from mg_mlflow.experiment.trial import attached
 from mg_mlflow.registry.base_ref import describe
 from mg_mlflow.registry.loader import is_adapter_dir, load_model_dir, load_vision_dir
 from mg_mlflow.registry.metadata import read_metadata, write_metadata
@@ -26,8 +27,6 @@ from mg_mlflow.training.save import log_logit_diffs, register_trained
 def register_trial(sweep, best: dict) -> str:
     """Register trial ``best`` (number, params, run_id); returns ``models:/NAME/VERSION``."""
     import mlflow
-
-    from mg_mlflow.experiment.trial import attached
 
     trial = sweep.study.get_trials(deepcopy=False)[best["number"]]
     model_dir = Path(trial.user_attrs.get("model_dir", ""))

@@ -24,6 +24,7 @@ from mg_mlflow.config import TrainConfig, build_config
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment import record, space as sp
+from mg_mlflow.experiment.trial import run_trial, train_function
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.tracking.run import use_tracking_uri
 from mg_mlflow.vision_config import VisionTrainConfig
@@ -129,8 +130,6 @@ class Sweep:
                  echo: Callable[[str], None]):
         from mlflow.tracking import MlflowClient
 
-        from mg_mlflow.experiment.trial import train_function
-
         self.spec, self.parent_id, self.experiment_id, self.study = spec, parent_id, experiment_id, study
         self.dims, self.config_cls, self.direction, self.echo = dims, cls, direction, echo
         self.client = MlflowClient()
@@ -222,8 +221,6 @@ def trial_loop(sweep, result=None) -> str:
     """Run trials with ``study.optimize`` until the budget is used; returns why it stopped early
     ('' when it did not). Pruned trials raise ``TrialPruned``, failed ones :class:`TrialFailed`."""
     import optuna
-
-    from mg_mlflow.experiment.trial import run_trial
 
     stop = {"reason": ""}
     outcomes = {}
