@@ -308,13 +308,16 @@ def test_only_the_heavy_modules_import_a_heavy_library_at_their_top():
     assert sorted(HEAVY_MODULES - set(on_top)) == []  # each one listed really is heavy
 
 
+def upward(imports: list[Import]) -> list[str]:
+    rank = {layer: n for n, layer in enumerate(LAYERS)}
+    return sorted(f"{i.source}:{i.line} ({layer_of(i.source)}) imports {i.target} ({layer_of(i.target)})"
+                  for i in imports if not _exempt(i.source)
+                  if rank[layer_of(i.target)] > rank[layer_of(i.source)])
+
+
 def test_no_layer_imports_a_layer_above_it():
     imports = _all_imports()
-    rank = {layer: n for n, layer in enumerate(LAYERS)}
-    upward = sorted(f"{i.source}:{i.line} ({layer_of(i.source)}) imports {i.target} ({layer_of(i.target)})"
-                    for i in imports if not _exempt(i.source)
-                    if rank[layer_of(i.target)] > rank[layer_of(i.source)])
-    assert upward == []
+    assert upward(imports) == []
     crossing = {(layer_of(i.source), layer_of(i.target)) for i in imports}
     assert {("training", "registry"), ("cli", "training"), ("data", "shared")} <= crossing  # the scan sees them
 
@@ -387,6 +390,14 @@ def test_private_names_of_another_module_are_found():
     assert sorted(text for _, text in private_uses(source, "mg_mlflow.cli.train", SYNTHETIC)) == [
         "3: from mg_mlflow.data.load import _read", "6: mg_mlflow.training.common._x", "6: r._state"]
     assert private_uses("def _own(): pass\n_own()\n", "mg_mlflow.cli.train", SYNTHETIC) == []
+
+
+def test_an_upward_import_is_found():
+    imports = _scan({
+        "mg_mlflow.data.load": "import mg_mlflow.errors\ndef f():\n    from mg_mlflow.cli.train import x\n",
+        "mg_mlflow.cli.train": "from mg_mlflow.data.load import y\n",
+    })
+    assert upward(imports) == ["mg_mlflow.data.load:3 (data) imports mg_mlflow.cli.train (cli)"]
 
 
 def test_layers_are_ranked():

@@ -1,4 +1,5 @@
-"""The steps of :mod:`mg_mlflow.training.recipe`, written once for every modality: run naming and tags, trainer arguments, callbacks, summary metrics, the loss curve.
+"""The steps of :mod:`mg_mlflow.training.recipe`, written once for every modality: run naming and
+tags, trainer arguments, callbacks, summary metrics, the loss curve.
 """
 
 from __future__ import annotations
