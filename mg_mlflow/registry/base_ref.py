@@ -5,6 +5,9 @@ A reference is one of:
 - ``{"kind": "registry", "uri": "models:/NAME/VERSION"}`` - a registered base model. A base trained
   from a local folder is registered once (keyed by the folder's content digest) and reused
   (:func:`mg_mlflow.registry.publish.make_base_reference`).
+
+:func:`resolve_base` turns a reference, and :func:`resolve_base_model` what the user trains from
+(a folder, a ``models:/`` URI or a hub id), into what ``from_pretrained`` takes.
 """
 
 from __future__ import annotations
