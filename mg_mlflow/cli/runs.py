@@ -195,7 +195,6 @@ def ui_cmd(port, host, experiment, compare, open_browser, links_only):
     uri = default_tracking_uri()
     # the store URI travels in the environment, not on the command line: a database URI may hold a
     # password, and every user of the machine can read command lines (`ps`)
-
     env = {**os.environ, **job_runner_off(), "MLFLOW_BACKEND_STORE_URI": uri}
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if uri.startswith("sqlite"):
