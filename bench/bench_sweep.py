@@ -1,5 +1,5 @@
 """The sweep's overhead per trial beyond the training itself: N trials through ``run_sweep`` against the
-same N trainings called directly (``train_text`` into plain runs), alternating, in one process, on one
+same N trainings called directly (``training.recipe.train`` into plain runs), alternating, in one process, on one
 sqlite MLflow store.
 
 Both sides do the same training work (same config, ``register_as=none``, carbon and system metrics
@@ -35,7 +35,7 @@ def main() -> int:
     from mg_mlflow.data.sample import write_sample
     from mg_mlflow.dev.tiny import build_tiny_llama
     from mg_mlflow.experiment.sweep import SweepSpec, run_sweep
-    from mg_mlflow.training.text import train_text
+    from mg_mlflow.training.recipe import train
 
     model = build_tiny_llama(home / "tiny")
     data = write_sample(home / "data.jsonl", n=64)
@@ -47,7 +47,7 @@ def main() -> int:
     def direct() -> float:
         start = time.perf_counter()
         for seed in seeds:
-            train_text(build_config(TrainConfig, overrides={**options, "seed": seed}), show_progress=False)
+            train(build_config(TrainConfig, overrides={**options, "seed": seed}), show_progress=False)
         return time.perf_counter() - start
 
     def sweep() -> float:

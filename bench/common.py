@@ -50,7 +50,7 @@ def train_registered(home: Path, models: dict[str, str], max_steps: int) -> None
     from mg_mlflow.config import TrainConfig, build_config
     from mg_mlflow.data.sample import write_sample
     from mg_mlflow.dev.tiny import build_tiny_llama
-    from mg_mlflow.training.text import train_text
+    from mg_mlflow.training.recipe import train
 
     tiny = build_tiny_llama(home / "tiny")
     data = write_sample(home / "data.jsonl", n=64)
@@ -59,6 +59,6 @@ def train_registered(home: Path, models: dict[str, str], max_steps: int) -> None
             "base_model": str(tiny), "dataset": str(data), "max_steps": max_steps, "learning_rate": 3e-3,
             "batch_size": 4, "system_metrics": False, "carbon": False, "save_method": save,
             "register_as": name, "alias": "prod"})
-        train_text(cfg, show_progress=False)
+        train(cfg, show_progress=False)
     for uri in uris:
         resolve_model_uri(uri)

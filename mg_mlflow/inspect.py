@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.metadata import read_metadata
 
 VISION_MODEL_TYPES = {"qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "llava_next", "mllama",
                       "idefics3", "gemma3", "paligemma", "pixtral", "internvl_chat", "smolvlm"}
@@ -193,7 +194,6 @@ def inspect_model(folder: str | Path) -> Inspection:
     folder = Path(folder)
     if not folder.is_dir():
         raise MGError(f"{folder}: no such model folder")
-    from mg_mlflow.registry.metadata import read_metadata
 
     meta = read_metadata(folder)
     if (folder / "adapter_config.json").is_file():

@@ -99,13 +99,13 @@ def sample_data(tmp_path_factory) -> Path:
 def train_tiny(tiny_model: Path, data: Path, **overrides):
     """Train the tiny model in-process with test-friendly defaults; returns TrainResult."""
     from mg_mlflow.config import TrainConfig, build_config
-    from mg_mlflow.training.text import train_text
+    from mg_mlflow.training.recipe import train
 
     options = {"base_model": str(tiny_model), "dataset": str(data), "max_steps": 30,
                "learning_rate": 3e-3, "batch_size": 4, "system_metrics": False, "carbon": False}
     options.update(overrides)
     cfg = build_config(TrainConfig, overrides=options)
-    return train_text(cfg, show_progress=False)
+    return train(cfg, show_progress=False)
 
 
 @pytest.fixture(scope="session")

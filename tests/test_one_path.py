@@ -99,11 +99,12 @@ def test_whole_path_gives_the_same_record_for_every_modality(mg_home, request, m
         probe = text_probe(tok)
     else:
         from mg_mlflow.data.vision_sample import draw_shape
-        from mg_mlflow.registry.pyfunc_vision import load_vision_dir, probe_inputs
+        from mg_mlflow.registry.loader import load_vision_dir
+        from mg_mlflow.registry.publish import vision_probe
 
         a, processor = load_vision_dir(folder, device="cpu")
         b, _ = load_vision_dir(result.model_dir, device="cpu")
-        probe = probe_inputs(processor, draw_shape("red", "circle"), "What is this?")
+        probe = vision_probe(processor, draw_shape("red", "circle"), "What is this?")
     assert torch.allclose(model_logits(a, probe), model_logits(b, probe), atol=1e-5)
 
 

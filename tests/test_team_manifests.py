@@ -136,9 +136,10 @@ def test_mlflow_kubernetes_backend_config_and_job_template(monkeypatch):
     # the command is a real `model-garden train` (mg_mlflow's __main__) whose options all exist
     argv = command.split()
     assert argv[:4] == ["python", "-m", "mg_mlflow", "train"]
+    from mg_mlflow.cli import cli
     from mg_mlflow.team.submit import check_command
 
-    check_command(argv[3:])
+    check_command(argv[3:], cli)
 
 
 def test_kuberay_cluster_offers_the_training_slot_and_gpus():

@@ -31,14 +31,14 @@ def shapes(tmp_path_factory) -> Path:
 def train_vl(base: Path, data: Path, **overrides):
     """Train the tiny VL model in-process with test-friendly defaults; returns TrainResult."""
     from mg_mlflow.config import build_config
-    from mg_mlflow.training.vision import train_vision
+    from mg_mlflow.training.recipe import train
     from mg_mlflow.vision_config import VisionTrainConfig
 
     options = {"base_model": str(base), "dataset": str(data), "max_steps": 40, "learning_rate": 3e-3,
                "batch_size": 4, "max_pixels": 12544, "max_seq_length": 256, "system_metrics": False,
                "carbon": False, "sample_images": 3}
     options.update(overrides)
-    return train_vision(build_config(VisionTrainConfig, overrides=options), show_progress=False)
+    return train(build_config(VisionTrainConfig, overrides=options), show_progress=False)
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

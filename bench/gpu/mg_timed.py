@@ -34,7 +34,6 @@ HERE = Path(__file__).resolve().parent
 def patch(opts, meter_box: dict):
     """Apply the meter (and the toggles); returns a function that undoes every patch."""
     import mg_mlflow.training.backends as backends
-    import mg_mlflow.training.common as common
     import mg_mlflow.training.text as text
 
     original_trainer = text.TextModality.trainer
@@ -51,16 +50,16 @@ def patch(opts, meter_box: dict):
     text.TextModality.trainer = trainer
     undo = [lambda: setattr(text.TextModality, "trainer", original_trainer)]
 
-    if opts.no_tokens_seen:
-        original_kwargs = common.trainer_kwargs
+    if opts.no_tokens_seen:  # the name the text modality's sft_config calls
+        original_kwargs = text.trainer_kwargs
 
         def trainer_kwargs(*args, **kwargs):
             out = original_kwargs(*args, **kwargs)
             out["include_num_input_tokens_seen"] = "no"
             return out
 
-        common.trainer_kwargs = trainer_kwargs
-        undo.append(lambda: setattr(common, "trainer_kwargs", original_kwargs))
+        text.trainer_kwargs = trainer_kwargs
+        undo.append(lambda: setattr(text, "trainer_kwargs", original_kwargs))
 
     if opts.load_seq:
         original_load = backends.load_unsloth

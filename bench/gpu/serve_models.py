@@ -191,8 +191,7 @@ def register_folder(folder: Path, name: str, kind: str, vision: bool = False) ->
     """Log ``folder`` as Model Garden's pyfunc model and register it (alias champion)."""
     import mlflow
 
-    from mg_mlflow.registry.publish import log_text_model, register
-    from mg_mlflow.registry.pyfunc_vision import log_vision_model
+    from mg_mlflow.registry.publish import log_text_model, log_vision_model, register
     from mg_mlflow.tracking.run import ensure_experiment, use_tracking_uri
 
     use_tracking_uri()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import click
 
+from mg_mlflow.cli import (carbon, compare, data, demo, deploy, dev, evaluate, jobs, promote, runs, server, sweep,
+                           train, vision)
 from mg_mlflow.cli.base import MGGroup
 
 
@@ -27,24 +29,12 @@ def cli() -> None:
     """
 
 
-# Command modules registered when present (each has a ``register(group)``).
-OPTIONAL_COMMANDS = ("deploy", "carbon", "vision", "evaluate", "compare", "sweep", "promote", "server", "jobs")
+COMMAND_MODULES = (train, data, runs, dev, demo, deploy, carbon, vision, evaluate, compare, sweep, promote, server,
+                   jobs)  # each has a ``register(group)``
 
 
 def _register() -> None:
-    import importlib
-
-    from mg_mlflow.cli import data, demo, dev, runs, train
-
-    for module in (train, data, runs, dev, demo):
-        module.register(cli)
-    for name in OPTIONAL_COMMANDS:
-        try:
-            module = importlib.import_module(f"mg_mlflow.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"mg_mlflow.cli.{name}":
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(cli)
 
 

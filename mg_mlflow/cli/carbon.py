@@ -7,6 +7,8 @@ import json
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.env import mg_home, setup_env
+from mg_mlflow.tracking import report
 
 
 @click.group("carbon")
@@ -34,9 +36,6 @@ def report_cmd(experiment, model, fmt, chart, no_chart, output):
       model-garden carbon report --model tiny-lora --format json
       model-garden carbon report -e model-garden -f boamps -o boamps.json
     """
-    from mg_mlflow.env import mg_home, setup_env
-    from mg_mlflow.tracking import report
-
     setup_env()
     data = report.collect(experiment, model)
     err = console(stderr=True)

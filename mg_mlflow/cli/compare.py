@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.env import setup_env
+from mg_mlflow.experiment.compare import collect, flat_rows, render
+from mg_mlflow.experiment.compare_plot import comparison_png, loss_histories
+from mg_mlflow.tracking.ui_links import base_url, compare_url
 
 
 @click.command("compare", context_settings={"max_content_width": 110})
@@ -31,10 +35,6 @@ def compare_cmd(targets, experiment, max_runs, fmt, plot, log_to_mlflow, ui_port
       model-garden compare --experiment model-garden --format markdown
       model-garden compare 3f2a9c 81be07 --format json | jq '.runs[].eval_loss_final'
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.experiment.compare import collect, flat_rows, render
-    from mg_mlflow.tracking.ui_links import base_url, compare_url
-
     setup_env()
     data = collect(list(targets), experiment, max_runs)
     link = compare_url(base_url(port=ui_port), [r["run_id"] for r in data["runs"]],
@@ -42,8 +42,6 @@ def compare_cmd(targets, experiment, max_runs, fmt, plot, log_to_mlflow, ui_port
     drawn = None
     if plot:
         from pathlib import Path
-
-        from mg_mlflow.experiment.compare_plot import comparison_png, loss_histories
 
         drawn = comparison_png(data, loss_histories([r["run_id"] for r in data["runs"]]), Path(plot).absolute())
         data["plot"] = drawn

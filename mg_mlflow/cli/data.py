@@ -5,6 +5,10 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
+from mg_mlflow.data.sample import write_sample
+from mg_mlflow.data.stats import dataset_stats
+from mg_mlflow.data.vision_sample import write_vision_sample
+from mg_mlflow.env import setup_env
 
 
 @click.group("data")
@@ -28,9 +32,6 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
     Example:
       model-garden data validate data.jsonl --base-model ./tiny --max-seq-length 256
     """
-    from mg_mlflow.data.stats import dataset_stats
-    from mg_mlflow.env import setup_env
-
     setup_env()
     stats = dataset_stats(dataset, fmt, base_model, max_seq_length)
     print_kv(f"dataset {dataset}: valid", list(stats.items()))
@@ -52,14 +53,8 @@ def sample_cmd(path, records, fmt, vision, seed):
       model-garden data sample chat.jsonl --format messages
     """
     if vision:
-        try:
-            from mg_mlflow.data.vision_sample import write_vision_sample
-        except ImportError:
-            raise click.UsageError("--vision needs the vision support (not installed in this build)") from None
         out = write_vision_sample(path, records, seed=seed)
     else:
-        from mg_mlflow.data.sample import write_sample
-
         out = write_sample(path, records, fmt, seed)
     console().print(f"wrote {records} records to [bold]{out}[/]")
 

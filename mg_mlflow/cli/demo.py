@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.env import mg_home, setup_env
 
 
 def _step(title: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess:
@@ -44,8 +45,6 @@ def demo_cmd(workdir, max_steps, deploy, port):
       model-garden demo                 # ~2-3 minutes on 2 CPU cores
       model-garden demo --no-deploy     # train and register only
     """
-    from mg_mlflow.env import mg_home, setup_env
-
     setup_env()
     work = Path(workdir) if workdir else mg_home() / "demo"
     work.mkdir(parents=True, exist_ok=True)

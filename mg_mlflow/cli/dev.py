@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.dev.tiny import build_tiny_llama
+from mg_mlflow.dev.tiny_vision import build_tiny_qwen2_5_vl
+from mg_mlflow.env import setup_env
 
 
 @click.group("dev")
@@ -24,18 +27,10 @@ def tiny_model_cmd(out_dir, hidden_size, layers, vision):
     Example:
       model-garden dev tiny-model ./tiny && model-garden train --base-model ./tiny --dataset data.jsonl
     """
-    from mg_mlflow.env import setup_env
-
     setup_env()
     if vision:
-        try:
-            from mg_mlflow.dev.tiny_vision import build_tiny_qwen2_5_vl
-        except ImportError:
-            raise click.UsageError("--vision needs the vision support (not installed in this build)") from None
         path = build_tiny_qwen2_5_vl(out_dir)
     else:
-        from mg_mlflow.dev.tiny import build_tiny_llama
-
         path = build_tiny_llama(out_dir, hidden_size=hidden_size, layers=layers)
     console().print(f"tiny model written to [bold]{path}[/]")
 

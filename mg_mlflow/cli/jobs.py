@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from mg_mlflow.cli.base import config_options, console, print_kv
-from mg_mlflow.config import TrainConfig
+from mg_mlflow.config import TrainConfig, build_config
+from mg_mlflow.env import setup_env
+from mg_mlflow.team import ray_local
+from mg_mlflow.team.jobs import cancel, follow_logs, list_jobs, logs, shutdown, watch
+from mg_mlflow.team.submit import (JobSpec, absolute_paths, check_command, submit, training_argv,
+                                   validate_training)
 from mg_mlflow.vision_config import VisionTrainConfig
 
 ADDRESS_HELP = "Ray dashboard address of a cluster, e.g. http://ray-head:8265 (default: RAY_ADDRESS, else a local Ray started on demand)"
@@ -35,20 +42,12 @@ def _train_options(func, cls, example: str):
 def _gpus(gpus, address) -> float:
     if gpus is not None:
         return gpus
-    import os
-
     if address or os.environ.get("RAY_ADDRESS"):
         return 0
-    from mg_mlflow.team.ray_local import _gpu_count
-
-    return 1 if _gpu_count() else 0
+    return 1 if ray_local.gpu_count() else 0
 
 
 def _submit_training(command, cls, vision, config_file, set_args, options, address, gpus, working_dir, ship_code):
-    from mg_mlflow.config import build_config
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.submit import JobSpec, absolute_paths, submit, training_argv, validate_training
-
     setup_env()
     cfg = build_config(cls, config_file, options, set_args)  # the same rules and errors as train
     absolute_paths(cfg)
@@ -119,12 +118,9 @@ def submit_command_cmd(address, gpus, working_dir, ship_code, command):
       model-garden submit-command -- evaluate models:/tiny-lora@champion --dataset eval.jsonl
       model-garden submit-command -- sweep --config sweep.yaml
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.submit import JobSpec, check_command, submit
-
     setup_env()
     argv = list(command)
-    check_command(argv)
+    check_command(argv, click.get_current_context().find_root().command)
     _report(submit(JobSpec(command=argv, gpus=_gpus(gpus, address), address=address, working_dir=working_dir,
                            ship_code=ship_code)))
 
@@ -149,9 +145,6 @@ def list_cmd(address, as_json):
     Example:
       model-garden jobs list
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.jobs import list_jobs
-
     setup_env()
     rows = list_jobs(address)
     if as_json:
@@ -187,9 +180,6 @@ def watch_cmd(job_id, address, interval, timeout):
     Example:
       model-garden jobs watch mg-3f2a9c01de
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.jobs import watch
-
     setup_env()
     row = watch(job_id, address, interval, timeout, emit=lambda line: click.echo(line))
     if row["state"] == "FAILED":
@@ -207,8 +197,6 @@ def logs_cmd(job_id, address, follow):
     Example:
       model-garden jobs logs mg-3f2a9c01de --follow
     """
-    from mg_mlflow.team.jobs import follow_logs, logs
-
     if follow:
         follow_logs(job_id, address)
     else:
@@ -225,9 +213,6 @@ def cancel_cmd(job_id, address):
     Example:
       model-garden jobs cancel mg-3f2a9c01de
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.jobs import cancel
-
     setup_env()
     row = cancel(job_id, address)
     state = row["state"]
@@ -247,9 +232,6 @@ def start_cmd(slots, num_cpus):
     Example:
       model-garden jobs start --slots 2
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team import ray_local
-
     setup_env()
     state = ray_local.ensure_started(slots=slots, num_cpus=num_cpus)
     print_kv("local Ray", [("dashboard", state["dashboard_url"]), ("slots", state["slots"]),
@@ -264,9 +246,6 @@ def shutdown_cmd():
     Example:
       model-garden jobs shutdown
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.jobs import shutdown
-
     setup_env()
     state = shutdown()
     if state is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.env import setup_env
+from mg_mlflow.experiment import promote as pr
 
 
 @click.command("promote")
@@ -41,9 +43,6 @@ def promote_cmd(name, alias, metric, dataset_digest, min_improvement, max_emissi
       model-garden promote --history tiny-lora
     """
     import json
-
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.experiment import promote as pr
 
     setup_env()
     out = console()

@@ -5,6 +5,16 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
+from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
+from mg_mlflow.errors import MGError
+from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.team.server import job_runner_off
+from mg_mlflow.tracking import ui_links
+from mg_mlflow.tracking.liveness import DEAD, process_state, repair
+from mg_mlflow.tracking.query import get_run, list_runs
+from mg_mlflow.tracking.run import use_tracking_uri
+from mg_mlflow.tracking.spool import read_spool, replay
+from mg_mlflow.tracking.ui_links import base_url
 
 KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
 KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds", "carbon/emissions_kg",
@@ -27,9 +37,6 @@ def list_cmd(experiment, max_results):
       model-garden runs list --experiment model-garden
     """
     from rich.table import Table
-
-    from mg_mlflow.tracking.liveness import DEAD, process_state
-    from mg_mlflow.tracking.query import list_runs
 
     runs = list_runs(experiment, max_results)
     dead = 0
@@ -66,8 +73,6 @@ def repair_cmd(experiment, dry_run):
       model-garden runs repair --dry-run
       model-garden runs repair --experiment model-garden
     """
-    from mg_mlflow.tracking.liveness import repair
-
     fixed = repair(experiment, dry_run=dry_run)
     verb = "would mark" if dry_run else "marked"
     for run_id, why in fixed:
@@ -89,10 +94,6 @@ def sync_spool_cmd(spool, run_id):
     """
     from pathlib import Path
 
-    from mg_mlflow.errors import MGError
-    from mg_mlflow.tracking.run import use_tracking_uri
-    from mg_mlflow.tracking.spool import read_spool, replay
-
     path = Path(spool)
     run_id = run_id or path.stem.removeprefix("mlflow_spool_")
     if not run_id or run_id == path.stem:
@@ -113,8 +114,6 @@ def show_cmd(run_id):
     Example:
       model-garden runs show 3f2a9c
     """
-    from mg_mlflow.tracking.query import get_run
-
     r = get_run(run_id)
     rows = [("run id", r["run_id"]), ("status", r["status"]), ("experiment", r["experiment"]),
             ("started", r["start"]), ("error", r["tags"].get("mg.error")),
@@ -129,10 +128,6 @@ def show_cmd(run_id):
 def _links(experiment: str, compare: tuple[str, ...], base: str) -> list[tuple[str, str]]:
     """(label, URL) pairs: the experiment's training-runs view, and the compare view of given runs."""
     import mlflow
-
-    from mg_mlflow.tracking import ui_links
-    from mg_mlflow.tracking.query import get_run
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     links = []
@@ -185,13 +180,8 @@ def ui_cmd(port, host, experiment, compare, open_browser, links_only):
     import subprocess
     import sys
 
-    from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
-    from mg_mlflow.tracking.ui_links import base_url
-
     setup_env()
     if compare and len(compare) < 2:
-        from mg_mlflow.errors import MGError
-
         raise MGError("--compare needs at least two runs", hint="repeat it: --compare RUN_A --compare RUN_B")
     base = base_url(host, port)
     links = _links(experiment, compare, base)
@@ -205,9 +195,6 @@ def ui_cmd(port, host, experiment, compare, open_browser, links_only):
     uri = default_tracking_uri()
     # the store URI travels in the environment, not on the command line: a database URI may hold a
     # password, and every user of the machine can read command lines (`ps`)
-    from mg_mlflow.proc import wait_interruptibly
-    from mg_mlflow.team.server import job_runner_off
-
     env = {**os.environ, **job_runner_off(), "MLFLOW_BACKEND_STORE_URI": uri}
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port)]
     if uri.startswith("sqlite"):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
+from mg_mlflow.env import setup_env
+from mg_mlflow.team.server import plan_server, redact, run_server, upgrade_schema
 
 
 @click.command("server", context_settings={"max_content_width": 110})
@@ -42,9 +44,6 @@ def server_cmd(host, port, backend_store_uri, artifacts_destination, auth, auth_
           --artifacts-destination s3://team-models/mlflow
       MLFLOW_AUTH_ADMIN_USERNAME=admin MLFLOW_AUTH_ADMIN_PASSWORD=... model-garden server --auth
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.team.server import plan_server, redact, run_server, upgrade_schema
-
     setup_env()
     plan = plan_server(host, port, backend_store_uri, artifacts_destination, auth, workers,
                        auth_database_uri, allowed_hosts)

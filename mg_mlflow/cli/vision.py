@@ -6,6 +6,11 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.data.vision_processor import generate_answer
+from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
+from mg_mlflow.registry.loader import load_vision_dir
+from mg_mlflow.registry.resolve import resolve_model_uri
 
 
 @click.command("ask")
@@ -21,14 +26,7 @@ def ask_cmd(model_uri, image, question, max_new_tokens):
     Example:
       model-garden ask models:/tiny-vl-lora@champion --image shapes/images/data-00000.png -q "What colour is the shape?"
     """
-    from mg_mlflow.env import setup_env
-
     setup_env()
-    from mg_mlflow.errors import MGError
-    from mg_mlflow.registry.pyfunc_vision import load_vision_dir
-    from mg_mlflow.registry.resolve import resolve_model_uri
-    from mg_mlflow.data.vision_processor import generate_answer
-
     resolved = resolve_model_uri(model_uri)
     if resolved.metadata.get("modality") != "vision" and not (resolved.local_dir / "preprocessor_config.json").is_file():
         raise MGError(f"{model_uri} is not a vision model (no image processor in {resolved.local_dir})")

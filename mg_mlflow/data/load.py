@@ -68,7 +68,7 @@ def _utf8(raw: bytes, where: str) -> tuple[str | None, str | None]:
         return None, f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
 
 
-def _read_rows(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
+def read_rows(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
     """(location, raw row) pairs and parse problems."""
     kind = FILE_SUFFIXES.get(path.suffix.lower())
     rows: list[tuple[str, object]] = []
@@ -215,7 +215,7 @@ def load_dataset_records(source: str, fmt: str = "auto", split: str = "train") -
         refused = outside_allowed(path, "dataset file")
         if refused:
             raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
-        rows, problems = _read_rows(path)
+        rows, problems = read_rows(path)
         src, name = str(path.resolve()), path.stem
     else:
         rows, problems = _hub_rows(source, split), []

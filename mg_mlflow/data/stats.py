@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from mg_mlflow.data.load import load_dataset_records
+from mg_mlflow.errors import MGError
+
 
 def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
                   max_seq_length: int = 512) -> dict[str, object]:
-    from mg_mlflow.data.load import load_dataset_records
-
     data = load_dataset_records(source, fmt)
     turns = [len(r["messages"]) for r in data.records]
     chars = [sum(len(m["content"]) for m in r["messages"]) for r in data.records]
@@ -17,8 +18,6 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
     }
     if base_model:
         from transformers import AutoTokenizer
-
-        from mg_mlflow.errors import MGError
 
         try:
             tok = AutoTokenizer.from_pretrained(base_model)
@@ -42,8 +41,6 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
 
 def require_chat_template(tokenizer, base_model: str, option: str = "base_model") -> None:
     """MGError naming the option when ``tokenizer`` cannot format chat records (no chat template)."""
-    from mg_mlflow.errors import MGError
-
     if not getattr(tokenizer, "chat_template", None):
         raise MGError(f"{option} {base_model}: the tokenizer has no chat template, so chat records "
                       "cannot be formatted", hint="use an instruct/chat model, or add chat_template to "

@@ -21,7 +21,7 @@ import os
 import warnings
 from pathlib import Path
 
-from mg_mlflow.data.load import LoadedDataset, _read_rows, is_local, message_list
+from mg_mlflow.data.load import LoadedDataset, read_rows, is_local, message_list
 from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
@@ -192,7 +192,7 @@ def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
     refused = outside_allowed(path, "dataset file")
     if refused:
         raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
-    rows, problems = _read_rows(path)
+    rows, problems = read_rows(path)
     base = path.resolve().parent
     records, locations, cache, hashes = [], [], {}, {}
     detected = fmt

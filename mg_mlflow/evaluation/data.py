@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mg_mlflow.data.load import digest_records, load_dataset_records
 from mg_mlflow.errors import DataError, MGError
 
 _NO_REFERENCE = ("missing field 'output'", "field 'output' must be", "the last message must be the assistant")
@@ -48,8 +49,6 @@ def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None) -> E
 
     Raises MGError naming each ``file:line`` without a reference, or DataError for other bad records.
     """
-    from mg_mlflow.data.load import digest_records, load_dataset_records
-
     try:
         data = load_dataset_records(source, fmt, split="test")
     except DataError as err:

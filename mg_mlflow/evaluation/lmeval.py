@@ -12,8 +12,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mg_mlflow.deploy.manager import endpoint
 from mg_mlflow.env import scoped_env
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.base_ref import resolve_base
+from mg_mlflow.registry.loader import is_adapter_dir
 
 
 def task_manager(tasks_dir: str | None):
@@ -54,8 +57,6 @@ def api_backend_missing() -> list[str]:
 
 
 def remote_backend(record: dict, served: str, tokenizer_dir: Path, concurrency: int, max_new_tokens: int):
-    from mg_mlflow.deploy.manager import endpoint
-
     return "local-completions", {"model": served, "base_url": f"{endpoint(record)}/completions",
                                  "tokenizer": str(tokenizer_dir), "tokenizer_backend": "huggingface",
                                  "tokenized_requests": False, "num_concurrent": max(1, concurrency),
@@ -63,8 +64,6 @@ def remote_backend(record: dict, served: str, tokenizer_dir: Path, concurrency: 
 
 
 def local_backend(local_dir: Path, metadata: dict, max_new_tokens: int, batch_size: int = 8):
-    from mg_mlflow.registry.loader import is_adapter_dir
-
     args = {"device": "cpu", "batch_size": batch_size,
             "dtype": metadata.get("dtype") or "float32"}
     try:
@@ -75,8 +74,6 @@ def local_backend(local_dir: Path, metadata: dict, max_new_tokens: int, batch_si
     except ImportError:  # pragma: no cover
         pass
     if is_adapter_dir(local_dir):
-        from mg_mlflow.registry.base_ref import resolve_base
-
         base, revision = resolve_base(metadata.get("base_model"))
         args.update(pretrained=str(base), peft=str(local_dir), tokenizer=str(local_dir))
         if revision:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+from mg_mlflow.registry.model_card import refresh_description
+
 TABLE = "eval/examples.json"
 KEY_TAG = "mg.eval.key"
 
@@ -130,7 +132,6 @@ def tag_version(resolved, digest: str, dataset_name: str, run_id: str, metrics: 
         tags[prefix + name.removeprefix("eval/")] = f"{value:.6g}"
     for key, value in tags.items():
         client.set_model_version_tag(resolved.name, resolved.version, key, value)
-    from mg_mlflow.registry.model_card import refresh_description
 
     refresh_description(resolved.name, str(resolved.version), {f"{dataset_name} {k}": v for k, v in metrics.items()})
     return tags

@@ -10,6 +10,9 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.client import api_key_for, openai_client
+from mg_mlflow.deploy.manager import endpoint
 from mg_mlflow.errors import MGError
 from mg_mlflow.evaluation.local import Generations
 
@@ -43,8 +46,6 @@ def logprobs_safe(record: dict, served: str) -> bool:
 
 
 def check_alive(record: dict) -> None:
-    from mg_mlflow.deploy import state
-
     status = state.status_of(record)
     if status != "running":
         raise MGError(f"deployment {record['name']!r} is {status}, not running",
@@ -55,8 +56,6 @@ def generate(record: dict, served: str, examples, max_new_tokens: int, concurren
              api_key: str | None = None, progress=None) -> Generations:
     """Greedy answers for ``examples`` through the deployment (``concurrency`` requests in flight)."""
     import openai
-
-    from mg_mlflow.deploy.client import openai_client
 
     client = openai_client(record, api_key, timeout=120.0)
     texts: list[str | None] = [None] * len(examples)
@@ -115,9 +114,6 @@ def tokenize_chat(record: dict, served: str, examples, concurrency: int = 8,
     template and tokenizer: exactly what it scores), so this path needs no local tokenizer."""
     import httpx
 
-    from mg_mlflow.deploy.client import api_key_for
-    from mg_mlflow.deploy.manager import endpoint
-
     url = endpoint(record).removesuffix("/v1") + "/tokenize"
     headers = {"Authorization": f"Bearer {api_key_for(record, api_key)}"}
 
@@ -146,8 +142,6 @@ def answer_loss(record: dict, served: str, examples, concurrency: int = 8, api_k
     Prompts go ``batch`` to a request (token-id lists), requests ``concurrency`` at a time."""
     import httpx
     import openai
-
-    from mg_mlflow.deploy.client import openai_client
 
     try:
         pairs = tokenize_chat(record, served, examples, concurrency, api_key)

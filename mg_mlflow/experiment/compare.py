@@ -13,6 +13,9 @@ import json
 from typing import Any
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.resolve import registry_version
+from mg_mlflow.tracking.query import get_run
+from mg_mlflow.tracking.run import use_tracking_uri
 
 SKIP_PARAMS = {"run_name", "output_dir", "experiment"}
 NOT_TRAINING = {"sweep", "evaluation", "comparison"}
@@ -28,8 +31,6 @@ def _client():
 def resolve_run_ids(targets: list[str], experiment: str, max_runs: int = 20) -> list[str]:
     """Run ids for run ids/prefixes and model URIs; with no targets, the experiment's latest
     finished training runs (sweep parents and evaluation runs left out)."""
-    from mg_mlflow.tracking.query import get_run
-
     client = _client()
     ids: list[str] = []
     for target in targets:
@@ -40,8 +41,6 @@ def resolve_run_ids(targets: list[str], experiment: str, max_runs: int = 20) -> 
             except Exception:  # noqa: BLE001
                 raise MGError(f"no logged model {model_id!r}") from None
         elif target.startswith("models:/"):
-            from mg_mlflow.registry.resolve import registry_version
-
             _, mv = registry_version(target)
             run_id = mv.run_id or (mv.tags or {}).get("mg.run_id")
             if not run_id:
@@ -118,8 +117,6 @@ def serving_emissions(client) -> dict[str, float]:
 
 def collect(targets: list[str], experiment: str = "model-garden", max_runs: int = 20) -> dict[str, Any]:
     """``{"runs": [row...], "differing_params": [...], "eval_metrics": [...]}``."""
-    from mg_mlflow.tracking.run import use_tracking_uri
-
     use_tracking_uri()
     client = _client()
     runs = [client.get_run(i) for i in resolve_run_ids(targets, experiment, max_runs)]

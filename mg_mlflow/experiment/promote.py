@@ -17,7 +17,13 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
+from mg_mlflow.evaluation.metrics import lower_is_better
+from mg_mlflow.evaluation.record import version_metric
+from mg_mlflow.registry.resolve import _known_models
+from mg_mlflow.tracking.run import use_tracking_uri
 
 EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
 HISTORY_PREFIX = "mg.promotion."
@@ -57,8 +63,6 @@ class Decision:
 def _client():
     import mlflow
 
-    from mg_mlflow.tracking.run import use_tracking_uri
-
     use_tracking_uri()
     return mlflow.tracking.MlflowClient()
 
@@ -76,8 +80,6 @@ def _versions(client, name: str) -> list:
     try:
         rm = client.get_registered_model(name)
     except MlflowException:
-        from mg_mlflow.registry.resolve import _known_models
-
         raise MGError(f"no registered model named {name!r}", hint=f"registered models: {_known_models(client)}") from None
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     return rm, versions
@@ -106,9 +108,6 @@ def _pick_digest(versions, holder_tags: dict | None, given: str | None) -> str:
 def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match", dataset_digest: str | None = None,
            min_improvement: float = 0.0, max_emissions_kg: float | None = None) -> Decision:
     """What ``promote`` would do, and why (reads the registry; changes nothing)."""
-    from mg_mlflow.evaluation.metrics import lower_is_better
-    from mg_mlflow.evaluation.record import version_metric
-
     if not metric.startswith("eval/"):
         metric = f"eval/{metric}"
     client = _client()
@@ -222,8 +221,6 @@ def history(name: str, alias: str | None = None) -> list[dict]:
 
 def deployments_serving(name: str, alias: str) -> list[dict]:
     """Running deployment records whose URIs include ``models:/NAME@ALIAS``."""
-    from mg_mlflow.deploy import state
-
     uri = f"models:/{name}@{alias}"
     return [r for r in state.all_records()
             if uri in (r.get("uris") or []) and state.status_of(r, probe=False) in ("running", "starting")]
@@ -238,8 +235,6 @@ def served_version(record: dict, name: str) -> str | None:
 
 def redeploy_serving(name: str, alias: str, show_progress: bool | None = None) -> list[dict]:
     """Roll every deployment serving NAME@ALIAS onto the alias's new target; what was done, per deployment."""
-    from mg_mlflow.deploy.manager import redeploy
-
     done = []
     for record in deployments_serving(name, alias):
         before = served_version(record, name)

@@ -8,8 +8,14 @@ import os
 import tempfile
 from pathlib import Path
 
+from mg_mlflow.config import to_dict
+from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
+from mg_mlflow.experiment.register_best import register_trial
 from mg_mlflow.experiment.space import SHORT
+from mg_mlflow.experiment.sweep_plots import importance_png, objective_png
+from mg_mlflow.tracking.query import get_run
+from mg_mlflow.tracking.run import ensure_experiment
 
 
 def _client():
@@ -27,9 +33,6 @@ def _tags(client, run_id: str, tags: dict) -> None:
 def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, str]:
     """(parent run id, study name). Under ``mlflow run`` the run MLflow created is the parent."""
     from mlflow.entities import Param
-
-    from mg_mlflow.config import to_dict
-    from mg_mlflow.tracking.run import ensure_experiment
 
     client = _client()
     what = ", ".join(SHORT.get(d.name, d.name) for d in dims)
@@ -62,8 +65,6 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
 def reopen_parent(run_id: str, storage: str, spec_from_dict, reopen: bool = True):
     """(parent id, study name, spec) of an earlier sweep; marks the parent RUNNING again."""
     import optuna
-
-    from mg_mlflow.tracking.query import get_run
 
     run = get_run(run_id)
     if run["tags"].get("mg.run_kind") != "sweep":
@@ -120,8 +121,6 @@ def trials_table(sweep) -> list[dict]:
 
 def finish(sweep, result):
     """Best trial, plots, totals, registration; the parent ends FINISHED."""
-    from mg_mlflow.experiment.sweep_plots import importance_png, objective_png
-
     client = sweep.client
     result.best = sweep.best()
     result.total_emissions_kg, result.total_energy_kwh = sweep.spent()
@@ -131,7 +130,6 @@ def finish(sweep, result):
         summary.write_text(json.dumps({"objective": sweep.spec.objective, "direction": sweep.direction,
                                        "best": result.best, "trials": table}, indent=2))
         client.log_artifact(sweep.parent_id, str(summary), "sweep")
-        from mg_mlflow.env import mg_home
 
         out = mg_home() / "outputs" / sweep.parent_id
         out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +175,6 @@ def register_outcome(sweep, best: dict) -> str:
         if name and version and alias:
             client.set_registered_model_alias(name, alias, version)
         return f"models:/{name}/{version}" if name else ""
-    from mg_mlflow.experiment.register_best import register_trial
 
     return register_trial(sweep, best)
 

@@ -11,22 +11,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mg_mlflow.config import build_config
+from mg_mlflow.data.vision_sample import draw_shape
 from mg_mlflow.errors import MGError
+from mg_mlflow.experiment.trial import attached
+from mg_mlflow.registry.base_ref import describe
+from mg_mlflow.registry.loader import is_adapter_dir, load_model_dir, load_vision_dir
+from mg_mlflow.registry.metadata import read_metadata, write_metadata
+from mg_mlflow.registry.publish import make_base_reference, text_probe, verify, vision_probe
+from mg_mlflow.training.recipe import modality_for
+from mg_mlflow.training.result import TrainResult
+from mg_mlflow.training.save import log_logit_diffs, register_trained
 
 
 def register_trial(sweep, best: dict) -> str:
     """Register trial ``best`` (number, params, run_id); returns ``models:/NAME/VERSION``."""
     import mlflow
-
-    from mg_mlflow.config import build_config
-    from mg_mlflow.experiment.trial import attached
-    from mg_mlflow.registry.base_ref import describe, make_base_reference
-    from mg_mlflow.registry.loader import is_adapter_dir
-    from mg_mlflow.registry.metadata import read_metadata, write_metadata
-    from mg_mlflow.registry.publish import verify
-    from mg_mlflow.training.recipe import modality_for
-    from mg_mlflow.training.result import TrainResult
-    from mg_mlflow.training.save import log_logit_diffs, register_trained
 
     trial = sweep.study.get_trials(deepcopy=False)[best["number"]]
     model_dir = Path(trial.user_attrs.get("model_dir", ""))
@@ -61,13 +61,8 @@ def register_trial(sweep, best: dict) -> str:
 def _reference_and_probe(modality: str, model_dir: Path):
     """The saved trial model and the probe its logged copy must reproduce."""
     if modality == "vision":
-        from mg_mlflow.data.vision_sample import draw_shape
-        from mg_mlflow.registry.pyfunc_vision import load_vision_dir, probe_inputs
-
         reference, processor = load_vision_dir(model_dir)
-        return reference, probe_inputs(processor, draw_shape("red", "circle"), "What is this?")
-    from mg_mlflow.registry.loader import load_model_dir
-    from mg_mlflow.registry.publish import text_probe
+        return reference, vision_probe(processor, draw_shape("red", "circle"), "What is this?")
 
     reference, tokenizer = load_model_dir(model_dir)
     return reference, text_probe(tokenizer)

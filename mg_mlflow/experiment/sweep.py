@@ -6,17 +6,28 @@ for ``--space``), prunes (MedianPruner on the eval loss reported at each evaluat
 study in an RDB storage next to the MLflow store, so an interrupted sweep resumes without re-running
 finished trials. The parent records the objective per trial, the best trial, plots, and the summed
 energy/CO2 of its children; ``max_emissions_kg`` stops new trials once the sum would pass it.
+With ``parallel > 1``, worker processes (:mod:`mg_mlflow.experiment.parallel`) run trials of the same
+study beside this one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mg_mlflow.config import TrainConfig, build_config
+from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
-from mg_mlflow.experiment import space as sp
+from mg_mlflow.experiment import record, space as sp
+from mg_mlflow.experiment.trial import run_trial, train_function
+from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.tracking.run import use_tracking_uri
+from mg_mlflow.vision_config import VisionTrainConfig
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -59,12 +70,9 @@ class SweepResult:
 
 def config_class(modality: str):
     if modality == "vision":
-        from mg_mlflow.vision_config import VisionTrainConfig
-
         return VisionTrainConfig
     if modality != "text":
         raise MGError(f"--modality {modality!r}: use text or vision")
-    from mg_mlflow.config import TrainConfig
 
     return TrainConfig
 
@@ -73,10 +81,6 @@ def optuna_storage() -> str:
     """An Optuna RDB storage beside the MLflow store: ``sqlite:///<dir of mlflow.db>/optuna.db``, else
     ``$MG_HOME/optuna.db`` (``MG_OPTUNA_STORAGE`` overrides). Not the tracking database itself: Optuna
     and MLflow both keep an ``alembic_version`` table, and they would collide."""
-    import os
-
-    from mg_mlflow.env import default_tracking_uri, mg_home
-
     if os.environ.get("MG_OPTUNA_STORAGE"):
         return os.environ["MG_OPTUNA_STORAGE"]
     uri = default_tracking_uri()
@@ -87,8 +91,6 @@ def optuna_storage() -> str:
 
 def validate(spec: SweepSpec):
     """Parse the dimensions and check a first configuration; raise before anything is created."""
-    from mg_mlflow.config import build_config
-
     cls = config_class(spec.modality)
     grid, space = sp.parse_grid(spec.grid, cls), sp.parse_space(spec.space, cls)
     sp.check_dimensions(grid, space)
@@ -127,8 +129,6 @@ class Sweep:
     def __init__(self, spec: SweepSpec, parent_id: str, experiment_id: str, study, dims, cls, direction,
                  echo: Callable[[str], None]):
         from mlflow.tracking import MlflowClient
-
-        from mg_mlflow.experiment.trial import train_function
 
         self.spec, self.parent_id, self.experiment_id, self.study = spec, parent_id, experiment_id, study
         self.dims, self.config_cls, self.direction, self.echo = dims, cls, direction, echo
@@ -213,14 +213,107 @@ def _spec_from_dict(data: dict) -> SweepSpec:
     return SweepSpec(**{k: v for k, v in data.items() if k in names})
 
 
+class TrialFailed(Exception):
+    """A trial ended with an error (recorded FAILED in MLflow); Optuna records FAIL and goes on."""
+
+
+def trial_loop(sweep, result=None) -> str:
+    """Run trials with ``study.optimize`` until the budget is used; returns why it stopped early
+    ('' when it did not). Pruned trials raise ``TrialPruned``, failed ones :class:`TrialFailed`."""
+    import optuna
+
+    stop = {"reason": ""}
+    outcomes = {}
+
+    def objective(trial):
+        done = len(sweep.done())
+        sweep.echo(f"trial {trial.number} started ({done + 1}/{sweep.target()})")
+        outcome = run_trial(sweep, trial)
+        outcomes[trial.number] = outcome
+        if result is not None:
+            result.outcomes.append(outcome)
+        if outcome.state == "PRUNED":
+            raise optuna.TrialPruned(outcome.error or "pruned")
+        if outcome.state == "FAIL":
+            raise TrialFailed(outcome.error)
+        return outcome.value
+
+    def after(study, frozen):
+        outcome = outcomes.get(frozen.number)
+        if outcome is None:
+            return
+        best = record.after_trial(sweep, outcome)
+        shown = f"{outcome.value:.4g}" if outcome.value is not None else "-"
+        best_text = (f"best so far: trial {best['number']} {sweep.spec.objective}={best['value']:.4g}"
+                     if best else "no complete trial yet")
+        sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.objective}={shown}"
+                   f"{' (' + outcome.error + ')' if outcome.error else ''} | {best_text}")
+        if len(sweep.done()) + len(sweep.trials("RUNNING")) >= sweep.target():  # others' included
+            study.stop()
+            return
+        stop["reason"] = sweep.budget_stop()
+        if stop["reason"]:
+            study.stop()
+
+    remaining = sweep.target() - len(sweep.done()) - len(sweep.trials("RUNNING"))
+    if remaining <= 0:
+        return ""
+    stop["reason"] = sweep.budget_stop()
+    if stop["reason"]:
+        return stop["reason"]
+    sweep.study.optimize(objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[after])
+    return stop["reason"]
+
+
+def _gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001
+        return 0
+
+
+def run_trials(sweep, result) -> str:
+    """The trial loop here and, with ``parallel > 1``, in ``parallel - 1`` worker processes
+    (:mod:`mg_mlflow.experiment.parallel`; where GPUs exist, worker i sees only GPU i)."""
+    workers = []
+    gpus = _gpus()
+    for i in range(1, sweep.spec.parallel):
+        env = dict(os.environ)
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        workers.append(subprocess.Popen([sys.executable, "-m", "mg_mlflow.experiment.parallel", sweep.parent_id],
+                                        env=env))
+    if gpus and workers:
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
+    try:
+        reason = trial_loop(sweep, result)
+    finally:
+        for proc in workers:
+            wait_interruptibly(proc)
+    return reason
+
+
+def reopen_for_worker(parent_id: str, echo: Callable[[str], None]) -> Sweep:
+    """The sweep of parent run ``parent_id`` as a worker process sees it: the same study (loaded,
+    never created) with the sampler and pruner of its stored spec."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    storage = optuna_storage()
+    parent_id, study_name, spec = record.reopen_parent(parent_id, storage, _spec_from_dict, reopen=False)
+    cls, grid, space, _, direction = validate(spec)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=_sampler(spec, grid),
+                              pruner=_pruner(spec))
+    experiment_id = MlflowClient().get_run(parent_id).info.experiment_id
+    return Sweep(spec, parent_id, experiment_id, study, grid + space, cls, direction, echo)
+
+
 def run_sweep(spec: SweepSpec | None = None, resume: str = "", echo: Callable[[str], None] = print,
               overrides: dict | None = None) -> SweepResult:
     """Run (or, with ``resume`` = the parent run id, continue) a sweep; returns what happened."""
     import optuna
-
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.experiment import record
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     setup_env()
     use_tracking_uri()
@@ -248,8 +341,6 @@ def run_sweep(spec: SweepSpec | None = None, resume: str = "", echo: Callable[[s
         echo(f"resuming sweep {parent_id}: {len(sweep.done())} of {sweep.target()} trial(s) already done")
     result = SweepResult(parent_id, study_name)
     try:
-        from mg_mlflow.experiment.parallel import run_trials
-
         result.stopped_reason = run_trials(sweep, result)
     except KeyboardInterrupt:
         record.interrupted(sweep)

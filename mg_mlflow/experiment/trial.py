@@ -15,31 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainerCallback
-
+from mg_mlflow.config import build_config
 from mg_mlflow.env import scoped_env
 from mg_mlflow.experiment.space import suggest, trial_name
-
-
-class PruningCallback(TrainerCallback):
-    """Report each evaluation's loss to the Optuna trial; stop training when the pruner says so."""
-
-    def __init__(self, trial, metric: str = "eval_loss"):
-        self.trial, self.metric = trial, metric
-        self.reported: list[tuple[int, float]] = []
-        self.pruned_at: int | None = None
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric)
-        if value is None or self.pruned_at is not None:
-            return control
-        step = int(state.global_step)
-        self.trial.report(float(value), step)
-        self.reported.append((step, float(value)))
-        if self.trial.should_prune():
-            self.pruned_at = step
-            control.should_training_stop = True
-        return control
+from mg_mlflow.training.recipe import train
 
 
 @dataclass
@@ -65,8 +44,6 @@ class Outcome:
 def train_function(modality: str):
     """``fn(cfg, callbacks)`` training into the active MLFLOW_RUN_ID through the one training path
     (the config class carries the modality; extra callbacks prune)."""
-    from mg_mlflow.training.recipe import train
-
     return lambda cfg, callbacks: train(cfg, show_progress=False, callbacks=callbacks)
 
 
@@ -89,8 +66,6 @@ def _end(client, run_id: str, status: str, tags: dict[str, str]) -> None:
 def run_trial(ctx, trial) -> Outcome:
     """Suggest params, train them in a child run and end the child; the caller tells Optuna
     (``outcome.state``). ``ctx`` is the sweep."""
-    from mg_mlflow.config import build_config
-
     client = ctx.client
     params = suggest(trial, ctx.dims)
     name = trial_name(trial.number, params)
@@ -100,6 +75,8 @@ def run_trial(ctx, trial) -> Outcome:
     child = client.create_run(ctx.experiment_id, run_name=name, tags=tags).info.run_id
     trial.set_user_attr("run_id", child)
     outcome = Outcome(trial.number, "FAIL", child, name, params)
+    from mg_mlflow.experiment.pruning import PruningCallback
+
     pruning = PruningCallback(trial) if ctx.prune else None
     try:
         options = {**ctx.options, **params,

@@ -3,7 +3,11 @@
 A reference is one of:
 - ``{"kind": "hub", "id": "org/name", "revision": "<commit or branch>"}``
 - ``{"kind": "registry", "uri": "models:/NAME/VERSION"}`` - a registered base model. A base trained
-  from a local folder is registered once (keyed by the folder's content digest) and reused.
+  from a local folder is registered once (keyed by the folder's content digest) and reused
+  (:func:`mg_mlflow.registry.publish.make_base_reference`).
+
+:func:`resolve_base` turns a reference, and :func:`resolve_base_model` what the user trains from
+(a folder, a ``models:/`` URI or a hub id), into what ``from_pretrained`` takes.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import re
 from pathlib import Path
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.resolve import resolve_model_uri
 
 
 def _slug(text: str) -> str:
@@ -41,23 +46,6 @@ def loaded_revision(base: str, revision: str | None = None) -> str | None:
         return None
 
 
-def make_base_reference(base_model: str, modality: str = "text", revision: str | None = None) -> dict:
-    """Turn what the user trained from into a reference any machine with the registry resolves.
-    A local folder is registered once as a ``modality`` base; a hub id is pinned to ``revision``,
-    the commit that was actually loaded (``main`` when unknown)."""
-    if base_model.startswith("models:/"):
-        from mg_mlflow.registry.resolve import registry_version
-
-        _, mv = registry_version(base_model)
-        return {"kind": "registry", "uri": f"models:/{mv.name}/{mv.version}"}
-    path = Path(base_model).expanduser()
-    if path.is_dir():
-        from mg_mlflow.registry.publish import register_base_folder
-
-        return {"kind": "registry", "uri": register_base_folder(path, modality)}
-    return {"kind": "hub", "id": base_model, "revision": revision or "main"}
-
-
 def local_base_reference(base_model: str, revision: str | None = None) -> dict:
     """A reference for a model saved locally only (never registered): no registry look-ups."""
     if base_model.startswith("models:/"):
@@ -74,8 +62,6 @@ def resolve_base(ref: dict) -> tuple[str, str | None]:
     if kind == "hub":
         return ref["id"], ref.get("revision")
     if kind == "registry":
-        from mg_mlflow.registry.resolve import resolve_model_uri
-
         return str(resolve_model_uri(ref["uri"]).local_dir), None
     if kind == "path":  # only for unregistered local experiments
         return ref["path"], None
@@ -86,3 +72,21 @@ def describe(ref: dict) -> str:
     if ref.get("kind") == "hub":
         return f"{ref['id']}@{ref.get('revision', 'main')}"
     return ref.get("uri") or ref.get("path", "?")
+
+
+def resolve_base_model(base_model: str) -> tuple[str, str | None]:
+    """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id.
+    Runs before any MLflow run exists, so a missing folder leaves no run behind."""
+    if base_model.startswith("models:/"):
+        return str(resolve_model_uri(base_model).local_dir), None
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MGError(f"base model folder {path} has no config.json",
+                          hint="point base_model at a Hugging Face model folder")
+        return str(path.resolve()), None
+    if base_model.startswith((".", "/", "~")):
+        raise MGError(f"base model folder {base_model} does not exist",
+                      hint="give an existing folder, a hub id, or a models:/ URI; "
+                           "`model-garden dev tiny-model DIR` builds a tiny one")
+    return base_model, None

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow.data.vision_processor import VisionProcessor
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.base_ref import resolve_base
 from mg_mlflow.registry.metadata import read_metadata
+from mg_mlflow.registry.resolve import resolve_model_uri
 
 
 def is_adapter_dir(folder: Path) -> bool:
@@ -35,8 +38,6 @@ def load_weights(folder: str | Path, auto_cls, dtype: str | None = None):
     kwargs = {"dtype": torch_dtype} if torch_dtype is not None else {}
     if is_adapter_dir(folder):
         from peft import PeftModel
-
-        from mg_mlflow.registry.base_ref import resolve_base
 
         ref = meta.get("base_model")
         if not ref:
@@ -76,8 +77,17 @@ def load_model_dir(folder: str | Path, dtype: str | None = None, device: str | N
     return model, tokenizer
 
 
+def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model, VisionProcessor) from a merged model folder or an adapter folder (base by reference)."""
+    from transformers import AutoModelForImageTextToText
+
+    model = load_weights(folder, AutoModelForImageTextToText, dtype)
+    device = device or default_device()
+    if device:
+        model.to(device)
+    return model.eval(), VisionProcessor.from_dir(Path(folder))
+
+
 def load_transformers(uri: str, dtype: str | None = None, device: str | None = None):
     """(model, tokenizer) for any registry URI or folder that ``resolve_model_uri`` accepts."""
-    from mg_mlflow.registry.resolve import resolve_model_uri
-
     return load_model_dir(resolve_model_uri(uri).local_dir, dtype=dtype, device=device)

@@ -14,7 +14,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow.data.vision_processor import load_image
+from mg_mlflow.data.vision_sample import draw_shape
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.base_ref import default_registered_name
+from mg_mlflow.registry.loader import load_model_dir, load_vision_dir
+from mg_mlflow.registry.metadata import folder_digest
+from mg_mlflow.registry.resolve import registry_version
 
 PROBE_TEXT = "Model Garden checks that the registered model answers exactly like the trained one."
 REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "accelerate", "tokenizers",
@@ -38,6 +44,11 @@ def package_dir() -> str:
 def text_probe(tokenizer, text: str = PROBE_TEXT) -> dict:
     """Model inputs for the text probe."""
     return dict(tokenizer(text, return_tensors="pt"))
+
+
+def vision_probe(processor, image, question: str) -> dict:
+    """Model inputs for an image probe: ``image`` (a path, URI, base64 or PIL image) and a question."""
+    return processor.generation_inputs([load_image(image)], question)
 
 
 def model_logits(model, inputs: dict):
@@ -116,6 +127,13 @@ def log_text_model(model_dir: Path, name: str = "model", python_model=None):
     return log_model_dir(model_dir, name, python_model or TextModel(), signature())
 
 
+def log_vision_model(model_dir: Path, name: str = "model"):
+    """Log ``model_dir`` as a vision pyfunc model of the active run; returns MLflow's ModelInfo."""
+    from mg_mlflow.registry.pyfunc_vision import EXTRA_REQUIREMENTS, VisionModel, signature
+
+    return log_model_dir(model_dir, name, VisionModel(), signature(), EXTRA_REQUIREMENTS)
+
+
 def verify(model_info, reference, inputs: dict, tolerance: float, what: str = "model") -> float:
     """Reload through ``models:/m-<id>`` and compare its logits on probe ``inputs`` with ``reference``
     (a model, or its logits); raise (nothing registered) if they differ beyond the tolerance rule."""
@@ -144,11 +162,18 @@ def register(model_uri: str, name: str, tags: dict[str, Any], alias: str = ""):
 
 def _log_verified_text_base(folder: Path):
     """Log a text base folder as ``base_model`` and check its reload on the probe text."""
-    from mg_mlflow.registry.loader import load_model_dir
-
     reference, tokenizer = load_model_dir(folder)
     info = log_text_model(folder, name="base_model")
     verify(info, reference, text_probe(tokenizer), 1e-5, what="base model")
+    return info
+
+
+def _log_verified_vision_base(folder: Path):
+    """Log a vision base folder as ``base_model`` and check its reload on a drawn-shape probe."""
+    reference, processor = load_vision_dir(folder)
+    info = log_vision_model(folder, name="base_model")
+    verify(info, reference, vision_probe(processor, draw_shape("red", "circle"), "What is this?"), 1e-5,
+           what="vision base model")
     return info
 
 
@@ -157,9 +182,6 @@ def register_base_folder(folder: Path, modality: str = "text") -> str:
     It is logged as a ``modality`` model and its reload checked before it is registered."""
     import mlflow
 
-    from mg_mlflow.registry.base_ref import default_registered_name
-    from mg_mlflow.registry.metadata import folder_digest
-
     folder = Path(folder).resolve()
     digest = folder_digest(folder)
     name = default_registered_name(str(folder), "base")
@@ -167,11 +189,21 @@ def register_base_folder(folder: Path, modality: str = "text") -> str:
     for mv in client.search_model_versions(f"name='{name}'"):
         if (mv.tags or {}).get("mg.content_digest") == digest:
             return f"models:/{name}/{mv.version}"
-    if modality == "vision":
-        from mg_mlflow.registry.pyfunc_vision import log_verified_vision_base as log_verified
-    else:
-        log_verified = _log_verified_text_base
+    log_verified = _log_verified_vision_base if modality == "vision" else _log_verified_text_base
     info = log_verified(folder)
     mv = register(info.model_uri, name, {"mg.content_digest": digest, "mg.save_method": "base",
                                           "mg.source_folder_name": folder.name, "mg.modality": modality})
     return f"models:/{name}/{mv.version}"
+
+
+def make_base_reference(base_model: str, modality: str = "text", revision: str | None = None) -> dict:
+    """Turn what the user trained from into a reference any machine with the registry resolves.
+    A local folder is registered once as a ``modality`` base; a hub id is pinned to ``revision``,
+    the commit that was actually loaded (``main`` when unknown)."""
+    if base_model.startswith("models:/"):
+        _, mv = registry_version(base_model)
+        return {"kind": "registry", "uri": f"models:/{mv.name}/{mv.version}"}
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return {"kind": "registry", "uri": register_base_folder(path, modality)}
+    return {"kind": "hub", "id": base_model, "revision": revision or "main"}

@@ -11,6 +11,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from mg_mlflow.registry.loader import load_model_dir
+
 GEN_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "chat": True}
 
 
@@ -32,8 +34,6 @@ class TextModel(mlflow.pyfunc.PythonModel):
     """Generates text with the model stored under ``artifacts["model_dir"]``."""
 
     def load_context(self, context):
-        from mg_mlflow.registry.loader import load_model_dir
-
         self.model, self.tokenizer = load_model_dir(context.artifacts["model_dir"])
 
     def generate(self, prompts: list[str], params: dict | None = None) -> list[str]:

@@ -13,31 +13,16 @@ merged model + tokenizer + image processor + ``mg_model.json``)::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 
+from mg_mlflow.data.vision_processor import generate_answer
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.loader import load_vision_dir
 
 GEN_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0}
 EXTRA_REQUIREMENTS = ("pillow",)
-
-
-def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
-    """(model, VisionProcessor) from a merged model folder or an adapter folder (base by reference)."""
-    from transformers import AutoModelForImageTextToText
-
-    from mg_mlflow.registry.loader import load_weights
-    from mg_mlflow.data.vision_processor import VisionProcessor
-
-    from mg_mlflow.registry.loader import default_device
-
-    model = load_weights(folder, AutoModelForImageTextToText, dtype)
-    device = device or default_device()
-    if device:
-        model.to(device)
-    return model.eval(), VisionProcessor.from_dir(Path(folder))
 
 
 def _rows(model_input: Any) -> list[tuple[Any, str]]:
@@ -72,8 +57,6 @@ class VisionModel(mlflow.pyfunc.PythonModel):
         self.model, self.processor = load_vision_dir(context.artifacts["model_dir"])
 
     def answer(self, image, question: str, params: dict | None = None) -> str:
-        from mg_mlflow.data.vision_processor import generate_answer
-
         p = {**GEN_PARAMS, **(params or {})}
         return generate_answer(self.model, self.processor, image, question, int(p["max_new_tokens"]),
                                float(p["temperature"]), float(p["top_p"]))
@@ -93,28 +76,3 @@ def signature():
                             ParamSpec("temperature", "double", GEN_PARAMS["temperature"]),
                             ParamSpec("top_p", "double", GEN_PARAMS["top_p"])]),
     )
-
-
-def log_vision_model(model_dir: Path, name: str = "model"):
-    """Log ``model_dir`` as a vision pyfunc model of the active run; returns MLflow's ModelInfo."""
-    from mg_mlflow.registry.publish import log_model_dir
-
-    return log_model_dir(model_dir, name, VisionModel(), signature(), EXTRA_REQUIREMENTS)
-
-
-def probe_inputs(processor, image, question: str) -> dict:
-    from mg_mlflow.data.vision_processor import load_image
-
-    return processor.generation_inputs([load_image(image)], question)
-
-
-def log_verified_vision_base(folder: Path):
-    """Log a vision base folder as ``base_model`` and check its reload on a drawn-shape probe."""
-    from mg_mlflow.data.vision_sample import draw_shape
-    from mg_mlflow.registry.publish import verify
-
-    reference, processor = load_vision_dir(folder)
-    info = log_vision_model(folder, name="base_model")
-    verify(info, reference, probe_inputs(processor, draw_shape("red", "circle"), "What is this?"), 1e-5,
-           what="vision base model")
-    return info

@@ -17,6 +17,10 @@ import os
 import signal
 import sys
 
+from mg_mlflow.cli import cli
+from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.tracking.liveness import end_open_run
+
 
 def _unblock() -> None:
     # Ray blocks SIGINT in its processes and children inherit the mask: let both signals through.
@@ -24,8 +28,6 @@ def _unblock() -> None:
 
 
 def child_main(argv: list[str]) -> None:
-    _unblock()
-
     def interrupt(signum, _frame):
         # once: Ray signals the whole tree and the wrapper forwards, and a second KeyboardInterrupt
         # must not cut short the run's own KILLED ending
@@ -36,7 +38,9 @@ def child_main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, interrupt)  # SIGTERM -> KeyboardInterrupt -> the run ends KILLED
     signal.signal(signal.SIGINT, interrupt)
     try:
-        from mg_mlflow.cli import cli
+        # The wrapper started this process with both signals blocked: a stop that came while it
+        # started up was held, and is delivered here.
+        _unblock()
     except KeyboardInterrupt:  # stopped while starting up: nothing ran, no run exists
         print("stopped before it started", flush=True)
         sys.exit(130)
@@ -46,8 +50,6 @@ def child_main(argv: list[str]) -> None:
 def end_open_runs(job_id: str, status: str, reason: str) -> list[str]:
     """Set every still-RUNNING run tagged ``mg.job_id=job_id`` to ``status``; returns their ids."""
     import mlflow
-
-    from mg_mlflow.tracking.liveness import end_open_run
 
     client = mlflow.tracking.MlflowClient()
     ended = []
@@ -63,8 +65,6 @@ def end_open_runs(job_id: str, status: str, reason: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     import subprocess
-
-    from mg_mlflow.proc import wait_interruptibly
 
     _unblock()
     stop = {"asked": False}

@@ -10,7 +10,10 @@ import os
 import time
 from datetime import datetime, timezone
 
-from mg_mlflow.errors import MGError
+from mg_mlflow.errors import MGError, MissingExtra
+from mg_mlflow.team import ray_local
+from mg_mlflow.tracking.liveness import end_open_run
+from mg_mlflow.tracking.run import use_tracking_uri
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 RUN_STATUS_FOR = {"STOPPED": "KILLED", "FAILED": "FAILED"}
@@ -19,8 +22,6 @@ RUN_STATUS_FOR = {"STOPPED": "KILLED", "FAILED": "FAILED"}
 def client_for(address: str | None, start: bool = False):
     """(JobSubmissionClient, address, is_local). ``address`` > RAY_ADDRESS > the local instance
     (started when ``start``)."""
-    from mg_mlflow.team import ray_local
-
     address = address or os.environ.get("RAY_ADDRESS") or None
     local = address is None
     if local:
@@ -32,8 +33,6 @@ def client_for(address: str | None, start: bool = False):
     try:
         from ray.job_submission import JobSubmissionClient
     except ImportError:
-        from mg_mlflow.errors import MissingExtra
-
         raise MissingExtra("ray", "team", "jobs run on Ray") from None
     try:
         return JobSubmissionClient(address), address, local
@@ -57,8 +56,6 @@ def runs_by_job(job_ids: list[str] | None = None) -> dict[str, list]:
     """MLflow runs grouped by their ``mg.job_id`` tag (one search over all experiments)."""
     import mlflow
 
-    from mg_mlflow.tracking.run import use_tracking_uri
-
     use_tracking_uri()
     client = mlflow.tracking.MlflowClient()
     exp_ids = [e.experiment_id for e in client.search_experiments()]
@@ -79,8 +76,6 @@ def reconcile(job_id: str, ray_state: str, runs: list) -> list:
     """A job Ray says is over whose run still says RUNNING (its process was killed before it could
     end the run): end the run as KILLED (stopped) or FAILED, so both sides agree."""
     import mlflow
-
-    from mg_mlflow.tracking.liveness import end_open_run
 
     if ray_state not in RUN_STATUS_FOR:
         return runs
@@ -236,8 +231,6 @@ def _emit_new_steps(tracking, run_id: str, last_step: int, emit) -> int:
 
 def shutdown(timeout: float = 120.0) -> dict | None:
     """Stop the local Ray instance: running and queued jobs first (their runs end KILLED), then Ray."""
-    from mg_mlflow.team import ray_local
-
     state = ray_local.read_state()
     if state is None:
         return None

@@ -53,7 +53,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gpu_count() -> int:
+def gpu_count() -> int:
     """GPUs on this machine, without importing torch (nvidia-smi when present)."""
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -119,7 +119,7 @@ def _start(slots: int, num_cpus: int) -> dict:
 
     tmp = temp_dir()
     tmp.mkdir(parents=True, exist_ok=True)
-    gpus = _gpu_count()
+    gpus = gpu_count()
     ports = {"gcs": _free_port(), "dashboard": _free_port(), "client": _free_port(), "agent": _free_port()}
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
             "--node-ip-address", "127.0.0.1", "--port", str(ports["gcs"]),

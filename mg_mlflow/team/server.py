@@ -18,7 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from mg_mlflow.env import mg_home
-from mg_mlflow.errors import MGError
+from mg_mlflow.errors import MGError, MissingExtra
+from mg_mlflow.proc import wait_interruptibly
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
@@ -65,8 +66,6 @@ def _check_backend(uri: str) -> None:
         try:
             import psycopg2  # noqa: F401
         except ImportError:
-            from mg_mlflow.errors import MissingExtra
-
             raise MissingExtra("psycopg2", "team", "the PostgreSQL driver") from None
 
 
@@ -175,8 +174,6 @@ def run_server(plan: ServerPlan) -> int:
     """Run the server in the foreground; SIGINT/SIGTERM stop it. Returns its exit code."""
     import signal
     import subprocess
-
-    from mg_mlflow.proc import wait_interruptibly
 
     proc = subprocess.Popen(plan.argv, env={**os.environ, **plan.env}, start_new_session=True)
 

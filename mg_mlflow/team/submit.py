@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import click
+
+import mg_mlflow
+from mg_mlflow.data.load import load_dataset_records
+from mg_mlflow.data.vision import load_vision_records
+from mg_mlflow.env import default_tracking_uri, mg_home
 from mg_mlflow.errors import MGError
+from mg_mlflow.team.jobs import client_for
+from mg_mlflow.team.ray_local import SLOT
 
 JOB_PREFIX = "mg-"
 # Passed to the job when set in the submitting shell (the runtime environment, never argv or logs).
@@ -59,11 +67,7 @@ def absolute_paths(cfg) -> None:
 
 def validate_training(cfg, vision: bool) -> None:
     """What ``train`` checks before loading a model: every record (and image), the base folder."""
-    from mg_mlflow.data.load import load_dataset_records
-
     if vision:
-        from mg_mlflow.data.vision import load_vision_records
-
         load_vision_records(cfg.dataset, cfg.dataset_format)
         if cfg.eval_dataset:
             load_vision_records(cfg.eval_dataset, cfg.dataset_format)
@@ -96,12 +100,9 @@ def training_argv(command: str, cfg) -> list[str]:
     return argv
 
 
-def check_command(argv: list[str]) -> None:
-    """Parse a generic ``model-garden`` command line (options and arguments) without running it."""
-    import click
-
-    from mg_mlflow.cli import cli
-
+def check_command(argv: list[str], cli: click.Group) -> None:
+    """Parse a generic ``model-garden`` command line (options and arguments) against the ``cli``
+    group (the ``model-garden`` command) without running it."""
     if not argv:
         raise MGError("no command given", hint="e.g. model-garden submit-command evaluate models:/x@prod ...")
     ctx = click.Context(cli)
@@ -129,8 +130,6 @@ def check_command(argv: list[str]) -> None:
 
 
 def tracking_uri_for_job(remote: bool) -> str:
-    from mg_mlflow.env import default_tracking_uri
-
     uri = default_tracking_uri()
     if remote and urlsplit(uri).scheme in ("", "file", "sqlite"):
         raise MGError(f"the Ray cluster cannot reach this machine's tracking store {uri}",
@@ -147,8 +146,6 @@ def public_uri(uri: str) -> str:
 
 
 def _package_root() -> Path:
-    import mg_mlflow
-
     return Path(mg_mlflow.__file__).resolve().parent
 
 
@@ -161,8 +158,6 @@ def runtime_env(job_id: str, tracking_uri: str, spec: JobSpec, remote: bool) -> 
             env[key] = os.environ[key]
     renv: dict = {"env_vars": env}
     if not remote:
-        from mg_mlflow.env import mg_home
-
         env.setdefault("MG_HOME", str(mg_home()))
         # this very code, whether installed or a source checkout
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_package_root().parent),
@@ -183,8 +178,6 @@ def new_job_id() -> str:
 
 def submit(spec: JobSpec) -> dict:
     """Submit a validated job; returns {"job_id", "address", "entrypoint", "local"} at once."""
-    from mg_mlflow.team.jobs import client_for
-
     client, address, local = client_for(spec.address, start=True)
     job_id = new_job_id()
     uri = tracking_uri_for_job(remote=not local)
@@ -195,8 +188,6 @@ def submit(spec: JobSpec) -> dict:
     if spec.gpus > 0:
         kwargs["entrypoint_num_gpus"] = spec.gpus
     else:
-        from mg_mlflow.team.ray_local import SLOT
-
         resources = {SLOT: 1}
         kwargs["entrypoint_resources"] = resources
     metadata = {"mg.command": spec.command[0], "mg.run_name": spec.run_name, "mg.experiment": spec.experiment,

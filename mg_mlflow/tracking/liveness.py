@@ -11,6 +11,9 @@ from __future__ import annotations
 import socket
 import time
 
+from mg_mlflow.errors import MGError
+from mg_mlflow.tracking.run import use_tracking_uri
+
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 START_TOLERANCE_S = 1.0  # process start times are kept to 0.01 s; clock ticks make them drift a little
 
@@ -40,9 +43,6 @@ def process_state(tags: dict[str, str], host: str | None = None) -> tuple[str, s
 def dead_runs(experiment: str) -> list[tuple[object, str]]:
     """(run, why) for every RUNNING run of ``experiment`` whose process on this machine is gone."""
     import mlflow
-
-    from mg_mlflow.errors import MGError
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     client = mlflow.tracking.MlflowClient()

@@ -23,6 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow.tracking.spool import MetricSpool
+
 RENAME = {"train_loss": "train_loss_mean", "train_runtime": "train_runtime_s",
           "train_samples_per_second": "train_samples_per_second",
           "train_steps_per_second": "train_steps_per_second"}
@@ -76,8 +78,6 @@ class MLflowMetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         import mlflow
-
-        from mg_mlflow.tracking.spool import MetricSpool
 
         self._last_time = time.perf_counter()
         self._last_tokens = 0.0

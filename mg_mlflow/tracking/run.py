@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mg_mlflow.env import default_tracking_uri, mg_home
+from mg_mlflow.tracking.spool import flush_all, flush_timeout
 
 
 def artifact_location_for(tracking_uri: str, experiment: str) -> str | None:
@@ -176,8 +177,6 @@ def _end_run(status: str) -> None:
     ``MG_SPOOL_FLUSH_TIMEOUT``): a run must not stay RUNNING because the server blinked."""
     import mlflow
 
-    from mg_mlflow.tracking.spool import flush_timeout
-
     deadline = time.monotonic() + flush_timeout()
     while True:
         try:
@@ -192,8 +191,6 @@ def _end_run(status: str) -> None:
 def _flush() -> None:
     """Write queued asynchronous and spooled metrics before the run's status changes (no lost points)."""
     import mlflow
-
-    from mg_mlflow.tracking.spool import flush_all
 
     flush_all()
     try:

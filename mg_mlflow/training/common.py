@@ -1,5 +1,5 @@
-"""The steps of :mod:`mg_mlflow.training.recipe`, written once for every modality: base-model
-resolution, run naming and tags, trainer arguments, callbacks, summary metrics, the loss curve.
+"""The steps of :mod:`mg_mlflow.training.recipe`, written once for every modality: run naming and
+tags, trainer arguments, callbacks, summary metrics, the loss curve.
 """
 
 from __future__ import annotations
@@ -17,26 +17,13 @@ from pathlib import Path
 from mg_mlflow.config import to_dict
 from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
-
-
-def resolve_base_model(base_model: str) -> tuple[str, str | None]:
-    """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id.
-    Runs before any MLflow run exists, so a missing folder leaves no run behind."""
-    if base_model.startswith("models:/"):
-        from mg_mlflow.registry.resolve import resolve_model_uri
-
-        return str(resolve_model_uri(base_model).local_dir), None
-    path = Path(base_model).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MGError(f"base model folder {path} has no config.json",
-                          hint="point base_model at a Hugging Face model folder")
-        return str(path.resolve()), None
-    if base_model.startswith((".", "/", "~")):
-        raise MGError(f"base model folder {base_model} does not exist",
-                      hint="give an existing folder, a hub id, or a models:/ URI; "
-                           "`model-garden dev tiny-model DIR` builds a tiny one")
-    return base_model, None
+from mg_mlflow.tracking.datasets import log_dataset_input
+from mg_mlflow.tracking.params import log_run_metadata
+from mg_mlflow.tracking.plots import loss_curve_png
+from mg_mlflow.training.backends import torch_dtype
+from mg_mlflow.training.batching import resolve_pad_multiple, resolve_with_reason
+from mg_mlflow.training.distributed import job_gpu_ids
+from mg_mlflow.vision_config import VisionTrainConfig
 
 
 @contextmanager
@@ -89,9 +76,6 @@ def source_tags(command: str) -> dict[str, str]:
 def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data) -> tuple[str, Path]:
     """(run_id, output_dir) for a run just opened: makes the output folder, logs the config as
     params, the run tags and the dataset inputs."""
-    from mg_mlflow.tracking.datasets import log_dataset_input
-    from mg_mlflow.tracking.params import log_run_metadata
-
     run_id = run.info.run_id
     output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -109,9 +93,6 @@ def log_batching(cfg, run_id: str, backend: str) -> None:
     ``mg.batching_reason``; a resumed run keeps its first values (params cannot change)."""
     import mlflow
 
-    from mg_mlflow.training.batching import resolve_pad_multiple, resolve_with_reason
-    from mg_mlflow.vision_config import VisionTrainConfig
-
     resolved, why = resolve_with_reason(cfg, backend)
     params = {"batching_resolved": resolved}
     if not isinstance(cfg, VisionTrainConfig):  # text: padded batches are bucketed (pad_to_multiple_of)
@@ -126,7 +107,6 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
     """The transformers ``TrainingArguments`` both recipes set the same way."""
     import torch
 
-    from mg_mlflow.training.backends import torch_dtype
     from mg_mlflow.training.step_stats import sync_every
 
     dtype = torch_dtype(cfg.dtype)
@@ -157,7 +137,6 @@ def training_callbacks(cfg, output_dir: Path, progress, earlier=None):
 
     metrics_cb = MLflowMetricsCallback(progress, logging_steps=cfg.logging_steps)
     callbacks = [metrics_cb]
-    from mg_mlflow.training.distributed import job_gpu_ids
 
     carbon_cb = carbon.training_callback(cfg, output_dir, gpu_ids=job_gpu_ids()) if cfg.carbon else None
     if carbon_cb is not None:
@@ -215,8 +194,6 @@ def add_loss_and_carbon(summary: dict, metrics_cb, carbon_cb) -> dict:
 def log_loss_curve(metrics_cb, output_dir: Path, title: str) -> None:
     """``plots/loss_curve.png`` from the callback's history (nothing when there is nothing to plot)."""
     import mlflow
-
-    from mg_mlflow.tracking.plots import loss_curve_png
 
     png = loss_curve_png(metrics_cb.history, output_dir / "loss_curve.png", title=title)
     if png:

@@ -30,7 +30,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow.config import to_yaml
 from mg_mlflow.errors import MGError
+from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.registry.base_ref import resolve_base_model
+from mg_mlflow.tracking.liveness import end_open_run
+from mg_mlflow.tracking.run import use_tracking_uri
 
 CPU_ENV = "MG_DDP_CPU"        # "1": ranks on the CPU (gloo) instead of GPUs
 RUN_FILE_ENV = "MG_DDP_RUN_FILE"  # rank 0 writes its MLflow run id here, for the launcher
@@ -183,14 +188,9 @@ def launch(cfg, command: str = "train", progress: bool | None = None) -> int:
     """Run ``command`` with ``cfg`` on ``cfg.num_gpus`` ranks; returns torchrun's exit code.
     Output streams through (rank 0 prints the summary); Ctrl-C reaches every rank (same process
     group) and torchrun stops them; SIGTERM to this process is forwarded to torchrun."""
-    from mg_mlflow.config import to_yaml
-
     n = cfg.num_gpus
     check_devices(n)
     if cfg.base_model.startswith("models:/"):  # download the registered base once, not N times at once
-        from mg_mlflow.tracking.run import use_tracking_uri
-        from mg_mlflow.training.common import resolve_base_model
-
         use_tracking_uri()
         resolve_base_model(cfg.base_model)
     with tempfile.TemporaryDirectory(prefix="mg-ddp-") as tmp:
@@ -211,8 +211,6 @@ def launch(cfg, command: str = "train", progress: bool | None = None) -> int:
 
 def _wait(proc: subprocess.Popen) -> str | None:
     """Wait for torchrun; returns the name of the signal that stopped us (None: none did)."""
-    from mg_mlflow.proc import wait_interruptibly
-
     stopped_by = None
 
     def forward(signum, frame):
@@ -240,9 +238,6 @@ def end_failed_run(run_id: str, code: int, stopped_by: str | None) -> None:
     killed before it could say so, or ended KILLED by torchrun's stop signal). A FINISHED run keeps
     its record."""
     import mlflow
-
-    from mg_mlflow.tracking.liveness import end_open_run
-    from mg_mlflow.tracking.run import use_tracking_uri
 
     use_tracking_uri()
     client = mlflow.tracking.MlflowClient()

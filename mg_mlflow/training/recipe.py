@@ -15,19 +15,26 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
+from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
+from mg_mlflow.tracking.run import run_context, use_tracking_uri
+from mg_mlflow.training import distributed
+from mg_mlflow.training.backends import choose_backend
+from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
+                                       start_run_record, timed_train, train_summary, training_callbacks)
+from mg_mlflow.training.progress import TrainProgress
 from mg_mlflow.training.result import TrainResult
+from mg_mlflow.training.save import save_and_register
+from mg_mlflow.training.text import TextModality
+from mg_mlflow.training.vision import VisionModality
+from mg_mlflow.vision_config import VisionTrainConfig
 
 
 def modality_for(cfg):
     """The strategy for a config: VisionTrainConfig -> vision, TrainConfig -> text (TRL's sft.py
     picks the model class from the config the same way)."""
-    from mg_mlflow.vision_config import VisionTrainConfig
-
     if isinstance(cfg, VisionTrainConfig):
-        from mg_mlflow.training.vision import VisionModality
-
         return VisionModality(cfg)
-    from mg_mlflow.training.text import TextModality
 
     return TextModality(cfg)
 
@@ -36,19 +43,13 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     """Train, log, verify and register one model; ``callbacks`` are extra transformers
     ``TrainerCallback``s (e.g. a sweep's pruning callback)."""
     setup_env()
-    from mg_mlflow.training import distributed
 
     if distributed.needs_launch(cfg):  # called in-process (a sweep trial, a script): one process only
-        from mg_mlflow.errors import MGError
-
         raise MGError(f"num_gpus={cfg.num_gpus} needs one process per GPU, and this is a single process",
                       hint=f"run `model-garden train --num-gpus {cfg.num_gpus}` (it starts them with torchrun), "
                            "or torchrun yourself; sweeps train each trial on one device")
     modality = modality_for(cfg)
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
-
-    from mg_mlflow.training.backends import choose_backend
-    from mg_mlflow.training.common import resolve_base_model
 
     base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
@@ -56,14 +57,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     import mlflow
     import torch
 
-    from mg_mlflow.registry.base_ref import loaded_revision
-    from mg_mlflow.tracking.run import run_context, use_tracking_uri
-    from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
-                                           start_run_record, timed_train, train_summary, training_callbacks)
-    from mg_mlflow.training.progress import TrainProgress
     from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
     from mg_mlflow.training import step_stats
-    from mg_mlflow.training.save import save_and_register
 
     tags = run_tags(modality.name, backend, cfg.method)
     name = run_name(cfg, modality.name, backend)

@@ -18,6 +18,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.training.distributed import any_rank
 
 HISTORY_KEYS = ("loss", "eval_loss")
 CARBON_CUMULATIVE = ("carbon/emissions_kg", "carbon/energy_kwh")
@@ -140,8 +141,6 @@ class StopOnSignal(TrainerCallback):
         self.training = False
 
     def on_step_end(self, args, state, control, **kwargs):
-        from mg_mlflow.training.distributed import any_rank
-
         if any_rank(self.requested is not None):  # several ranks stop after the same step
             self.requested = self.requested or "a stop signal on another rank"
             control.should_save = True

@@ -15,13 +15,18 @@ import json
 import shutil
 from pathlib import Path
 
+from mg_mlflow.registry.base_ref import default_registered_name, describe, local_base_reference, resolve_base
+from mg_mlflow.registry.loader import default_device
+from mg_mlflow.registry.metadata import write_metadata
+from mg_mlflow.registry.model_card import describe_version
+from mg_mlflow.registry.publish import check_gap, logit_gap, make_base_reference, model_logits, register, verify
+from mg_mlflow.tracking.params import git_commit
+from mg_mlflow.training.backends import torch_dtype
 from mg_mlflow.training.result import TrainResult
 
 
 def write_adapter(model, processor, out: Path, base_ref: dict) -> None:
     """The adapter weights and the tokenizer/processor, naming the base by reference."""
-    from mg_mlflow.registry.base_ref import describe
-
     model.save_pretrained(str(out))
     processor.save_pretrained(str(out))
     cfg_path = out / "adapter_config.json"
@@ -35,8 +40,6 @@ def merge_adapter(adapter_dir: Path, base_ref: dict, out: Path, dtype, auto_cls,
     loads through ``auto_cls``. ``processor`` is saved next to it (default: the adapter's tokenizer)."""
     from peft import PeftModel
 
-    from mg_mlflow.registry.base_ref import resolve_base
-
     base, revision = resolve_base(base_ref)
     kwargs = {"dtype": dtype, **({"revision": revision} if revision else {})}
     model = auto_cls.from_pretrained(base, **kwargs)
@@ -47,7 +50,6 @@ def merge_adapter(adapter_dir: Path, base_ref: dict, out: Path, dtype, auto_cls,
 
         processor = AutoTokenizer.from_pretrained(str(adapter_dir))
     processor.save_pretrained(str(out))
-    from mg_mlflow.registry.loader import default_device
 
     device = default_device()  # compare on the GPU the trained model is on (Unsloth's patched
     return (merged.to(device) if device else merged).eval()  # forwards expect CUDA tensors)
@@ -94,9 +96,6 @@ def save_full(model, processor, model_dir: Path, meta: dict):
 
 def model_meta(modality: str, cfg, backend: str, run_id: str, base_ref: dict, train_data, **extra) -> dict:
     """The lineage written to ``mg_model.json`` (``kind``/``dtype`` are added by the save step)."""
-    from mg_mlflow.tracking.params import git_commit
-    from mg_mlflow.training.backends import torch_dtype
-
     meta = {"modality": modality, **extra, "backend": backend, "method": cfg.method, "run_id": run_id,
             "base_model": base_ref, "dataset": train_data.source, "dataset_digest": train_data.digest,
             "git_commit": git_commit(), "save_method": cfg.save_method,
@@ -120,9 +119,6 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
     ``result.registered_name/version``."""
     import mlflow
 
-    from mg_mlflow.registry.base_ref import default_registered_name, describe
-    from mg_mlflow.registry.publish import register
-
     name = cfg.register_as or default_registered_name(cfg.base_model, "lora" if meta["kind"] == "adapter" else "merged")
     tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
             "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": meta["backend"],
@@ -135,7 +131,6 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
     tags.update({f"mg.{k.replace('/', '.')}": v for k, v in summary.items() if k.startswith("carbon/")})
     mv = register(model_uri, name, tags, cfg.alias)
-    from mg_mlflow.registry.model_card import describe_version
 
     describe_version(name, str(mv.version), tags, summary)
     mlflow.set_tags({"mg.registered_model": name, "mg.registered_version": str(mv.version)})
@@ -149,10 +144,6 @@ def save_and_register(cfg, modality, model, processor, backend: str, output_dir:
     nothing logged or registered), log it, verify it against the trained model and register it.
     ``revision``: the hub commit the base was loaded from."""
     import mlflow
-
-    from mg_mlflow.registry.base_ref import local_base_reference, make_base_reference
-    from mg_mlflow.registry.metadata import write_metadata
-    from mg_mlflow.registry.publish import check_gap, logit_gap, model_logits, verify
 
     run_id = mlflow.active_run().info.run_id
     model_dir = output_dir / "model"

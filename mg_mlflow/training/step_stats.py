@@ -20,6 +20,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow.training import distributed
+
 GPU_EVERY = 10  # steps between reads on a GPU: one wait per 10 steps (docs/performance.md)
 
 
@@ -100,8 +102,6 @@ class DeferredStepStats(TrainerCallback):
         if not self._rows:
             return
         import torch
-
-        from mg_mlflow.training import distributed
 
         rows, self._rows = self._rows, []
         losses = torch.stack([r[1].float().reshape(()) for r in rows])

@@ -10,15 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.training.result import TrainResult
+from mg_mlflow.data.load import load_dataset_records, split_eval, to_trl_rows
+from mg_mlflow.errors import MGError
+from mg_mlflow.registry.publish import log_text_model, text_probe
+from mg_mlflow.training import batching
+from mg_mlflow.training.backends import load_model
+from mg_mlflow.training.common import no_answer_left, trainer_kwargs
 
-__all__ = ["TextModality", "TrainResult", "load_data", "sft_config", "train_text"]
+__all__ = ["TextModality", "load_data", "sft_config"]
 
 
 def load_data(cfg: TrainConfig):
     """Load and validate train/eval data before any model is loaded (fails fast with file:line)."""
-    from mg_mlflow.data.load import load_dataset_records, split_eval
-
     train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split)
     if cfg.eval_dataset:
         return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation")
@@ -30,15 +33,12 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str,
     resolved here by :func:`mg_mlflow.training.batching.resolve_batching`)."""
     from trl import SFTConfig
 
-    from mg_mlflow.training.batching import resolve_batching, resolve_pad_multiple, sft_kwargs
-    from mg_mlflow.training.common import trainer_kwargs
-
-    mode = mode or resolve_batching(cfg, backend)
+    mode = mode or batching.resolve_batching(cfg, backend)
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, **sft_kwargs(mode, backend),
+        max_length=cfg.max_seq_length, **batching.sft_kwargs(mode, backend),
         completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
-        pad_to_multiple_of=resolve_pad_multiple(cfg, mode)[0] or None,
+        pad_to_multiple_of=batching.resolve_pad_multiple(cfg, mode)[0] or None,
     )
 
 
@@ -57,19 +57,12 @@ class TextModality:
 
     def load(self, backend: str, base: str, revision: str | None):
         """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft)."""
-        from mg_mlflow.training.backends import load_model
-
         return load_model(backend, self.cfg, base, revision)
 
     def trainer(self, model, tokenizer, peft_config, output_dir: Path, backend: str, train_data, eval_data,
                 callbacks: list):
         from datasets import Dataset
         from trl import SFTTrainer
-
-        from mg_mlflow.data.load import to_trl_rows
-        from mg_mlflow.errors import MGError
-        from mg_mlflow.training import batching
-        from mg_mlflow.training.common import no_answer_left
 
         cfg = self.cfg
         mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
@@ -101,8 +94,6 @@ class TextModality:
         return {}
 
     def probe(self, tokenizer, train_data, eval_data) -> dict:
-        from mg_mlflow.registry.publish import text_probe
-
         return text_probe(tokenizer)
 
     def auto_cls(self):
@@ -111,16 +102,8 @@ class TextModality:
         return AutoModelForCausalLM
 
     def log_model(self, model_dir: Path):
-        from mg_mlflow.registry.publish import log_text_model
-
         return log_text_model(model_dir)
 
     def meta(self, model) -> dict:
         return {}
 
-
-def train_text(cfg: TrainConfig, show_progress: bool | None = None, callbacks=()) -> TrainResult:
-    """The one training path for a text config (kept for callers of the earlier API)."""
-    from mg_mlflow.training.recipe import train
-
-    return train(cfg, show_progress=show_progress, callbacks=callbacks)

@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow.data.load import split_eval
+from mg_mlflow.data.vision import image_paths, load_vision_records
+from mg_mlflow.data.vision_processor import VisionProcessor, template_messages
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.publish import log_vision_model, vision_probe
+from mg_mlflow.training.backends import hf_load_kwargs, torch_dtype
+from mg_mlflow.training.common import no_answer_left, trainer_kwargs
+from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator
+from mg_mlflow.training.vision_samples import log_samples, pick_samples, sample_answers
 from mg_mlflow.vision_config import VisionTrainConfig
 
 LANGUAGE_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -19,9 +27,6 @@ VISION_MODULES = ("qkv", "attn.proj", "gate_proj", "up_proj", "down_proj", "mlp.
 
 def load_vision_data(cfg: VisionTrainConfig):
     """Load and validate records and images before any model is loaded (fails fast with file:line)."""
-    from mg_mlflow.data.load import split_eval
-    from mg_mlflow.data.vision import load_vision_records
-
     train = load_vision_records(cfg.dataset, cfg.dataset_format)
     if cfg.eval_dataset:
         return train, load_vision_records(cfg.eval_dataset, cfg.dataset_format)
@@ -57,8 +62,6 @@ def processor_folder(base: str, revision: str | None) -> Path:
 def load_hf_vision(cfg: VisionTrainConfig, base: str, revision: str | None):
     from transformers import AutoModelForImageTextToText
 
-    from mg_mlflow.training.backends import hf_load_kwargs
-
     kwargs = hf_load_kwargs(cfg, revision, skip_modules=["visual", "lm_head"])
     try:
         model = AutoModelForImageTextToText.from_pretrained(base, **kwargs)
@@ -87,8 +90,6 @@ def load_hf_vision(cfg: VisionTrainConfig, base: str, revision: str | None):
 def load_unsloth_vision(cfg: VisionTrainConfig, base: str, revision: str | None):
     """Unsloth's vision path (FastVisionModel); the processor still comes from the base folder."""
     from unsloth import FastVisionModel
-
-    from mg_mlflow.training.backends import torch_dtype
 
     model, _ = FastVisionModel.from_pretrained(
         base, load_in_4bit=cfg.method == "qlora", full_finetuning=cfg.method == "full", revision=revision,
@@ -124,8 +125,6 @@ class VisionModality:
 
     def load(self, backend: str, base: str, revision: str | None):
         """(model, processor, None): the processor from the base folder, the model per backend."""
-        from mg_mlflow.data.vision_processor import VisionProcessor
-
         cfg = self.cfg
         processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
         model = (load_unsloth_vision if backend == "unsloth" else load_hf_vision)(cfg, base, revision)
@@ -134,9 +133,6 @@ class VisionModality:
     def trainer(self, model, processor, peft_config, output_dir: Path, backend: str, train_data, eval_data,
                 callbacks: list):
         from transformers import Trainer, TrainingArguments
-
-        from mg_mlflow.training.common import trainer_kwargs
-        from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator
 
         cfg = self.cfg
         self.check_answers_fit(processor, train_data)
@@ -152,10 +148,6 @@ class VisionModality:
         max_seq_length before its answer starts, nothing would be learned."""
         from PIL import Image
 
-        from mg_mlflow.data.vision import image_paths
-        from mg_mlflow.data.vision_processor import template_messages
-        from mg_mlflow.training.common import no_answer_left
-
         for rec in train_data.records:
             sizes = []
             for path in image_paths(rec):
@@ -166,23 +158,16 @@ class VisionModality:
         raise no_answer_left(len(train_data.records), self.cfg.max_seq_length)
 
     def before_training(self, model, processor, train_data, eval_data) -> None:
-        from mg_mlflow.training.vision_samples import pick_samples, sample_answers
-
         self.samples = pick_samples(eval_data or train_data, self.cfg.sample_images)
         self.before = sample_answers(model, processor, self.samples, self.cfg.sample_max_new_tokens)
 
     def after_training(self, model, processor, output_dir: Path) -> dict[str, float]:
-        from mg_mlflow.training.vision_samples import log_samples, sample_answers
-
         after = sample_answers(model, processor, self.samples, self.cfg.sample_max_new_tokens)
         return log_samples(self.samples, self.before, after, output_dir)
 
     def probe(self, processor, train_data, eval_data) -> dict:
-        from mg_mlflow.registry.pyfunc_vision import probe_inputs
-        from mg_mlflow.training.vision_samples import pick_samples
-
         sample = (self.samples or pick_samples(train_data, 1))[0]
-        return probe_inputs(processor, sample["image"], sample["question"])
+        return vision_probe(processor, sample["image"], sample["question"])
 
     def auto_cls(self):
         from transformers import AutoModelForImageTextToText
@@ -190,17 +175,9 @@ class VisionModality:
         return AutoModelForImageTextToText
 
     def log_model(self, model_dir: Path):
-        from mg_mlflow.registry.pyfunc_vision import log_vision_model
-
         return log_vision_model(model_dir)
 
     def meta(self, model) -> dict:
         family = getattr(getattr(model, "config", None), "model_type", "") or ""
         return {"family": family, "min_pixels": self.cfg.min_pixels, "max_pixels": self.cfg.max_pixels}
 
-
-def train_vision(cfg: VisionTrainConfig, show_progress: bool | None = None, callbacks=()):
-    """The one training path for a vision config (kept for callers of the earlier API)."""
-    from mg_mlflow.training.recipe import train
-
-    return train(cfg, show_progress=show_progress, callbacks=callbacks)

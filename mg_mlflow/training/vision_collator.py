@@ -6,6 +6,7 @@ The per-example encoding (image tokens, answer-only labels, ``mm_token_type_ids`
 
 from __future__ import annotations
 
+from mg_mlflow.data.vision import image_paths
 from mg_mlflow.data.vision_processor import (IGNORE, VisionProcessor, generate_answer, load_image,
                                              template_messages)
 
@@ -36,8 +37,6 @@ class VisionCollator:
 
     def __call__(self, records: list[dict]) -> dict:
         import torch
-
-        from mg_mlflow.data.vision import image_paths
 
         examples = []
         for rec in records:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow.data.vision import image_paths
+from mg_mlflow.data.vision_processor import generate_answer
+
 
 def pick_samples(data, n: int) -> list[dict]:
     """The first ``n`` records as ``{"image", "question", "expected"}`` (first image of each record)."""
-    from mg_mlflow.data.vision import image_paths
-
     out = []
     for rec in data.records:
         if len(out) >= n:
@@ -28,8 +29,6 @@ def pick_samples(data, n: int) -> list[dict]:
 
 
 def sample_answers(model, processor, samples: list[dict], max_new_tokens: int) -> list[str]:
-    from mg_mlflow.data.vision_processor import generate_answer
-
     was_training = model.training
     model.eval()
     try:
