@@ -14,7 +14,7 @@ from mg_mlflow.data.load import load_dataset_records, split_eval, to_trl_rows
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.publish import log_text_model, text_probe
 from mg_mlflow.training import batching
-from mg_mlflow.training.backends import load_model
+from mg_mlflow.training.backends import inference_attention, load_model
 from mg_mlflow.training.common import no_answer_left, trainer_kwargs
 
 __all__ = ["TextModality", "load_data", "sft_config"]
@@ -88,8 +88,6 @@ class TextModality:
         pass
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
-        from mg_mlflow.training.backends import inference_attention
-
         inference_attention(model)  # the probe and the reloaded copies run the same attention
         return {}
 
