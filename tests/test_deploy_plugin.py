@@ -215,7 +215,7 @@ def test_run_local_serves_until_interrupted(trained_merged, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         if record is not None:
-            from mg_mlflow.deploy.supervisor import stop_group
+            from mg_mlflow.proc import stop_group
 
             stop_group(int(record.pgid), grace=5.0)
         stop_everything()

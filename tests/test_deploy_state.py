@@ -94,9 +94,11 @@ def test_list_json_prints_the_stored_records_with_their_status(mg_home):
     from mg_mlflow.deploy import state
 
     state.record_path("team").write_text(json.dumps(OLD_RECORD))
+    state.record_path("broken").write_text("{not json")
     res = run_cli(["deployments", "list", "--json"])
     assert res.returncode == 0, res.stderr
-    (listed,) = json.loads(res.stdout)
+    broken, listed = json.loads(res.stdout)
+    assert broken == {"name": "broken", "corrupt": True, "status": "corrupt"}
     assert listed.pop("status") == "dead" and listed.pop("version") == state.RECORD_VERSION
     assert {k: v for k, v in listed.items() if k != "options"} == {k: v for k, v in OLD_RECORD.items()
                                                                    if k != "options"}

@@ -119,7 +119,7 @@ class Deployment:
 
     def to_json(self) -> dict[str, Any]:
         """What listings print and the plugin returns: the stored object, then ``status``."""
-        out = self.to_dict()
+        out = {"name": self.name, "corrupt": True} if self.corrupt else self.to_dict()
         if self.status is not None:
             out["status"] = self.status
         return out
