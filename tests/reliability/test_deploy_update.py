@@ -119,7 +119,7 @@ def test_failed_update_leaves_the_old_version_serving(live):
     assert "vLLM rejected a flag" in err and "Traceback" not in err
     after = _record()
     assert (after.pid, after.port, after.uris) == (live.pid, live.port, live.uris)
-    assert "updating" not in after
+    assert after.updating is None
     assert _get(live.port) == 200 and _get(live.port, key=None) == 401
     failed = Path(os.environ["MG_HOME"]) / "deployments" / f"{NAME}.failed.log"
     assert "--no-such-vllm-flag" in failed.read_text() and mode(failed) == 0o600
