@@ -55,7 +55,7 @@ def _via_deploy(uri: str, port: int, args) -> tuple[float, float, list[str], dic
     record = deploy([uri], opts, show_progress=False)
     ready = time.perf_counter() - start
     try:
-        tps = _throughput(port, record["default_model"], args.requests, args.tokens)
+        tps = _throughput(port, record.default_model, args.requests, args.tokens)
     finally:
         stop("bench")
     return ready, tps, record, opts
@@ -64,8 +64,9 @@ def _via_deploy(uri: str, port: int, args) -> tuple[float, float, list[str], dic
 def _bare(uri: str, port: int, args) -> tuple[float, float]:
     """The identical vLLM command, started by hand on the already-downloaded folder."""
     from mg_mlflow.deploy.manager import prepare
+    from mg_mlflow.deploy.net import health_ok
     from mg_mlflow.deploy.plan import DeployOptions
-    from mg_mlflow.deploy.supervisor import health_ok, stop_group
+    from mg_mlflow.proc import stop_group
 
     plan, _ = prepare([uri], DeployOptions(name="bare", port=port, max_model_len=512, carbon=False))
     log = open(Path(os.environ["MG_HOME"]) / "bare.log", "wb")

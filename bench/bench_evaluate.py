@@ -72,7 +72,7 @@ def main() -> None:
         for _ in range(args.rounds):
             results["local"].append(_evaluate(uri, data, args.tokens, []))
             results["deployment"].append(_evaluate(uri, data, args.tokens, [
-                "--deployment", record["name"], "--concurrency", str(args.concurrency)]))
+                "--deployment", record.name, "--concurrency", str(args.concurrency)]))
         started = time.perf_counter()
         proc = subprocess.run([str(BIN / "model-garden"), "promote", NAME, "--alias", "prod", "--metric", "eval/loss",
                                "--dry-run"], capture_output=True, text=True, timeout=600)
@@ -80,7 +80,7 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr)
     finally:
-        stop(record["name"])
+        stop(record.name)
 
     n = args.examples
     summary = {}

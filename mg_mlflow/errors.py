@@ -1,4 +1,9 @@
-"""User-facing errors: a message that says what is wrong and what to do, and a non-zero exit."""
+"""User-facing errors: a message that says what is wrong and what to do, and a non-zero exit.
+
+The subclasses of :class:`MGError` say what kind of problem it is, so that callers choose by class (the
+MLflow deployments plugin maps each to an MLflow error code): :class:`NotFoundError`,
+:class:`AlreadyExistsError`, :class:`InvalidInputError` and :class:`ServerError`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,24 @@ class MGError(Exception):
         super().__init__(message if not hint else f"{message}\n  hint: {hint}")
 
 
-class ConfigError(MGError):
+class NotFoundError(MGError):
+    """What the user named (a deployment, say) does not exist."""
+
+
+class AlreadyExistsError(MGError):
+    """What the user asked for is taken: a deployment name that runs, a port in use, a start in progress."""
+
+
+class InvalidInputError(MGError):
+    """A value the user gave is wrong (an option, a config key, a file's content)."""
+
+
+class ServerError(MGError):
+    """A server Model Garden started failed: it could not start, exited, was not healthy in time, or
+    survived SIGKILL. The message holds the last lines of its log."""
+
+
+class ConfigError(InvalidInputError):
     """Every problem found in a configuration, reported together (torchtune's ConfigError idea)."""
 
     def __init__(self, problems: list[str], source: str = "configuration"):
@@ -26,7 +48,7 @@ class ConfigError(MGError):
         super().__init__(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
 
 
-class DataError(MGError):
+class DataError(InvalidInputError):
     """Dataset problems, each formatted as ``file:line: what is wrong``."""
 
     def __init__(self, problems: list[str], source: str, total: int | None = None):

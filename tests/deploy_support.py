@@ -42,7 +42,7 @@ def free_port() -> int:
 
 
 def group_alive(pgid: int) -> list[int]:
-    from mg_mlflow.deploy.state import group_members
+    from mg_mlflow.proc import group_members
 
     return group_members(pgid)
 
@@ -58,7 +58,7 @@ def stop_everything() -> None:
         try:
             stop_record(record, grace=10.0)
         finally:
-            state.remove_record(record["name"])
+            state.remove_record(record.name)
 
 
 def chat_prompt(folder: Path, text: str) -> str:

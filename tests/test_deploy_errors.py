@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -81,24 +82,23 @@ def _spawn_group() -> subprocess.Popen:
 def test_dead_stale_and_stop_group(mg_home):
     from mg_mlflow.deploy import state
     from mg_mlflow.deploy.manager import list_all, stop
-    from mg_mlflow.deploy.supervisor import stop_group
+    from mg_mlflow.deploy.state import Deployment
+    from mg_mlflow.proc import process_start_time, stop_group
 
     proc = _spawn_group()
     try:
         assert len(group_alive(proc.pid)) == 2
-        base = {"host": "127.0.0.1", "port": free_port(), "pgid": proc.pid, "models": [], "uris": [],
-                "log_file": str(mg_home / "x.log")}
-        state.write_record({**base, "name": "live", "pid": proc.pid,
-                            "pid_start_time": state.process_start_time(proc.pid)})
-        state.write_record({**base, "name": "reused", "pid": proc.pid, "pid_start_time": "1"})
-        statuses = {r["name"]: r["status"] for r in list_all()}
+        base = {"host": "127.0.0.1", "port": free_port(), "pgid": proc.pid, "log_file": str(mg_home / "x.log")}
+        state.write_record(Deployment(**base, name="live", pid=proc.pid, pid_start_time=process_start_time(proc.pid)))
+        state.write_record(Deployment(**base, name="reused", pid=proc.pid, pid_start_time="1"))
+        statuses = {r.name: r.status for r in list_all()}
         assert statuses == {"live": "starting", "reused": "stale"}  # alive, no /health answering
         stop("reused")  # a stale record never signals the process that now has the pid
         assert len(group_alive(proc.pid)) == 2 and not state.read_record("reused")
 
         os.kill(proc.pid, signal.SIGKILL)  # the leader dies, its child is orphaned in the group
         proc.wait()
-        assert [r["status"] for r in list_all()] == ["dead"]
+        assert [r.status for r in list_all()] == ["dead"]
         assert len(group_alive(proc.pid)) == 1
         stop("live")  # ends the orphan too
         assert group_alive(proc.pid) == [] and state.all_records() == []
@@ -111,22 +111,21 @@ def test_start_time_matches_records_written_from_proc(mg_home):
     ticks (field 22); psutil's reading must give the same string, or upgrading would mark every running
     deployment stale."""
     from mg_mlflow.deploy import state
+    from mg_mlflow.proc import pid_alive, process_start_time, stop_group
 
     proc = _spawn_group()
     try:
         raw = Path(f"/proc/{proc.pid}/stat").read_text()
         ticks = raw[raw.rfind(")") + 2:].split()[19]
-        assert state.process_start_time(proc.pid) == ticks
-        state.write_record({"name": "old", "host": "127.0.0.1", "port": free_port(), "pgid": proc.pid,
-                            "pid": proc.pid, "pid_start_time": ticks, "models": [], "uris": [],
-                            "log_file": str(mg_home / "x.log")})
+        assert process_start_time(proc.pid) == ticks
+        old = {"name": "old", "host": "127.0.0.1", "port": free_port(), "pgid": proc.pid, "pid": proc.pid,
+               "pid_start_time": ticks, "models": [], "uris": [], "log_file": str(mg_home / "x.log")}
+        state.record_path("old").write_text(json.dumps(old))  # as an earlier version wrote it
         assert state.status_of(state.read_record("old"), probe=False) == "running"
     finally:
-        from mg_mlflow.deploy.supervisor import stop_group
-
         stop_group(proc.pid, grace=2)
     proc.wait(timeout=10)  # reaped: the pid no longer names a process
-    assert state.process_start_time(proc.pid) is None and not state.pid_alive(proc.pid)
+    assert process_start_time(proc.pid) is None and not pid_alive(proc.pid)
 
 
 def test_stop_unknown(mg_home):

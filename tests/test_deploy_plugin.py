@@ -39,6 +39,44 @@ def test_config_errors_have_codes(session_home):
     assert "-C key=value" in _mlflow("help", "-t", "vllm").stdout
 
 
+def test_each_error_class_has_its_mlflow_code(tiny_model, mg_home, tmp_path):
+    """Real errors raised through the plugin: the code comes from the error's class (ERROR_CODES)."""
+    from mlflow.deployments import get_deploy_client
+
+    from mg_mlflow.deploy.plugin import ERROR_CODES
+    from mg_mlflow.errors import AlreadyExistsError, InvalidInputError, MGError, NotFoundError, ServerError
+
+    assert [cls for cls, _ in ERROR_CODES] == [NotFoundError, AlreadyExistsError, ServerError, InvalidInputError,
+                                                MGError]
+    fake = Path(__file__).parent / "reliability" / "fake_vllm.py"
+    base = {"engine": "vllm-cpu", "check_memory": "false", "carbon": "false", "health_timeout": "60"}
+    client = get_deploy_client("vllm")
+
+    def code(call, *args, **kwargs) -> str:
+        with pytest.raises(MlflowException) as err:
+            call(*args, **kwargs)
+        return err.value.error_code
+
+    assert code(client.get_deployment, "ghost") == "RESOURCE_DOES_NOT_EXIST"  # NotFoundError
+    assert code(client.create_deployment, "x", str(tiny_model), config={**base, "prot": "1"}) == \
+        "INVALID_PARAMETER_VALUE"  # a bad -C key
+    assert code(client.create_deployment, "x", str(tmp_path / "nothing")) == "INVALID_PARAMETER_VALUE"
+    crash = f"{sys.executable} -c 'import sys; print(\"boom\"); sys.exit(3)'"
+    assert code(client.create_deployment, "crash", str(tiny_model), config={**base, "engine_cmd": crash}) == \
+        "INTERNAL_ERROR"  # ServerError: vLLM exited before it was healthy
+    try:
+        info = client.create_deployment("up", str(tiny_model),
+                                        config={**base, "engine_cmd": f"{sys.executable} {fake}"})
+        assert info["status"] == "running"
+        assert code(client.create_deployment, "up", str(tiny_model),
+                    config={**base, "engine_cmd": f"{sys.executable} {fake}"}) == "RESOURCE_ALREADY_EXISTS"
+        assert code(client.create_deployment, "other", str(tiny_model),
+                    config={**base, "engine_cmd": f"{sys.executable} {fake}", "port": str(info["port"])}) == \
+            "RESOURCE_ALREADY_EXISTS"  # the port is taken
+    finally:
+        stop_everything()
+
+
 @pytest.fixture(scope="module")
 def module_cleanup(trained_merged):
     yield
@@ -115,7 +153,7 @@ def test_killed_server_shows_dead_then_delete_cleans_up(merged_deployment):
     assert statuses[NAME] == "dead"
     res = _mlflow("delete", "-t", "vllm", "--name", NAME)
     assert res.returncode == 0, res.stderr
-    assert group_alive(merged_deployment["pgid"]) == []  # orphaned engine processes are gone too
+    assert group_alive(merged_deployment.pgid) == []  # orphaned engine processes are gone too
     assert NAME not in {d["name"] for d in client.list_deployments()}
 
 
@@ -163,21 +201,21 @@ def test_run_local_serves_until_interrupted(trained_merged, tmp_path):
         assert "healthy at" in output, f"run-local ended before it was healthy (rc={proc.poll()}):\n{output[-3000:]}"
         assert f"http://127.0.0.1:{port}/v1" in seen[-1]
         record = state.read_record("dev")
-        assert record is not None and record["foreground"] and record["port"] == port
+        assert record is not None and record.foreground and record.port == port
 
         out = _completion(port, "tiny-merged")
         assert out["choices"][0]["text"] and out["usage"]["completion_tokens"] > 0
 
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0, "".join(seen)[-3000:]
-        assert group_alive(record["pgid"]) == []  # no vLLM process of its group is left
+        assert group_alive(record.pgid) == []  # no vLLM process of its group is left
         assert state.read_record("dev") is None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         if record is not None:
-            from mg_mlflow.deploy.supervisor import stop_group
+            from mg_mlflow.proc import stop_group
 
-            stop_group(int(record["pgid"]), grace=5.0)
+            stop_group(int(record.pgid), grace=5.0)
         stop_everything()

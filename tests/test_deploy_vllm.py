@@ -164,7 +164,7 @@ def test_list_status_logs_and_busy_port(team):
 
 
 def test_serving_monitor_follows_the_deployment(team):
-    from mg_mlflow.deploy.state import pid_alive
+    from mg_mlflow.proc import pid_alive
 
     assert team.get("monitor_pid") and pid_alive(team["monitor_pid"])
 
@@ -174,7 +174,7 @@ def test_stop_leaves_no_process_and_finishes_the_serving_run(team):
     with the tokens served counted (one request is made here, so no other test has to run first)."""
     import mlflow
 
-    from mg_mlflow.deploy.state import pid_alive
+    from mg_mlflow.proc import pid_alive
 
     assert _complete(team, "tiny-lora", "Hello", n=8) is not None
     assert len(group_alive(team["pgid"])) >= 3  # guard, API server, engine core (+ workers)

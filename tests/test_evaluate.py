@@ -230,7 +230,7 @@ def test_deployment_dying_mid_evaluation_fails_the_run(uri, held, server):
     from mg_mlflow.evaluation.runner import EvalOptions, evaluate
 
     proxy = DyingProxy(server["port"], after=3)
-    state.write_record({**server, "name": "doomed", "port": proxy.port})
+    state.write_record(state.Deployment.from_dict({**server, "name": "doomed", "port": proxy.port}))
     try:
         with pytest.raises(DeploymentLost, match=r"stopped answering during the evaluation \(3 of 12"):
             evaluate(uri, EvalOptions(str(held), deployment="doomed", concurrency=1, limit=12, carbon=False))

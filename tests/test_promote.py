@@ -204,7 +204,7 @@ def test_promote_redeploy_rolls_the_deployment_that_serves_the_alias(choice, tmp
         new = state.get_record("live")
         best = _alias("live")
         assert best != "1" and f"redeployed live: v1 -> v{best}" in res.stdout
-        assert [str(m["version"]) for m in new["models"] if m["name"] == NAME] == [best]
-        assert new["pid"] != old["pid"] and not psutil.pid_exists(old["pid"])  # the old server is gone
+        assert [str(m.version) for m in new.models if m.name == NAME] == [best]
+        assert new.pid != old.pid and not psutil.pid_exists(old.pid)  # the old server is gone
     finally:
         run_cli(["deployments", "stop", "live"], timeout=120)

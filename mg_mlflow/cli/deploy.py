@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import functools
+import json
+import sys
 
 import click
 
 from mg_mlflow.cli.base import console, print_kv
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.client import generate, pick_model, stream_chat, user_message
+from mg_mlflow.deploy.manager import deploy, list_all, prepare, status, stop
+from mg_mlflow.deploy.options import from_cli
+from mg_mlflow.deploy.plan import DeployOptions
+from mg_mlflow.deploy.state import Deployment, uptime
+from mg_mlflow.deploy.supervisor import log_tail
+from mg_mlflow.deploy.update import update
+from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 
 
 def plain_errors(func):
     """Print MGError without rich markup: vLLM log lines and pip extras hold square brackets."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from mg_mlflow.errors import MGError
-
         try:
             return func(*args, **kwargs)
         except MGError as err:
@@ -59,11 +69,6 @@ def deploy_cmd(args, dry_run, foreground, **options):
       model-garden deploy models:/a@prod models:/b@prod --name team --port 8001
       model-garden deploy models:/qwen-support/3 --dry-run --max-num-seqs 8
     """
-    from mg_mlflow.deploy.manager import deploy, prepare
-    from mg_mlflow.deploy.options import from_cli
-    from mg_mlflow.deploy.plan import DeployOptions
-    from mg_mlflow.errors import MGError
-
     uris, extra = _split_args(args)
     if not uris:
         raise MGError("no model URI given", hint="model-garden deploy models:/NAME@ALIAS")
@@ -85,22 +90,19 @@ def deploy_cmd(args, dry_run, foreground, **options):
     deploy(uris, opts, foreground=foreground, on_ready=ready)
 
 
-def _print_ready(record: dict, foreground: bool) -> None:
-    from mg_mlflow.deploy.manager import endpoint
-
-    models = ", ".join(f"{m['served_name']} ({m['kind']}{', ' + m['uri'] if m['uri'] else ''})"
-                       for m in record["models"])
-    print_kv(f"deployment {record['name']} is healthy", [
-        ("endpoint", endpoint(record)), ("models", models), ("default model", record["default_model"]),
-        ("pid", record["pid"]), ("log", record["log_file"]), ("startup", f"{record.get('startup_s')} s"),
-        ("API key", "required" if record.get("api_key_required") else None),
-        ("carbon monitor", record.get("monitor_pid")), ("notes", "; ".join(record.get("notes") or []))])
+def _print_ready(record: Deployment, foreground: bool) -> None:
+    models = ", ".join(f"{m.served_name} ({m.kind}{', ' + m.uri if m.uri else ''})" for m in record.models)
+    print_kv(f"deployment {record.name} is healthy", [
+        ("endpoint", record.endpoint), ("models", models), ("default model", record.default_model),
+        ("pid", record.pid), ("log", record.log_file), ("startup", f"{record.startup_s} s"),
+        ("API key", "required" if record.api_key_required else None),
+        ("carbon monitor", record.monitor_pid), ("notes", "; ".join(record.notes))])
     out = console()
     if foreground:
         out.print("Attached: Ctrl-C stops the server.")
     else:
-        out.print(f"Try: [bold]model-garden generate {record['name']} --prompt 'Hello'[/]   "
-                  f"stop: [bold]model-garden deployments stop {record['name']}[/]")
+        out.print(f"Try: [bold]model-garden generate {record.name} --prompt 'Hello'[/]   "
+                  f"stop: [bold]model-garden deployments stop {record.name}[/]")
 
 
 @click.group("deployments")
@@ -118,31 +120,24 @@ def list_cmd(as_json):
     Example:
       model-garden deployments list --json
     """
-    import json
-
     from rich.table import Table
-
-    from mg_mlflow.deploy.manager import endpoint, list_all
-    from mg_mlflow.env import setup_env
 
     setup_env()
     records = list_all()
     if as_json:
-        click.echo(json.dumps(records, indent=2))
+        click.echo(json.dumps([r.to_json() for r in records], indent=2))
         return
     if not records:
         console().print("no deployments")
         return
-    from mg_mlflow.deploy.state import uptime
-
     table = Table(title="deployments", title_justify="left")
     for col in ("name", "status", "endpoint", "models", "pid", "up"):
         table.add_column(col)
     colors = {"running": "green", "starting": "yellow", "dead": "red", "stale": "red"}
     for r in records:
-        st = r["status"]
-        table.add_row(r["name"], f"[{colors.get(st, 'white')}]{st}[/]", endpoint(r) if r.get("port") else "",
-                      ", ".join(m["served_name"] for m in r.get("models", [])), str(r.get("pid", "")), uptime(r))
+        st = r.status
+        table.add_row(r.name, f"[{colors.get(st, 'white')}]{st}[/]", r.endpoint if r.port else "",
+                      ", ".join(r.served_names), "" if r.corrupt else str(r.pid), uptime(r))
     console().print(table)
 
 
@@ -156,19 +151,15 @@ def status_cmd(name):
     Example:
       model-garden deployments status team
     """
-    from mg_mlflow.deploy.manager import endpoint, status
-    from mg_mlflow.deploy.state import uptime
-    from mg_mlflow.env import setup_env
-
     setup_env()
     r = status(name)
-    rows = [("status", r["status"]), ("endpoint", endpoint(r)), ("engine", r.get("engine")),
-            ("pid / group", f"{r.get('pid')} / {r.get('pgid')}"), ("uptime", uptime(r)),
-            ("log", r.get("log_file")), ("carbon monitor", r.get("monitor_pid")),
-            ("API key", "required" if r.get("api_key_required") else "none")]
-    for m in r.get("models", []):
-        rows.append((f"model {m['served_name']}", f"{m['kind']}  {m['uri']}  run {m.get('run_id') or '-'}"))
-    rows.append(("command", r.get("command")))
+    rows = [("status", r.status), ("endpoint", r.endpoint), ("engine", r.engine),
+            ("pid / group", f"{r.pid} / {r.pgid}"), ("uptime", uptime(r)),
+            ("log", r.log_file or None), ("carbon monitor", r.monitor_pid),
+            ("API key", "required" if r.api_key_required else "none")]
+    for m in r.models:
+        rows.append((f"model {m.served_name}", f"{m.kind}  {m.uri}  run {m.run_id or '-'}"))
+    rows.append(("command", r.command or None))
     print_kv(f"deployment {name}", rows)
 
 
@@ -194,20 +185,16 @@ def update_cmd(name, args, **options):
       model-garden deployments update chat models:/tiny-merged/2
       model-garden deployments update chat --max-model-len 1024 -- --max-num-seqs 4
     """
-    from mg_mlflow.deploy.manager import endpoint
-    from mg_mlflow.deploy.options import from_cli
-    from mg_mlflow.deploy.update import update
-
     uris, extra = _split_args(args)
     changes = from_cli(options)
     if extra:
         changes["extra_args"] = extra
     record = update(name, uris or None, changes)
-    previous = record.get("previous") or {}
+    previous = record.previous
     _print_ready(record, False)
-    if previous.get("port") and previous["port"] != record["port"]:
-        console().print(f"[yellow]endpoint moved:[/] port {previous['port']} -> {record['port']} "
-                        f"({endpoint(record)}); the previous version (pid {previous.get('pid')}) is stopped")
+    if previous is not None and previous.port and previous.port != record.port:
+        console().print(f"[yellow]endpoint moved:[/] port {previous.port} -> {record.port} "
+                        f"({record.endpoint}); the previous version (pid {previous.pid}) is stopped")
 
 
 @deployments_group.command("logs")
@@ -221,12 +208,8 @@ def logs_cmd(name, lines):
     Example:
       model-garden deployments logs team -n 50
     """
-    from mg_mlflow.deploy.state import get_record
-    from mg_mlflow.deploy.supervisor import log_tail
-    from mg_mlflow.env import setup_env
-
     setup_env()
-    click.echo(log_tail(get_record(name)["log_file"], lines))
+    click.echo(log_tail(state.get_record(name).log_file, lines))
 
 
 @deployments_group.command("stop")
@@ -239,21 +222,15 @@ def stop_cmd(names):
     Example:
       model-garden deployments stop team
     """
-    from mg_mlflow.deploy.manager import stop
-    from mg_mlflow.env import setup_env
-
     setup_env()
     for name in names:
         rec = stop(name)
-        console().print(f"stopped [bold]{name}[/] (process group {rec.get('pgid')})")
+        console().print(f"stopped [bold]{name}[/] (process group {rec.pgid})")
 
 
-def _record(name):
-    from mg_mlflow.deploy.state import get_record
-    from mg_mlflow.env import setup_env
-
+def _record(name: str) -> Deployment:
     setup_env()
-    return get_record(name)
+    return state.get_record(name)
 
 
 @click.command("generate")
@@ -277,8 +254,6 @@ def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, j
       model-garden generate team -p "Give a colour" --json-schema '{"type": "object"}'
       model-garden generate vl --image shape.png -p "What colour is the shape?"
     """
-    from mg_mlflow.deploy.client import generate
-
     click.echo(generate(_record(name), prompt, model=model, max_tokens=max_tokens, temperature=temperature,
                         chat=not completion, json_schema=json_schema, images=images, system=system,
                         api_key=api_key))
@@ -302,16 +277,12 @@ def chat_cmd(name, model, system, images, max_tokens, temperature, api_key):
       model-garden chat team --model tiny-lora
       model-garden chat vl --image shape.png
     """
-    import sys
-
-    from mg_mlflow.deploy.client import pick_model, stream_chat, user_message
-
     record = _record(name)
     model = pick_model(record, model)
     messages = [{"role": "system", "content": system}] if system else []
     tty = sys.stdin.isatty()
     if tty:
-        console(stderr=True).print(f"chatting with [bold]{model}[/] on {record['name']} (empty line ends)")
+        console(stderr=True).print(f"chatting with [bold]{model}[/] on {record.name} (empty line ends)")
     pending = list(images)
     while True:
         try:

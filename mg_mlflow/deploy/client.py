@@ -10,32 +10,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from mg_mlflow.deploy.state import Deployment
 from mg_mlflow.errors import MGError
 
 
-def api_key_for(record: dict, api_key: str | None = None) -> str:
+def api_key_for(record: Deployment, api_key: str | None = None) -> str:
     key = api_key or os.environ.get("MG_API_KEY") or os.environ.get("VLLM_API_KEY")
-    if record.get("api_key_required") and not key:
-        raise MGError(f"deployment {record['name']!r} requires an API key",
+    if record.api_key_required and not key:
+        raise MGError(f"deployment {record.name!r} requires an API key",
                       hint="pass --api-key or set MG_API_KEY")
     return key or "EMPTY"
 
 
-def openai_client(record: dict, api_key: str | None = None, timeout: float = 300.0):
+def openai_client(record: Deployment, api_key: str | None = None, timeout: float = 300.0):
     from openai import OpenAI
 
-    from mg_mlflow.deploy.manager import endpoint
-
-    return OpenAI(base_url=endpoint(record), api_key=api_key_for(record, api_key), timeout=timeout,
+    return OpenAI(base_url=record.endpoint, api_key=api_key_for(record, api_key), timeout=timeout,
                   max_retries=0)
 
 
-def pick_model(record: dict, model: str | None) -> str:
-    names = [m["served_name"] for m in record.get("models", [])]
+def pick_model(record: Deployment, model: str | None) -> str:
+    names = record.served_names
     if model is None:
-        return record.get("default_model") or names[0]
+        return record.default_model or names[0]
     if model not in names:
-        raise MGError(f"deployment {record['name']!r} serves no model {model!r}",
+        raise MGError(f"deployment {record.name!r} serves no model {model!r}",
                       hint=f"it serves: {', '.join(names)}")
     return model
 
@@ -71,24 +70,24 @@ def response_format(json_schema: str | dict | None) -> dict | None:
 
 
 @contextmanager
-def friendly_errors(record: dict):
+def friendly_errors(record: Deployment):
     import openai
 
     try:
         yield
     except openai.AuthenticationError:
-        raise MGError(f"deployment {record['name']!r} rejected the API key",
+        raise MGError(f"deployment {record.name!r} rejected the API key",
                       hint="pass the key it was deployed with (--api-key or MG_API_KEY)") from None
     except openai.NotFoundError as exc:
-        raise MGError(f"deployment {record['name']!r}: {exc.message}") from None
+        raise MGError(f"deployment {record.name!r}: {exc.message}") from None
     except openai.APIConnectionError:
-        raise MGError(f"deployment {record['name']!r} does not answer on port {record.get('port')}",
-                      hint=f"model-garden deployments status {record['name']}") from None
+        raise MGError(f"deployment {record.name!r} does not answer on port {record.port}",
+                      hint=f"model-garden deployments status {record.name}") from None
     except openai.BadRequestError as exc:
         raise MGError(f"request rejected: {exc.message}") from None
 
 
-def generate(record: dict, prompt: str, model: str | None = None, max_tokens: int = 128,
+def generate(record: Deployment, prompt: str, model: str | None = None, max_tokens: int = 128,
              temperature: float = 0.0, chat: bool = True, json_schema=None, images=(),
              system: str | None = None, api_key: str | None = None, seed: int | None = None) -> str:
     """One completion (chat by default) from a deployment; returns the text."""
@@ -111,7 +110,7 @@ def generate(record: dict, prompt: str, model: str | None = None, max_tokens: in
         return out.choices[0].message.content or ""
 
 
-def stream_chat(record: dict, messages: list[dict], model: str, max_tokens: int = 256,
+def stream_chat(record: Deployment, messages: list[dict], model: str, max_tokens: int = 256,
                 temperature: float = 0.7, api_key: str | None = None) -> Iterator[str]:
     """Yield text pieces of one streamed chat completion."""
     client = openai_client(record, api_key)

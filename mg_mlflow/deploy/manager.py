@@ -1,287 +1,57 @@
-"""Deployments end to end: resolve URIs, inspect, plan, launch, wait for health, record; list; stop.
+"""Deployments end to end: deploy (``launch``), update (``update``), list, status, stop.
 
-The CLI (``model-garden deploy``) and the MLflow plugin (``-t vllm``) both call these functions.
+The CLI (``model-garden deploy``) and the MLflow plugin (``-t vllm``) both call these functions; they
+take and return :class:`~mg_mlflow.deploy.state.Deployment` records.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import time
-from dataclasses import replace
 from typing import Any
 
-from mg_mlflow.deploy.plan import DeployOptions, Plan
-from mg_mlflow.errors import MGError
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.launch import deploy, finish_start, prepare, resolve_all, running_ports, start_server
+from mg_mlflow.deploy.state import Deployment
+from mg_mlflow.deploy.supervisor import stop_record
+from mg_mlflow.deploy.update import update
+from mg_mlflow.errors import ServerError
 
-SECRET_FLAGS = ("--api-key",)
-
-
-def _pull_api_key(opts: DeployOptions) -> DeployOptions:
-    """A ``--api-key`` among extra vLLM args moves to the environment (never argv, logs or state)."""
-    extra, key, skip = [], opts.api_key, False
-    for i, token in enumerate(opts.extra_args):
-        if skip:
-            skip = False
-            continue
-        if token == "--api-key" and i + 1 < len(opts.extra_args):
-            key, skip = opts.extra_args[i + 1], True
-        elif token.startswith("--api-key="):
-            key = token.split("=", 1)[1]
-        else:
-            extra.append(token)
-    return replace(opts, api_key=key, extra_args=extra)
+__all__ = ["deploy", "endpoint", "finish_start", "list_all", "prepare", "redeploy", "resolve_all",
+           "running_ports", "start_server", "status", "stop", "update"]
 
 
-def resolve_all(uris: list[str]) -> tuple[list, list]:
-    from mg_mlflow.inspect import inspect_model
-    from mg_mlflow.registry.resolve import resolve_model_uri
-
-    resolved = [resolve_model_uri(u) for u in uris]
-    return resolved, [inspect_model(r.local_dir) for r in resolved]
-
-
-def running_ports(exclude: str | None = None) -> set[int]:
-    """Ports held by recorded deployments that still run (and by versions being started beside them)."""
-    from mg_mlflow.deploy import state
-
-    ports = set()
-    for r in state.all_records():
-        if r.get("name") == exclude or r.get("corrupt"):
-            continue
-        if r.get("port") and state.status_of(r, probe=False) in ("running", "starting"):
-            ports.add(int(r["port"]))
-        pending = r.get("updating") or {}
-        if pending.get("port") and state.pid_alive(pending.get("pid")):
-            ports.add(int(pending["port"]))
-    return ports
-
-
-def prepare(uris: list[str], opts: DeployOptions, check_port: bool = True, claims: list | None = None,
-            port_from: int | None = None, exclude: str | None = None) -> tuple[Plan, DeployOptions]:
-    """Resolve, inspect and plan (ports chosen, nothing started). Raises MGError on bad input.
-
-    ``check_port=False`` (dry runs) plans the wanted port without checking that it is free. With a
-    ``claims`` list the port is claimed atomically (``ports.claim_port``) and the held claim is appended:
-    the caller releases it once its server is healthy or has failed."""
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.plan import plan_deployment
-    from mg_mlflow.deploy.ports import claim_port
-    from mg_mlflow.deploy.supervisor import pick_port
-    from mg_mlflow.env import setup_env
-
-    setup_env()
-    opts = _pull_api_key(opts)
-    if not opts.api_key and os.environ.get("MG_API_KEY"):
-        opts = replace(opts, api_key=os.environ["MG_API_KEY"])  # the CLI, the plugin and the library alike
-    if opts.name:
-        state.check_name(opts.name)
-    resolved, inspections = resolve_all(list(uris))
-    reserved = running_ports(exclude=opts.name if exclude is None else exclude)
-    if claims is not None:
-        port, claim = claim_port(opts.host, opts.port, reserved, start=port_from or 8000)
-        claims.append(claim)
-    elif check_port or not opts.port:
-        port = pick_port(opts.host, opts.port, reserved)
-    else:
-        port = opts.port
-    opts = replace(opts, port=port)
-    plan = plan_deployment(resolved, inspections, opts)
-    name = opts.name or plan.default_model.replace("/", "-")
-    opts = replace(opts, name=state.check_name(name[:64]))
-    return plan, opts
-
-
-def _free_name(name: str) -> None:
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import stop_record
-
-    old = state.read_record(name)
-    if old is None:
-        return
-    status = state.status_of(old, probe=False)
-    if status in ("running", "starting"):
-        raise MGError(f"deployment {name!r} is already running on port {old.get('port')}",
-                      hint=f"stop it first (model-garden deployments stop {name}) or pick another --name")
-    stop_record(old)  # dead leader: end orphans left in its group
-    state.remove_record(name)
-
-
-def _monitor(record: dict) -> tuple[int | None, str | None]:
-    """Start the serving carbon monitor when that module exists; (pid, error)."""
-    try:
-        from mg_mlflow.tracking.serving_monitor import start_serving_monitor
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("mg_mlflow.tracking"):
-            return None, None
-        return None, f"serving monitor unavailable: {exc}"
-    from mg_mlflow.deploy.supervisor import connect_host
-
-    deployment = {"name": record["name"], "uris": record["uris"],
-                  "resolved": [{k: m.get(k) for k in ("uri", "name", "version", "run_id")}
-                               for m in record["models"]],
-                  "port": record["port"], "host": record["host"], "pid": record["pid"],
-                  "served_model_names": [m["served_name"] for m in record["models"]]}
-    try:
-        proc = start_serving_monitor(deployment, f"http://{connect_host(record['host'])}:{record['port']}/metrics",
-                                     record["pid"])
-    except Exception as exc:  # noqa: BLE001 - carbon tracking must never take the server down
-        return None, f"serving monitor failed to start: {exc}"
-    return (proc.pid if proc is not None else None), None
-
-
-def _options_record(opts: DeployOptions) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    data = asdict(opts)
-    data.pop("api_key", None)
-    return data
-
-
-def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file, foreground: bool = False):
-    """Launch vLLM and its crash guard; (process, record). Nothing is written to the state folder here."""
-    from dataclasses import asdict
-
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import check_memory, launch, served_pid
-
-    if plan.engine == "vllm-cpu" and opts.check_memory:
-        check_memory(plan.weight_bytes, float(plan.env.get("VLLM_CPU_KVCACHE_SPACE", 1)))
-    env = {**os.environ, **plan.env}
-    env.pop("MG_API_KEY", None)  # vLLM reads VLLM_API_KEY only; the guard and vLLM need no other copy
-    if opts.api_key:
-        env["VLLM_API_KEY"] = opts.api_key
-    proc = launch(plan.argv, env, log_file, header=plan.display())  # the guard, leading vLLM's group
-    pid = served_pid(proc) or proc.pid
-    record = {"name": opts.name, "uris": list(uris), "models": [asdict(m) for m in plan.models],
-              "default_model": plan.default_model, "engine": plan.engine, "host": opts.host,
-              "port": opts.port, "pid": pid, "pgid": proc.pid, "guard_pid": proc.pid,
-              "pid_start_time": state.process_start_time(pid), "log_file": str(log_file),
-              "started_at": time.time(), "command": plan.display(), "notes": plan.notes,
-              "api_key_required": bool(env.get("VLLM_API_KEY")), "options": _options_record(opts),
-              "foreground": foreground}
-    return proc, record
-
-
-def finish_start(record: dict) -> dict:
-    """Start the serving monitor (when asked) and write the record of a healthy server."""
-    from mg_mlflow.deploy import state
-
-    if record["options"].get("carbon", True):
-        record["monitor_pid"], error = _monitor(record)
-        if record["monitor_pid"]:
-            record["monitor_start_time"] = state.process_start_time(record["monitor_pid"])
-        if error:
-            record["notes"].append(error)
-    state.write_record(record)
-    return record
-
-
-def deploy(uris: list[str], opts: DeployOptions, foreground: bool = False,
-           show_progress: bool | None = None, on_ready=None) -> dict[str, Any]:
-    """Launch vLLM for ``uris``; returns the state record once /health answers.
-
-    The name and the port are claimed atomically first: a second deploy asking for the same port (or
-    name) at the same time errors before launching anything."""
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.ports import claim_name
-    from mg_mlflow.deploy.supervisor import stop_group, wait_healthy
-
-    claims: list = []
-    try:
-        named = bool(opts.name)
-        if named:
-            claims.append(claim_name(state.state_dir(), state.check_name(opts.name)))
-        plan, opts = prepare(uris, opts, claims=claims)
-        if not named:
-            claims.append(claim_name(state.state_dir(), opts.name))
-        _free_name(opts.name)
-        log_file = state.log_path(opts.name)
-        proc, record = start_server(uris, plan, opts, log_file, foreground)
-        try:
-            state.write_record(record)
-            record["startup_s"] = round(wait_healthy(proc, opts.host, opts.port, log_file, opts.health_timeout,
-                                                     show_progress, label=f"starting vLLM ({opts.name})"), 2)
-        except BaseException:
-            stop_group(proc.pid, grace=10.0)
-            state.remove_record(opts.name)
-            raise
-    finally:
-        for claim in claims:
-            claim.release()
-    finish_start(record)
-    if on_ready is not None:
-        on_ready(record)
-    if foreground:
-        _run_foreground(proc, record)
-    return record
-
-
-def _run_foreground(proc, record: dict) -> None:
-    """Block until vLLM exits; Ctrl-C or SIGTERM stops the whole group and removes the record."""
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import log_tail, stop_record
-    from mg_mlflow.proc import wait_interruptibly
-
-    def _term(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
-    try:
-        code = wait_interruptibly(proc)
-        tail = log_tail(record["log_file"])
-        stop_record(record)
-        state.remove_record(record["name"])
-        raise MGError(f"vLLM exited with code {code}; last lines of {record['log_file']}:\n{tail}")
-    except KeyboardInterrupt:
-        stop_record(record)
-        state.remove_record(record["name"])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def stop(name: str, grace: float = 20.0) -> dict[str, Any]:
+def stop(name: str, grace: float = 20.0) -> Deployment:
     """Stop a deployment (monitor, then the vLLM process group) and remove its record."""
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import stop_record
-
     record = state.get_record(name)
     left = stop_record(record, grace)
     if left:
-        raise MGError(f"processes {left} of deployment {name!r} survived SIGKILL",
-                      hint="they may be in uninterruptible sleep; check `ps -o pid,stat,cmd -g "
-                           f"{record.get('pgid')}`")
+        raise ServerError(f"processes {left} of deployment {name!r} survived SIGKILL",
+                          hint="they may be in uninterruptible sleep; check `ps -o pid,stat,cmd -g "
+                               f"{record.pgid}`")
     state.remove_record(name)
     return record
 
 
-def list_all(probe: bool = True) -> list[dict[str, Any]]:
-    from mg_mlflow.deploy import state
-
+def list_all(probe: bool = True) -> list[Deployment]:
+    """Every record, each with its ``status``."""
     out = []
     for record in state.all_records():
-        record["status"] = state.status_of(record, probe=probe)
+        record.status = state.status_of(record, probe=probe)
         out.append(record)
     return out
 
 
-def status(name: str) -> dict[str, Any]:
-    from mg_mlflow.deploy import state
-
+def status(name: str) -> Deployment:
     record = state.get_record(name)
-    record["status"] = state.status_of(record)
+    record.status = state.status_of(record)
     return record
 
 
-def endpoint(record: dict) -> str:
-    from mg_mlflow.deploy.supervisor import connect_host
-
-    return f"http://{connect_host(record['host'])}:{record['port']}/v1"
+def endpoint(record: Deployment) -> str:
+    """The OpenAI base URL of ``record`` (``record.endpoint``)."""
+    return record.endpoint
 
 
 def redeploy(name: str, uris: list[str] | None, changes: dict[str, Any], api_key: str | None = None,
-             show_progress: bool | None = None) -> dict[str, Any]:
+             show_progress: bool | None = None) -> Deployment:
     """Deprecated name of :func:`mg_mlflow.deploy.update.update` (kept for callers of the library)."""
-    from mg_mlflow.deploy.update import update
-
     return update(name, uris, {**changes, **({"api_key": api_key} if api_key else {})}, show_progress=show_progress)

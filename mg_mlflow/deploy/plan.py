@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
 from mg_mlflow.errors import MGError
+from mg_mlflow.inspect import inspect_model, leftover_quantization_config, undeclared_packed_weights
+from mg_mlflow.registry.base_ref import describe, resolve_base
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
@@ -174,8 +177,6 @@ def apply_overrides(argv: list[str], extra: list[str]) -> list[str]:
 
 def _group_models(resolved: list, inspections: list):
     """(base (path, name, uri, resolved|None), adapters [(resolved, inspection)]) with clear errors."""
-    from mg_mlflow.registry.base_ref import describe, resolve_base
-
     full = [(r, i) for r, i in zip(resolved, inspections) if i.kind != "adapter"]
     adapters = [(r, i) for r, i in zip(resolved, inspections) if i.kind == "adapter"]
     if len(full) > 1:
@@ -212,16 +213,12 @@ def _group_models(resolved: list, inspections: list):
 def _tensor_parallel(opts: DeployOptions, base_info, weight_bytes: int, gpus: list | None) -> tuple[int | None, str]:
     """GPU engine: the tensor-parallel size checked against (given) or planned from (not given) the
     machine's GPUs (``gpus``, default: probed with nvidia-smi); see ``mg_mlflow.deploy.gpus``."""
-    from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
-
     gpus = inventory() if gpus is None else gpus
     heads = base_info.num_attention_heads if base_info else None
     return plan_tensor_parallel(weight_bytes, gpus, opts.tensor_parallel_size, opts.gpu_memory_utilization, heads)
 
 
 def _base_inspection(path: str):
-    from mg_mlflow.inspect import inspect_model
-
     return inspect_model(path) if Path(path).is_dir() else None
 
 
@@ -286,8 +283,6 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
 
     quant = opts.quantization or (base_info.quantization if base_info else None)
     if base_info:
-        from mg_mlflow.inspect import undeclared_packed_weights
-
         if undeclared_packed_weights(model_path, base_info):
             raise MGError(f"{model_path}: packed compressed-tensors weights (weight_packed) but config.json has "
                           "no quantization_config, which holds their bits and groups: vLLM cannot load them",
@@ -295,8 +290,6 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
     if opts.quantization or (quant and QUANT_FLAG.get(quant)):
         argv += ["--quantization", opts.quantization or QUANT_FLAG[quant]]
     if base_info and not quant:
-        from mg_mlflow.inspect import leftover_quantization_config
-
         if leftover_quantization_config(model_path, base_info):
             argv += ["--hf-overrides", json.dumps({"quantization_config": None})]
             notes.append("leftover quantization_config in config.json ignored (weights are 16-bit)")

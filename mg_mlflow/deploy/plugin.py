@@ -7,12 +7,11 @@
 ``update`` starts the new version beside the old one (next free port), switches the record once it is
 healthy, then stops the old one; a new version that fails to start leaves the old one serving.
 Deployments are the same records ``model-garden deployments list`` shows. Errors are
-``MlflowException`` with an error code.
+``MlflowException`` with the error code of the error's class (``ERROR_CODES``).
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,29 +20,42 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS,
                                           RESOURCE_DOES_NOT_EXIST)
 
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.client import friendly_errors, openai_client, pick_model
+from mg_mlflow.deploy.manager import deploy, list_all, status, stop
+from mg_mlflow.deploy.options import from_plugin, plugin_keys
+from mg_mlflow.deploy.plan import DeployOptions
+from mg_mlflow.deploy.state import Deployment
+from mg_mlflow.deploy.update import update
+from mg_mlflow.errors import AlreadyExistsError, InvalidInputError, MGError, NotFoundError, ServerError
+
 FLAVORS = (None, "vllm", "transformers", "python_function", "hf")
-ERROR_CODES = [(re.compile(r"^no deployment named"), RESOURCE_DOES_NOT_EXIST),
-               (re.compile(r"vLLM exited|not healthy|cannot start|survived SIGKILL|failed to start"), INTERNAL_ERROR),
-               (re.compile(r"already running|already in use|being started"), RESOURCE_ALREADY_EXISTS)]
+# error class -> MLflow error code; the first class the error is an instance of wins
+ERROR_CODES: tuple[tuple[type[MGError], int], ...] = (
+    (NotFoundError, RESOURCE_DOES_NOT_EXIST),
+    (AlreadyExistsError, RESOURCE_ALREADY_EXISTS),
+    (ServerError, INTERNAL_ERROR),
+    (InvalidInputError, INVALID_PARAMETER_VALUE),
+    (MGError, INVALID_PARAMETER_VALUE),
+)
+
+
+def error_code(err: MGError) -> int:
+    return next(code for cls, code in ERROR_CODES if isinstance(err, cls))
 
 
 @contextmanager
 def _mlflow_errors():
-    from mg_mlflow.errors import MGError
-
     try:
         yield
     except MGError as err:
-        code = next((c for pattern, c in ERROR_CODES if pattern.search(err.message)), INVALID_PARAMETER_VALUE)
-        raise MlflowException(str(err), error_code=code) from None
+        raise MlflowException(str(err), error_code=error_code(err)) from None
 
 
 def config_to_options(config: dict | None, name: str | None = None) -> dict[str, Any]:
     """``-C key=value`` strings -> DeployOptions fields (typed), with every unknown key reported.
 
     The keys, their types and help come from DeployOptions (``mg_mlflow.deploy.options``)."""
-    from mg_mlflow.deploy.options import from_plugin
-
     with _mlflow_errors():
         return from_plugin(config, name)
 
@@ -52,13 +64,14 @@ def _uris(model_uri: str) -> list[str]:
     return [u.strip() for u in str(model_uri).split(",") if u.strip()]
 
 
-def _public(record: dict) -> dict:
-    from mg_mlflow.deploy.manager import endpoint
-
+def _public(record: Deployment, status: str | None = None) -> dict:
     keys = ("name", "status", "uris", "models", "default_model", "engine", "host", "port", "pid",
             "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous")
-    out = {k: record.get(k) for k in keys if k in record}
-    out["endpoint"] = endpoint(record)
+    data = record.to_json()
+    if status is not None:
+        data["status"] = status
+    out = {k: data[k] for k in keys if k in data}
+    out["endpoint"] = record.endpoint
     out["flavor"] = "vllm"
     return out
 
@@ -72,29 +85,21 @@ class VLLMDeploymentClient(BaseDeploymentClient):
                                   error_code=INVALID_PARAMETER_VALUE)
 
     def create_deployment(self, name, model_uri, flavor=None, config=None, endpoint=None):
-        from mg_mlflow.deploy.manager import deploy
-        from mg_mlflow.deploy.plan import DeployOptions
-
         self._check_flavor(flavor)
         with _mlflow_errors():
             opts = DeployOptions(**config_to_options(config, name))
-            return _public({**deploy(_uris(model_uri), opts, show_progress=False), "status": "running"})
+            return _public(deploy(_uris(model_uri), opts, show_progress=False), status="running")
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
         """Start the new version beside the old one (next free port), switch, stop the old; every option
         (the API key included) is kept unless ``config`` changes it. A failed start leaves the old serving."""
-        from mg_mlflow.deploy.update import update
-
         self._check_flavor(flavor)
         changes = config_to_options(config)
         with _mlflow_errors():
             record = update(name, _uris(model_uri) if model_uri else None, changes, show_progress=False)
-            return _public({**record, "status": "running"})
+            return _public(record, status="running")
 
     def delete_deployment(self, name, config=None, endpoint=None):
-        from mg_mlflow.deploy import state
-        from mg_mlflow.deploy.manager import stop
-
         with _mlflow_errors():
             if state.read_record(name) is None:
                 return None  # idempotent
@@ -102,14 +107,10 @@ class VLLMDeploymentClient(BaseDeploymentClient):
         return None
 
     def list_deployments(self, endpoint=None):
-        from mg_mlflow.deploy.manager import list_all
-
         with _mlflow_errors():
             return [_public(r) for r in list_all()]
 
     def get_deployment(self, name, endpoint=None):
-        from mg_mlflow.deploy.manager import status
-
         with _mlflow_errors():
             return _public(status(name))
 
@@ -117,10 +118,8 @@ class VLLMDeploymentClient(BaseDeploymentClient):
         """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat) or a
         DataFrame with a ``prompt`` or ``messages`` column (one request per row; other columns are
         request parameters such as ``max_tokens``, ``temperature``, ``model``)."""
-        from mg_mlflow.deploy.state import get_record
-
         with _mlflow_errors():
-            record = get_record(deployment_name or endpoint)
+            record = state.get_record(deployment_name or endpoint)
             return PredictionsResponse({"predictions": [_one(record, r) for r in _requests(inputs)]})
 
 
@@ -138,9 +137,7 @@ def _requests(inputs) -> list[dict]:
                           "or 'messages' column", error_code=INVALID_PARAMETER_VALUE)
 
 
-def _one(record: dict, request: dict) -> dict:
-    from mg_mlflow.deploy.client import friendly_errors, openai_client, pick_model
-
+def _one(record: Deployment, request: dict) -> dict:
     request = dict(request)
     model = pick_model(record, request.pop("model", None))
     params = {k: (int(v) if k in ("max_tokens", "seed", "n") else v) for k, v in request.items()
@@ -166,24 +163,19 @@ def run_local(name, model_uri, flavor=None, config=None):
     """Serve in the foreground until Ctrl-C or SIGTERM (then the whole vLLM process group is stopped).
 
     MLflow calls ``plugin.run_local(name, model_uri, flavor, config)``: no target argument."""
-    from mg_mlflow.deploy.manager import deploy
-    from mg_mlflow.deploy.plan import DeployOptions
-
     if flavor not in FLAVORS:
         raise MlflowException(f"flavor {flavor!r} is not served by the vllm target", error_code=INVALID_PARAMETER_VALUE)
     with _mlflow_errors():
         opts = DeployOptions(**config_to_options(config, name))
 
-        def ready(record):
-            print(f"deployment {record['name']} healthy at http://{record['host']}:{record['port']}/v1 "
-                  f"serving {', '.join(m['served_name'] for m in record['models'])}; Ctrl-C stops it", flush=True)
+        def ready(record: Deployment):
+            print(f"deployment {record.name} healthy at http://{record.host}:{record.port}/v1 "
+                  f"serving {', '.join(record.served_names)}; Ctrl-C stops it", flush=True)
 
         deploy(_uris(model_uri), opts, foreground=True, on_ready=ready)
 
 
 def target_help():
-    from mg_mlflow.deploy.options import plugin_keys
-
     keys = "\n".join(f"    {k:<24} {v}" for k, v in plugin_keys().items())
     return f"""Target 'vllm' (Model Garden): serve MLflow registry models with a vLLM OpenAI-compatible server.
 

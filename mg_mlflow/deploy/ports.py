@@ -11,24 +11,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 import tempfile
 from pathlib import Path
 
-from mg_mlflow.errors import MGError
+from mg_mlflow.deploy.net import port_free
+from mg_mlflow.deploy.private import private_dir
+from mg_mlflow.errors import AlreadyExistsError, MGError
 
 PORT_RANGE = range(8000, 8100)
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` created 0700 (tightened if it exists), refused if it is a link or another user's."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise MGError(f"{path} is not a private folder of this user", hint="remove it, or set MG_HOME elsewhere")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        os.chmod(path, 0o700)
-    return path
 
 
 def locks_dir() -> Path:
@@ -73,15 +63,13 @@ def claim_name(folder: Path, name: str) -> Claim:
     try:
         return Claim(folder / f"{name}.lock")
     except ClaimTaken as taken:
-        raise MGError(f"deployment {name!r} is being started or updated by another process (pid {taken.holder})",
+        raise AlreadyExistsError(f"deployment {name!r} is being started or updated by another process (pid {taken.holder})",
                       hint="wait for it to finish, then check `model-garden deployments list`") from None
 
 
 def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = PORT_RANGE.start) -> tuple[int, Claim]:
     """(port, claim): ``wanted`` if nobody claims, records or binds it (else MGError), or the first such
     port from ``start``."""
-    from mg_mlflow.deploy.supervisor import port_free
-
     def attempt(port: int) -> Claim | None:
         claim = Claim(locks_dir() / f"{port}.lock")
         if port in reserved or not port_free(host, port):
@@ -93,12 +81,10 @@ def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = P
         try:
             claim = attempt(wanted)
         except ClaimTaken as taken:
-            raise MGError(f"port {wanted} is already in use: another deployment (pid {taken.holder}) is "
+            raise AlreadyExistsError(f"port {wanted} is already in use: another deployment (pid {taken.holder}) is "
                           "starting on it", hint="choose another with --port") from None
         if claim is None:
-            raise MGError(f"port {wanted} on {host} is already in use",
-                          hint="choose another with --port, or stop what holds it "
-                               "(`model-garden deployments list` shows Model Garden's servers)")
+            raise _port_in_use(host, wanted)
         return wanted, claim
     candidates = [p for p in range(start, PORT_RANGE.stop) if p >= PORT_RANGE.start] or list(PORT_RANGE)
     for port in candidates + [p for p in PORT_RANGE if p < start]:
@@ -108,4 +94,23 @@ def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = P
             continue
         if claim is not None:
             return port, claim
+    raise MGError(f"no free port between {PORT_RANGE.start} and {PORT_RANGE.stop - 1} on {host}", hint="pass --port")
+
+
+def _port_in_use(host: str, port: int) -> AlreadyExistsError:
+    return AlreadyExistsError(f"port {port} on {host} is already in use",
+                              hint="choose another with --port, or stop what holds it "
+                                   "(`model-garden deployments list` shows Model Garden's servers)")
+
+
+def pick_port(host: str, wanted: int | None, reserved: set[int]) -> int:
+    """``wanted`` if free (else a clear error), or the first free port of PORT_RANGE; nothing claimed
+    (dry runs: the port is only planned)."""
+    if wanted:
+        if wanted in reserved or not port_free(host, wanted):
+            raise _port_in_use(host, wanted)
+        return wanted
+    for port in PORT_RANGE:
+        if port not in reserved and port_free(host, port):
+            return port
     raise MGError(f"no free port between {PORT_RANGE.start} and {PORT_RANGE.stop - 1} on {host}", hint="pass --port")

@@ -7,16 +7,19 @@ then SIGKILL after a grace period; no process is left holding (GPU) memory.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
+import shutil
 import subprocess
+import sys
 import time
 from collections import deque
 from pathlib import Path
 
-from mg_mlflow.errors import MGError
+from mg_mlflow.deploy.net import health_ok
+from mg_mlflow.deploy.private import private_file
+from mg_mlflow.deploy.state import Deployment, status_of
+from mg_mlflow.errors import MGError, ServerError
+from mg_mlflow.proc import pid_alive, same_process, stop_group, stop_process
 
 LOG_HINTS = [
     (re.compile(r"address already in use", re.I), "the port is taken: pick another with --port"),
@@ -26,46 +29,6 @@ LOG_HINTS = [
     (re.compile(r"No module named '?vllm", re.I), "vLLM is not installed in that Python: pip install "
                                                 "'model-garden-mlflow[serve-cpu]' (CPU) or '[gpu]'"),
 ]
-
-
-def connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{connect_host(host)}:{port}/health", timeout=timeout) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def port_free(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def pick_port(host: str, wanted: int | None, reserved: set[int]) -> int:
-    """``wanted`` if free (else a clear error), or the first free port from 8000."""
-    if wanted:
-        if wanted in reserved or not port_free(host, wanted):
-            raise MGError(f"port {wanted} on {host} is already in use",
-                          hint="choose another with --port, or stop what holds it "
-                               "(`model-garden deployments list` shows Model Garden's servers)")
-        return wanted
-    for port in range(8000, 8100):
-        if port not in reserved and port_free(host, port):
-            return port
-    raise MGError(f"no free port between 8000 and 8099 on {host}", hint="pass --port")
 
 
 def mem_available() -> int | None:
@@ -192,13 +155,8 @@ def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) ->
     """Start ``argv`` under its crash guard (``mg_mlflow.deploy.guard``), which leads a new session and
     process group; output into ``log_file`` (0600). Returns the guard's Popen: it exits when vLLM does,
     with vLLM's status, after ending the rest of the group. ``served_pid`` gives vLLM's own pid."""
-    import shutil
-    import sys
-
-    from mg_mlflow.deploy.state import private_file
-
     if not shutil.which(argv[0]):
-        raise MGError(f"cannot start {argv[0]}: not found or not executable",
+        raise ServerError(f"cannot start {argv[0]}: not found or not executable",
                       hint="check --vllm-python / --engine-cmd")
     with private_file(log_file, "wb") as log:
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n".encode())
@@ -208,7 +166,7 @@ def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) ->
                                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     env=env, start_new_session=True, close_fds=True, umask=0o077)
         except OSError as exc:
-            raise MGError(f"cannot start {argv[0]}: {exc}",
+            raise ServerError(f"cannot start {argv[0]}: {exc}",
                           hint="check --vllm-python / --engine-cmd") from None
 
 
@@ -233,8 +191,6 @@ def served_pid(guard: subprocess.Popen, timeout: float = 30.0) -> int | None:
 def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, timeout: float,
                  show_progress: bool | None = None, label: str = "starting vLLM") -> float:
     """Seconds until /health answered 200; MGError (with the log's last lines) if vLLM died or timed out."""
-    import sys
-
     start = time.monotonic()
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -260,7 +216,7 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                 tail, long_tail = log_tail(log_file), log_tail(log_file, 400)
                 cause = root_cause(long_tail)
                 cause = f"\ncause: {cause}" if cause and cause not in tail else ""
-                raise MGError(f"vLLM exited with code {proc.returncode} before it was healthy; "
+                raise ServerError(f"vLLM exited with code {proc.returncode} before it was healthy; "
                               f"last lines of {log_file}:\n{tail}{cause}", hint=failure_hint(long_tail))
             if health_ok(host, port, timeout=1.0):
                 time.sleep(0.2)  # another server on the port answers too: healthy only while ours lives
@@ -269,7 +225,7 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
                 continue
             if time.monotonic() - start > timeout:
                 tail = log_tail(log_file)
-                raise MGError(f"vLLM was not healthy after {timeout:.0f} s; last lines of {log_file}:\n{tail}",
+                raise ServerError(f"vLLM was not healthy after {timeout:.0f} s; last lines of {log_file}:\n{tail}",
                               hint="raise --health-timeout, or read the log for the cause: "
                                    + failure_hint(tail))
             if progress is not None:
@@ -284,78 +240,16 @@ def wait_healthy(proc: subprocess.Popen, host: str, port: int, log_file: Path, t
             progress.stop()
 
 
-def _wait_gone(check, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not check():
-            return True
-        time.sleep(0.2)
-    return not check()
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
-def stop_monitor(pid: int | None, start_time: str | None, timeout: float = 15.0) -> None:
-    """SIGTERM the serving monitor and give it ``timeout`` s to finish its MLflow run."""
-    from mg_mlflow.deploy.state import pid_alive, process_start_time
-
-    if not pid or not pid_alive(pid):
-        return
-    if start_time and process_start_time(pid) not in (None, start_time):
-        return  # pid reused by another process
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    if not _wait_gone(lambda: (_reap(pid), pid_alive(pid))[1], timeout):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    _reap(pid)
-
-
-def stop_group(pgid: int, grace: float = 20.0) -> list[int]:
-    """SIGTERM the process group, SIGKILL what is left after ``grace`` s; returns pids still alive."""
-    from mg_mlflow.deploy.state import group_members
-
-    def alive() -> list[int]:
-        _reap(pgid)
-        return group_members(pgid)
-
-    if not alive():
-        return []
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return []
-    if not _wait_gone(alive, grace):
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        _wait_gone(alive, 10.0)
-    return alive()
-
-
-def stop_record(record: dict, grace: float = 20.0) -> list[int]:
-    """Stop a deployment's monitor then its vLLM process group (unless the pid now belongs to another)."""
-    from mg_mlflow.deploy.state import status_of
-
-    from mg_mlflow.deploy.state import pid_alive, process_start_time
-
-    stop_monitor(record.get("monitor_pid"), record.get("monitor_start_time"))
+def stop_record(record: Deployment, grace: float = 20.0) -> list[int]:
+    """Stop a deployment's monitor, a new version being started beside it, then its vLLM process group
+    (unless its pid now belongs to another process); returns pids still alive."""
+    stop_process(record.monitor_pid, record.monitor_start_time)  # SIGTERM: it ends its MLflow run
     left: list[int] = []
-    pending = record.get("updating") or {}  # a new version being started beside this one
-    if pending.get("pgid") and pid_alive(pending.get("pid")) and \
-            process_start_time(pending["pid"]) in (None, pending.get("pid_start_time")):
-        left += stop_group(int(pending["pgid"]), grace)
-    if record.get("corrupt") or status_of(record, probe=False) == "stale":
+    pending = record.updating
+    if pending is not None and pending.pgid and pid_alive(pending.pid) and \
+            same_process(pending.pid, pending.pid_start_time):
+        left += stop_group(int(pending.pgid), grace)
+    if record.corrupt or status_of(record, probe=False) == "stale":
         return left
-    pgid = record.get("pgid") or record.get("pid")
+    pgid = record.pgid or record.pid
     return left + (stop_group(int(pgid), grace) if pgid else [])

@@ -22,88 +22,84 @@ import time
 from dataclasses import fields, replace
 from typing import Any
 
+from mg_mlflow.deploy import state
+from mg_mlflow.deploy.launch import deploy, finish_start, prepare, resolve_all, start_server
+from mg_mlflow.deploy.net import port_free
 from mg_mlflow.deploy.plan import DeployOptions
-from mg_mlflow.errors import MGError
+from mg_mlflow.deploy.ports import Claim, claim_name
+from mg_mlflow.deploy.state import Deployment, PendingVersion, PreviousVersion
+from mg_mlflow.deploy.supervisor import stop_record, wait_healthy
+from mg_mlflow.env import setup_env
+from mg_mlflow.errors import InvalidInputError, MGError, ServerError
+from mg_mlflow.proc import same_process, stop_group
 
 
-def running_key(record: dict) -> str | None:
+def running_key(record: Deployment) -> str | None:
     """The API key of the running server of ``record`` (its VLLM_API_KEY), if this user can read it."""
     import psutil
 
-    from mg_mlflow.deploy.state import process_start_time
-
-    pid = record.get("pid")
+    pid = record.pid
     try:
-        if not pid or process_start_time(pid) not in (None, record.get("pid_start_time")):
+        if not pid or not same_process(pid, record.pid_start_time):
             return None
         return psutil.Process(pid).environ().get("VLLM_API_KEY") or None
     except (psutil.Error, OSError):
         return None
 
 
-def _options(old: dict, changes: dict[str, Any], name: str) -> DeployOptions:
+def _options(old: Deployment, changes: dict[str, Any], name: str) -> DeployOptions:
     known = {f.name for f in fields(DeployOptions)}
-    merged = {**(old.get("options") or {}), **changes, "name": name}
-    return DeployOptions(**{k: v for k, v in merged.items() if k in known})
+    return replace(old.options, **{k: v for k, v in changes.items() if k in known and k != "name"}, name=name)
 
 
 def update(name: str, uris: list[str] | None = None, changes: dict[str, Any] | None = None,
-           show_progress: bool | None = None) -> dict[str, Any]:
+           show_progress: bool | None = None) -> Deployment:
     """Replace deployment ``name`` by ``uris`` (default: the same URIs, e.g. a moved alias) and/or changed
-    options; returns the new record (its ``previous`` key tells the old port and pid)."""
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.manager import deploy, resolve_all
-    from mg_mlflow.deploy.ports import claim_name
-    from mg_mlflow.deploy.supervisor import port_free, stop_record
-    from mg_mlflow.env import setup_env
-
+    options; returns the new record (its ``previous`` tells the old port and pid)."""
     setup_env()
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
     claim = claim_name(state.state_dir(), state.check_name(name))
     try:
         old = state.get_record(name)
-        if old.get("corrupt"):
-            raise MGError(f"the record of deployment {name!r} is unreadable",
-                          hint=f"model-garden deployments stop {name}, then deploy again")
-        uris = list(uris or old["uris"])
+        if old.corrupt:
+            raise InvalidInputError(f"the record of deployment {name!r} is unreadable",
+                                    hint=f"model-garden deployments stop {name}, then deploy again")
+        uris = list(uris or old.uris)
         opts = _options(old, changes, name)
         alive = state.status_of(old, probe=False) in ("running", "starting")
         key = changes.get("api_key") or os.environ.get("MG_API_KEY") or (running_key(old) if alive else None)
-        if old.get("api_key_required") and not key:
-            raise MGError(f"deployment {name!r} requires an API key and its key could not be read back",
-                          hint="pass the key again (--api-key, MG_API_KEY, or -C api_key=...): the new "
-                               "version is never started without the protection the old one had")
+        if old.api_key_required and not key:
+            raise InvalidInputError(f"deployment {name!r} requires an API key and its key could not be read back",
+                                    hint="pass the key again (--api-key, MG_API_KEY, or -C api_key=...): the new "
+                                         "version is never started without the protection the old one had")
         opts = replace(opts, api_key=key)
         if alive:
             return _handover(name, old, uris, opts, changes, show_progress)
         resolve_all(uris)  # bad URIs fail here, before the dead record goes
         stop_record(old)  # a crashed server's leftovers (engine processes) end here
         state.remove_record(name)
-        port = changes.get("port") or (old.get("port") if old.get("port") and port_free(opts.host, old["port"]) else None)
+        port = changes.get("port") or (old.port if old.port and port_free(opts.host, old.port) else None)
         opts = replace(opts, port=port)
     finally:
         claim.release()
     return deploy(uris, opts, show_progress=show_progress)
 
 
-def _handover(name: str, old: dict, uris: list[str], opts: DeployOptions, changes: dict[str, Any],
-              show_progress: bool | None) -> dict[str, Any]:
-    from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.manager import endpoint, finish_start, prepare, start_server
-    from mg_mlflow.deploy.supervisor import stop_group, stop_record, wait_healthy
-
-    if changes.get("port") and int(changes["port"]) == int(old["port"]):
-        raise MGError(f"port {old['port']} is held by the running version of {name!r} until the new one is healthy",
-                      hint="leave --port out (the new version gets the next free port) or choose another port")
-    claims: list = []
+def _handover(name: str, old: Deployment, uris: list[str], opts: DeployOptions, changes: dict[str, Any],
+              show_progress: bool | None) -> Deployment:
+    if changes.get("port") and int(changes["port"]) == int(old.port):
+        raise InvalidInputError(f"port {old.port} is held by the running version of {name!r} until the new one "
+                                "is healthy",
+                                hint="leave --port out (the new version gets the next free port) or choose another port")
+    claims: list[Claim] = []
     folder = state.state_dir()
     next_log, failed_log = folder / f"{name}.next.log", folder / f"{name}.failed.log"
     try:
         plan, opts = prepare(uris, replace(opts, port=changes.get("port")), claims=claims,
-                             port_from=int(old["port"]) + 1, exclude="")
+                             port_from=int(old.port) + 1, exclude="")
         proc, record = start_server(uris, plan, opts, next_log)
-        old["updating"] = {"pid": record["pid"], "pgid": proc.pid, "pid_start_time": record["pid_start_time"],
-                           "port": opts.port, "log_file": str(next_log), "started_at": record["started_at"]}
+        old.updating = PendingVersion(pid=record.pid, pgid=proc.pid, pid_start_time=record.pid_start_time,
+                                      port=opts.port, log_file=str(next_log), started_at=record.started_at)
         state.write_record(old)  # `stop` during the handover ends the new version too
         try:
             startup = wait_healthy(proc, opts.host, opts.port, next_log, opts.health_timeout, show_progress,
@@ -112,30 +108,29 @@ def _handover(name: str, old: dict, uris: list[str], opts: DeployOptions, change
             stop_group(proc.pid, grace=10.0)
             os.replace(next_log, failed_log)
             current = state.read_record(name)
-            if current is not None and not current.get("corrupt"):
-                current.pop("updating", None)
+            if current is not None and not current.corrupt:
+                current.updating = None
                 state.write_record(current)
             if isinstance(exc, MGError):
-                raise MGError(f"the new version of {name!r} failed to start; the old version keeps serving at "
-                              f"{endpoint(old)}.\n{exc.message}".replace(str(next_log), str(failed_log)),
-                              hint=exc.hint) from None
+                raise ServerError(f"the new version of {name!r} failed to start; the old version keeps serving at "
+                                  f"{old.endpoint}.\n{exc.message}".replace(str(next_log), str(failed_log)),
+                                  hint=exc.hint) from None
             raise
     finally:
         for claim in claims:
             claim.release()
     # switch: from this write on, clients that read the record talk to the new version
-    record.update(startup_s=round(startup, 2),
-                  previous={"port": old["port"], "pid": old["pid"], "uris": old["uris"],
-                            "stopped_at": None})
+    record.startup_s = round(startup, 2)
+    record.previous = PreviousVersion(port=old.port, pid=old.pid, uris=list(old.uris), stopped_at=None)
     state.write_record(record)
-    old.pop("updating", None)
+    old.updating = None
     left = stop_record(old)
-    record["previous"]["stopped_at"] = time.time()
+    record.previous.stopped_at = time.time()
     if left:
-        record["notes"].append(f"processes {left} of the previous version survived SIGKILL")
+        record.notes.append(f"processes {left} of the previous version survived SIGKILL")
     log_file = state.log_path(name)
     if log_file.exists():
         os.replace(log_file, folder / f"{name}.prev.log")
     os.replace(next_log, log_file)
-    record["log_file"] = str(log_file)
+    record.log_file = str(log_file)
     return finish_start(record)

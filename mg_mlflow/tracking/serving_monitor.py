@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -27,10 +27,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow.env import mg_home, setup_env
+from mg_mlflow.tracking import boamps
+from mg_mlflow.tracking.run import ensure_experiment, use_tracking_uri
+
 SERVING_EXPERIMENT = "model-garden-serving"
 COUNTERS = {"requests": "vllm:request_success_total", "generated_tokens": "vllm:generation_tokens_total",
             "prompt_tokens": "vllm:prompt_tokens_total"}
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)(?:\s+\S+)?$")
 
 
 def start_serving_monitor(deployment: dict, metrics_url: str, pid: int, *, interval_s: float = 15.0,
@@ -41,8 +44,6 @@ def start_serving_monitor(deployment: dict, metrics_url: str, pid: int, *, inter
 
     Stop it with ``proc.terminate()`` (it then ends its run FINISHED) or let it notice the pid exit.
     """
-    from mg_mlflow.env import mg_home
-
     name = str(deployment.get("name") or f"pid{pid}")
     log = Path(log_path) if log_path else mg_home() / "serving" / f"{name}.carbon.log"
     cmd = [sys.executable, "-m", "mg_mlflow.tracking.serving_monitor", "--deployment", json.dumps(deployment, default=str),
@@ -62,22 +63,31 @@ def start_serving_monitor(deployment: dict, metrics_url: str, pid: int, *, inter
 
 # ---------------------------------------------------------------- Prometheus text
 
+def _samples(text: str):
+    """(sample name, value) of every sample, read with prometheus_client's parser. A text it rejects
+    (a partial answer, a line it cannot read) is read again line by line, skipping the bad lines."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError:
+        families = []
+        for line in text.splitlines():
+            try:
+                families += list(text_string_to_metric_families(line + "\n"))
+            except ValueError:
+                continue
+    for family in families:
+        for sample in family.samples:
+            yield sample.name, sample.value
+
+
 def parse_prometheus(text: str) -> dict[str, float]:
-    """Sum every sample of each metric over its label sets (comments and bad lines skipped)."""
+    """Sum every sample of each metric over its label sets (NaN samples and bad lines skipped)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = _LINE.match(line)
-        if not match:
-            continue
-        try:
-            value = float(match.group(3))
-        except ValueError:
-            continue
-        if value == value:  # skip NaN
-            out[match.group(1)] = out.get(match.group(1), 0.0) + value
+    for name, value in _samples(text):
+        if not math.isnan(value):
+            out[name] = out.get(name, 0.0) + value
     return out
 
 
@@ -137,8 +147,6 @@ class ServingMonitor:
         self.out_dir = Path(args.out_dir or self._default_out_dir())
 
     def _default_out_dir(self) -> Path:
-        from mg_mlflow.env import mg_home
-
         return mg_home() / "serving" / f"{self.deployment.get('name') or self.args.pid}-carbon-{os.getpid()}"
 
     def _on_signal(self, signum, frame) -> None:
@@ -159,8 +167,6 @@ class ServingMonitor:
 
     def _create_run(self) -> None:
         from mlflow.tracking import MlflowClient
-
-        from mg_mlflow.tracking.run import ensure_experiment, use_tracking_uri
 
         use_tracking_uri()
         self.client = MlflowClient()
@@ -185,8 +191,6 @@ class ServingMonitor:
                 print(f"could not tag {v.get('name')}/{v.get('version')}: {exc}", flush=True)
 
     def _start_tracker(self) -> None:
-        from mg_mlflow.tracking import boamps
-
         try:
             self.handler = boamps.recording_output()
             self.tracker = boamps.make_tracker(self.out_dir, self.handler, country=self.args.country,
@@ -220,8 +224,6 @@ class ServingMonitor:
     def measure(self, final: bool = False) -> None:
         from mlflow.entities import Metric
 
-        from mg_mlflow.tracking import boamps
-
         samples = scrape(self.args.metrics_url)
         self.endpoint_up = 0.0 if samples is None else 1.0
         if samples:
@@ -240,8 +242,6 @@ class ServingMonitor:
 
     def finish(self, status: str = "FINISHED") -> None:
         from mlflow.entities import Metric
-
-        from mg_mlflow.tracking import boamps
 
         totals = self.counters.totals
         summary = {"serving/total_requests": totals["requests"], "serving/total_generated_tokens": totals["generated_tokens"],
@@ -309,8 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="", help="where codecarbon writes its CSV")
     parser.add_argument("--run-id-file", default="", help="write the MLflow run id here once created")
     args = parser.parse_args(argv)
-    from mg_mlflow.env import setup_env
-
     setup_env()
     return ServingMonitor(args).run()
 

@@ -38,7 +38,7 @@ def _mlflow(*args, key: str | None = None, timeout=400):
     return subprocess.run([MLFLOW, "deployments", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _record() -> dict | None:
+def _record():
     from mg_mlflow.deploy.state import read_record
 
     return read_record(NAME)
@@ -54,12 +54,12 @@ def _get(port: int, path: str = "/v1/models", key: str | None = KEY) -> int:
         return err.code
 
 
-def _secrets_absent(record: dict) -> None:
+def _secrets_absent(record) -> None:
     folder = Path(os.environ["MG_HOME"]) / "deployments"
     for path in folder.iterdir():
         assert KEY.encode() not in path.read_bytes(), path
         assert mode(path) == 0o600, path
-    assert all(KEY.encode() not in c for c in cmdlines(group_alive(record["pgid"])))
+    assert all(KEY.encode() not in c for c in cmdlines(group_alive(record.pgid)))
     assert processes_with(KEY) == []
     db = Path(os.environ["MG_HOME"]) / "mlflow.db"
     assert KEY.encode() not in db.read_bytes()
@@ -92,10 +92,10 @@ def live(versions):
 def test_plugin_deployment_is_local_and_needs_the_key(live, monkeypatch):
     from mlflow.deployments import get_deploy_client
 
-    assert live["api_key_required"] and live["host"] == "127.0.0.1"
-    assert listening_addresses(group_alive(live["pgid"]), live["port"]) == {"127.0.0.1"}
-    assert _get(live["port"], key=None) == 401 and _get(live["port"], key="wrong") == 401
-    assert _get(live["port"]) == 200 and _get(live["port"], "/health", key=None) == 200
+    assert live.api_key_required and live.host == "127.0.0.1"
+    assert listening_addresses(group_alive(live.pgid), live.port) == {"127.0.0.1"}
+    assert _get(live.port, key=None) == 401 and _get(live.port, key="wrong") == 401
+    assert _get(live.port) == 200 and _get(live.port, "/health", key=None) == 200
     client = get_deploy_client("vllm")
     monkeypatch.delenv("MG_API_KEY", raising=False)
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
@@ -115,12 +115,12 @@ def test_failed_update_leaves_the_old_version_serving(live):
     assert res.returncode == 2, res.stdout + res.stderr
     err = " ".join(res.stderr.split())
     assert f"the new version of '{NAME}' failed to start; the old version keeps serving at " \
-           f"http://127.0.0.1:{live['port']}/v1" in err
+           f"http://127.0.0.1:{live.port}/v1" in err
     assert "vLLM rejected a flag" in err and "Traceback" not in err
     after = _record()
-    assert (after["pid"], after["port"], after["uris"]) == (live["pid"], live["port"], live["uris"])
-    assert "updating" not in after
-    assert _get(live["port"]) == 200 and _get(live["port"], key=None) == 401
+    assert (after.pid, after.port, after.uris) == (live.pid, live.port, live.uris)
+    assert after.updating is None
+    assert _get(live.port) == 200 and _get(live.port, key=None) == 401
     failed = Path(os.environ["MG_HOME"]) / "deployments" / f"{NAME}.failed.log"
     assert "--no-such-vllm-flag" in failed.read_text() and mode(failed) == 0o600
     assert processes_with("--no-such-vllm-flag") == []  # the failed version left no process
@@ -137,7 +137,7 @@ class Caller(threading.Thread):
 
     def call_once(self) -> None:
         for attempt in range(3):
-            port = _record()["port"]
+            port = _record().port
             try:
                 status = _get(port)
             except (urllib.error.URLError, OSError) as exc:
@@ -167,7 +167,7 @@ def test_update_starts_beside_the_old_one_and_keeps_the_key(live, versions):
     caller = Caller()
     caller.start()
     assert caller.first.wait(60), caller.failed
-    new_version = versions[1] if old["models"][0]["version"] != versions[1] else versions[0]
+    new_version = versions[1] if old.models[0].version != versions[1] else versions[0]
     try:
         res = _mlflow("update", "-t", "vllm", "--name", NAME, "-m", f"models:/tiny-merged/{new_version}")
     finally:
@@ -176,16 +176,16 @@ def test_update_starts_beside_the_old_one_and_keeps_the_key(live, versions):
     assert res.returncode == 0, res.stdout + res.stderr
     caller.call_once()  # one call after the update returned
     new = _record()
-    assert new["port"] != old["port"] and new["previous"]["port"] == old["port"]
+    assert new.port != old.port and new.previous.port == old.port
     print(f"\nupdate figures: {caller.ok} calls answered, {len(caller.failed)} failed, ports {sorted(caller.ports)}, "
-          f"new version healthy after {new['startup_s']} s")
-    assert caller.failed == [] and caller.ports == {old["port"], new["port"]} and caller.ok >= 2
+          f"new version healthy after {new.startup_s} s")
+    assert caller.failed == [] and caller.ports == {old.port, new.port} and caller.ok >= 2
     info = get_deploy_client("vllm").get_deployment(NAME)
     assert info["status"] == "running" and info["models"][0]["version"] == new_version
-    assert info["api_key_required"] and new["options"]["max_model_len"] == 512 and new["options"]["carbon"] is False
-    assert group_alive(old["pgid"]) == []  # the old server's whole group is gone
-    assert _get(new["port"], key=None) == 401 and _get(new["port"]) == 200
-    assert listening_addresses(group_alive(new["pgid"]), new["port"]) == {"127.0.0.1"}
+    assert info["api_key_required"] and new.options.max_model_len == 512 and new.options.carbon is False
+    assert group_alive(old.pgid) == []  # the old server's whole group is gone
+    assert _get(new.port, key=None) == 401 and _get(new.port) == 200
+    assert listening_addresses(group_alive(new.pgid), new.port) == {"127.0.0.1"}
     _secrets_absent(new)
 
 
@@ -193,14 +193,14 @@ def test_sigkilled_api_server_shows_dead_and_leaves_no_engine(live):
     from mlflow.deployments import get_deploy_client
 
     client = get_deploy_client("vllm")
-    members = group_alive(live["pgid"])
+    members = group_alive(live.pgid)
     assert len(members) >= 3  # guard, API server, engine core (+ worker)
     import time
 
     killed = time.monotonic()
-    os.kill(live["pid"], signal.SIGKILL)
+    os.kill(live.pid, signal.SIGKILL)
     wait_for(lambda: client.get_deployment(NAME)["status"] == "dead", 30, "status dead")
-    wait_for(lambda: group_alive(live["pgid"]) == [], 60, "no process of the deployment left")
+    wait_for(lambda: group_alive(live.pgid) == [], 60, "no process of the deployment left")
     print(f"\nkill -9 figures: {len(members)} processes in the group, all gone "
           f"{time.monotonic() - killed:.1f} s after the SIGKILL, without a stop")
     res = _mlflow("delete", "-t", "vllm", "--name", NAME)
