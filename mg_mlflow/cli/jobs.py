@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import config_options, console, print_kv
+from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
+from mg_mlflow.options import GroupedCommand, build_config, click_options, recipe_options
 from mg_mlflow.vision_config import VisionTrainConfig
 
 ADDRESS_HELP = "Ray dashboard address of a cluster, e.g. http://ray-head:8265 (default: RAY_ADDRESS, else a local Ray started on demand)"
@@ -23,13 +24,9 @@ def job_options(func):
 
 
 def _train_options(func, cls, example: str):
-    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                        help=f"YAML recipe whose keys are the option names below (e.g. {example})")(func)
-    func = click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
-                        help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")(func)
     func = click.option("--progress/--no-progress", default=None, hidden=True,
                         help="accepted for symmetry with train; jobs never draw a progress bar")(func)
-    return config_options(cls)(func)
+    return recipe_options(example)(click_options(cls, typed=False)(func))
 
 
 def _gpus(gpus, address) -> float:
@@ -45,7 +42,6 @@ def _gpus(gpus, address) -> float:
 
 
 def _submit_training(command, cls, vision, config_file, set_args, options, address, gpus, working_dir, ship_code):
-    from mg_mlflow.config import build_config
     from mg_mlflow.env import setup_env
     from mg_mlflow.team.submit import JobSpec, absolute_paths, submit, training_argv, validate_training
 
@@ -73,7 +69,7 @@ def _make_submit(name: str, cls, command: str, vision: bool, example: str, doc: 
     run.__doc__ = doc
     run = _train_options(run, cls, example)
     run = job_options(run)
-    return click.command(name, context_settings={"max_content_width": 110})(run)
+    return click.command(name, cls=GroupedCommand, context_settings={"max_content_width": 110})(run)
 
 
 submit_cmd = _make_submit("submit", TrainConfig, "train", False, "projects/tiny-lora/config.yaml", """\

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.space import SHORT
+from mg_mlflow.options import flat_params
 
 
 def _client():
@@ -51,7 +52,7 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
                    "sweep.sampler": "grid" if kind == "grid" else spec.sampler, "sweep.pruner": spec.pruner,
                    "sweep.register": spec.register, "sweep.max_emissions_kg": str(spec.max_emissions_kg)})
     # the fixed part of the configuration, under the same names as the children's params
-    params.update({k: str(v) for k, v in to_dict(cfg).items() if k not in swept and k != "run_name"})
+    params.update({k: str(v) for k, v in flat_params(to_dict(cfg)).items() if k not in swept and k != "run_name"})
     existing = client.get_run(parent_id).data.params
     client.log_batch(parent_id, params=[Param(k, v[:6000]) for k, v in params.items() if k not in existing])
     _tags(client, parent_id, {"mg.sweep.study": study_name,
