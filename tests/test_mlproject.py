@@ -33,11 +33,12 @@ def test_mlflow_extra_parameters_become_set_overrides():
 
     args = ["--no-progress", "--config", "r.yaml", "--lora_r", "8", "--carbon", "false", "--gradient-checkpointing",
             "--max-steps", "3", "--learning_rate", "5e-3", "--dataset", "d.jsonl", "--batching", "packed",
-            "--packing", "true"]
+            "--trainer_args", "optim=adamw_torch,max_grad_norm=0.5"]
     assert mlflow_params_to_set(args, TrainConfig) == [
         "--no-progress", "--config", "r.yaml", "--set", "lora_r=8", "--set", "carbon=false",
         "--gradient-checkpointing", "--max-steps", "3", "--set", "learning_rate=5e-3", "--dataset", "d.jsonl",
-        "--batching", "packed", "--set", "packing=true"]  # -P packing=true: the deprecated name still maps
+        "--batching", "packed", "--set", "trainer_args=optim=adamw_torch,max_grad_norm=0.5"]
+    assert mlflow_params_to_set(["--packing", "true"], TrainConfig) == ["--packing", "true"]  # not a field
     assert mlflow_params_to_set(["--max_pixels", "50176"], VisionTrainConfig) == ["--set", "max_pixels=50176"]
     assert mlflow_params_to_set(["--max_pixels", "50176"], TrainConfig) == ["--max_pixels", "50176"]
 
