@@ -402,6 +402,29 @@ def to_yaml(obj: Any) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
+def to_argv(obj: Any) -> list[str]:
+    """The CLI options that rebuild ``obj`` from its class's defaults (every field with flags that
+    differs from its default): what a command run elsewhere (a queued job) is given."""
+    cls = type(obj)
+    argv: list[str] = []
+    for f in dataclasses.fields(cls):
+        flags = cli_flags(cls, f)
+        value = getattr(obj, f.name)
+        if not flags or value == default_of(f):
+            continue
+        on, _, off = flags[0].partition("/")
+        typ = base_type(cls, f.name)
+        if typ is bool:
+            argv += [on] if value else [off] if off else []
+        elif typ in (list, tuple):
+            argv += [t for v in value for t in (on, str(v))]
+        elif typ is dict:
+            argv += [t for k, v in value.items() for t in (on, f"{k}={v}")]
+        else:
+            argv += [on, str(value)]
+    return argv
+
+
 def flat_params(values: dict[str, Any]) -> dict[str, Any]:
     """A config dict with each mapping field spread into ``field.key`` entries (MLflow params: one
     per key, a name no flat field has); an empty mapping adds nothing."""

@@ -1,5 +1,5 @@
-"""The root MLproject: every config field is a parameter; a parameter the user did not give never
-overrides the `config` recipe (text and vision entry points, through a real `mlflow run`)."""
+"""The root MLproject: every config field is a parameter (trainer_args too); a parameter the user did
+not give never overrides the `config` recipe (text and vision entry points, through a real `mlflow run`)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,8 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
     ensure_experiment(f"mlproject-{modality}")  # explicit artifact location (sqlite store)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", entry, "--env-manager", "local",
-           "--experiment-name", f"mlproject-{modality}", "-P", f"config={recipe}", "-P", "max_steps=6"]
+           "--experiment-name", f"mlproject-{modality}", "-P", f"config={recipe}", "-P", "max_steps=6",
+           "-P", "trainer_args=optim=adamw_torch,max_grad_norm=0.5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import mlflow
@@ -71,6 +72,8 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
     assert (params["lora_r"], params["lora_alpha"], params["learning_rate"], params["batch_size"]) == \
         ("4", "8", "0.005", "2")  # from the recipe, not MLproject defaults
     assert params["max_steps"] == "6"  # a -P the user gave wins over the recipe
+    # -P trainer_args="KEY=VALUE,KEY=VALUE" reaches the trainer's settings, one param per key
+    assert (params["trainer_args.optim"], params["trainer_args.max_grad_norm"]) == ("adamw_torch", "0.5")
     assert run.data.tags["mlflow.project.entryPoint"] == entry and run.info.status == "FINISHED"
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     assert run.info.run_name.startswith(f"{base.name}{' vision' if modality == 'vision' else ''} lora r4")

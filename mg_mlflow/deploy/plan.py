@@ -16,7 +16,6 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mg_mlflow.errors import MGError
 from mg_mlflow.options import option
