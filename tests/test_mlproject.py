@@ -80,7 +80,7 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
 
 
 def test_sweep_and_evaluate_take_extra_parameters_the_same_way():
-    """The one translation (cli/base.py) for the sweep and evaluate entry points: training fields become
+    """The one translation (mg_mlflow/options) for the sweep and evaluate entry points: training fields become
     --set, the command's own options spelled with _ get their dashed names, true/false picks a flag."""
     from click.testing import CliRunner
 
