@@ -89,7 +89,8 @@ class TrainConfig:
     eval_dataset: str = _data("", "optional evaluation file or hub dataset name")
     eval_split: float = _data(0.0, "fraction of the training data held out for evaluation when no eval_dataset is "
                                    "given (0 = none)")
-    max_seq_length: int = _data(512, "longest tokenized example; longer ones are truncated", trainer_keys=("max_length",))
+    max_seq_length: int = _data(512, "longest tokenized example; longer ones are truncated",
+                                trainer_keys=("max_length",))
     batching: str = _data("auto", "how examples become batches: padded (pad each batch to its longest example), "
                                   "padding_free (the same examples in one row without pad tokens, kept apart by "
                                   "position ids), packed (examples packed into bins of max_seq_length; batch_size "

@@ -94,13 +94,12 @@ def _generated_commands():
     from mg_mlflow.experiment.sweep import SweepSpec
     from mg_mlflow.vision_config import VisionTrainConfig
 
-    recipe = {"config_file", "set_args"}
+    recipe, job = {"config_file", "set_args"}, {"progress", "address", "gpus", "working_dir", "ship_code"}
     return {
         "train": (train_cmd, [(TrainConfig, ())], recipe | {"progress"}),
         "train-vision": (train_vision_cmd, [(VisionTrainConfig, ())], recipe | {"progress"}),
-        "submit": (submit_cmd, [(TrainConfig, ())], recipe | {"progress", "address", "gpus", "working_dir", "ship_code"}),
-        "submit-vision": (submit_vision_cmd, [(VisionTrainConfig, ())],
-                          recipe | {"progress", "address", "gpus", "working_dir", "ship_code"}),
+        "submit": (submit_cmd, [(TrainConfig, ())], recipe | job),
+        "submit-vision": (submit_vision_cmd, [(VisionTrainConfig, ())], recipe | job),
         "sweep": (sweep_cmd, [(TrainConfig, ("resume", "checkpoint_artifacts")), (SweepSpec, ())], recipe | {"resume"}),
         "evaluate": (evaluate_cmd, [(EvalOptions, ())], {"model_uri", "as_json"}),
         "deploy": (deploy_cmd, [(DeployOptions, ())], {"args", "dry_run", "foreground"}),
@@ -173,7 +172,8 @@ def test_coercion_is_one_rule_for_every_source(tmp_path):
 
     (tmp_path / "r.yaml").write_text("max_steps: 30\ncarbon: false\nlora_dropout: 0.1\n")
     from_yaml = build_config(TrainConfig, tmp_path / "r.yaml", BASE)
-    from_text = build_config(TrainConfig, overrides={**BASE, "max_steps": "30.0", "carbon": "no", "lora_dropout": "0.1"})
+    from_text = build_config(TrainConfig, overrides={**BASE, "max_steps": "30.0", "carbon": "no",
+                                                     "lora_dropout": "0.1"})
     from_set = build_config(TrainConfig, overrides=BASE, set_args=["max_steps=30", "carbon=off", "lora_dropout=1e-1"])
     assert {(c.max_steps, c.carbon, c.lora_dropout) for c in (from_yaml, from_text, from_set)} == {(30, False, 0.1)}
     assert from_plugin(DeployOptions, {"port": "8001", "carbon": "false"}) == \

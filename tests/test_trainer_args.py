@@ -114,7 +114,8 @@ def test_vision_trainer_args_are_training_arguments(tmp_path):
     from mg_mlflow.vision_config import VisionTrainConfig
 
     base = {"base_model": "m", "dataset": "d.jsonl"}
-    cfg = build_config(VisionTrainConfig, overrides={**base, "trainer_args": ("optim=adamw_torch", "max_grad_norm=0.25")})
+    cfg = build_config(VisionTrainConfig, overrides={**base,
+                                                     "trainer_args": ("optim=adamw_torch", "max_grad_norm=0.25")})
     args = TrainingArguments(**trainer_kwargs(cfg, tmp_path, False, "hf"))
     assert (str(args.optim.value), args.max_grad_norm) == ("adamw_torch", 0.25)
     with pytest.raises(ConfigError, match="not a setting of transformers.TrainingArguments"):

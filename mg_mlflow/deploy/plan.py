@@ -40,13 +40,13 @@ class DeployOptions:
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
     port: int | None = option(None, "port (default: first free from 8000)")
     api_key: str | None = option(None, "require this key on every /v1 request (also read from MG_API_KEY); "
-                                     "passed as VLLM_API_KEY, never stored or logged", envvar="MG_API_KEY")
+                                       "passed as VLLM_API_KEY, never stored or logged", envvar="MG_API_KEY")
     served_model_name: list[str] = option([], "model name per URI, in order (CLI: repeat the option; "
-                                            "plugin: comma-separated)", split="comma")
+                                              "plugin: comma-separated)", split="comma")
     max_model_len: int | None = option(None, "context length (default: the model's, capped 2048 CPU / 8192 GPU)")
     dtype: str | None = option(None, "weights dtype (default: bfloat16 on CPU, auto on GPU)")
     tensor_parallel_size: int | None = option(None, "GPUs to shard the model over",
-                                            flags=("--tensor-parallel-size", "-tp"))
+                                              flags=("--tensor-parallel-size", "-tp"))
     gpu_memory_utilization: float | None = option(None, "fraction of GPU memory vLLM may use")
     quantization: str | None = option(None, "force a vLLM quantization method (default: from the weights)")
     chat_template: str | None = option(None, "Jinja chat template file (default: the tokenizer's)")
@@ -56,12 +56,12 @@ class DeployOptions:
     vllm_python: str | None = option(None, "Python interpreter of the environment that has vLLM")
     engine_cmd: str | None = option(None, "command replacing 'python -m vllm.entrypoints.openai.api_server'")
     extra_args: list[str] = option([], "extra vLLM flags; they override planned ones (CLI: after the URIs; "
-                                     "plugin: vllm_args, space-separated)", flags=(), key="vllm_args", split="shell")
+                                       "plugin: vllm_args, space-separated)", flags=(), key="vllm_args", split="shell")
     health_timeout: float = option(600.0, "seconds to wait for /health")
     carbon: bool = option(True, "track serving energy/CO2 as an MLflow run")
     kv_cache_gib: float | None = option(None, "CPU engine: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, default 1)")
     check_memory: bool = option(True, "CPU engine: refuse to start without enough free memory",
-                              flags=("--check-memory/--skip-memory-check",))
+                                flags=("--check-memory/--skip-memory-check",))
 
 
 @dataclass

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mg_mlflow.errors import ConfigError, MGError
-from mg_mlflow.options.fields import base_type, cli_flags, coerce, default_of, help_text, option_label, plugin_key, unknown
+from mg_mlflow.options.fields import (base_type, cli_flags, coerce, default_of, help_text, option_label, plugin_key,
+                                      unknown)
 
 # ---------------------------------------------------------------- merging: defaults < YAML < options < --set
 
