@@ -4,11 +4,12 @@ run exists, passed into the trainer the run builds, and logged as ``trainer_args
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--no-system-metrics", "--no-carbon", "--register-as", "none"]
 
@@ -52,6 +53,8 @@ def test_trainer_args_reach_the_trainer_and_are_logged(mg_home, tiny_model, samp
     logged = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(result.run_id).data.params
     assert logged["trainer_args.optim"] == "adamw_torch" and logged["trainer_args.max_grad_norm"] == "0.25"
     assert "trainer_args" not in logged  # one param per key, never the mapping
+    reference = json.loads((ROOT / "tests" / "data" / "mlflow_keys.json").read_text())["params"]
+    assert sorted(k for k in logged if not k.startswith("trainer_args.")) == sorted(reference)  # only added
 
 
 def test_without_trainer_args_nothing_changes(tiny_model, sample_data, tmp_path):
