@@ -1,21 +1,28 @@
-"""Typed configuration, documented once.
+"""The configuration of a text fine-tuning run, declared once and grouped by what it is about.
 
 Every field of :class:`TrainConfig` is at the same time a YAML key, a ``--set key=value`` override,
-a CLI option where one exists, and an MLproject parameter. Validation collects every problem and
-raises one :class:`~mg_mlflow.errors.ConfigError`.
+a ``model-garden train`` option (listed under its group's heading in ``--help``) and an MLproject
+parameter; :mod:`mg_mlflow.options` generates and coerces all of them and :func:`build_config`
+reports every problem at once as one :class:`~mg_mlflow.errors.ConfigError`.
+
+``trainer_args`` passes any other setting of TRL's ``SFTConfig`` (transformers' ``TrainingArguments``
+for vision runs) through, checked against that class before anything runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
+import functools
 import typing
-from dataclasses import dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from mg_mlflow.errors import ConfigError
+from mg_mlflow.options import (build_config, check_values, coerce, coerce_hint, did_you_mean, option, parse_bool,
+                               to_dict, to_yaml)
+
+__all__ = ["TrainConfig", "build_config", "coerce", "parse_bool", "to_dict", "to_yaml", "trainer_args_for",
+           "trainer_arg_problems", "trainer_keys_set_by", "field_help", "BACKENDS", "METHODS", "SAVE_METHODS",
+           "DTYPES", "SCHEDULERS", "FORMATS", "BATCHING", "GROUPS"]
 
 BACKENDS = ("auto", "unsloth", "hf")
 METHODS = ("lora", "qlora", "full")
@@ -26,87 +33,144 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 FORMATS = ("auto", "instruction", "messages")
 BATCHING = ("auto", "padded", "padding_free", "packed")
 
+# The parts of a run, in the order `--help` lists them.
+MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY = (
+    "Model", "Data", "LoRA", "Optimisation", "Evaluation and checkpoints", "Tracking", "Carbon", "Registry")
+GROUPS = (MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY)
 
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw: Any) -> Any:
-    meta = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta, **kw)
-    return field(default=default, metadata=meta, **kw)
+
+def _in(group: str):
+    """``option`` for the fields of one group; ``trainer_keys``: the TrainingArguments / SFTConfig
+    settings the field drives (``--trainer-arg`` refuses them and names the field's option)."""
+    return functools.partial(option, group=group)
+
+
+_model, _data, _lora, _optim = _in(MODEL), _in(DATA), _in(LORA), _in(OPTIM)
+_checkpoints, _tracking, _carbon, _registry = _in(CHECKPOINTS), _in(TRACKING), _in(CARBON), _in(REGISTRY)
+
+# Settings Model Garden's training path fixes itself (no option of its own sets them), with the reason.
+SET_BY_MODEL_GARDEN = {
+    "report_to": "Model Garden logs to MLflow through its own callback",
+    "disable_tqdm": "Model Garden draws its own progress bar (--progress)",
+    "logging_first_step": "the first step's loss is always logged",
+    "include_num_input_tokens_seen": "the token metrics need it (see --metrics-sync-steps)",
+    "use_cpu": "the device is chosen from the machine",
+    "dataset_num_proc": "the data is tokenized in this process",
+    "remove_unused_columns": "the vision collator reads every column",
+    "label_names": "the vision collator names the labels",
+    "dataloader_num_workers": "the vision collator runs in this process",
+}
+
+TRAINER_ARGS_HELP = (
+    "any other setting of TRL's SFTConfig (vision: transformers' TrainingArguments), repeatable: "
+    "--trainer-arg optim=adamw_torch --trainer-arg max_grad_norm=0.5. YAML: trainer_args: {optim: adamw_torch}; "
+    "--set and mlflow run -P take KEY=VALUE pairs separated by commas: trainer_args=\"optim=adamw_torch,"
+    "max_grad_norm=0.5\". Values are typed from the SFTConfig field; a setting Model Garden takes from one "
+    "of its own options (learning_rate, max_steps, ...) is refused with that option's name; each is logged "
+    "as the MLflow param trainer_args.KEY")
 
 
 @dataclass
 class TrainConfig:
     """One text fine-tuning run."""
 
-    # what to train on
-    base_model: str = _f("", "Hugging Face hub id, local model folder, or models:/ URI of a registered base model")
-    dataset: str = _f("", "JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset name")
-    dataset_format: str = _f("auto", "record format: instruction ({instruction,input,output}), messages, or auto-detect", FORMATS)
-    dataset_split: str = _f("train", "split to read when `dataset` is a hub dataset name")
-    eval_dataset: str = _f("", "optional evaluation file or hub dataset name")
-    eval_split: float = _f(0.0, "fraction of the training data held out for evaluation when no eval_dataset is given (0 = none)")
-    # how
-    backend: str = _f("auto", "training backend: unsloth (FastLanguageModel), hf (transformers+peft+trl) or auto", BACKENDS)
-    method: str = _f("lora", "lora, qlora (4-bit base, needs CUDA + bitsandbytes) or full fine-tuning", METHODS)
-    dtype: str = _f("auto", "compute dtype; auto = bfloat16 on a GPU that supports it, else float32", DTYPES)
-    max_steps: int = _f(-1, "stop after this many optimizer steps (-1 = run `epochs`)")
-    epochs: float = _f(1.0, "number of passes over the training data (ignored when max_steps > 0)")
-    batch_size: int = _f(4, "per-device batch size")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    learning_rate: float = _f(2e-4, "peak learning rate")
-    lr_scheduler: str = _f("linear", "learning-rate schedule (transformers names)", SCHEDULERS)
-    warmup_steps: float = _f(0.0, "learning-rate warmup: a number of steps (>= 1) or a fraction of all steps (< 1)")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    max_seq_length: int = _f(512, "longest tokenized example; longer ones are truncated")
-    seed: int = _f(42, "random seed for data order and initialisation")
-    gradient_checkpointing: bool = _f(False, "trade compute for memory by recomputing activations")
-    batching: str = _f("auto", "how examples become batches: padded (pad each batch to its longest example), "
-                               "padding_free (the same examples in one row without pad tokens, kept apart by "
-                               "position ids), packed (examples packed into bins of max_seq_length; batch_size "
-                               "counts bins), auto (the measured rule for the backend and device, see README); "
-                               "the loss is the same in every mode", BATCHING)
-    pad_to_multiple_of: int = _f(-1, "pad each batch's length up to a multiple of N (text runs): fewer distinct "
-                                     "batch shapes for the GPU to warm up on; 0 = to the longest example; -1 = "
-                                     "auto (the measured rule: 64 for padded batches on a GPU, 0 on CPU)")
-    train_on_responses_only: bool = _f(True, "compute the loss on the assistant response tokens only")
-    lora_r: int = _f(16, "LoRA rank")
-    lora_alpha: int = _f(32, "LoRA alpha (scaling = alpha / r)")
-    lora_dropout: float = _f(0.0, "dropout on the LoRA branch")
-    lora_target_modules: str = _f("all-linear", "comma-separated module names, or all-linear")
-    eval_steps: int = _f(0, "evaluate every N steps (0 = only at the end, when there is an eval set)")
-    save_steps: int = _f(0, "write a checkpoint every N steps (0 = none; Ctrl-C/SIGTERM still save one)")
-    checkpoint_artifacts: bool = _f(False, "also log each checkpoint as a run artifact (resume on another machine)")
-    resume: str = _f("", "id of an interrupted run to continue from its last checkpoint: the SAME MLflow run "
-                         "goes on (its config is the base; options given now override it)")
-    logging_steps: int = _f(1, "log metrics every N steps")
-    metrics_sync_steps: int = _f(0, "read the per-step loss back from the GPU every N steps instead of every step "
-                                    "(every step still gets its point; no step waits for the device); "
-                                    "0 = auto: 10 on a GPU, 1 on the CPU")
-    num_gpus: int = _f(1, "data-parallel training on N GPUs of this machine (torchrun; one MLflow run, one "
-                          "registered version); MG_DDP_CPU=1 runs the N ranks on the CPU (gloo) instead")
-    # where the result goes
-    save_method: str = _f("lora", "register the LoRA adapter (lora) or the merged full model (merged_16bit)", SAVE_METHODS)
-    register_as: str = _f("", "registered model name (default: derived from the base model); 'none' = save locally only, log and register nothing")
-    alias: str = _f("", "registry alias to point at the new version, e.g. champion")
-    experiment: str = _f("model-garden", "MLflow experiment name (ignored under `mlflow run`, which chooses it)")
-    run_name: str = _f("", "MLflow run name")
-    output_dir: str = _f("", "where checkpoints and the final model are written (default: $MG_HOME/outputs/<run id>)")
-    system_metrics: bool = _f(True, "log MLflow system metrics (CPU, memory, GPU)")
-    verify_tolerance: float = _f(1e-3, "max |logit difference| between trained and reloaded model before registering")
-    # carbon (see mg_mlflow/tracking/carbon.py)
-    carbon: bool = _f(True, "measure energy and CO2 with codecarbon and log them as metrics")
-    carbon_country: str = _f("USA", "ISO 3166 alpha-3 country code for the grid carbon intensity (offline mode)")
-    carbon_region: str = _f("", "optional region within the country (e.g. a US state or Canadian province)")
-    carbon_pue: float = _f(1.0, "power usage effectiveness of the data centre")
-    carbon_interval_steps: int = _f(10, "log carbon metrics every N optimizer steps, at most once per carbon_measure_secs")
-    carbon_interval_secs: float = _f(0.0, "also log a carbon point every N seconds (0 = by steps only)")
-    carbon_offline: bool = _f(True, "codecarbon offline mode (no network): grid intensity from its bundled data")
-    carbon_measure_secs: float = _f(5.0, "codecarbon's power sampling interval in seconds")
+    # ---- model: what is trained, and how
+    base_model: str = _model("", "Hugging Face hub id, local model folder, or models:/ URI of a registered base model")
+    backend: str = _model("auto", "training backend: unsloth (FastLanguageModel), hf (transformers+peft+trl) or auto",
+                          BACKENDS)
+    method: str = _model("lora", "lora, qlora (4-bit base, needs CUDA + bitsandbytes) or full fine-tuning", METHODS)
+    dtype: str = _model("auto", "compute dtype; auto = bfloat16 on a GPU that supports it, else float32", DTYPES,
+                        trainer_keys=("bf16", "fp16"))
+    # ---- data
+    dataset: str = _data("", "JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset name")
+    dataset_format: str = _data("auto", "record format: instruction ({instruction,input,output}), messages, or "
+                                        "auto-detect", FORMATS)
+    dataset_split: str = _data("train", "split to read when `dataset` is a hub dataset name")
+    eval_dataset: str = _data("", "optional evaluation file or hub dataset name")
+    eval_split: float = _data(0.0, "fraction of the training data held out for evaluation when no eval_dataset is "
+                                   "given (0 = none)")
+    max_seq_length: int = _data(512, "longest tokenized example; longer ones are truncated",
+                                trainer_keys=("max_length",))
+    batching: str = _data("auto", "how examples become batches: padded (pad each batch to its longest example), "
+                                  "padding_free (the same examples in one row without pad tokens, kept apart by "
+                                  "position ids), packed (examples packed into bins of max_seq_length; batch_size "
+                                  "counts bins), auto (the measured rule for the backend and device, see README); "
+                                  "the loss is the same in every mode", BATCHING,
+                          trainer_keys=("packing", "packing_strategy", "padding_free"))
+    pad_to_multiple_of: int = _data(-1, "pad each batch's length up to a multiple of N (text runs): fewer distinct "
+                                        "batch shapes for the GPU to warm up on; 0 = to the longest example; -1 = "
+                                        "auto (the measured rule: 64 for padded batches on a GPU, 0 on CPU)",
+                                    trainer_keys=("pad_to_multiple_of",))
+    train_on_responses_only: bool = _data(True, "compute the loss on the assistant response tokens only",
+                                          trainer_keys=("completion_only_loss", "assistant_only_loss"))
+    # ---- LoRA
+    lora_r: int = _lora(16, "LoRA rank")
+    lora_alpha: int = _lora(32, "LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = _lora(0.0, "dropout on the LoRA branch")
+    lora_target_modules: str = _lora("all-linear", "comma-separated module names, or all-linear")
+    # ---- optimisation
+    max_steps: int = _optim(-1, "stop after this many optimizer steps (-1 = run `epochs`)", trainer_keys=("max_steps",))
+    epochs: float = _optim(1.0, "number of passes over the training data (ignored when max_steps > 0)",
+                           trainer_keys=("num_train_epochs",))
+    batch_size: int = _optim(4, "per-device batch size",
+                             trainer_keys=("per_device_train_batch_size", "per_device_eval_batch_size"))
+    grad_accum: int = _optim(1, "gradient accumulation steps", trainer_keys=("gradient_accumulation_steps",))
+    learning_rate: float = _optim(2e-4, "peak learning rate", trainer_keys=("learning_rate",))
+    lr_scheduler: str = _optim("linear", "learning-rate schedule (transformers names)", SCHEDULERS,
+                               trainer_keys=("lr_scheduler_type",))
+    warmup_steps: float = _optim(0.0, "learning-rate warmup: a number of steps (>= 1) or a fraction of all steps (< 1)",
+                                 trainer_keys=("warmup_steps", "warmup_ratio"))
+    weight_decay: float = _optim(0.0, "AdamW weight decay", trainer_keys=("weight_decay",))
+    seed: int = _optim(42, "random seed for data order and initialisation", trainer_keys=("seed", "data_seed"))
+    gradient_checkpointing: bool = _optim(False, "trade compute for memory by recomputing activations",
+                                          trainer_keys=("gradient_checkpointing",))
+    num_gpus: int = _optim(1, "data-parallel training on N GPUs of this machine (torchrun; one MLflow run, one "
+                              "registered version); MG_DDP_CPU=1 runs the N ranks on the CPU (gloo) instead")
+    trainer_args: dict[str, Any] = _optim({}, TRAINER_ARGS_HELP, flags=("--trainer-arg",), metavar="KEY=VALUE")
+    # ---- evaluation and checkpoints
+    eval_steps: int = _checkpoints(0, "evaluate every N steps (0 = only at the end, when there is an eval set)",
+                                   trainer_keys=("eval_steps", "eval_strategy"))
+    save_steps: int = _checkpoints(0, "write a checkpoint every N steps (0 = none; Ctrl-C/SIGTERM still save one)",
+                                   trainer_keys=("save_steps", "save_strategy"))
+    checkpoint_artifacts: bool = _checkpoints(False, "also log each checkpoint as a run artifact (resume on another "
+                                                     "machine)")
+    resume: str = _checkpoints("", "id of an interrupted run to continue from its last checkpoint: the SAME MLflow "
+                                   "run goes on (its config is the base; options given now override it)",
+                               trainer_keys=("resume_from_checkpoint",))
+    output_dir: str = _checkpoints("", "where checkpoints and the final model are written (default: "
+                                       "$MG_HOME/outputs/<run id>)", trainer_keys=("output_dir",))
+    # ---- tracking
+    experiment: str = _tracking("model-garden", "MLflow experiment name (ignored under `mlflow run`, which chooses it)")
+    run_name: str = _tracking("", "MLflow run name", trainer_keys=("run_name",))
+    logging_steps: int = _tracking(1, "log metrics every N steps", trainer_keys=("logging_steps",))
+    metrics_sync_steps: int = _tracking(0, "read the per-step loss back from the GPU every N steps instead of every "
+                                           "step (every step still gets its point; no step waits for the device); "
+                                           "0 = auto: 10 on a GPU, 1 on the CPU")
+    system_metrics: bool = _tracking(True, "log MLflow system metrics (CPU, memory, GPU)")
+    # ---- carbon (see mg_mlflow/tracking/carbon.py)
+    carbon: bool = _carbon(True, "measure energy and CO2 with codecarbon and log them as metrics")
+    carbon_country: str = _carbon("USA", "ISO 3166 alpha-3 country code for the grid carbon intensity (offline mode)")
+    carbon_region: str = _carbon("", "optional region within the country (e.g. a US state or Canadian province)")
+    carbon_pue: float = _carbon(1.0, "power usage effectiveness of the data centre")
+    carbon_interval_steps: int = _carbon(10, "log carbon metrics every N optimizer steps, at most once per "
+                                             "carbon_measure_secs")
+    carbon_interval_secs: float = _carbon(0.0, "also log a carbon point every N seconds (0 = by steps only)")
+    carbon_offline: bool = _carbon(True, "codecarbon offline mode (no network): grid intensity from its bundled data")
+    carbon_measure_secs: float = _carbon(5.0, "codecarbon's power sampling interval in seconds")
+    # ---- registry: where the result goes
+    save_method: str = _registry("lora", "register the LoRA adapter (lora) or the merged full model (merged_16bit)",
+                                 SAVE_METHODS)
+    register_as: str = _registry("", "registered model name (default: derived from the base model); 'none' = save "
+                                     "locally only, log and register nothing")
+    alias: str = _registry("", "registry alias to point at the new version, e.g. champion")
+    verify_tolerance: float = _registry(1e-3, "max |logit difference| between trained and reloaded model before "
+                                              "registering")
+
+    # the settings class trainer_args are checked against: (module, class)
+    trainer_args_of = ("trl", "SFTConfig")
 
     def validate(self) -> None:
-        problems = collect_choice_problems(self) + collect_value_problems(self)
+        problems = check_values(self) + trainer_arg_problems(self)
         if not self.base_model:
             problems.append("base_model is required (a hub id, a model folder or a models:/ URI)")
         if not self.dataset:
@@ -144,195 +208,66 @@ class TrainConfig:
         return self.register_as.lower() != "none"
 
 
-# ---------------------------------------------------------------- loading and overrides
-
-def collect_choice_problems(cfg: Any) -> list[str]:
-    problems = []
-    for f in fields(cfg):
-        choices = f.metadata.get("choices")
-        value = getattr(cfg, f.name)
-        if choices and value not in choices:
-            problems.append(f"{f.name}={value!r} is not one of {', '.join(choices)}")
-    return problems
-
-
-MAX_TEXT = 4096  # longest text value (a path, a name): PATH_MAX; MLflow params hold 6000 characters
-
-
-def collect_value_problems(cfg: Any) -> list[str]:
-    """Numbers that are NaN or infinite, and text values too long to be a path or a name."""
-    import math
-
-    problems = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            problems.append(f"{f.name} must be a finite number, got {value}")
-        elif isinstance(value, str) and len(value) > MAX_TEXT:
-            problems.append(f"{f.name} is {len(value)} characters long (at most {MAX_TEXT}): {value[:40]!r}...")
-    return problems
-
-
 def field_help(cls: type) -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in fields(cls)}
+    import dataclasses
+
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
-def _base_type(cls: type, name: str) -> type:
-    hint = typing.get_type_hints(cls)[name]
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
+# ---------------------------------------------------------------- trainer_args: the rest of SFTConfig
+
+def trainer_keys_set_by(cls: type) -> dict[str, str]:
+    """TrainingArguments / SFTConfig setting -> what sets it in Model Garden (``--option`` or a reason)."""
+    import dataclasses
+
+    out = {key: f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)
+           for key in f.metadata.get("trainer_keys", ())}
+    return {**{k: f"({why})" for k, why in SET_BY_MODEL_GARDEN.items()}, **out}
 
 
-def parse_bool(value: Any) -> bool:
-    """true/false, yes/no, on/off, 1/0 (any case) as a bool; ValueError otherwise."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true/false, got {value!r}")
+def _settings_class(cfg) -> type:
+    import importlib
+
+    module, name = cfg.trainer_args_of
+    return getattr(importlib.import_module(module), name)
 
 
-def coerce(cls: type, name: str, value: Any) -> Any:
-    """Turn a YAML value or a command-line string into the field's type (raises ValueError)."""
-    typ = _base_type(cls, name)
-    if typ is bool:
-        return parse_bool(value)
-    if typ is int:
-        if isinstance(value, bool):
-            raise ValueError(f"expected an integer, got {value!r}")
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        text = str(value).strip()
-        try:
-            return int(text)
-        except ValueError:
+def _typed_trainer_args(cfg) -> tuple[dict[str, Any], list[str]]:
+    if not cfg.trainer_args:
+        return {}, []
+    import dataclasses
+
+    target = _settings_class(cfg)  # trl / transformers: imported only when trainer_args are given
+    label = ".".join(cfg.trainer_args_of)
+    hints = typing.get_type_hints(target)
+    taken = trainer_keys_set_by(type(cfg))
+    known = [f.name for f in dataclasses.fields(target) if f.init and f.name not in taken]
+    typed, problems = {}, []
+    for key, value in cfg.trainer_args.items():
+        where = f"--trainer-arg {key}"
+        if key in taken:
+            by = taken[key]
+            problems.append(f"{where}: Model Garden sets {key} itself {by}" if by.startswith("(") else
+                            f"{where}: Model Garden sets {key} from its own option: use {by} (or --set "
+                            f"{by[2:].replace('-', '_')}=...) instead of --trainer-arg")
+        elif key not in hints or key not in known:
+            problems.append(f"{where}: not a setting of {label}{did_you_mean(key, known)}")
+        else:
             try:
-                as_float = float(text)  # MLproject passes numbers as floats ("20.0")
-            except ValueError:
-                as_float = None
-            if as_float is not None and as_float.is_integer():
-                return int(as_float)
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if typ is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
-    return "" if value is None else str(value)
+                typed[key] = coerce_hint(hints[key], value)
+            except ValueError as exc:
+                problems.append(f"{where}={value!r}: {exc} ({label}.{key})")
+    return typed, problems
 
 
-def _unknown(cls: type, key: str) -> str:
-    names = [f.name for f in fields(cls)]
-    close = difflib.get_close_matches(key, names, n=3)
-    tip = f" (did you mean {', '.join(close)}?)" if close else ""
-    return f"unknown option {key!r}{tip}"
+def trainer_arg_problems(cfg) -> list[str]:
+    """Every problem of ``cfg.trainer_args`` against the run's settings class (empty when none given)."""
+    return _typed_trainer_args(cfg)[1]
 
 
-# Old option names still accepted (YAML, --set, the CLI flag, MLproject), each mapped onto its
-# replacement with a one-line notice: name -> (type, new field, {old value: new value}).
-RENAMED: dict[str, tuple[type, str, dict[Any, Any]]] = {
-    "packing": (bool, "batching", {True: "packed", False: None}),  # None: no change
-}
-
-
-def _renamed(layer: dict[str, tuple[Any, str]], problems: list[str]) -> dict[str, tuple[Any, str]]:
-    """One precedence layer (the YAML file, the options, or the --set's) with its deprecated keys
-    mapped onto their replacement; the same layer giving both, with different values, is a problem."""
-    import logging
-
-    out = {k: v for k, v in layer.items() if k not in RENAMED}
-    for old in [k for k in layer if k in RENAMED]:
-        typ, new, mapping = RENAMED[old]
-        value, where = layer[old]
-        try:
-            mapped = mapping[parse_bool(value) if typ is bool else value]
-        except (ValueError, KeyError):
-            problems.append(f"{where}: {value!r} is not valid; {old} is deprecated, use {new} ({', '.join(BATCHING)})")
-            continue
-        if mapped is None:
-            continue
-        given = out.get(new)
-        if given is not None and str(given[0]) != mapped:
-            problems.append(f"{where}: {old}={value} means {new}={mapped}, but {given[1]} says {new}={given[0]}: "
-                            f"keep only {new} ({old} is deprecated)")
-            continue
-        logging.getLogger(__name__).warning("%s=%s is deprecated, read as %s=%s (write %s: %s instead)",
-                                            where, value, new, mapped, new, mapped)
-        out[new] = (mapped, where)
-    return out
-
-
-def build_config(cls: type, config_file: str | Path | None = None,
-                 overrides: dict[str, Any] | None = None,
-                 set_args: list[str] | tuple[str, ...] = ()) -> Any:
-    """Merge defaults < YAML file < explicit overrides < ``--set key=value``; validate once."""
-    import yaml
-
-    problems: list[str] = []
-    values: dict[str, Any] = {}
-    names = {f.name for f in fields(cls)}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError([f"{path}: no such config file"], str(path))
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise ConfigError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"], str(path)) from None
-        if not isinstance(loaded, dict):
-            raise ConfigError([f"{path}: expected a mapping of option: value"], str(path))
-        layer = {}
-        for key, value in loaded.items():
-            if key not in names and key not in RENAMED:
-                problems.append(f"{path}: {_unknown(cls, key)}")
-            else:
-                layer[key] = (value, f"{path}: {key}")
-        values.update(_renamed(layer, problems))
-    layer = {}
-    for key, value in (overrides or {}).items():
-        if value is None:
-            continue
-        if key not in names and key not in RENAMED:
-            problems.append(_unknown(cls, key))
-        else:
-            layer[key] = (value, f"option {key}")
-    values.update(_renamed(layer, problems))
-    layer = {}
-    for item in set_args:
-        if "=" not in item:
-            problems.append(f"--set {item!r}: expected key=value")
-            continue
-        key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in names and key not in RENAMED:
-            problems.append(f"--set {_unknown(cls, key)}")
-        else:
-            layer[key] = (value, f"--set {key}")
-    values.update(_renamed(layer, problems))
-    kwargs = {}
-    for key, (value, where) in values.items():
-        try:
-            kwargs[key] = coerce(cls, key, value)
-        except ValueError as exc:
-            problems.append(f"{where}: {exc}")
+def trainer_args_for(cfg) -> dict[str, Any]:
+    """``cfg.trainer_args`` typed as the settings class's fields, for the trainer's arguments."""
+    typed, problems = _typed_trainer_args(cfg)
     if problems:
-        raise ConfigError(problems, str(config_file or "the options"))
-    cfg = cls(**kwargs)
-    cfg.validate()
-    return cfg
-
-
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def to_yaml(cfg: Any) -> str:
-    import yaml
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+        raise ConfigError(problems, "trainer_args")
+    return typed

@@ -8,32 +8,42 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mg_mlflow.config import TrainConfig, _f
+from mg_mlflow.config import DATA, LORA, OPTIM, TrainConfig
 from mg_mlflow.errors import ConfigError
+from mg_mlflow.options import option
 
 VISION_FORMATS = ("auto", "vision", "messages")
+VISION = "Vision"
 
 
 @dataclass
 class VisionTrainConfig(TrainConfig):
     """One vision-language (image + text -> text) fine-tuning run; Qwen2.5-VL is the reference family."""
 
-    dataset: str = _f("", "JSONL/JSON/CSV/Parquet file of image question-answer records (image paths "
-                          "absolute or relative to the file)")
-    dataset_format: str = _f("auto", "record format: vision ({text,image,response}), messages with image "
-                                     "parts, or auto-detect", VISION_FORMATS)
-    max_seq_length: int = _f(1024, "longest example in tokens, image tokens included; longer answers are truncated")
-    batch_size: int = _f(2, "per-device batch size")
-    lora_target_modules: str = _f("all-linear", "comma-separated module names, or all-linear (the "
-                                                "language model's linear layers; the vision tower's too when finetune_vision_layers is on)")
-    # vision
-    min_pixels: int = _f(56 * 56, "smallest image area in pixels after resizing (multiples of 28x28 patches)")
-    max_pixels: int = _f(256 * 28 * 28, "largest image area in pixels after resizing: bounds image tokens "
-                                        "(max_pixels / 784) and memory")
-    finetune_vision_layers: bool = _f(False, "also train the vision tower: LoRA on its linear layers and merger "
-                                             "(method=full: unfreeze it); off = language model only")
-    sample_images: int = _f(4, "images whose answers before and after training are logged as artifacts (0 = none)")
-    sample_max_new_tokens: int = _f(16, "longest generated answer for the sample images")
+    dataset: str = option("", "JSONL/JSON/CSV/Parquet file of image question-answer records (image paths "
+                              "absolute or relative to the file)", group=DATA)
+    dataset_format: str = option("auto", "record format: vision ({text,image,response}), messages with image "
+                                         "parts, or auto-detect", VISION_FORMATS, group=DATA)
+    max_seq_length: int = option(1024, "longest example in tokens, image tokens included; longer answers are "
+                                       "truncated", group=DATA, trainer_keys=("max_length",))
+    batch_size: int = option(2, "per-device batch size", group=OPTIM,
+                             trainer_keys=("per_device_train_batch_size", "per_device_eval_batch_size"))
+    lora_target_modules: str = option("all-linear", "comma-separated module names, or all-linear (the "
+                                                    "language model's linear layers; the vision tower's too when "
+                                                    "finetune_vision_layers is on)", group=LORA)
+    # ---- vision
+    min_pixels: int = option(56 * 56, "smallest image area in pixels after resizing (multiples of 28x28 patches)",
+                             group=VISION)
+    max_pixels: int = option(256 * 28 * 28, "largest image area in pixels after resizing: bounds image tokens "
+                                            "(max_pixels / 784) and memory", group=VISION)
+    finetune_vision_layers: bool = option(False, "also train the vision tower: LoRA on its linear layers and merger "
+                                                 "(method=full: unfreeze it); off = language model only", group=VISION)
+    sample_images: int = option(4, "images whose answers before and after training are logged as artifacts "
+                                   "(0 = none)", group=VISION)
+    sample_max_new_tokens: int = option(16, "longest generated answer for the sample images", group=VISION)
+
+    # vision runs train with transformers' Trainer: trainer_args are its TrainingArguments
+    trainer_args_of = ("transformers", "TrainingArguments")
 
     def validate(self) -> None:
         try:

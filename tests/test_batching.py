@@ -1,10 +1,9 @@
 """Batching (padded / padding_free / packed, ``auto`` by a measured rule): the same tokens give the
-same loss in every mode, the run records how batches were built, old ``packing`` recipes still load."""
+same loss in every mode, the run records how batches were built."""
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -204,44 +203,20 @@ def test_unsloth_cannot_choose_for_us():
         assert "UNSLOTH_PADDING_CHOICE" not in os.environ
 
 
-@pytest.mark.parametrize("how", ["yaml", "set", "flag"])
-def test_old_packing_option_maps_to_packed(tmp_path, caplog, how):
-    from mg_mlflow.cli.train import config_from_cli, train_cmd
-    from mg_mlflow.config import TrainConfig, build_config
-
-    base = {"base_model": "m", "dataset": "d"}
-    with caplog.at_level(logging.WARNING, logger="mg_mlflow.config"):
-        if how == "yaml":
-            (tmp_path / "old.yaml").write_text("base_model: m\ndataset: d\npacking: true\n")
-            cfg = build_config(TrainConfig, tmp_path / "old.yaml")
-        elif how == "set":
-            cfg = build_config(TrainConfig, overrides=base, set_args=["packing=true"])
-        else:  # the real click command parses --packing (hidden) and -P packing=true from mlflow run
-            ctx = train_cmd.make_context("train", ["--base-model", "m", "--dataset", "d", "--packing"])
-            cfg = config_from_cli(TrainConfig, None, (), {k: v for k, v in ctx.params.items()
-                                                          if k not in ("config_file", "set_args", "progress")})
-            ctx = train_cmd.make_context("train", ["--base_model", "m", "--dataset", "d", "--packing", "true"])
-            assert ctx.params["set_args"] == ("base_model=m", "packing=true")
-    assert cfg.batching == "packed" and not hasattr(cfg, "packing")
-    notices = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert notices and "batching: packed" in notices[0] and "\n" not in notices[0]
-    # packing: false was the default: it changes nothing
-    assert build_config(TrainConfig, overrides={**base, "packing": False}).batching == "auto"
-
-
-def test_packing_and_batching_that_disagree_are_an_error(tmp_path):
+def test_packing_is_not_an_option_batching_is(tmp_path):
+    """``batching=packed`` is the one way to pack: ``packing`` is an unknown option everywhere."""
+    from mg_mlflow.cli.train import train_cmd
     from mg_mlflow.config import TrainConfig, build_config
     from mg_mlflow.errors import ConfigError
 
-    (tmp_path / "r.yaml").write_text("base_model: m\ndataset: d\npacking: true\nbatching: padded\n")
-    with pytest.raises(ConfigError) as err:
-        build_config(TrainConfig, tmp_path / "r.yaml")
-    assert "packing=True means batching=packed" in str(err.value) and "keep only batching" in str(err.value)
-    with pytest.raises(ConfigError, match="packing is deprecated, use batching"):
-        build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d"}, set_args=["packing=maybe"])
-    # a later layer still outranks an old recipe: the recipe's packing, the command line's batching
     (tmp_path / "old.yaml").write_text("base_model: m\ndataset: d\npacking: true\n")
-    assert build_config(TrainConfig, tmp_path / "old.yaml", set_args=["batching=padded"]).batching == "padded"
+    with pytest.raises(ConfigError, match="unknown option 'packing'"):
+        build_config(TrainConfig, tmp_path / "old.yaml")
+    with pytest.raises(ConfigError, match="unknown option 'packing'"):
+        build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d"}, set_args=["packing=true"])
+    assert not [p for p in train_cmd.params if "--packing" in p.opts]
+    assert build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d"},
+                        set_args=["batching=packed"]).batching == "packed"
 
 
 @pytest.mark.parametrize("mode", ["padding_free", "packed"])

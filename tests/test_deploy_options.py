@@ -34,10 +34,11 @@ def _params(command):
 
 def test_every_field_is_documented_and_on_the_cli_and_the_plugin():
     from mg_mlflow.cli.deploy import deploy_cmd, update_cmd
-    from mg_mlflow.deploy.options import plugin_key, plugin_keys
+    from mg_mlflow.deploy.plan import DeployOptions
+    from mg_mlflow.options import plugin_key, plugin_keys
 
     deploy_params, update_params = _params(deploy_cmd), _params(update_cmd)
-    keys = plugin_keys()
+    keys = plugin_keys(DeployOptions)
     for f in _fields():
         assert f.metadata.get("help"), f"DeployOptions.{f.name} has no help"
         if f.name not in NO_CLI_OPTION:
@@ -54,16 +55,17 @@ def test_every_field_is_documented_and_on_the_cli_and_the_plugin():
 
 
 def test_help_texts_list_every_option(session_home):
-    from mg_mlflow.deploy.options import cli_flags, plugin_keys
+    from mg_mlflow.deploy.plan import DeployOptions
+    from mg_mlflow.options import cli_flags, plugin_keys
 
     deploy_help = run_cli(["deploy", "--help"]).stdout
     for f in _fields():
-        for flag in cli_flags(f):
+        for flag in cli_flags(DeployOptions, f):
             assert flag.split("/")[0] in deploy_help, flag
     from mg_mlflow.deploy.plugin import target_help
 
     text = target_help()
-    for key, help_text in plugin_keys().items():
+    for key, help_text in plugin_keys(DeployOptions).items():
         assert f"    {key:<24} {help_text}" in text
 
 

@@ -1,5 +1,5 @@
-"""The root MLproject: every config field is a parameter; a parameter the user did not give never
-overrides the `config` recipe (text and vision entry points, through a real `mlflow run`)."""
+"""The root MLproject: every config field is a parameter (trainer_args too); a parameter the user did
+not give never overrides the `config` recipe (text and vision entry points, through a real `mlflow run`)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,12 @@ def test_mlflow_extra_parameters_become_set_overrides():
 
     args = ["--no-progress", "--config", "r.yaml", "--lora_r", "8", "--carbon", "false", "--gradient-checkpointing",
             "--max-steps", "3", "--learning_rate", "5e-3", "--dataset", "d.jsonl", "--batching", "packed",
-            "--packing", "true"]
+            "--trainer_args", "optim=adamw_torch,max_grad_norm=0.5"]
     assert mlflow_params_to_set(args, TrainConfig) == [
         "--no-progress", "--config", "r.yaml", "--set", "lora_r=8", "--set", "carbon=false",
         "--gradient-checkpointing", "--max-steps", "3", "--set", "learning_rate=5e-3", "--dataset", "d.jsonl",
-        "--batching", "packed", "--set", "packing=true"]  # -P packing=true: the deprecated name still maps
+        "--batching", "packed", "--set", "trainer_args=optim=adamw_torch,max_grad_norm=0.5"]
+    assert mlflow_params_to_set(["--packing", "true"], TrainConfig) == ["--packing", "true"]  # not a field
     assert mlflow_params_to_set(["--max_pixels", "50176"], VisionTrainConfig) == ["--set", "max_pixels=50176"]
     assert mlflow_params_to_set(["--max_pixels", "50176"], TrainConfig) == ["--max_pixels", "50176"]
 
@@ -58,7 +59,8 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
     ensure_experiment(f"mlproject-{modality}")  # explicit artifact location (sqlite store)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", entry, "--env-manager", "local",
-           "--experiment-name", f"mlproject-{modality}", "-P", f"config={recipe}", "-P", "max_steps=6"]
+           "--experiment-name", f"mlproject-{modality}", "-P", f"config={recipe}", "-P", "max_steps=6",
+           "-P", "trainer_args=optim=adamw_torch,max_grad_norm=0.5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import mlflow
@@ -70,13 +72,15 @@ def test_mlflow_run_keeps_the_recipe_values(mg_home, tmp_path, request, modality
     assert (params["lora_r"], params["lora_alpha"], params["learning_rate"], params["batch_size"]) == \
         ("4", "8", "0.005", "2")  # from the recipe, not MLproject defaults
     assert params["max_steps"] == "6"  # a -P the user gave wins over the recipe
+    # -P trainer_args="KEY=VALUE,KEY=VALUE" reaches the trainer's settings, one param per key
+    assert (params["trainer_args.optim"], params["trainer_args.max_grad_norm"]) == ("adamw_torch", "0.5")
     assert run.data.tags["mlflow.project.entryPoint"] == entry and run.info.status == "FINISHED"
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     assert run.info.run_name.startswith(f"{base.name}{' vision' if modality == 'vision' else ''} lora r4")
 
 
 def test_sweep_and_evaluate_take_extra_parameters_the_same_way():
-    """The one translation (cli/base.py) for the sweep and evaluate entry points: training fields become
+    """The one translation (mg_mlflow/options) for the sweep and evaluate entry points: training fields become
     --set, the command's own options spelled with _ get their dashed names, true/false picks a flag."""
     from click.testing import CliRunner
 

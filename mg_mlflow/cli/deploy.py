@@ -12,13 +12,13 @@ from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.client import generate, pick_model, stream_chat, user_message
 from mg_mlflow.deploy.manager import deploy, list_all, prepare, status, stop
-from mg_mlflow.deploy.options import from_cli
 from mg_mlflow.deploy.plan import DeployOptions
 from mg_mlflow.deploy.state import Deployment, uptime
 from mg_mlflow.deploy.supervisor import log_tail
 from mg_mlflow.deploy.update import update
 from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
+from mg_mlflow.options import click_options, from_values
 
 
 def plain_errors(func):
@@ -34,10 +34,9 @@ def plain_errors(func):
 
 
 def deploy_options(func=None, skip: tuple[str, ...] = (), helps: dict[str, str] | None = None):
-    """The options of DeployOptions, generated from its fields (mg_mlflow.deploy.options)."""
-    from mg_mlflow.deploy.options import cli_options
-
-    return cli_options(func, skip=skip, helps=helps) if func is not None else cli_options(skip=skip, helps=helps)
+    """The options of DeployOptions, generated from its fields (mg_mlflow.options)."""
+    decorate = click_options(DeployOptions, skip=skip, helps=helps)
+    return decorate(func) if func is not None else decorate
 
 
 def _split_args(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -72,7 +71,7 @@ def deploy_cmd(args, dry_run, foreground, **options):
     uris, extra = _split_args(args)
     if not uris:
         raise MGError("no model URI given", hint="model-garden deploy models:/NAME@ALIAS")
-    opts = DeployOptions(**from_cli(options), extra_args=extra)
+    opts = DeployOptions(**from_values(DeployOptions, options), extra_args=extra)
     if dry_run:
         plan, opts = prepare(uris, opts, check_port=False)
         out = console()
@@ -186,7 +185,7 @@ def update_cmd(name, args, **options):
       model-garden deployments update chat --max-model-len 1024 -- --max-num-seqs 4
     """
     uris, extra = _split_args(args)
-    changes = from_cli(options)
+    changes = from_values(DeployOptions, options)
     if extra:
         changes["extra_args"] = extra
     record = update(name, uris or None, changes)

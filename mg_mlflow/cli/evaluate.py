@@ -4,41 +4,16 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import MlflowParamsCommand, console
-
-
-def _int(value: str | None, option: str, default: int | None) -> int | None:
-    """Numbers arrive as text so that "64.0" (a number as `mlflow run -P` may spell it) works; "" = not given."""
-    from mg_mlflow.errors import MGError
-
-    if value in (None, ""):
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise MGError(f"{option} must be a number, got {value!r}") from None
-    if number != int(number):
-        raise MGError(f"{option} must be a whole number, got {value!r}")
-    return int(number)
+from mg_mlflow.cli.base import console
+from mg_mlflow.evaluation.runner import EvalOptions
+from mg_mlflow.options import MlflowParamsCommand, click_options, from_values
 
 
 @click.command("evaluate", cls=MlflowParamsCommand)  # -P tasks_dir=x -P carbon=false work under `mlflow run`
 @click.argument("model_uri")
-@click.option("--dataset", "-d", required=True, help="JSONL/JSON/CSV/Parquet with references (training format)")
-@click.option("--deployment", default="", help="evaluate through this running deployment (fast path)")
-@click.option("--task", "tasks", multiple=True, help="lm-evaluation-harness task to run as well (repeatable)")
-@click.option("--tasks-dir", default="", help="folder of lm-eval task YAML files (custom tasks, no hub)")
-@click.option("--json-schema", default="", help="JSON Schema file (or inline JSON): log the valid-output rate")
-@click.option("--max-new-tokens", default="64", show_default=True, help="tokens generated per answer (greedy)")
-@click.option("--concurrency", default="8", show_default=True, help="requests in flight (with --deployment)")
-@click.option("--batch-size", default="16", show_default=True, help="examples per batch (local path)")
-@click.option("--limit", default="", help="evaluate the first N records only")
-@click.option("--force", is_flag=True, help="evaluate again even if this version was evaluated on this data")
-@click.option("--carbon/--no-carbon", default=True, show_default=True, help="measure the evaluation's energy/CO2")
-@click.option("--api-key", envvar="MG_API_KEY", default=None, help="the deployment's API key (env MG_API_KEY)")
+@click_options(EvalOptions, typed=False)  # numbers arrive as text: "64.0" (as `mlflow run -P` may spell it) works
 @click.option("--json", "as_json", is_flag=True, help="print the result as JSON")
-def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, max_new_tokens, concurrency,
-                 batch_size, limit, force, carbon, api_key, as_json):
+def evaluate_cmd(model_uri, as_json, **values):
     """Evaluate MODEL_URI on a dataset with reference answers and record it in MLflow.
 
     Metrics: eval/loss and eval/perplexity (teacher forcing on the answers, the training masking),
@@ -61,14 +36,9 @@ def evaluate_cmd(model_uri, dataset, deployment, tasks, tasks_dir, json_schema, 
     """
     import json
 
-    from mg_mlflow.evaluation.runner import EvalOptions, evaluate
+    from mg_mlflow.evaluation.runner import evaluate
 
-    opts = EvalOptions(dataset=dataset, deployment=deployment or None, tasks=tuple(t for t in tasks if t),
-                       tasks_dir=tasks_dir or None, json_schema=json_schema or None,
-                       max_new_tokens=_int(max_new_tokens, "--max-new-tokens", 64),
-                       concurrency=_int(concurrency, "--concurrency", 8),
-                       batch_size=_int(batch_size, "--batch-size", 16), limit=_int(limit, "--limit", None),
-                       force=force, carbon=carbon, api_key=api_key)
+    opts = EvalOptions(**from_values(EvalOptions, values, "the evaluate options"))
     out = console(stderr=as_json)
     with _Progress(enabled=not as_json) as progress:
         result = evaluate(model_uri, opts, progress=progress.update)

@@ -6,8 +6,9 @@ import os
 
 import click
 
-from mg_mlflow.cli.base import config_options, console, print_kv
-from mg_mlflow.config import TrainConfig, build_config
+from mg_mlflow.cli.base import console, print_kv
+from mg_mlflow.config import TrainConfig
+from mg_mlflow.options import GroupedCommand, build_config, click_options, recipe_options
 from mg_mlflow.env import setup_env
 from mg_mlflow.team import ray_local
 from mg_mlflow.team.jobs import cancel, follow_logs, list_jobs, logs, shutdown, watch
@@ -30,13 +31,9 @@ def job_options(func):
 
 
 def _train_options(func, cls, example: str):
-    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                        help=f"YAML recipe whose keys are the option names below (e.g. {example})")(func)
-    func = click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
-                        help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")(func)
     func = click.option("--progress/--no-progress", default=None, hidden=True,
                         help="accepted for symmetry with train; jobs never draw a progress bar")(func)
-    return config_options(cls)(func)
+    return recipe_options(example)(click_options(cls, typed=False)(func))
 
 
 def _gpus(gpus, address) -> float:
@@ -72,7 +69,7 @@ def _make_submit(name: str, cls, command: str, vision: bool, example: str, doc: 
     run.__doc__ = doc
     run = _train_options(run, cls, example)
     run = job_options(run)
-    return click.command(name, context_settings={"max_content_width": 110})(run)
+    return click.command(name, cls=GroupedCommand, context_settings={"max_content_width": 110})(run)
 
 
 submit_cmd = _make_submit("submit", TrainConfig, "train", False, "projects/tiny-lora/config.yaml", """\

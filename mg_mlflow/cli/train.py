@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import click
 
-from mg_mlflow.cli.base import MlflowParamsCommand, config_options, console, print_kv
+from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
+from mg_mlflow.options import MlflowParamsCommand, build_config, click_options, recipe_options
 from mg_mlflow.vision_config import VisionTrainConfig
 
 TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
@@ -20,6 +21,7 @@ TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
       model-garden train --config projects/tiny-lora/config.yaml --set learning_rate=1e-3
       model-garden train --base-model Qwen/Qwen2.5-0.5B-Instruct --dataset data.jsonl \\
           --save-method merged_16bit --register-as qwen-support --alias champion
+      model-garden train --config recipe.yaml --trainer-arg optim=adamw_torch --trainer-arg max_grad_norm=0.5
 
     Under `mlflow run . -e train`, the run MLflow created (MLFLOW_RUN_ID) is used.
 
@@ -47,20 +49,16 @@ VISION_HELP = """Fine-tune a vision-language model (Qwen2.5-VL family), log it t
 
 
 def train_options(cls: type, example_yaml: str):
-    """The options every training front end takes (train, train-vision, sweep, submit)."""
+    """The options every training front end takes (train, train-vision, sweep, submit): --config,
+    --set and one option per config field, generated from ``cls`` (values arrive as text; the merge
+    coerces and validates them all at once)."""
     def decorate(func):
-        func = config_options(cls)(func)
-        func = click.option("--set", "set_args", multiple=True, metavar="KEY=VALUE",
-                            help="override any option, repeatable: --set lora_r=8 --set learning_rate=1e-4")(func)
-        return click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-                            help=f"YAML recipe whose keys are the option names below (e.g. {example_yaml})")(func)
+        return recipe_options(example_yaml)(click_options(cls, typed=False)(func))
     return decorate
 
 
 def config_from_cli(cls: type, config_file, set_args, options):
     """The validated config: defaults < YAML < options < --set."""
-    from mg_mlflow.config import build_config
-
     return build_config(cls, config_file, options, set_args)
 
 
@@ -88,7 +86,8 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
 
 
 class TrainCommand(MlflowParamsCommand):
-    """A training command that also takes ``mlflow run``'s ``--key value`` parameters."""
+    """A training command that also takes ``mlflow run``'s ``--key value`` parameters; ``--help``
+    lists the options under the config's groups."""
 
     config_class: type = TrainConfig
 

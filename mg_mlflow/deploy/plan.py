@@ -16,12 +16,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
 from mg_mlflow.errors import MGError
 from mg_mlflow.inspect import inspect_model, leftover_quantization_config, undeclared_packed_weights
 from mg_mlflow.registry.base_ref import describe, resolve_base
+from mg_mlflow.options import option
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]
@@ -33,50 +33,38 @@ QUANT_FLAG = {  # None: vLLM picks the kernel itself (awq_marlin / gptq_marlin o
 ENGINES = ("auto", "vllm", "vllm-cpu")
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None, *, flags: tuple[str, ...] | None = None,
-         key: str | None = "", envvar: str | None = None, split: str | None = None) -> Any:
-    """A DeployOptions field documented once; ``mg_mlflow.deploy.options`` generates the CLI options of
-    ``deploy`` / ``deployments update`` and the plugin's ``-C`` keys from this metadata.
-
-    ``flags``: click declarations (default ``--field-name``; ``()`` = no CLI option). ``key``: plugin config
-    key (default the field name; None = not a ``-C`` key). ``split``: how a plugin string becomes a list
-    (``comma`` or ``shell``)."""
-    meta = {"help": help, "choices": choices, "flags": flags, "key": key, "envvar": envvar, "split": split}
-    if isinstance(default, list):
-        return field(default_factory=list, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class DeployOptions:
     """Every knob of a deployment, declared once: ``model-garden deploy`` / ``deployments update`` options
-    and the plugin's ``-C key=value`` keys are generated from these fields (``mg_mlflow.deploy.options``)."""
-    name: str | None = _opt(None, "deployment name (default: the served model name)", key=None)
-    host: str = _opt("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
-    port: int | None = _opt(None, "port (default: first free from 8000)")
-    api_key: str | None = _opt(None, "require this key on every /v1 request (also read from MG_API_KEY); "
-                                     "passed as VLLM_API_KEY, never stored or logged", envvar="MG_API_KEY")
-    served_model_name: list[str] = _opt([], "model name per URI, in order (CLI: repeat the option; "
-                                            "plugin: comma-separated)", split="comma")
-    max_model_len: int | None = _opt(None, "context length (default: the model's, capped 2048 CPU / 8192 GPU)")
-    dtype: str | None = _opt(None, "weights dtype (default: bfloat16 on CPU, auto on GPU)")
-    tensor_parallel_size: int | None = _opt(None, "GPUs to shard the model over",
-                                            flags=("--tensor-parallel-size", "-tp"))
-    gpu_memory_utilization: float | None = _opt(None, "fraction of GPU memory vLLM may use")
-    quantization: str | None = _opt(None, "force a vLLM quantization method (default: from the weights)")
-    chat_template: str | None = _opt(None, "Jinja chat template file (default: the tokenizer's)")
-    max_lora_rank: int | None = _opt(None, "LoRA rank slots (default: the adapters' rank, rounded up to a vLLM size)")
-    limit_mm_per_prompt: str | None = _opt(None, 'vision models, JSON (default {"image": 4, "video": 0})')
-    engine: str = _opt("auto", "serving engine (auto: vllm-cpu when installed, else vllm)", ENGINES)
-    vllm_python: str | None = _opt(None, "Python interpreter of the environment that has vLLM")
-    engine_cmd: str | None = _opt(None, "command replacing 'python -m vllm.entrypoints.openai.api_server'")
-    extra_args: list[str] = _opt([], "extra vLLM flags; they override planned ones (CLI: after the URIs; "
-                                     "plugin: vllm_args, space-separated)", flags=(), key="vllm_args", split="shell")
-    health_timeout: float = _opt(600.0, "seconds to wait for /health")
-    carbon: bool = _opt(True, "track serving energy/CO2 as an MLflow run")
-    kv_cache_gib: float | None = _opt(None, "CPU engine: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, default 1)")
-    check_memory: bool = _opt(True, "CPU engine: refuse to start without enough free memory",
-                              flags=("--check-memory/--skip-memory-check",))
+    and the plugin's ``-C key=value`` keys are generated from these fields by :mod:`mg_mlflow.options`
+    (``key``: the plugin key, None = none; ``split``: how a plugin string becomes a list; ``flags=()``:
+    no CLI option)."""
+    name: str | None = option(None, "deployment name (default: the served model name)", key=None)
+    host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
+    port: int | None = option(None, "port (default: first free from 8000)")
+    api_key: str | None = option(None, "require this key on every /v1 request (also read from MG_API_KEY); "
+                                       "passed as VLLM_API_KEY, never stored or logged", envvar="MG_API_KEY")
+    served_model_name: list[str] = option([], "model name per URI, in order (CLI: repeat the option; "
+                                              "plugin: comma-separated)", split="comma")
+    max_model_len: int | None = option(None, "context length (default: the model's, capped 2048 CPU / 8192 GPU)")
+    dtype: str | None = option(None, "weights dtype (default: bfloat16 on CPU, auto on GPU)")
+    tensor_parallel_size: int | None = option(None, "GPUs to shard the model over",
+                                              flags=("--tensor-parallel-size", "-tp"))
+    gpu_memory_utilization: float | None = option(None, "fraction of GPU memory vLLM may use")
+    quantization: str | None = option(None, "force a vLLM quantization method (default: from the weights)")
+    chat_template: str | None = option(None, "Jinja chat template file (default: the tokenizer's)")
+    max_lora_rank: int | None = option(None, "LoRA rank slots (default: the adapters' rank, rounded up to a vLLM size)")
+    limit_mm_per_prompt: str | None = option(None, 'vision models, JSON (default {"image": 4, "video": 0})')
+    engine: str = option("auto", "serving engine (auto: vllm-cpu when installed, else vllm)", ENGINES)
+    vllm_python: str | None = option(None, "Python interpreter of the environment that has vLLM")
+    engine_cmd: str | None = option(None, "command replacing 'python -m vllm.entrypoints.openai.api_server'")
+    extra_args: list[str] = option([], "extra vLLM flags; they override planned ones (CLI: after the URIs; "
+                                       "plugin: vllm_args, space-separated)", flags=(), key="vllm_args", split="shell")
+    health_timeout: float = option(600.0, "seconds to wait for /health")
+    carbon: bool = option(True, "track serving energy/CO2 as an MLflow run")
+    kv_cache_gib: float | None = option(None, "CPU engine: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE, default 1)")
+    check_memory: bool = option(True, "CPU engine: refuse to start without enough free memory",
+                                flags=("--check-memory/--skip-memory-check",))
 
 
 @dataclass

@@ -16,6 +16,7 @@ from mg_mlflow.experiment.space import SHORT
 from mg_mlflow.experiment.sweep_plots import importance_png, objective_png
 from mg_mlflow.tracking.query import get_run
 from mg_mlflow.tracking.run import ensure_experiment
+from mg_mlflow.options import flat_params
 
 
 def _client():
@@ -54,7 +55,7 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
                    "sweep.sampler": "grid" if kind == "grid" else spec.sampler, "sweep.pruner": spec.pruner,
                    "sweep.register": spec.register, "sweep.max_emissions_kg": str(spec.max_emissions_kg)})
     # the fixed part of the configuration, under the same names as the children's params
-    params.update({k: str(v) for k, v in to_dict(cfg).items() if k not in swept and k != "run_name"})
+    params.update({k: str(v) for k, v in flat_params(to_dict(cfg)).items() if k not in swept and k != "run_name"})
     existing = client.get_run(parent_id).data.params
     client.log_batch(parent_id, params=[Param(k, v[:6000]) for k, v in params.items() if k not in existing])
     _tags(client, parent_id, {"mg.sweep.study": study_name,

@@ -11,7 +11,6 @@ import path of this code.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -30,6 +29,7 @@ from mg_mlflow.env import default_tracking_uri, mg_home
 from mg_mlflow.errors import MGError
 from mg_mlflow.team.jobs import client_for
 from mg_mlflow.team.ray_local import SLOT
+from mg_mlflow.options import to_argv
 
 JOB_PREFIX = "mg-"
 # Passed to the job when set in the submitting shell (the runtime environment, never argv or logs).
@@ -86,18 +86,7 @@ def validate_training(cfg, vision: bool) -> None:
 
 def training_argv(command: str, cfg) -> list[str]:
     """``model-garden COMMAND`` options that rebuild ``cfg`` exactly (fields that differ from defaults)."""
-    defaults = type(cfg)()
-    argv = [command, "--no-progress"]
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if value == getattr(defaults, f.name):
-            continue
-        flag = f.name.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            argv += [f"--{flag}", str(value)]
-    return argv
+    return [command, "--no-progress", *to_argv(cfg)]
 
 
 def check_command(argv: list[str], cli: click.Group) -> None:

