@@ -6,6 +6,7 @@ import click
 
 from mg_mlflow.cli.base import console
 from mg_mlflow.evaluation.runner import EvalOptions
+from mg_mlflow.evaluation.runner import evaluate
 from mg_mlflow.options import MlflowParamsCommand, click_options, from_values
 
 
@@ -35,8 +36,6 @@ def evaluate_cmd(model_uri, as_json, **values):
           -P dataset=$PWD/heldout.jsonl -P max_new_tokens=32 -P carbon=false
     """
     import json
-
-    from mg_mlflow.evaluation.runner import evaluate
 
     opts = EvalOptions(**from_values(EvalOptions, values, "the evaluate options"))
     out = console(stderr=as_json)

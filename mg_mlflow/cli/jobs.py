@@ -8,8 +8,8 @@ import click
 
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.options import GroupedCommand, build_config, click_options, recipe_options
 from mg_mlflow.env import setup_env
+from mg_mlflow.options import GroupedCommand, build_config, click_options, recipe_options
 from mg_mlflow.team import ray_local
 from mg_mlflow.team.jobs import cancel, follow_logs, list_jobs, logs, shutdown, watch
 from mg_mlflow.team.submit import (JobSpec, absolute_paths, check_command, submit, training_argv,

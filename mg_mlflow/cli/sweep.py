@@ -6,7 +6,10 @@ import click
 
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
+from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.sweep import SweepSpec
+from mg_mlflow.experiment.sweep import run_sweep
 from mg_mlflow.options import MlflowParamsCommand, click_options, from_values, recipe_options
 from mg_mlflow.vision_config import VisionTrainConfig
 
@@ -48,10 +51,6 @@ def sweep_cmd(config_file, set_args, resume, **values):
       mlflow run . -e sweep --env-manager local -P base_model=$PWD/tiny -P dataset=$PWD/data.jsonl \\
           -P grid="learning_rate=1e-4,3e-3;lora_r=8,16" -P eval_split=0.2 -P eval_steps=10
     """
-    from mg_mlflow.env import setup_env
-    from mg_mlflow.errors import MGError
-    from mg_mlflow.experiment.sweep import run_sweep
-
     setup_env()
     spec_values = {k: values.pop(k) for k in SPEC_OPTIONS}
     options = values  # the fixed training options (None = not given)

@@ -7,7 +7,11 @@ import click
 
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
+from mg_mlflow.env import setup_env
 from mg_mlflow.options import MlflowParamsCommand, build_config, click_options, recipe_options
+from mg_mlflow.tracking.run import use_tracking_uri
+from mg_mlflow.training import distributed
+from mg_mlflow.training.recipe import train
 from mg_mlflow.vision_config import VisionTrainConfig
 
 TEXT_HELP = """Fine-tune a text model, log it to MLflow and register the result.
@@ -99,19 +103,13 @@ def make_train_command(name: str, cls: type, help_text: str, example_yaml: str) 
     @click.option("--progress/--no-progress", default=None, help="live progress bar (default: when on a terminal)")
     @train_options(cls, example_yaml)
     def command(config_file, set_args, progress, **options):
-        from mg_mlflow.env import setup_env
-        from mg_mlflow.training.recipe import train
-
         setup_env()
         if options.get("resume") and not config_file:  # the interrupted run's own config is the base
-            from mg_mlflow.tracking.run import use_tracking_uri
             from mg_mlflow.training.resume import config_of_run
 
             use_tracking_uri()
             config_file = config_of_run(options["resume"])
         cfg = config_from_cli(cls, config_file, set_args, options)
-        from mg_mlflow.training import distributed
-
         if distributed.needs_launch(cfg):  # --num-gpus N: N ranks under torchrun, this process waits
             click.get_current_context().exit(distributed.launch(cfg, name, progress))
         result = train(cfg, show_progress=progress)

@@ -20,8 +20,8 @@ from pathlib import Path
 from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
 from mg_mlflow.errors import MGError
 from mg_mlflow.inspect import inspect_model, leftover_quantization_config, undeclared_packed_weights
-from mg_mlflow.registry.base_ref import describe, resolve_base
 from mg_mlflow.options import option
+from mg_mlflow.registry.base_ref import describe, resolve_base
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's MaxLoRARanks
 ENTRYPOINT = ["-m", "vllm.entrypoints.openai.api_server"]

@@ -7,6 +7,7 @@ files with a chat template), so every code path that takes a hub id takes it too
 from __future__ import annotations
 
 from pathlib import Path
+from mg_mlflow.data.sample import sample_records
 
 # A ChatML-style template. HF's Jinja settings strip the newline after a block tag, so newlines
 # are written as {{ '\n' }}.
@@ -20,8 +21,6 @@ SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>",
 
 
 def _corpus() -> list[str]:
-    from mg_mlflow.data.sample import sample_records
-
     lines = []
     for rec in sample_records(400, seed=1):
         lines += [rec["instruction"], rec.get("input", ""), rec["output"]]

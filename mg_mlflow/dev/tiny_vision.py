@@ -12,6 +12,7 @@ Images are kept small (``min_pixels``/``max_pixels`` of the image processor): a 
 from __future__ import annotations
 
 from pathlib import Path
+from mg_mlflow.data.vision_sample import sample_vision_records
 
 # Qwen's special tokens, in Qwen's order; they get the first ids of the tiny vocabulary.
 QWEN_SPECIAL_TOKENS = [
@@ -49,8 +50,6 @@ MAX_PIXELS = 112 * 112
 
 
 def _corpus() -> list[str]:
-    from mg_mlflow.data.vision_sample import sample_vision_records
-
     lines = ["system", "user", "assistant", "You are a helpful assistant.",
              "What is in the picture? Describe the image. The quick brown fox. 0123456789"]
     for rec in sample_vision_records(200, seed=1):

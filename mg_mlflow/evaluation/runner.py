@@ -21,11 +21,11 @@ from mg_mlflow.evaluation.data import load_eval_set
 from mg_mlflow.evaluation.lmeval import check_tasks
 from mg_mlflow.evaluation.metrics import load_schema, score
 from mg_mlflow.evaluation.remote import check_alive, logprobs_safe, served_model_for
+from mg_mlflow.options import option
 from mg_mlflow.registry.loader import load_model_dir
 from mg_mlflow.registry.resolve import resolve_model_uri
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
-from mg_mlflow.options import option
 
 
 @dataclass

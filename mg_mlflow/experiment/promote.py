@@ -22,7 +22,7 @@ from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
 from mg_mlflow.evaluation.metrics import lower_is_better
 from mg_mlflow.evaluation.record import version_metric
-from mg_mlflow.registry.resolve import _known_models
+from mg_mlflow.registry.resolve import known_models
 from mg_mlflow.tracking.run import use_tracking_uri
 
 EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
@@ -80,7 +80,7 @@ def _versions(client, name: str) -> list:
     try:
         rm = client.get_registered_model(name)
     except MlflowException:
-        raise MGError(f"no registered model named {name!r}", hint=f"registered models: {_known_models(client)}") from None
+        raise MGError(f"no registered model named {name!r}", hint=f"registered models: {known_models(client)}") from None
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
     return rm, versions
 

@@ -14,9 +14,9 @@ from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.register_best import register_trial
 from mg_mlflow.experiment.space import SHORT
 from mg_mlflow.experiment.sweep_plots import importance_png, objective_png
+from mg_mlflow.options import flat_params
 from mg_mlflow.tracking.query import get_run
 from mg_mlflow.tracking.run import ensure_experiment
-from mg_mlflow.options import flat_params
 
 
 def _client():

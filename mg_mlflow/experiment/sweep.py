@@ -25,10 +25,10 @@ from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment import record, space as sp
 from mg_mlflow.experiment.trial import run_trial, train_function
+from mg_mlflow.options import option
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.tracking.run import use_tracking_uri
 from mg_mlflow.vision_config import VisionTrainConfig
-from mg_mlflow.options import option
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 

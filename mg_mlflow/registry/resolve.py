@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.metadata import read_metadata
+from mg_mlflow.tracking.run import use_tracking_uri
 
 MODEL_SUBDIR = ("artifacts", "model_dir")
 
@@ -38,21 +40,17 @@ class ResolvedModel:
 
 
 def cache_root() -> Path:
-    from mg_mlflow.env import mg_home
-
     return mg_home() / "models"
 
 
 def _client():
     import mlflow
 
-    from mg_mlflow.tracking.run import use_tracking_uri
-
     use_tracking_uri()
     return mlflow.tracking.MlflowClient()
 
 
-def _known_models(client) -> str:
+def known_models(client) -> str:
     names = [m.name for m in client.search_registered_models(max_results=50)]
     return ", ".join(names) if names else "(none registered yet)"
 
@@ -132,7 +130,7 @@ def registry_version(uri: str):
         client.get_registered_model(name)
     except MlflowException:
         raise MGError(f"no registered model named {name!r}",
-                      hint=f"registered models: {_known_models(client)}") from None
+                      hint=f"registered models: {known_models(client)}") from None
     try:
         kind, value = selector
         if kind == "alias":

@@ -27,9 +27,9 @@ from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.data.vision import load_vision_records
 from mg_mlflow.env import default_tracking_uri, mg_home
 from mg_mlflow.errors import MGError
+from mg_mlflow.options import to_argv
 from mg_mlflow.team.jobs import client_for
 from mg_mlflow.team.ray_local import SLOT
-from mg_mlflow.options import to_argv
 
 JOB_PREFIX = "mg-"
 # Passed to the job when set in the submitting shell (the runtime environment, never argv or logs).

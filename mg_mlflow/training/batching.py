@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from mg_mlflow.config import BATCHING
 from mg_mlflow.env import scoped_env
 from mg_mlflow.errors import MGError
+from mg_mlflow.vision_config import VisionTrainConfig
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
@@ -89,8 +90,6 @@ def resolve_batching(cfg, backend: str, device: str | None = None) -> str:
 
 def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[str, str]:
     """(mode, why) as :func:`resolve_batching`; ``why`` becomes the run tag ``mg.batching_reason``."""
-    from mg_mlflow.vision_config import VisionTrainConfig
-
     if isinstance(cfg, VisionTrainConfig):
         return "padded", "vision: each example keeps its own image"
     if cfg.batching != "auto":
