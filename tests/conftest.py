@@ -131,6 +131,25 @@ def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, t
                           env=full_env, cwd=cwd, timeout=timeout)
 
 
+# Hypothesis draws the same examples on every run, so a CI result does not depend on the day's luck:
+# the seed below, unless `--hypothesis-seed N` is given to explore others (the header shows which).
+HYPOTHESIS_SEED = 20261204
+
+
+def pytest_configure(config):
+    from hypothesis import core
+
+    if config.getoption("--hypothesis-seed") is None:
+        core.global_force_seed = HYPOTHESIS_SEED
+
+
+def pytest_report_header(config):
+    from hypothesis import core
+
+    fixed = "the suite's fixed seed" if core.global_force_seed == HYPOTHESIS_SEED else "from --hypothesis-seed"
+    return f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"
+
+
 def pytest_collection_modifyitems(config, items):
     """``MG_TEST_ORDER=reverse`` or ``random[:SEED]``: run the suite in another order to catch tests
     that depend on each other. Tests of one module stay together (module-scoped servers start once);
