@@ -1,8 +1,10 @@
-"""The first training losses of every CPU recipe under projects/ are pinned (tests/data/pinned_losses.json).
+"""The first training losses of every CPU recipe under projects/, and of the quick start that runs on
+the defaults alone, are pinned (tests/data/pinned_losses.json).
 
 Each recipe runs its own MLproject command (tiny model, sample data, `train --config config.yaml`) with
-max_steps=10 and nothing registered; the per-step ``loss`` MLflow logged must match the pinned values
-within the measured tolerance. A change of a default, a data order, a template or a loss mask shows
+max_steps=10 and nothing registered; ``defaults`` runs the `model-garden --help` quick start (no config
+file, so every training default counts). The per-step ``loss`` MLflow logged must match the pinned
+values within the measured tolerance: a changed default, data order, chat template or loss mask shows
 here. Refresh on purpose (and say why in the commit):
 
     MG_UPDATE_PINNED=1 bash .ci/test tests/test_pinned_losses.py
@@ -23,6 +25,7 @@ from conftest import ROOT
 
 PINNED = ROOT / "tests" / "data" / "pinned_losses.json"
 RECIPES = ["tiny-lora", "tiny-full-merged", "tiny-vision"]
+DEFAULTS = "defaults"  # the quick start: options given on the command line, every other one a default
 STEPS = 10
 # Added to the recipe's own train command: short, and nothing registered (registering comes after the
 # last step and changes no loss).
@@ -31,6 +34,10 @@ OVERRIDES = [f"max_steps={STEPS}", "register_as=none", "carbon=false", "system_m
 
 def recipe_commands(recipe: str, workdir: Path) -> list[list[str]]:
     """The recipe's MLproject `main` command as model-garden argument lists, for ``workdir``."""
+    if recipe == DEFAULTS:
+        return [["dev", "tiny-model", f"{workdir}/tiny"], ["data", "sample", f"{workdir}/data.jsonl"],
+                ["train", "--base-model", f"{workdir}/tiny", "--dataset", f"{workdir}/data.jsonl", "--no-progress",
+                 *(item for o in OVERRIDES for item in ("--set", o))]]
     entry = yaml.safe_load((ROOT / "projects" / recipe / "MLproject").read_text())["entry_points"]["main"]
     params = {name: str(spec.get("default", "")) for name, spec in entry.get("parameters", {}).items()}
     command = entry["command"].format(**{**params, "workdir": str(workdir)}).replace("$W", str(workdir))
@@ -55,7 +62,7 @@ def recipe_losses(recipe: str, workdir: Path) -> list[float]:
     from mg_mlflow.cli import cli
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ROOT / "projects" / recipe)
+        mp.chdir(workdir.parent if recipe == DEFAULTS else ROOT / "projects" / recipe)
         for args in recipe_commands(recipe, workdir):
             result = CliRunner().invoke(cli, args, catch_exceptions=False)
             assert result.exit_code == 0, f"model-garden {shlex.join(args)}\n{result.output[-3000:]}"
@@ -70,13 +77,13 @@ def _pinned() -> dict:
     return json.loads(PINNED.read_text()) if PINNED.is_file() else {"recipes": {}}
 
 
-@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("recipe", [*RECIPES, DEFAULTS])
 def test_recipe_losses_match_the_pinned_values(mg_home, tmp_path, recipe):
     losses = recipe_losses(recipe, tmp_path / "work")
     assert len(losses) == STEPS, f"{recipe}: {len(losses)} loss points for {STEPS} steps"
     if os.environ.get("MG_UPDATE_PINNED") == "1":
         data = _pinned()
-        data["recipes"][recipe] = {"steps": STEPS, "overrides": OVERRIDES, "loss": [round(v, 6) for v in losses],
+        data["recipes"][recipe] = {"steps": STEPS, "overrides": OVERRIDES, "loss": losses,
                                    "machine": f"{platform.machine()} CPU, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}"}
         PINNED.write_text(json.dumps(data, indent=2) + "\n")
         pytest.skip(f"pinned losses of {recipe} rewritten in {PINNED.name}")
