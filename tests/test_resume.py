@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, run_cli
+from conftest import BIN, invoke_cli
 
 STEPS = 120  # long enough that a signal sent at step 8 or 17 lands before the end
 
@@ -50,7 +50,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     import mlflow
 
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    ref = run_cli(_args(tiny_model, sample_data, "uninterrupted"))
+    ref = invoke_cli(_args(tiny_model, sample_data, "uninterrupted"))
     assert ref.returncode == 0, ref.stderr[-2000:]
     reference = {m.step: m.value for m in client.get_metric_history(_run(client, "uninterrupted").info.run_id, "loss")}
     assert sorted(reference) == list(range(1, STEPS + 1))
@@ -70,7 +70,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     assert code == -signal.SIGKILL
     assert client.get_run(run_id).info.status == "RUNNING"
 
-    done = run_cli(["train", "--resume", run_id])  # segment 3: to the end
+    done = invoke_cli(["train", "--resume", run_id])  # segment 3: to the end
     assert done.returncode == 0, done.stderr[-2000:]
     final = client.get_run(run_id)
     assert final.info.status == "FINISHED" and final.data.tags.get("mg.resumed") == "true"

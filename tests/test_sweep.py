@@ -176,7 +176,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
 
 
 def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model, sample_data):
-    from conftest import run_cli
+    from conftest import invoke_cli as run_cli
 
     base = ["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data)]
     proc = run_cli([*base, "--grid", "lora_rr=8,16", "--space", "learning_rate=normal:1:2"])

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, invoke_cli, run_cli
 
 
 def _registered(home):
@@ -63,9 +63,9 @@ def test_bad_input_is_a_clear_error_with_nothing_left_behind(mg_home, tiny_model
 
 
 def test_unreachable_hub_model_fails_the_run_with_the_error_recorded(mg_home, sample_data, tmp_path):
-    proc = run_cli(["train", "--base-model", "no-such-org/no-such-model", "--dataset", str(sample_data),
-                    "--max-steps", "2", "--no-system-metrics", "--no-carbon"], cwd=tmp_path,
-                   env={"HF_HUB_OFFLINE": "1"})
+    proc = invoke_cli(["train", "--base-model", "no-such-org/no-such-model", "--dataset", str(sample_data),
+                       "--max-steps", "2", "--no-system-metrics", "--no-carbon"], cwd=tmp_path,
+                      env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2 and "could not load base model 'no-such-org/no-such-model'" in proc.stderr
     (run,) = _runs()
     assert run.info.status == "FAILED"

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from mg_mlflow.errors import MGError
-from mg_mlflow.registry.resolve import registry_version
+from mg_mlflow.registry.resolve import is_logged_model_id, registry_version
 from mg_mlflow.tracking.query import get_run
 from mg_mlflow.tracking.run import use_tracking_uri
 
@@ -34,7 +34,7 @@ def resolve_run_ids(targets: list[str], experiment: str, max_runs: int = 20) -> 
     client = _client()
     ids: list[str] = []
     for target in targets:
-        if target.startswith("models:/m-") or target.startswith("m-"):
+        if is_logged_model_id(target.removeprefix("models:/")):
             model_id = target.removeprefix("models:/")
             try:
                 ids.append(client.get_logged_model(model_id).source_run_id)

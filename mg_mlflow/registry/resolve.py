@@ -67,6 +67,16 @@ def _versions_text(client, name: str) -> str:
 
 URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, models:/m-<id>, runs:/RUN_ID/PATH or a folder"
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-.]+$")
+# MLflow names a logged model "m-" + 32 hex digits (uuid4().hex: mlflow/store/tracking/sqlalchemy_store.py
+# and file_store.py). Only a bare models:/m-<id> is one: models:/m-support/1 and models:/m-support@prod
+# are versions of a registered model named m-support (mlflow/store/artifact/utils/models.py reads a
+# /suffix or @alias as a registered model's, whatever its name).
+LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+
+
+def is_logged_model_id(text: str) -> bool:
+    """True for an MLflow 3 logged-model id (``m-`` and 32 hex digits), e.g. the body of models:/m-<id>."""
+    return bool(LOGGED_MODEL_ID.match(text))
 
 
 @dataclass(frozen=True)
@@ -96,9 +106,7 @@ def parse_model_uri(uri: str) -> ModelRef:
     if not uri.startswith("models:/"):
         raise MGError(f"unsupported model URI {uri!r}", hint=f"use {URI_FORMS}")
     body = uri[len("models:/"):]
-    if body.startswith("m-"):
-        if not _TOKEN.match(body):
-            raise bad("a logged-model id is models:/m-<id>")
+    if is_logged_model_id(body):
         return ModelRef("logged", model_id=body)
     if "@" in body:
         name, alias = body.split("@", 1)
@@ -192,7 +200,7 @@ def resolve_model_uri(uri: str) -> ResolvedModel:
         if path.is_dir():
             folder = _hf_folder(path.resolve())
             return ResolvedModel(uri, folder, metadata=read_metadata(folder))
-        if uri.startswith("m-"):
+        if is_logged_model_id(uri):
             uri = f"models:/{uri}"
         else:
             raise MGError(f"{uri}: not a folder and not a model URI", hint=f"use {URI_FORMS}")

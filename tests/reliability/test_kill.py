@@ -7,7 +7,8 @@ import signal
 
 import psutil
 
-from reltrain_support import client, run_cli, runs, start_training, stop, wait_for
+from conftest import invoke_cli
+from reltrain_support import client, runs, start_training, stop, wait_for
 
 
 def test_sigkilled_training_is_listed_dead_and_repaired_failed(mg_home, tiny_model, sample_data, tmp_path):
@@ -31,15 +32,15 @@ def test_sigkilled_training_is_listed_dead_and_repaired_failed(mg_home, tiny_mod
     assert not [c for c in children if c.is_running()]  # no orphan left by the training
     assert client().get_run(run.info.run_id).info.status == "RUNNING"  # what MLflow alone shows
 
-    listed = run_cli(["runs", "list"], cwd=tmp_path)
+    listed = invoke_cli(["runs", "list"], cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "RUNNING (dead)" in listed.stdout and "1 run(s) marked RUNNING" in listed.stdout
 
-    dry = run_cli(["runs", "repair", "--dry-run"], cwd=tmp_path)
+    dry = invoke_cli(["runs", "repair", "--dry-run"], cwd=tmp_path)
     assert dry.returncode == 0 and f"would mark run {run.info.run_id} FAILED" in dry.stdout
     assert client().get_run(run.info.run_id).info.status == "RUNNING"
 
-    fixed = run_cli(["runs", "repair"], cwd=tmp_path)
+    fixed = invoke_cli(["runs", "repair"], cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
     assert "1 dead run(s) marked FAILED" in fixed.stdout
     after = client().get_run(run.info.run_id)
@@ -79,7 +80,7 @@ def test_sync_spool_sends_what_a_training_kept_locally_once(mg_home, tmp_path):
     points = [{"key": "loss", "value": 5.0 - i / 10, "timestamp": 1_700_000_000_000 + i, "step": i + 1} for i in range(5)]
     spool.write_text("".join(json.dumps(p) + "\n" for p in points) + '{"key": "loss", "val')  # cut by a crash
     for _ in range(2):  # idempotent
-        proc = run_cli(["runs", "sync-spool", str(spool)], cwd=tmp_path)
+        proc = invoke_cli(["runs", "sync-spool", str(spool)], cwd=tmp_path)
         assert proc.returncode == 0 and "sent 5 metric point(s)" in proc.stdout and "1 unreadable" in proc.stdout
     history = client().get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(p["step"], p["value"]) for p in points]

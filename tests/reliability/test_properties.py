@@ -10,13 +10,14 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mg_mlflow.config import TrainConfig, build_config, coerce
 from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.errors import ConfigError, MGError
-from mg_mlflow.registry.resolve import parse_model_uri
+from mg_mlflow.registry.resolve import parse_model_uri, registry_version, resolve_model_uri
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 text = st.text(max_size=20)
@@ -103,6 +104,9 @@ NAME = st.text(string.ascii_letters + string.digits + "_-.", min_size=1, max_siz
 
 @SETTINGS
 @given(NAME, st.one_of(st.integers(1, 10**6).map(str), st.just("latest")), NAME)
+@example("m-", "1", "prod")
+@example("m-support", "latest", "m-1")
+@example("m-0123456789abcdef0123456789abcdef", "2", "champion")
 def test_model_uri_round_trip(name, version, alias):
     ref = parse_model_uri(f"models:/{name}/{version}")
     assert (ref.kind, ref.name, ref.selector, ref.value) == ("registry", name, "version", version)
@@ -123,3 +127,42 @@ def test_model_uri_parser_never_fails_unclearly(uri):
     if ref.kind == "registry":
         assert ref.name and "/" not in ref.name and "@" not in ref.name
         assert ref.value == "latest" or ref.selector == "alias" or int(ref.value) >= 1
+
+
+LOGGED_ID = "m-0123456789abcdef0123456789abcdef"  # MLflow's form: "m-" + uuid4().hex
+
+
+@pytest.mark.parametrize("uri,expected", [
+    ("models:/m-support/1", ("registry", "m-support", "version", "1")),
+    ("models:/m-support@prod", ("registry", "m-support", "alias", "prod")),
+    ("models:/m-support/latest", ("registry", "m-support", "version", "latest")),
+    ("models:/m-support", ("registry", "m-support", "version", "latest")),
+    (f"models:/{LOGGED_ID}/3", ("registry", LOGGED_ID, "version", "3")),
+])
+def test_a_registered_name_starting_with_m_dash_is_a_registered_model(uri, expected):
+    ref = parse_model_uri(uri)
+    assert (ref.kind, ref.name, ref.selector, ref.value) == expected and not ref.model_id
+
+
+def test_only_a_bare_m_dash_hex_id_is_a_logged_model():
+    ref = parse_model_uri(f"models:/{LOGGED_ID}")
+    assert (ref.kind, ref.model_id, ref.name) == ("logged", LOGGED_ID, "")
+
+
+def test_a_model_registered_as_m_dash_name_resolves_by_version_and_alias(mg_home, tmp_path):
+    """A real store: versions of `m-support` are found through /1 and @prod, not looked up as logged models."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient()
+    client.create_registered_model("m-support")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    mv = client.create_model_version("m-support", str(folder))
+    client.set_registered_model_alias("m-support", "prod", mv.version)
+    for uri in ("models:/m-support/1", "models:/m-support@prod", "models:/m-support/latest"):
+        _, found = registry_version(uri)
+        assert (found.name, str(found.version)) == ("m-support", "1"), uri
+    with pytest.raises(MGError, match="'m-support' has no version 2"):
+        registry_version("models:/m-support/2")
+    with pytest.raises(MGError, match=f"no logged model with id '{LOGGED_ID}'"):
+        resolve_model_uri(f"models:/{LOGGED_ID}")
