@@ -173,12 +173,18 @@ def test_metric_directions_and_scores():
 
 
 def test_prompt_logprobs_are_never_asked_of_a_cpu_lora_adapter():
+    from mg_mlflow.deploy.state import Deployment
     from mg_mlflow.evaluation.remote import logprobs_safe
 
-    models = [{"served_name": "tiny-base", "kind": "base"}, {"served_name": "tiny-lora", "kind": "adapter"}]
-    assert not logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-lora")
-    assert logprobs_safe({"engine": "vllm-cpu", "models": models}, "tiny-base")
-    assert logprobs_safe({"engine": "vllm", "models": models}, "tiny-lora")
+    models = [{"served_name": name, "kind": kind, "uri": f"models:/{name}/1", "local_dir": f"/tmp/{name}"}
+              for name, kind in (("tiny-base", "base"), ("tiny-lora", "adapter"))]
+
+    def record(engine):
+        return Deployment.from_dict({"name": "d", "engine": engine, "models": models})
+
+    assert not logprobs_safe(record("vllm-cpu"), "tiny-lora")
+    assert logprobs_safe(record("vllm-cpu"), "tiny-base")
+    assert logprobs_safe(record("vllm"), "tiny-lora")
 
 
 def test_promote_redeploy_rolls_the_deployment_that_serves_the_alias(choice, tmp_path):
