@@ -3,10 +3,8 @@ import rules of the deploy package (one way, our modules at the top of a file)."
 
 from __future__ import annotations
 
-import ast
 import json
 
-import pytest
 
 from conftest import ROOT
 
@@ -107,66 +105,3 @@ def test_list_json_prints_the_stored_records_with_their_status(mg_home):
 # --- imports -------------------------------------------------------------------------------------
 
 PACKAGE = ROOT / "mg_mlflow"
-OWN = [*sorted((PACKAGE / "deploy").glob("*.py")), PACKAGE / "tracking" / "serving_monitor.py",
-       PACKAGE / "cli" / "deploy.py", PACKAGE / "evaluation" / "remote.py", PACKAGE / "proc.py"]
-OPTIONS_GENERATION = {PACKAGE / "deploy" / "options.py"}  # kept by the options module, not these rules
-
-
-def _module(path) -> str:
-    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
-
-
-def _imports(path):
-    """(module imported, names, at module level?) of every import of our own package in ``path``."""
-    tree = ast.parse(path.read_text())
-    top = {id(node) for node in tree.body}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mg_mlflow"):
-            yield node.module, [a.name for a in node.names], id(node) in top
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("mg_mlflow"):
-                    yield alias.name, [], id(node) in top
-
-
-def _graph() -> dict[str, set[str]]:
-    """Module -> modules of ours it imports, anywhere in the file (``from pkg import mod`` counts mod)."""
-    modules = {_module(p) for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.rglob("*.py"):
-        edges = graph.setdefault(_module(path), set())
-        for module, names, _ in _imports(path):
-            edges.add(module)
-            edges.update(f"{module}.{n}" for n in names if f"{module}.{n}" in modules)
-    return graph
-
-
-def test_deploy_imports_point_one_way():
-    graph = _graph()
-    deploy = sorted(m for m in graph if m.startswith("mg_mlflow.deploy."))
-    cycles = []
-
-    def visit(node, trail):
-        for nxt in graph.get(node, ()):
-            if nxt in trail:
-                cycles.append(trail[trail.index(nxt):] + [nxt])
-            elif nxt.startswith("mg_mlflow.deploy") or nxt == "mg_mlflow.proc":
-                visit(nxt, trail + [nxt])
-
-    for start in deploy:
-        visit(start, [start])
-    assert cycles == []
-    assert "mg_mlflow.deploy.launch" in graph["mg_mlflow.deploy.update"]  # the scan sees real edges
-    skipped = {_module(p) for p in OPTIONS_GENERATION}
-    assert [(m, t) for m in deploy if m not in skipped for t in graph[m]
-            if t.startswith(("mg_mlflow.config", "mg_mlflow.training"))] == []
-
-
-@pytest.mark.parametrize("path", [p for p in OWN if p not in OPTIONS_GENERATION], ids=lambda p: p.name)
-def test_own_modules_are_imported_at_the_top_and_no_private_name_crosses(path):
-    inside = [m for m, _, top in _imports(path) if not top]
-    if path.name == "deploy.py" and path.parent.name == "cli":  # the option-generation decorator
-        inside = [m for m in inside if m != "mg_mlflow.deploy.options"]
-    assert inside == []
-    private = [(m, n) for m, names, _ in _imports(path) for n in names if n.startswith("_")]
-    assert private == []

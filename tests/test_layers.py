@@ -428,3 +428,16 @@ def test_help_takes_less_than_a_second_and_a_half():
                        env=_env(), cwd=ROOT)
         times.append(time.perf_counter() - start)
     assert min(times) < 1.5, times
+
+
+# Layers that sit side by side in the flow: data moves from one to the other only through the
+# registry, so deployment never imports the trainer (and evaluation neither).
+APART = {("deploy", "training"), ("evaluation", "training")}
+
+
+def test_deployment_never_imports_the_trainer():
+    imports = _all_imports()
+    crossing = sorted(f"{i.source}:{i.line} imports {i.target}" for i in imports
+                      if (layer_of(i.source), layer_of(i.target)) in APART)
+    assert crossing == []
+    assert any(layer_of(i.source) == "deploy" and layer_of(i.target) == "registry" for i in imports)
