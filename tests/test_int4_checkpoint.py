@@ -4,7 +4,7 @@
 (the format vLLM's compressed-tensors loader reads): int4 weights packed into int32, one scale per group of
 128 inputs. Here the tiny shape of that script (hidden 128, 2 layers) is written, decompressed with
 compressed-tensors' own code, loaded by transformers, inspected and planned. Serving it on a GPU is
-the GPU lease's job (bench/gpu/serve_gpu.py).
+checked by bench/gpu/serve_gpu.py on a GPU machine.
 """
 
 from __future__ import annotations

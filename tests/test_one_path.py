@@ -1,5 +1,5 @@
 """One training path for every modality: the same guarantees and the same MLflow record for text and
-vision (issue 9). Each test runs for both modalities through mg_mlflow.training.recipe.train."""
+vision. Each test runs for both modalities through mg_mlflow.training.recipe.train."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fault tolerance of a training run (issue 13): SIGTERM ends the run KILLED after a checkpoint, a run
+"""Fault tolerance of a training run: SIGTERM ends the run KILLED after a checkpoint, a run
 killed with SIGKILL is resumed from its last checkpoint, and the SAME MLflow run goes on: every step
 logged once, the loss curve equal to an uninterrupted run's within 1e-4, carbon continuing."""
 

@@ -112,8 +112,8 @@ def any_rank(flag: bool) -> bool:
 
 def _host_group():
     """A gloo group over the job's ranks, for host-side flags: the same all_reduce on the default
-    (NCCL) group would need a ``.item()`` that waits for the whole step on the GPU, every step (the
-    cost issue 11 measured and removed). Created once, by every rank (a collective)."""
+    (NCCL) group would need a ``.item()`` that waits for the whole step on the GPU, every step
+    (a measured cost on GPUs). Created once, by every rank (a collective)."""
     global _HOST_GROUP
     if _HOST_GROUP is None:
         import torch.distributed as dist

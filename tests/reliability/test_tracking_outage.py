@@ -1,6 +1,6 @@
 """A remote tracking server stopped mid-run: training goes on and every metric reaches the server.
 
-The test stops a real ``mlflow server`` for ``MG_TEST_OUTAGE_S`` seconds (default 30, as in issue 13)
+The test stops a real ``mlflow server`` for ``MG_TEST_OUTAGE_S`` seconds (default 30)
 while a training (slowed to ~8 steps/s by an extra callback) logs to it, then restarts it on the same
 port over the same sqlite store and artifact folder. The training usually ends during the outage, so
 its final metrics, artifacts and FINISHED status also wait for the server.
