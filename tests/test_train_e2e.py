@@ -126,9 +126,10 @@ def test_mlflow_run_entry_point_gives_the_same_record(mg_home, tiny_model, sampl
     assert run.data.tags["mlflow.project.entryPoint"] == "train"
     assert run.data.params["max_steps"] == "20" and run.data.params["save_method"] == "merged_16bit"
     from mg_mlflow.config import TrainConfig
-    import dataclasses
+    from mg_mlflow.options import flat_params, to_dict
 
-    assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(run.data.params)
+    # every field is a param; a mapping field (trainer_args) is logged key by key, empty here
+    assert set(flat_params(to_dict(TrainConfig()))) <= set(run.data.params)
     history = client.get_metric_history(run.info.run_id, "loss")
     assert len(history) >= 20 and history[-1].value < history[0].value
     mv = client.get_model_version_by_alias("mlproject-merged", "champion")
