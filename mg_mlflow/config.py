@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mg_mlflow.errors import ConfigError
+from mg_mlflow.names import alias_problem, name_problem
 from mg_mlflow.options import (build_config, check_values, coerce, coerce_hint, did_you_mean, option, parse_bool,
                                to_dict, to_yaml)
 
@@ -200,6 +201,17 @@ class TrainConfig:
             problems.append("method=full trains every weight, so there is no adapter: use save_method=merged_16bit")
         if self.eval_dataset and self.eval_split:
             problems.append("give either eval_dataset or eval_split, not both")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
+        for name in ("save_steps", "eval_steps"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if not self.experiment.strip():
+            problems.append("experiment: the MLflow experiment name cannot be empty (default: model-garden)")
+        if self.register_as and self.registers:
+            problems += [p for p in [name_problem(self.register_as, "register_as")] if p]
+        if self.alias:
+            problems += [p for p in [alias_problem(self.alias, "alias")] if p]
         if problems:
             raise ConfigError(problems, "the training configuration")
 

@@ -6,7 +6,9 @@ import click
 
 from mg_mlflow.cli.base import console
 from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 from mg_mlflow.experiment import promote as pr
+from mg_mlflow.names import alias_problem
 
 
 @click.command("promote")
@@ -53,6 +55,9 @@ def promote_cmd(name, alias, metric, dataset_digest, min_improvement, max_emissi
         else:
             _print_history(out, name, moves)
         return
+    problem = alias_problem(alias, "--alias")
+    if problem:
+        raise MGError(problem, hint="e.g. --alias champion")
     decision = pr.promote(name, alias, metric, dataset_digest, min_improvement, max_emissions_kg, dry_run)
     rolled, serving = [], pr.deployments_serving(name, alias) if decision.applied else []
     if decision.applied and redeploy and serving:

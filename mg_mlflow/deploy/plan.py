@@ -66,6 +66,11 @@ class DeployOptions:
     check_memory: bool = option(True, "CPU engine: refuse to start without enough free memory",
                                 flags=("--check-memory/--skip-memory-check",))
 
+    def __post_init__(self) -> None:
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise MGError(f"--port {self.port}: a port must be 1-65535",
+                          hint="leave --port out to take the first free port from 8000")
+
 
 @dataclass
 class ServedModel:

@@ -21,7 +21,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"{path}: no such config file"], str(path))
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_text(), Loader=_unique_keys_loader()) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -29,6 +29,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError([f"{path}: expected a mapping of option: value"], str(path))
     return loaded
+
+
+def _unique_keys_loader() -> type:
+    """yaml's SafeLoader that refuses a key given twice in one mapping (SafeLoader keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: SafeLoader's own error names it
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} given twice (first on line {first}); keep one",
+                            key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def _layer_key(cls: type, key: str) -> tuple[str, str]:
@@ -90,6 +114,9 @@ def build_config(cls: type, config_file: str | Path | None = None, overrides: di
             raw[name] = (value, where)
     kwargs = {}
     for name, (value, where) in raw.items():
+        if isinstance(value, (dict, list)) and base_type(cls, name) not in (dict, list, tuple):
+            problems.append(f"{where}: expected a single value, got a {'mapping' if isinstance(value, dict) else 'list'}")
+            continue
         try:
             kwargs[name] = coerce(cls, name, value)
         except ValueError as exc:

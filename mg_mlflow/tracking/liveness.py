@@ -70,9 +70,10 @@ def repair(experiment: str, dry_run: bool = False) -> list[tuple[str, str]]:
     """End every dead RUNNING run of ``experiment`` as FAILED with the reason; (run id, why) of each."""
     import mlflow
 
+    dead = dead_runs(experiment)  # points MLflow at the configured store first
     client = mlflow.tracking.MlflowClient()
     repaired = []
-    for run, why in dead_runs(experiment):
+    for run, why in dead:
         if not dry_run:
             end_open_run(client, run.info.run_id, "FAILED", f"{why}; marked FAILED by `model-garden runs repair`")
         repaired.append((run.info.run_id, why))

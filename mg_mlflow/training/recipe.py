@@ -24,6 +24,7 @@ from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_n
                                        start_run_record, timed_train, train_summary, training_callbacks)
 from mg_mlflow.training.progress import TrainProgress
 from mg_mlflow.training.result import TrainResult
+from mg_mlflow.training.targets import check_lora_targets
 from mg_mlflow.training.save import save_and_register
 from mg_mlflow.training.text import TextModality
 from mg_mlflow.training.vision import VisionModality
@@ -52,6 +53,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
 
     base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
+    check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
 
     import mlflow

@@ -204,3 +204,102 @@ def test_disk_full_during_save_fails_the_run_and_registers_nothing(mg_home, tiny
 
     names = [m.name for m in mlflow.tracking.MlflowClient().search_registered_models()]
     assert "full-disk" not in names  # (the base may be registered first, as the adapter's portable base)
+
+
+# ---------------------------------------------------------------- refused before any run exists
+
+def _yaml(text: str):
+    return lambda d: _write(d / "recipe.yaml", text)
+
+
+# name: (extra CLI arguments, or a builder of a YAML recipe, expected text); every case runs
+# `model-garden train` on the tiny model and must leave no run, no registered model and no file
+BEFORE_RUN_CASES = {
+    "version-alias": (["--alias", "v2"], "alias 'v2': MLflow reserves v<number> for versions"),
+    "version-alias-upper": (["--alias", "V3"], "alias 'V3': MLflow reserves v<number> for versions"),
+    "latest-alias": (["--alias", "latest"], "alias 'latest': 'latest' is reserved by MLflow"),
+    "alias-with-space": (["--alias", "my alias"], "alias 'my alias': an alias is letters, digits, '-' and '_'"),
+    "name-300-chars": (["--register-as", "n" * 300], "register_as: the name is 300 characters long; a registered "
+                                                      "model name has at most 200"),
+    "name-with-quote": (["--register-as", "o'brien"], "register_as \"o'brien\": a registered model name is letters, "
+                                                      "digits, '-', '_' and '.'"),
+    "name-with-slash": (["--register-as", "team/model"], "register_as 'team/model': a registered model name cannot "
+                                                         "contain '/' or ':'"),
+    "yaml-mapping-name": (_yaml("register_as:\n  team: model\n"),
+                          "recipe.yaml: register_as: expected a single value, got a mapping"),
+    "yaml-duplicate-key": (_yaml("lora_r: 8\nmax_steps: 2\nlora_r: 16\n"),
+                           "recipe.yaml:3: not valid YAML (key 'lora_r' given twice (first on line 1); keep one)"),
+    "negative-seed": (["--seed", "-1"], "seed must be >= 0, got -1"),
+    "empty-experiment": (["--experiment", ""], "experiment: the MLflow experiment name cannot be empty"),
+    "negative-save-steps": (["--save-steps", "-3"], "save_steps must be >= 0 (0 = off), got -3"),
+    "unknown-lora-target": (["--lora-target-modules", "q_proj,nosuch"],
+                            "--lora-target-modules: 'nosuch' is not a module of"),
+}
+
+
+def _nothing_left(home, cwd, inputs=()):
+    import mlflow
+
+    from reltrain_support import runs
+
+    assert runs() == []
+    assert mlflow.tracking.MlflowClient().search_registered_models() == []
+    assert sorted(p.name for p in cwd.iterdir()) == sorted(inputs)
+    assert not (home / "outputs").exists() or not list((home / "outputs").iterdir())
+
+
+@pytest.mark.parametrize("case", list(BEFORE_RUN_CASES))
+def test_bad_names_and_values_are_refused_before_any_run(case, mg_home, tiny_model, sample_data, tmp_path):
+    args, expected = BEFORE_RUN_CASES[case]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    inputs = []
+    if callable(args):
+        recipe = args(cwd)
+        inputs, args = [recipe.name], ["--config", str(recipe)]
+    proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-system-metrics", "--no-carbon", *args], cwd=cwd)
+    assert proc.returncode == 2, proc.stderr
+    assert expected in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    _nothing_left(mg_home, cwd, inputs)
+
+
+def test_sweep_and_promote_check_the_alias_first(mg_home, tiny_model, sample_data, tmp_path):
+    tmp_path = tmp_path / "cwd"  # (MG_HOME is tmp_path / "mg-home")
+    tmp_path.mkdir()
+    proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-carbon", "--grid", "lora_r=4,8", "--alias", "latest"], cwd=tmp_path)
+    assert proc.returncode == 2 and "alias 'latest': 'latest' is reserved by MLflow" in proc.stderr, proc.stderr
+    proc = run_cli(["promote", "tiny-lora", "--alias", "v2"], cwd=tmp_path)
+    assert proc.returncode == 2 and "--alias 'v2': MLflow reserves v<number>" in proc.stderr, proc.stderr
+    _nothing_left(mg_home, tmp_path)
+
+
+@pytest.mark.parametrize("port", ["70000", "-5", "0"])
+def test_deploy_port_out_of_range(port, mg_home, tmp_path):
+    tmp_path = tmp_path / "cwd"
+    tmp_path.mkdir()
+    proc = run_cli(["deploy", "models:/tiny-lora/1", "--dry-run", "--port", port], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"--port {port}: a port must be 1-65535" in proc.stderr
+    _nothing_left(mg_home, tmp_path)
+
+
+def test_good_names_are_accepted_and_an_m_prefixed_name_resolves(mg_home, tmp_path):
+    import mlflow
+
+    from mg_mlflow.registry.resolve import resolve_model_uri
+
+    for name, alias in (("m-test", "champion"), ("qwen2.5-support_v1", "release-2"), ("A" * 200, "V_2")):
+        cfg = build_config(TrainConfig, overrides={"base_model": "b", "dataset": "d.jsonl", "register_as": name,
+                                                   "alias": alias})
+        assert (cfg.register_as, cfg.alias) == (name, alias)
+    client = mlflow.tracking.MlflowClient()
+    client.create_registered_model("m-test")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    client.create_model_version("m-test", source=src.as_uri())
+    client.set_registered_model_alias("m-test", "champion", "1")
+    assert resolve_model_uri("models:/m-test/1").version == "1"
+    assert resolve_model_uri("models:/m-test@champion").version == "1"
