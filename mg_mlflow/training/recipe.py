@@ -18,7 +18,7 @@ from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
-from mg_mlflow.training import distributed
+from mg_mlflow.training import distributed, divergence
 from mg_mlflow.training.backends import choose_backend
 from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
                                        start_run_record, timed_train, train_summary, training_callbacks)
@@ -90,12 +90,15 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
-                step_stats.install(trainer, cfg, metrics_cb)  # on a GPU: no step waits for its loss
+                guard = divergence.install(trainer, cfg, step_stats.sync_every(cfg))  # on every rank
+                step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,
                                             resume_from=checkpoint)
             stopper.raise_if_stopped(trainer.state.global_step)  # checkpoint saved: the run ends KILLED
+            if guard.should_stop:  # the run ends FAILED with the step; nothing is saved or registered
+                raise guard.error()
             if not main:  # rank > 0: trained its share; saving and registering are rank 0's
                 return TrainResult(run_id="", output_dir=output_dir, model_dir=output_dir / "model")
 
@@ -105,6 +108,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
             summary.update(modality.after_training(model, processing, output_dir))
             mlflow.log_metrics(summary)
             log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
+            if guard.diverged:  # on_divergence=continue: the record is complete, the model is not registered
+                raise guard.error()
 
             result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
                                        eval_data, summary, revision=loaded)

@@ -50,8 +50,8 @@ class DeferredStepStats(TrainerCallback):
     distributed), so every rank must carry this callback.
     """
 
-    def __init__(self, every: int, sink: Any | None = None):
-        self.every, self.sink = every, sink
+    def __init__(self, every: int, sink: Any | None = None, guard: Any | None = None):
+        self.every, self.sink, self.guard = every, sink, guard
         self._loss = None  # this step's loss so far (device tensor)
         self._tokens = None
         self._rows: list[tuple[int, Any, Any, float, float]] = []
@@ -93,6 +93,8 @@ class DeferredStepStats(TrainerCallback):
         if (state.global_step % self.every == 0 or (state.max_steps and state.global_step >= state.max_steps)
                 or control.should_save or control.should_training_stop):
             self.flush(state)
+            if self.guard is not None and self.guard.should_stop:  # the same on every rank (all-reduced)
+                control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
         self.flush(state)
@@ -117,19 +119,23 @@ class DeferredStepStats(TrainerCallback):
         window_tokens = float(sum(token_values))
         self.total_tokens += window_tokens
         state.num_input_tokens_seen = int(self.total_tokens)  # for the carbon callback's per-token figures
+        points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
+                  for (step, _, _, lr, epoch), loss in zip(rows, loss_values)]
+        if self.guard is not None:
+            for step, metrics in points:
+                self.guard.check(step, metrics, now=int(state.global_step))
         if self.sink is not None:
-            points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
-                      for (step, _, _, lr, epoch), loss in zip(rows, loss_values)]
             self.sink.on_steps(points, self.total_tokens, window_tokens, seconds)
 
 
-def install(trainer, cfg, metrics_cb) -> DeferredStepStats | None:
+def install(trainer, cfg, metrics_cb, guard=None) -> DeferredStepStats | None:
     """On every rank: defer the per-step reads when ``sync_every(cfg) > 1``; ``metrics_cb`` (rank 0's
-    MLflow callback, None elsewhere) then takes its per-step points from here."""
+    MLflow callback, None elsewhere) then takes its per-step points from here, and ``guard`` (a
+    :class:`~mg_mlflow.training.divergence.DivergenceGuard`) checks each of them."""
     every = sync_every(cfg)
     if every == 1:
         return None
-    stats = DeferredStepStats(every, sink=metrics_cb)
+    stats = DeferredStepStats(every, sink=metrics_cb, guard=guard)
     if metrics_cb is not None:
         metrics_cb.deferred = True
     stats.attach(trainer)
