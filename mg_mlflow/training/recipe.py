@@ -18,7 +18,7 @@ from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
-from mg_mlflow.training import distributed, divergence
+from mg_mlflow.training import distributed
 from mg_mlflow.training.backends import choose_backend
 from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
                                        start_run_record, timed_train, train_summary, training_callbacks)
@@ -90,7 +90,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
-                guard = divergence.install(trainer, cfg, step_stats.sync_every(cfg))  # on every rank
+                guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
                 step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
@@ -108,8 +108,10 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
             summary.update(modality.after_training(model, processing, output_dir))
             mlflow.log_metrics(summary)
             log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
-            if guard.diverged:  # on_divergence=continue: the record is complete, the model is not registered
-                raise guard.error()
+            if guard.diverged:  # on_divergence=continue: the record is complete; NaN weights are never saved
+                mlflow.set_tag("mg.diverged_at", guard.where())
+                if not step_stats.weights_finite(model):
+                    raise guard.error()
 
             result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
                                        eval_data, summary, revision=loaded)
