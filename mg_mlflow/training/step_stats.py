@@ -203,17 +203,18 @@ class DivergenceGuard(TrainerCallback):
             control.should_training_stop = True
 
     def where(self) -> str:
-        if not self.exact:
-            return f"at or before step {self.found_at}"
-        return f"at step {self.step}" + (f" (found at step {self.found_at})" if self.found_at != self.step else "")
+        return f"at step {self.step}" if self.exact else f"at or before step {self.found_at}"
 
     def error(self) -> MGError:
+        detail = f"{self.key} {self.value}"
+        if self.found_at != self.step:
+            detail += f", found at step {self.found_at}"
+        if self.every > 1:
+            detail += f": the loss is read back from the device every {self.every} steps, --metrics-sync-steps"
         how = ("" if self.policy == "stop" else
                "; on_divergence=continue trained on to the end and the trained weights are not finite")
-        late = ("" if self.every == 1 else
-                f" (on this device the loss is read back every {self.every} steps: --metrics-sync-steps)")
-        return MGError(f"training diverged {self.where()} ({self.key} {self.value}){late}{how}; the run is "
-                       "marked FAILED and nothing was registered",
+        return MGError(f"training diverged {self.where()} ({detail}){how}; the run is marked FAILED and nothing "
+                       "was registered",
                        hint="lower the learning rate (--learning-rate), add warmup (--warmup-steps), or check "
                             "the data for extreme examples")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from reltrain_support import client, run_cli, runs
 
 
@@ -13,23 +14,31 @@ def _registered(name: str) -> list:
     return client().search_model_versions(f"name = '{name}'")
 
 
-def test_diverged_run_exits_2_fails_logs_no_zero_and_registers_nothing(mg_home, tiny_model, sample_data):
+@pytest.mark.parametrize("extra", [[], ["--metrics-sync-steps", "3"], ["--on-divergence", "continue"]],
+                         ids=["stop", "stop-read-every-3-steps", "continue"])
+def test_diverged_run_exits_2_fails_logs_no_zero_and_registers_nothing(mg_home, tiny_model, sample_data, extra):
     proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data),
                     "--max-steps", "6", "--learning-rate", "1e30", "--no-system-metrics", "--no-carbon",
-                    "--register-as", "tiny-diverged"])
+                    "--register-as", "tiny-diverged", *extra])
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out
     assert "training diverged at step " in out and "--learning-rate" in out, out
+    step = int(out.split("training diverged at step ", 1)[1].split()[0])
     (run,) = runs()
     assert run.info.status == "FAILED"
-    assert "training diverged at step" in run.data.tags.get("mg.error", ""), run.data.tags
+    assert f"training diverged at step {step}" in run.data.tags.get("mg.error", ""), run.data.tags
     history = sorted(client().get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
     values = [m.value for m in history]
     assert values and math.isfinite(values[0]) and values[0] > 1.0, values
     assert 0.0 not in values, values  # a NaN is logged as NaN (or not at all), never as 0
-    step = int(out.split("training diverged at step ", 1)[1].split()[0].rstrip(")(,;"))
-    assert step < 6, out  # stopped where it diverged, not at max_steps
     assert run.data.metrics.get("loss_final", float("nan")) != 0.0
+    if "continue" in extra:  # trained to the end, every step's NaN recorded, still nothing registered
+        assert "on_divergence=continue" in out and run.data.tags["mg.diverged_at"] == f"at step {step}"
+        assert [m.step for m in history] == [1, 2, 3, 4, 5, 6] and math.isnan(values[-1]), values
+    else:  # stopped where it diverged (at the next read of the loss), not at max_steps
+        assert history[-1].step < 6, [(m.step, m.value) for m in history]
+    if "--metrics-sync-steps" in extra:
+        assert "read back every 3 steps" in out, out
     assert not _registered("tiny-diverged")
 
 
