@@ -125,6 +125,10 @@ class TrainConfig:
     seed: int = _optim(42, "random seed for data order and initialisation", trainer_keys=("seed", "data_seed"))
     gradient_checkpointing: bool = _optim(False, "trade compute for memory by recomputing activations",
                                           trainer_keys=("gradient_checkpointing",))
+    on_divergence: str = _optim("stop", "a NaN/inf loss or gradient norm: stop (the run fails with the step, "
+                                        "nothing registered) or continue (train on, logged as NaN; a model whose "
+                                        "logits are not finite is never registered)", ("stop", "continue"),
+                                trainer_keys=("logging_nan_inf_filter",))
     num_gpus: int = _optim(1, "data-parallel training on N GPUs of this machine (torchrun; one MLflow run, one "
                               "registered version); MG_DDP_CPU=1 runs the N ranks on the CPU (gloo) instead")
     trainer_args: dict[str, Any] = _optim({}, TRAINER_ARGS_HELP, flags=("--trainer-arg",), metavar="KEY=VALUE")

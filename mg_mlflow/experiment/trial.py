@@ -4,12 +4,14 @@ The child is created with ``MlflowClient.create_run`` (tag ``mlflow.parentRunId`
 training recipe through ``MLFLOW_RUN_ID``: its run context attaches and ends it FINISHED/FAILED/KILLED.
 A pruned trial stops training at the evaluation where Optuna's pruner said so, keeps the record
 (losses, carbon) and ends KILLED with ``mg.trial_state=PRUNED``: "stopped on purpose before the end",
-which the UI shows apart from FINISHED (complete) and FAILED (an error).
+which the UI shows apart from FINISHED (complete) and FAILED (an error). A diverged trial (the
+training's error, or a NaN objective) is FAILED too, so it is never the sweep's best.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,6 +112,11 @@ def run_trial(ctx, trial) -> Outcome:
                                         f"{outcome.value:.4g} at step {pruning.pruned_at} was worse than the other trials'"})
         return outcome
     value = outcome.metrics.get(ctx.spec.objective)
+    if value is not None and not math.isfinite(value):  # on_divergence=continue: never a best trial
+        outcome.error = f"training diverged: {ctx.spec.objective}={value}"
+        trial.set_user_attr("error", outcome.error)
+        _end(client, child, "FAILED", {"mg.trial_state": "FAIL", "mg.error": outcome.error})
+        return outcome
     if value is None:
         outcome.error = (f"the run logged no {ctx.spec.objective!r} metric "
                          f"(it has: {', '.join(sorted(k for k in outcome.metrics if '/' not in k)) or 'none'})")

@@ -16,7 +16,6 @@ waits for it) through :meth:`MLflowMetricsCallback.on_steps`; the Trainer's own 
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -107,7 +106,8 @@ class MLflowMetricsCallback(TrainerCallback):
     def _record(self, step: int, metrics: dict[str, float]) -> None:
         import mlflow
 
-        metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}  # a NaN/inf point is left out
+        # a NaN/inf point is logged as what it is (MLflow stores NaN and inf); the divergence guard
+        # (mg_mlflow.training.divergence) fails the run
         if not metrics:
             return
         if step <= self.logged_through and "eval_loss" not in metrics:

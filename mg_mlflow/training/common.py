@@ -127,6 +127,7 @@ def trainer_kwargs(cfg, output_dir: Path, has_eval: bool, backend: str) -> dict:
         fp16=dtype == torch.float16 and torch.cuda.is_available(),
         include_num_input_tokens_seen="non_padding" if every == 1 else "no", report_to="none", disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
+        logging_nan_inf_filter=False,  # a NaN loss is logged as NaN, never as the window's average (0)
         **trainer_args_for(cfg),
     )
 

@@ -92,12 +92,15 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
-                step_stats.install(trainer, cfg, metrics_cb)  # on a GPU: no step waits for its loss
+                guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
+                step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():
                     torch.cuda.reset_peak_memory_stats()
                 train_seconds = timed_train(trainer, evaluate_after=eval_data is not None and cfg.eval_steps <= 0,
                                             resume_from=checkpoint)
             stopper.raise_if_stopped(trainer.state.global_step)  # checkpoint saved: the run ends KILLED
+            if guard.should_stop:  # the run ends FAILED with the step; nothing is saved or registered
+                raise guard.error()
             if not main:  # rank > 0: trained its share; saving and registering are rank 0's
                 return TrainResult(run_id="", output_dir=output_dir, model_dir=output_dir / "model")
 
@@ -107,6 +110,10 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
             summary.update(modality.after_training(model, processing, output_dir))
             mlflow.log_metrics(summary)
             log_loss_curve(metrics_cb, output_dir, f"{name} ({modality.name})")
+            if guard.diverged:  # on_divergence=continue: the record is complete; NaN weights are never saved
+                mlflow.set_tag("mg.diverged_at", guard.where())
+                if not step_stats.weights_finite(model):
+                    raise guard.error()
 
             result = save_and_register(cfg, modality, model, processing, backend, output_dir, train_data,
                                        eval_data, summary, revision=loaded)

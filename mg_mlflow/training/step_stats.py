@@ -15,11 +15,13 @@ Trainer's own path (no wrapper), used on the CPU, where nothing runs ahead of Py
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow.errors import MGError
 from mg_mlflow.training import distributed
 
 GPU_EVERY = 10  # steps between reads on a GPU: one wait per 10 steps (docs/performance.md)
@@ -50,8 +52,8 @@ class DeferredStepStats(TrainerCallback):
     distributed), so every rank must carry this callback.
     """
 
-    def __init__(self, every: int, sink: Any | None = None):
-        self.every, self.sink = every, sink
+    def __init__(self, every: int, sink: Any | None = None, guard: Any | None = None):
+        self.every, self.sink, self.guard = every, sink, guard
         self._loss = None  # this step's loss so far (device tensor)
         self._tokens = None
         self._rows: list[tuple[int, Any, Any, float, float]] = []
@@ -93,6 +95,8 @@ class DeferredStepStats(TrainerCallback):
         if (state.global_step % self.every == 0 or (state.max_steps and state.global_step >= state.max_steps)
                 or control.should_save or control.should_training_stop):
             self.flush(state)
+            if self.guard is not None and self.guard.should_stop:  # the same on every rank (all-reduced)
+                control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
         self.flush(state)
@@ -117,21 +121,113 @@ class DeferredStepStats(TrainerCallback):
         window_tokens = float(sum(token_values))
         self.total_tokens += window_tokens
         state.num_input_tokens_seen = int(self.total_tokens)  # for the carbon callback's per-token figures
+        points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
+                  for (step, _, _, lr, epoch), loss in zip(rows, loss_values)]
+        if self.guard is not None:
+            for step, metrics in points:
+                self.guard.check(step, metrics, now=int(state.global_step))
         if self.sink is not None:
-            points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
-                      for (step, _, _, lr, epoch), loss in zip(rows, loss_values)]
             self.sink.on_steps(points, self.total_tokens, window_tokens, seconds)
 
 
-def install(trainer, cfg, metrics_cb) -> DeferredStepStats | None:
+def install(trainer, cfg, metrics_cb, guard=None) -> DeferredStepStats | None:
     """On every rank: defer the per-step reads when ``sync_every(cfg) > 1``; ``metrics_cb`` (rank 0's
-    MLflow callback, None elsewhere) then takes its per-step points from here."""
+    MLflow callback, None elsewhere) then takes its per-step points from here, and ``guard`` (a
+    :class:`~mg_mlflow.training.divergence.DivergenceGuard`) checks each of them."""
     every = sync_every(cfg)
     if every == 1:
         return None
-    stats = DeferredStepStats(every, sink=metrics_cb)
+    stats = DeferredStepStats(every, sink=metrics_cb, guard=guard)
     if metrics_cb is not None:
         metrics_cb.deferred = True
     stats.attach(trainer)
     trainer.add_callback(stats)
     return stats
+
+
+# ---- divergence: a NaN/inf loss or gradient norm is recorded as one, never as a good run.
+# transformers' Trainer replaces a NaN/inf step loss by the running average of the logging window
+# (``logging_nan_inf_filter``), which at ``logging_steps=1`` is 0: a run whose weights turned to NaN
+# would log ``loss=0`` and look converged. The training path switches that filter off (the loss is
+# logged as the NaN it is) and carries a DivergenceGuard on every rank: the first non-finite ``loss``
+# or ``grad_norm`` ends the training there (``on_divergence=stop``, the default) or is only remembered
+# (``continue``: training goes on, and the model is saved and verified only if its trained weights are
+# all finite). A stopped run, or one whose weights are not finite, fails with DivergenceGuard.error()
+# and nothing is registered. The values checked are the ones every rank holds the same (the Trainer's
+# log, the all-reduced per-step losses above), so every rank stops at the same step; on a GPU the
+# losses are read back every ``metrics_sync_steps`` steps, so a divergence is found up to that many
+# steps after it happened.
+
+CHECKED = ("loss", "grad_norm")
+
+
+class DivergenceGuard(TrainerCallback):
+    """Watch ``loss``/``grad_norm``; ``policy``: ``stop`` or ``continue``; ``every``: steps between
+    reads of the loss from the device (1 = each step's loss is known at that step)."""
+
+    def __init__(self, policy: str = "stop", every: int = 1):
+        self.policy, self.every = policy, every
+        self.step: int | None = None  # the first step with a non-finite value
+        self.key, self.value = "", 0.0
+        self.found_at: int | None = None  # the step at which it was read (later on a GPU)
+        self.exact = True
+
+    @property
+    def diverged(self) -> bool:
+        return self.step is not None
+
+    @property
+    def should_stop(self) -> bool:
+        return self.diverged and self.policy == "stop"
+
+    def check(self, step: int, metrics: dict, now: int | None = None, exact: bool = True) -> None:
+        """Remember the first non-finite ``loss``/``grad_norm`` of ``metrics`` (logged at ``step``,
+        read at ``now``; ``exact``: the value belongs to that step alone)."""
+        if self.diverged:
+            return
+        for key in CHECKED:
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value):
+                self.step, self.key, self.value = int(step), key, float(value)
+                self.found_at, self.exact = int(step if now is None else now), exact
+                return
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # the Trainer's loss here is the mean of the logging window; its grad_norm the last step's
+        self.check(int(state.global_step), dict(logs or {}), exact=args.logging_steps == 1 and self.every == 1)
+        if self.should_stop:
+            control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.should_stop:
+            control.should_training_stop = True
+
+    def where(self) -> str:
+        return f"at step {self.step}" if self.exact else f"at or before step {self.found_at}"
+
+    def error(self) -> MGError:
+        detail = f"{self.key} {self.value}"
+        if self.found_at != self.step:
+            detail += f", found at step {self.found_at}"
+        if self.every > 1:
+            detail += f": the loss is read back from the device every {self.every} steps, --metrics-sync-steps"
+        how = ("" if self.policy == "stop" else
+               "; on_divergence=continue trained on to the end and the trained weights are not finite")
+        return MGError(f"training diverged {self.where()} ({detail}){how}; the run is marked FAILED and nothing "
+                       "was registered",
+                       hint="lower the learning rate (--learning-rate), add warmup (--warmup-steps), or check "
+                            "the data for extreme examples")
+
+
+def weights_finite(model) -> bool:
+    """Whether every trainable weight of ``model`` is finite (the frozen ones cannot have changed)."""
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def install_guard(trainer, cfg) -> DivergenceGuard:
+    """A guard for ``trainer`` (on every rank), with the policy of ``cfg.on_divergence``."""
+    guard = DivergenceGuard(cfg.on_divergence, sync_every(cfg))
+    trainer.add_callback(guard)
+    return guard
