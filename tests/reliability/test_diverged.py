@@ -38,7 +38,7 @@ def test_diverged_run_exits_2_fails_logs_no_zero_and_registers_nothing(mg_home, 
     else:  # stopped where it diverged (at the next read of the loss), not at max_steps
         assert history[-1].step < 6, [(m.step, m.value) for m in history]
     if "--metrics-sync-steps" in extra:
-        assert "read back every 3 steps" in out, out
+        assert "read back from the device every 3 steps" in out, out
     assert not _registered("tiny-diverged")
 
 
