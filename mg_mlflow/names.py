@@ -16,7 +16,16 @@ MAX_NAME = 200
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ALIAS = re.compile(r"^[A-Za-z0-9_-]+$")
 VERSION_ALIAS = re.compile(r"^[vV]\d+$")  # MLflow's _REGISTERED_MODEL_ALIAS_VERSION_REGEX
-LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")  # models:/m-<id> is a logged model, not a name
+# MLflow names a logged model "m-" + 32 hex digits (uuid4().hex: mlflow/store/tracking/sqlalchemy_store.py
+# and file_store.py). Only a bare models:/m-<id> is one: models:/m-support/1 and models:/m-support@prod
+# are versions of a registered model named m-support (mlflow/store/artifact/utils/models.py reads a
+# /suffix or @alias as a registered model's, whatever its name).
+LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
+
+
+def is_logged_model_id(text: str) -> bool:
+    """True for an MLflow 3 logged-model id (``m-`` and 32 hex digits), e.g. the body of models:/m-<id>."""
+    return bool(LOGGED_MODEL_ID.match(text))
 
 
 def name_problem(name: str, option: str = "--register-as") -> str | None:
@@ -32,7 +41,7 @@ def name_problem(name: str, option: str = "--register-as") -> str | None:
     if not NAME.match(name) or set(name) == {"."}:
         return (f"{where}: a registered model name is letters, digits, '-', '_' and '.' (starting with a letter "
                 f"or digit), e.g. {_suggest(name)!r}")
-    if LOGGED_MODEL_ID.match(name):
+    if is_logged_model_id(name):
         return f"{where}: models:/m-<32 hex digits> is an MLflow logged-model id; choose another name"
     return _mlflow_says("_validate_model_name", name, where)
 

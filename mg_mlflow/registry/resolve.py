@@ -15,6 +15,7 @@ from typing import Any
 
 from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
+from mg_mlflow.names import is_logged_model_id
 from mg_mlflow.registry.metadata import read_metadata
 from mg_mlflow.tracking.run import use_tracking_uri
 
@@ -67,18 +68,6 @@ def _versions_text(client, name: str) -> str:
 
 URI_FORMS = "models:/NAME/VERSION, models:/NAME@ALIAS, models:/NAME/latest, models:/m-<id>, runs:/RUN_ID/PATH or a folder"
 _TOKEN = re.compile(r"^[A-Za-z0-9_\-.]+$")
-# MLflow names a logged model "m-" + 32 hex digits (uuid4().hex: mlflow/store/tracking/sqlalchemy_store.py
-# and file_store.py). Only a bare models:/m-<id> is one: models:/m-support/1 and models:/m-support@prod
-# are versions of a registered model named m-support (mlflow/store/artifact/utils/models.py reads a
-# /suffix or @alias as a registered model's, whatever its name).
-LOGGED_MODEL_ID = re.compile(r"^m-[0-9a-f]{32}$")
-
-
-def is_logged_model_id(text: str) -> bool:
-    """True for an MLflow 3 logged-model id (``m-`` and 32 hex digits), e.g. the body of models:/m-<id>."""
-    return bool(LOGGED_MODEL_ID.match(text))
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A parsed model URI (no MLflow call): ``kind`` is registry, logged or run."""
