@@ -182,6 +182,7 @@ def pytest_report_header(config):
 LANES = {
     "vllm": [
         "test_deploy_serving.py::test_presets_parse_with_vllm",
+        "test_demo.py",
     ],
     "services": [
         "test_server.py", "test_ui.py", "test_jobs.py", "reliability/test_tracking_outage.py",
