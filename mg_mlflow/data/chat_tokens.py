@@ -92,14 +92,14 @@ def profile(data, rows: list[dict] | None = None, max_length: int | None = None)
             roles[m["role"]] = roles.get(m["role"], 0) + 1
     out: dict[str, object] = {
         "records": len(data), "format": data.fmt, "digest": data.digest,
-        "turns": _spread(turns), "turns_by_role": roles,
+        "turns": spread(turns), "turns_by_role": roles,
         "tool_calls": sum(calls), "records_with_tool_calls": sum(1 for c in calls if c),
         "records_with_tools": sum(1 for r in data.records if r.get("tools")),
     }
     if rows is not None:
         lengths = [len(r["input_ids"]) for r in rows]
         trained = [sum(r["assistant_masks"]) for r in rows]
-        out.update(tokens=_spread(lengths), trained_tokens=_spread(trained), total_tokens=sum(lengths),
+        out.update(tokens=spread(lengths), trained_tokens=spread(trained), total_tokens=sum(lengths),
                    total_trained_tokens=sum(trained))
         if max_length:
             kept = [sum(r["assistant_masks"][:max_length]) for r in rows]
@@ -108,7 +108,7 @@ def profile(data, rows: list[dict] | None = None, max_length: int | None = None)
     return out
 
 
-def _spread(values: list[int]) -> dict[str, float]:
+def spread(values: list[int]) -> dict[str, float]:
     ordered = sorted(values) or [0]
     return {"min": ordered[0], "median": ordered[len(ordered) // 2], "mean": round(sum(ordered) / len(ordered), 1),
             "max": ordered[-1]}

@@ -39,8 +39,8 @@ KNOWN_KEYS = sorted({k for keys in USED_KEYS.values() for k in keys}
                     | {"chosen", "rejected", "label", "images", "image", "text", "response"})
 
 
-def why_unused(key: str, fmt: str) -> str:
-    """What a key the format ``fmt`` does not use is for, and how to go on."""
+def why_unused(key: str, fmt: str, used: tuple[str, ...] | None = None) -> str:
+    """What a key the format ``fmt`` (which reads ``used``) does not use is for, and how to go on."""
     ignore = f"`--ignore-columns {key}`"
     if key == "label":
         return (f"`label` is KTO data (a good/bad mark on each answer): use `--objective kto`, or {ignore} "
@@ -48,13 +48,13 @@ def why_unused(key: str, fmt: str) -> str:
     if key in ("chosen", "rejected"):
         return (f"`{key}` is preference data (chosen/rejected answers): use `--objective dpo`, or "
                 "`--ignore-columns chosen,rejected` to train on the conversation alone")
-    if key in ("images", "image", "videos"):
+    if key in ("images", "image", "videos") and fmt in USED_KEYS:
         return (f"`{key}` is multimodal data: train it with `model-garden train-vision`, or {ignore} to "
                 "train on the text alone")
     if key == "tools":
         return (f"`tools` is tool-calling data, which the {fmt} format does not render: use the messages or "
                 f"sharegpt format, or {ignore}")
-    uses = ", ".join(USED_KEYS.get(fmt, ()))
+    uses = ", ".join(used or USED_KEYS.get(fmt, ()))
     return (f"`{key}` is not a field of the {fmt} format (it reads {uses}): map it with `--columns FIELD={key}` "
             f"if it holds one of them, or {ignore} to leave it out deliberately")
 
@@ -98,7 +98,7 @@ def apply_columns(raw: dict, columns: dict[str, str], ignore: tuple[str, ...]) -
     return out, None
 
 
-def _parse_json(value: object) -> object:
+def parse_json(value: object) -> object:
     """A JSON string (a CSV/Parquet cell, ShareGPT's ``tools``) as its value; other values unchanged."""
     if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
         try:
@@ -113,7 +113,7 @@ def _parse_json(value: object) -> object:
 def normalise_tools(value: object) -> tuple[list | None, str | None]:
     """A ``tools`` value (list or JSON string, functions bare or as ``{"type": "function", ...}``)
     as a list of ``{"type": "function", "function": {...}}``; ``None`` when empty."""
-    value = _parse_json(value)
+    value = parse_json(value)
     if value in (None, "", []):
         return None, None
     if isinstance(value, dict):
@@ -122,7 +122,7 @@ def normalise_tools(value: object) -> tuple[list | None, str | None]:
         return None, "field 'tools' must be a list of functions (or a JSON string of one)"
     out = []
     for i, tool in enumerate(value):
-        tool = _parse_json(tool)
+        tool = parse_json(tool)
         if isinstance(tool, dict) and isinstance(tool.get("function"), dict):
             tool = tool["function"]
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str) or not tool["name"]:
@@ -132,12 +132,12 @@ def normalise_tools(value: object) -> tuple[list | None, str | None]:
 
 
 def _tool_call(value: object, where: str) -> tuple[dict | None, str | None]:
-    value = _parse_json(value)
+    value = parse_json(value)
     if isinstance(value, dict) and isinstance(value.get("function"), dict):
         value = value["function"] | ({"id": value["id"]} if "id" in value else {})
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"]:
         return None, f"{where} must be a function call with a 'name' and 'arguments'"
-    args = _parse_json(value.get("arguments", {}))
+    args = parse_json(value.get("arguments", {}))
     if args in (None, ""):
         args = {}
     if not isinstance(args, dict):
@@ -152,7 +152,7 @@ def _text(content: object, where: str) -> tuple[str | None, str | None]:
     """Message content as text: a string, or a list of text parts joined (an image part is refused)."""
     if isinstance(content, str):
         return content, None
-    content = _parse_json(content)
+    content = parse_json(content)
     if isinstance(content, list) and all(isinstance(p, dict) for p in content):
         kinds = {p.get("type", "text") for p in content}
         if kinds - {"text"}:
@@ -165,7 +165,7 @@ def _text(content: object, where: str) -> tuple[str | None, str | None]:
 
 def clean_messages(msgs: object, where: str = "messages") -> tuple[list | None, str | None]:
     """OpenAI messages checked and normalised (roles, text content, tool calls, tool turns)."""
-    msgs = _parse_json(msgs)
+    msgs = parse_json(msgs)
     if not isinstance(msgs, list) or not msgs:
         return None, f"field '{where}' must be a non-empty list"
     clean: list[dict] = []
@@ -177,7 +177,7 @@ def clean_messages(msgs: object, where: str = "messages") -> tuple[list | None, 
         if role not in ROLES:
             return None, f"{at}.role must be one of {', '.join(ROLES)}, got {role!r}"
         out: dict = {"role": role}
-        calls = _parse_json(m.get("tool_calls"))
+        calls = parse_json(m.get("tool_calls"))
         if role == "assistant" and calls not in (None, []):
             if not isinstance(calls, list):
                 return None, f"{at}.tool_calls must be a list"
@@ -219,7 +219,7 @@ def _instruction(raw: dict) -> tuple[dict | None, str | None]:
         return None, "field 'input' must be a string"
     if not isinstance(system, str):
         return None, "field 'system' must be a string"
-    history = _parse_json(raw.get("history")) or []
+    history = parse_json(raw.get("history")) or []
     msgs = [{"role": "system", "content": system}] if system.strip() else []
     if not isinstance(history, list):
         return None, "field 'history' must be a list of [question, answer] pairs"
@@ -235,7 +235,7 @@ def _instruction(raw: dict) -> tuple[dict | None, str | None]:
 def sharegpt_messages(turns: object, system: object = None, where: str = "conversations") -> tuple[list | None, str | None]:
     """ShareGPT turns (``from``/``value``, or ``role``/``content``) as OpenAI messages: a
     ``function_call`` turn becomes an assistant turn with ``tool_calls``, ``observation`` a tool turn."""
-    turns = _parse_json(turns)
+    turns = parse_json(turns)
     if not isinstance(turns, list) or not turns:
         return None, f"field '{where}' must be a non-empty list"
     msgs: list[dict] = []
@@ -252,7 +252,7 @@ def sharegpt_messages(turns: object, system: object = None, where: str = "conver
         if role is None:
             return None, f"{at}.from must be one of {', '.join(SHAREGPT_ROLES)}, got {who!r}"
         if role == "function_call":
-            calls = _parse_json(value)
+            calls = parse_json(value)
             calls = calls if isinstance(calls, list) else [calls]
             msgs.append({"role": "assistant", "content": "", "tool_calls": calls})
         else:
@@ -261,7 +261,7 @@ def sharegpt_messages(turns: object, system: object = None, where: str = "conver
 
 
 def _prompt_completion(raw: dict) -> tuple[dict | None, str | None]:
-    prompt, completion = _parse_json(raw.get("prompt")), _parse_json(raw.get("completion"))
+    prompt, completion = parse_json(raw.get("prompt")), parse_json(raw.get("completion"))
     if isinstance(prompt, str):
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(completion, str):
@@ -317,19 +317,20 @@ def normalise_record(raw: object, fmt: str) -> tuple[dict | None, str | None, st
     return rec, None, fmt
 
 
-def unused_keys(raw: object, fmt: str) -> list[str]:
-    """The keys of ``raw`` that the format does not read (empty values of known optional keys aside)."""
-    if not isinstance(raw, dict) or fmt not in USED_KEYS:
+def unused_keys(raw: object, fmt: str, used: tuple[str, ...] | None = None) -> list[str]:
+    """The keys of ``raw`` that the format (reading ``used``, by default its text keys) does not read."""
+    used = used or USED_KEYS.get(fmt)
+    if not isinstance(raw, dict) or not used:
         return []
-    return [k for k in raw if k not in USED_KEYS[fmt]]
+    return [k for k in raw if k not in used]
 
 
-def report_unused(seen: dict[str, list[str]], fmt: str, total: int) -> list[str]:
+def report_unused(seen: dict[str, list[str]], fmt: str, total: int, used: tuple[str, ...] | None = None) -> list[str]:
     """One problem per unused key: its first location, how many records have it, and what to do."""
     out = []
     for key, locations in seen.items():
         count = "every record has it" if len(locations) == total else f"{len(locations)} of {total} records have it"
-        out.append(f"{locations[0]}: key {key!r} is not used by the {fmt} format ({count}): {why_unused(key, fmt)}")
+        out.append(f"{locations[0]}: key {key!r} is not used by the {fmt} format ({count}): {why_unused(key, fmt, used)}")
     return out
 
 

@@ -16,7 +16,7 @@ answer chosen and rejected, an empty side, a missing or non-boolean label) is a 
 
 from __future__ import annotations
 
-from mg_mlflow.data.formats import (_parse_json, apply_columns, clean_messages, names, normalise_tools,
+from mg_mlflow.data.formats import (parse_json, apply_columns, clean_messages, names, normalise_tools,
                                     sharegpt_messages, why_unused)
 from mg_mlflow.data.load import LoadedDataset, digest_records, source_rows
 from mg_mlflow.errors import DataError, MGError
@@ -39,7 +39,7 @@ def detect_kind(raw: object) -> str | None:
 
 
 def _side(value: object, what: str, sharegpt: bool) -> tuple[list | None, str | None]:
-    value = _parse_json(value)
+    value = parse_json(value)
     if value in (None, "", []):
         return None, f"field {what!r} is empty"
     if isinstance(value, str):
@@ -75,7 +75,7 @@ def _split_shared(chosen: list, rejected: list) -> tuple[list, list, list]:
 def normalise_preference(raw: dict) -> tuple[dict | None, str | None]:
     sharegpt = "conversations" in raw
     if sharegpt:
-        prompt, problem = sharegpt_messages(list(_parse_json(raw["conversations"]) or [])
+        prompt, problem = sharegpt_messages(list(parse_json(raw["conversations"]) or [])
                                             + [{"from": "gpt", "value": "x"}], raw.get("system"))
         prompt = prompt[:-1] if prompt else None
     elif "prompt" in raw:
@@ -183,7 +183,7 @@ def load_preference_records(source: str, kind: str = "auto", split: str = "train
         records.append(rec)
         locations.append(loc)
     for key, loc in unused.items():
-        problems.append(f"{loc}: key {key!r} is not used by {kind} data: {why_unused(key, kind)}")
+        problems.append(f"{loc}: key {key!r} is not used by {kind} data: {why_unused(key, kind, USED[kind])}")
     if problems:
         raise DataError(problems, src, total=len(rows))
     if not records:

@@ -3,6 +3,8 @@ tokenizer the tokens and trained tokens per example after the loss mask, and wha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mg_mlflow.data.chat_tokens import profile, tokenize_dataset
 from mg_mlflow.data.load import load_dataset_records, source_rows
 from mg_mlflow.data.preference import KINDS as PREFERENCE_KINDS, detect_kind, load_preference_records, preference_stats
@@ -36,6 +38,35 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
     tok = load_tokenizer(base_model, "--base-model")
     rows = tokenize_dataset(tok, data, base_model, responses_only, tool_calls)
     return profile(data, rows, max_seq_length)
+
+
+def is_vision_data(source: str) -> bool:
+    """Whether the dataset's first record carries images (``image``/``images`` keys or image parts)."""
+    import json
+
+    if not Path(source).expanduser().is_file():
+        return False
+    rows, _, _, _ = source_rows(source)
+    raw = rows[0][1] if rows else None
+    if not isinstance(raw, dict):
+        return False
+    if "image" in raw or "images" in raw:
+        return True
+    text = json.dumps(raw.get("messages", raw.get("conversations")), default=str)
+    return '"image_url"' in text or '"type": "image"' in text
+
+
+def vision_stats(source: str, fmt: str = "auto", base_model: str | None = None, max_seq_length: int = 1024,
+                 columns: dict | None = None, ignore_columns=()) -> dict[str, object]:
+    """The profile of an image dataset (every image opened); with ``base_model`` (a Qwen2-VL-family
+    folder) the visual tokens per example."""
+    from mg_mlflow.data.vision import load_vision_records
+    from mg_mlflow.data.vision_processor import VisionProcessor
+    from mg_mlflow.data.vision_stats import vision_profile
+
+    data = load_vision_records(source, fmt, columns, ignore_columns)
+    processor = VisionProcessor.from_dir(base_model) if base_model else None
+    return vision_profile(data, processor, max_seq_length if processor else None)
 
 
 def load_tokenizer(base_model: str, option: str = "base_model", revision: str | None = None):
