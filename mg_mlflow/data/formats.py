@@ -61,7 +61,7 @@ def why_unused(key: str, fmt: str, used: tuple[str, ...] | None = None) -> str:
 
 def detect(raw: dict) -> str | None:
     """The format of one (column-mapped) record by its keys; ``preference`` for chosen/rejected pairs."""
-    if "chosen" in raw and "rejected" in raw and "conversations" not in raw:
+    if "chosen" in raw and "rejected" in raw:
         return "preference"
     for key, fmt in (("conversations", "sharegpt"), ("messages", "messages"), ("instruction", "instruction")):
         if key in raw:
@@ -286,9 +286,9 @@ def normalise_record(raw: object, fmt: str) -> tuple[dict | None, str | None, st
         if fmt == "auto":
             return None, unknown_format(raw), fmt
     if fmt == "preference":
-        return None, ("a preference pair (prompt/chosen/rejected) is not supervised fine-tuning data: use "
-                      "`--objective dpo`, or map an answer with `--columns` and ignore the rest with "
-                      "`--ignore-columns`"), fmt
+        return None, ("`chosen`/`rejected`: a preference pair is not supervised fine-tuning data: use "
+                      "`--objective dpo`, or `--ignore-columns chosen,rejected` to train on the rest of the record "
+                      "(or map an answer with `--columns`)"), fmt
     if fmt == "instruction":
         rec, problem = _instruction(raw)
     elif fmt == "messages":
