@@ -7,8 +7,12 @@ from pathlib import Path
 
 from mg_mlflow.data.chat_tokens import profile, tokenize_dataset
 from mg_mlflow.data.load import load_dataset_records, source_rows
-from mg_mlflow.data.preference import KINDS as PREFERENCE_KINDS, detect_kind, load_preference_records, preference_stats
+from mg_mlflow.data.preference import KINDS as PREFERENCE_KINDS
+from mg_mlflow.data.preference import detect_kind, load_preference_records, preference_stats
 from mg_mlflow.data import formats
+from mg_mlflow.data.vision import load_vision_records
+from mg_mlflow.data.vision_processor import VisionProcessor
+from mg_mlflow.data.vision_stats import vision_profile
 from mg_mlflow.errors import MGError
 
 
@@ -60,10 +64,6 @@ def vision_stats(source: str, fmt: str = "auto", base_model: str | None = None, 
                  columns: dict | None = None, ignore_columns=()) -> dict[str, object]:
     """The profile of an image dataset (every image opened); with ``base_model`` (a Qwen2-VL-family
     folder) the visual tokens per example."""
-    from mg_mlflow.data.vision import load_vision_records
-    from mg_mlflow.data.vision_processor import VisionProcessor
-    from mg_mlflow.data.vision_stats import vision_profile
-
     data = load_vision_records(source, fmt, columns, ignore_columns)
     processor = VisionProcessor.from_dir(base_model) if base_model else None
     return vision_profile(data, processor, max_seq_length if processor else None)
