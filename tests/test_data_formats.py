@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import invoke_cli
+from vision_support import shapes, tiny_vl  # noqa: F401 - fixtures
 from mg_mlflow.data.chat_tokens import profile, tokenize_dataset, tokenize_record
 from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.data.preference import load_preference_records
@@ -263,3 +264,19 @@ def test_data_validate_refuses_an_unused_key_with_exit_2(tmp_path):
     assert proc.returncode == 2
     assert f"{path}:1: key 'id' is not used by the instruction format" in proc.stderr + proc.stdout
     assert invoke_cli(["data", "validate", str(path), "--ignore-columns", "id"]).returncode == 0
+
+
+def test_a_multi_turn_vision_record_labels_every_assistant_turn(tiny_vl, shapes):
+    from mg_mlflow.data.vision_processor import VisionProcessor, load_image
+
+    proc = VisionProcessor.from_dir(tiny_vl)
+    image = str(shapes.parent / json.loads(shapes.read_text().splitlines()[0])["image"])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+                {"role": "assistant", "content": "red"},
+                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Shape?"}]},
+                {"role": "assistant", "content": "circle"}]
+    example = proc.encode(messages, [load_image(image), load_image(image)])
+    ids, labels = example["input_ids"], example["labels"]
+    spans = trained_spans(proc.tokenizer, ids, [int(x != -100) for x in labels])
+    assert spans == ["red<|im_end|>\n", "circle<|im_end|>"]  # both answers; images, questions: no label
+    assert proc.trained_tokens(messages, [(56, 56), (56, 56)], 1024)[1] == sum(x != -100 for x in labels)

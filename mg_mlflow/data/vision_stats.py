@@ -28,17 +28,17 @@ def vision_profile(data, processor=None, max_length: int | None = None) -> dict[
     out["image_height"] = spread([h for _, h in flat])
     if processor is None:
         return out
-    visual, lengths, trained = [], [], []
+    visual, lengths, trained, prompts = [], [], [], []
     for rec, sizes in zip(data.records, sizes_per_record):
         visual.append(sum(processor._count_for(tuple(s)) for s in sizes))
-        prompt = processor.prompt_length(template_messages(rec), sizes)
-        answer = len(processor._ids(rec["messages"][-1]["content"] + (processor.tokenizer.eos_token or "")))
-        lengths.append(prompt + answer)
-        kept = min(prompt + answer, max(max_length or prompt + answer, prompt + 1))
-        trained.append((kept - prompt, prompt))
+        total, labelled, prompt = processor.trained_tokens(template_messages(rec), sizes,
+                                                           max_length or 1 << 30)
+        lengths.append(total)
+        trained.append(labelled)
+        prompts.append(prompt)
     out.update(visual_tokens=spread(visual), tokens=spread(lengths),
-               trained_tokens=spread([n for n, _ in trained]), total_tokens=sum(lengths))
+               trained_tokens=spread(trained), total_tokens=sum(lengths))
     if max_length:
         out.update(max_length=max_length, truncated=sum(1 for n in lengths if n > max_length),
-                   no_trained_token=sum(1 for _, prompt in trained if prompt >= max_length))
+                   no_trained_token=sum(1 for prompt in prompts if prompt >= max_length))
     return out
