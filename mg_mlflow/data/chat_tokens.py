@@ -4,8 +4,9 @@ The mask follows the roles: an assistant turn's tokens are trained (a turn that 
 ``tool_calls`` is on); system, user and tool turns never are. Each assistant turn ``i`` spans the
 tokens between the conversation rendered up to it with the generation prompt and rendered through it,
 located in the whole conversation's tokens the way TRL locates a completion (``common_prefix_length``).
-The rows carry ``input_ids`` and ``assistant_masks``: TRL's ``SFTTrainer`` builds the labels from that
-column, truncates to ``max_length`` and drops the examples left with no trained token.
+The rows carry ``input_ids`` and ``assistant_masks`` (TRL's name for this mask); training turns them
+into ``labels``, which TRL's ``SFTTrainer`` truncates to ``max_length``, dropping the examples left
+with no trained token.
 """
 
 from __future__ import annotations

@@ -75,8 +75,8 @@ def unknown_format(raw: dict) -> str:
     keys = sorted(raw)
     hint = ""
     lower = {k.lower(): k for k in keys}
-    for question, answer in (("question", "answer"), ("query", "response"), ("input", "output"),
-                             ("prompt", "response"), ("question", "response")):
+    for question, answer in (("question", "answer"), ("query", "response"), ("prompt", "response"),
+                             ("question", "response"), ("input", "output"), ("input", "target")):
         if question in lower and answer in lower:
             hint = f"; to read them, map them: `--columns instruction={lower[question]},output={lower[answer]}`"
             break
@@ -201,7 +201,7 @@ def clean_messages(msgs: object, where: str = "messages") -> tuple[list | None, 
             for key in ("tool_call_id", "name"):
                 if isinstance(m.get(key), str):
                     out[key] = m[key]
-        clean = [*clean, {k: out[k] for k in ("role", "content", "tool_calls", "tool_call_id", "name") if k in out}]
+        clean.append({k: out[k] for k in ("role", "content", "tool_calls", "tool_call_id", "name") if k in out})
     if clean[-1]["role"] != "assistant":
         return None, "the last message must be the assistant's answer (role 'assistant')"
     return clean, None

@@ -33,8 +33,16 @@ def load_data(cfg: TrainConfig):
 
 
 def token_rows(cfg: TrainConfig, tokenizer, data, base: str) -> list[dict]:
-    """The records of ``data`` as TRL rows (input_ids + the role-based assistant_masks)."""
-    return tokenize_dataset(tokenizer, data, base, cfg.train_on_responses_only, cfg.train_on_tool_calls)
+    """The records of ``data`` as trainer rows: ``input_ids`` and ``labels`` (-100 where the role-based
+    mask is 0). TRL's SFTTrainer takes a labels column as is, truncates it and drops the examples left
+    with no label; a backend that patches the trainer (Unsloth) honours labels too."""
+    rows = tokenize_dataset(tokenizer, data, base, cfg.train_on_responses_only, cfg.train_on_tool_calls)
+    return [labelled(r) for r in rows]
+
+
+def labelled(row: dict) -> dict:
+    return {"input_ids": row["input_ids"],
+            "labels": [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"])]}
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str, mode: str | None = None):
@@ -73,8 +81,10 @@ class TextModality:
         tokenizer = load_tokenizer(base, "base_model", revision)
         for context, data in (("training", train_data), ("evaluation", eval_data)):
             if data is not None:
-                self.rows[context] = token_rows(self.cfg, tokenizer, data, self.cfg.base_model)
-                self.profiles[context] = profile(data, self.rows[context], self.cfg.max_seq_length)
+                rows = tokenize_dataset(tokenizer, data, self.cfg.base_model, self.cfg.train_on_responses_only,
+                                        self.cfg.train_on_tool_calls)
+                self.profiles[context] = profile(data, rows, self.cfg.max_seq_length)
+                self.rows[context] = [labelled(r) for r in rows]
         if self.profiles["training"].get("no_trained_token") == len(train_data):
             raise no_answer_left(len(train_data), self.cfg.max_seq_length)
 
