@@ -280,3 +280,15 @@ def test_a_multi_turn_vision_record_labels_every_assistant_turn(tiny_vl, shapes)
     spans = trained_spans(proc.tokenizer, ids, [int(x != -100) for x in labels])
     assert spans == ["red<|im_end|>\n", "circle<|im_end|>"]  # both answers; images, questions: no label
     assert proc.trained_tokens(messages, [(56, 56), (56, 56)], 1024)[1] == sum(x != -100 for x in labels)
+
+
+def test_evaluation_data_takes_the_same_column_map_and_ignored_columns(tmp_path):
+    from mg_mlflow.evaluation.data import load_eval_set
+
+    csv = tmp_path / "qa.csv"
+    pd.DataFrame({"id": [1, 2], "question": ["Add 2 and 3.", "Add 1 and 1."], "answer": ["5", "2"]}).to_csv(csv, index=False)
+    columns = {"instruction": "question", "output": "answer"}
+    with pytest.raises(DataError, match="key 'id' is not used by the instruction format"):
+        load_eval_set(str(csv), columns=columns)
+    eval_set = load_eval_set(str(csv), columns=columns, ignore_columns=["id"])
+    assert [ex.reference for ex in eval_set.examples] == ["5", "2"]
