@@ -31,7 +31,7 @@ SAVE_METHODS = ("lora", "merged_16bit")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
               "polynomial", "inverse_sqrt")
-FORMATS = ("auto", "instruction", "messages")
+FORMATS = ("auto", "instruction", "messages", "sharegpt", "prompt_completion")
 BATCHING = ("auto", "padded", "padding_free", "packed")
 
 # The parts of a run, in the order `--help` lists them.
@@ -84,8 +84,17 @@ class TrainConfig:
                         trainer_keys=("bf16", "fp16"))
     # ---- data
     dataset: str = _data("", "JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset name")
-    dataset_format: str = _data("auto", "record format: instruction ({instruction,input,output}), messages, or "
-                                        "auto-detect", FORMATS)
+    dataset_format: str = _data("auto", "record format: instruction (Alpaca: instruction, input, output, optional "
+                                        "system and history), messages (OpenAI, tool calls included), sharegpt "
+                                        "(conversations of from/value turns), prompt_completion (TRL), or auto: "
+                                        "detected from the records and logged as the param dataset_format_resolved",
+                                FORMATS)
+    columns: dict[str, Any] = _data({}, "column map applied before anything else, FIELD=COLUMN pairs: --columns "
+                                        "instruction=question,output=answer reads the file's question and answer "
+                                        "columns as instruction and output (YAML: columns: {instruction: question}); "
+                                        "also for hub datasets", metavar="FIELD=COLUMN")
+    ignore_columns: list[str] = _data([], "columns left out on purpose (comma-separated): a column the format does "
+                                          "not use is an error otherwise, e.g. --ignore-columns id,label")
     dataset_split: str = _data("train", "split to read when `dataset` is a hub dataset name")
     eval_dataset: str = _data("", "optional evaluation file or hub dataset name")
     eval_split: float = _data(0.0, "fraction of the training data held out for evaluation when no eval_dataset is "
@@ -102,8 +111,12 @@ class TrainConfig:
                                         "batch shapes for the GPU to warm up on; 0 = to the longest example; -1 = "
                                         "auto (the measured rule: 64 for padded batches on a GPU, 0 on CPU)",
                                     trainer_keys=("pad_to_multiple_of",))
-    train_on_responses_only: bool = _data(True, "compute the loss on the assistant response tokens only",
+    train_on_responses_only: bool = _data(True, "compute the loss on the assistant turns only (every assistant "
+                                                "turn of a conversation); system, user and tool turns are context; "
+                                                "off: on every token",
                                           trainer_keys=("completion_only_loss", "assistant_only_loss"))
+    train_on_tool_calls: bool = _data(True, "with train_on_responses_only: also train the assistant turns that call "
+                                            "tools (tool_calls, ShareGPT function_call); off: they are context too")
     # ---- LoRA
     lora_r: int = _lora(16, "LoRA rank")
     lora_alpha: int = _lora(32, "LoRA alpha (scaling = alpha / r)")

@@ -12,7 +12,7 @@ from mg_mlflow.config import DATA, LORA, OPTIM, TrainConfig
 from mg_mlflow.errors import ConfigError
 from mg_mlflow.options import option
 
-VISION_FORMATS = ("auto", "vision", "messages")
+VISION_FORMATS = ("auto", "vision", "messages", "sharegpt")
 VISION = "Vision"
 
 
@@ -23,7 +23,9 @@ class VisionTrainConfig(TrainConfig):
     dataset: str = option("", "JSONL/JSON/CSV/Parquet file of image question-answer records (image paths "
                               "absolute or relative to the file)", group=DATA)
     dataset_format: str = option("auto", "record format: vision ({text,image,response}), messages with image "
-                                         "parts, or auto-detect", VISION_FORMATS, group=DATA)
+                                         "parts or with <image> placeholders and an images list, sharegpt "
+                                         "(conversations + images), or auto: detected from the records and logged "
+                                         "as the param dataset_format_resolved", VISION_FORMATS, group=DATA)
     max_seq_length: int = option(1024, "longest example in tokens, image tokens included; longer answers are "
                                        "truncated", group=DATA, trainer_keys=("max_length",))
     batch_size: int = option(2, "per-device batch size", group=OPTIM,

@@ -104,16 +104,15 @@ def _trainer(tiny_model, sample_data, out, callback, max_steps=20):
     from trl import SFTTrainer
 
     from mg_mlflow.config import TrainConfig, build_config
-    from mg_mlflow.data.load import to_trl_rows
     from mg_mlflow.training.backends import load_model
-    from mg_mlflow.training.text import load_data, sft_config
+    from mg_mlflow.training.text import load_data, sft_config, token_rows
 
     cfg = build_config(TrainConfig, overrides={"base_model": str(tiny_model), "dataset": str(sample_data),
                                                "max_steps": max_steps, "batch_size": 4, "backend": "hf"})
     train, _ = load_data(cfg)
     model, tokenizer, peft_config = load_model("hf", cfg, str(tiny_model), None)
     return SFTTrainer(model=model, args=sft_config(cfg, out, False, "hf"),
-                      train_dataset=Dataset.from_list(to_trl_rows(train.records, True)),
+                      train_dataset=Dataset.from_list(token_rows(cfg, tokenizer, train, str(tiny_model))),
                       processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
 
 

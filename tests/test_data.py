@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from mg_mlflow.data.load import load_dataset_records, split_eval, to_trl_rows
+from mg_mlflow.data.load import load_dataset_records, split_eval
 from mg_mlflow.data.sample import sample_records, write_sample
 from mg_mlflow.errors import DataError, MGError
 
@@ -87,11 +87,3 @@ def test_eval_split_is_deterministic_and_disjoint(tmp_path):
     assert len(ev) == 4 and len(train) == 36
     assert ev.digest == ev2.digest and train.digest == train2.digest
     assert set(ev.locations).isdisjoint(train.locations)
-
-
-def test_trl_rows_put_the_answer_in_the_completion():
-    rec = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "a"}]}
-    row = to_trl_rows([rec], responses_only=True)[0]
-    assert row["completion"] == [{"role": "assistant", "content": "a"}] and len(row["prompt"]) == 2
-    assert to_trl_rows([rec], responses_only=False)[0] == rec

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.data.sample import write_sample
-from mg_mlflow.data.stats import dataset_stats
+from mg_mlflow.config import FORMATS
+from mg_mlflow.data.chat_tokens import readable
+from mg_mlflow.data.preference import KINDS
+from mg_mlflow.data.stats import dataset_stats, is_vision_data, vision_stats
+from mg_mlflow.errors import MGError
+from mg_mlflow.options import parse_pairs
+from mg_mlflow.vision_config import VISION_FORMATS
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
+
+
+VISION_ONLY = tuple(f for f in VISION_FORMATS if f not in FORMATS)
+VALIDATE_FORMATS = tuple(dict.fromkeys((*FORMATS, *VISION_ONLY, *KINDS)))
 
 
 @click.group("data")
@@ -18,23 +31,48 @@ def data_group():
 
 @data_group.command("validate")
 @click.argument("dataset")
-@click.option("--format", "fmt", type=click.Choice(["auto", "instruction", "messages"]), default="auto",
-              show_default=True, help="record format")
-@click.option("--base-model", default=None, help="tokenizer to measure token lengths with (a folder or hub id)")
-@click.option("--max-seq-length", type=int, default=512, show_default=True,
-              help="length above which examples are truncated in training")
-def validate_cmd(dataset, fmt, base_model, max_seq_length):
+@click.option("--format", "fmt", type=click.Choice(VALIDATE_FORMATS), default="auto", show_default=True,
+              help="record format; auto detects it from the records (preference and KTO data included)")
+@click.option("--columns", "columns", multiple=True, metavar="FIELD=COLUMN",
+              help="column map applied first, as for training: --columns instruction=question,output=answer")
+@click.option("--ignore-columns", "ignore_columns", multiple=True, metavar="NAMES",
+              help="columns left out on purpose (comma-separated), as for training")
+@click.option("--vision/--text", "vision", default=None,
+              help="image records (as train-vision reads them), or text; default: by the first record")
+@click.option("--base-model", default=None, help="tokenizer (vision: Qwen2-VL-family processor folder) to count "
+                                                 "tokens, trained tokens after the loss mask and visual tokens with")
+@click.option("--max-seq-length", type=int, default=None,
+              help="length above which examples are truncated in training (default: 512, vision 1024)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="also write the statistics to this JSON file (for scripts)")
+def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_seq_length, json_out):
     """Validate every record of DATASET and print statistics, without training.
 
-    Bad records are listed as file:line with what is wrong, and the exit code is non-zero.
+    Bad records are listed as file:line with what is wrong, and the exit code is non-zero. The
+    statistics: the detected format, turns, tool calls, and with --base-model the tokens and the
+    trained tokens per example after the loss mask, how many examples max length truncates and how
+    many it leaves with no trained token; for images, sizes and visual tokens per example.
 
     \b
-    Example:
+    Examples:
       model-garden data validate data.jsonl --base-model ./tiny --max-seq-length 256
+      model-garden data validate qa.csv --columns instruction=question,output=answer --json stats.json
     """
     setup_env()
-    stats = dataset_stats(dataset, fmt, base_model, max_seq_length)
-    print_kv(f"dataset {dataset}: valid", list(stats.items()))
+    try:
+        column_map = parse_pairs(list(columns))
+    except ValueError as exc:
+        raise MGError(f"--columns: {exc}", hint="give FIELD=COLUMN pairs, e.g. --columns instruction=question")
+    if vision is None:
+        vision = fmt in VISION_ONLY or (fmt == "auto" and is_vision_data(dataset))
+    if vision:
+        stats = vision_stats(dataset, "auto" if fmt not in VISION_FORMATS else fmt, base_model,
+                             max_seq_length or 1024, column_map, ignore_columns)
+    else:
+        stats = dataset_stats(dataset, fmt, base_model, max_seq_length or 512, column_map, ignore_columns)
+    if json_out:
+        Path(json_out).write_text(json.dumps({"dataset": dataset, "valid": True, **stats}, indent=1) + "\n")
+    print_kv(f"dataset {dataset}: valid", readable(stats))
 
 
 @data_group.command("sample")

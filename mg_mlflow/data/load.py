@@ -1,9 +1,7 @@
 """Load and validate text datasets before any model is loaded.
 
-Accepted records:
-- instruction: ``{"instruction": str, "input": str (optional), "output": str}``
-- messages: ``{"messages": [{"role": "system|user|assistant", "content": str}, ...]}`` ending
-  with an assistant turn.
+Records come in any format of :mod:`mg_mlflow.data.formats` (instruction, messages with tool calls,
+sharegpt, prompt_completion) and are normalised to ``{"messages": [...], "tools": [...]}``.
 
 Every bad record is reported as ``file:line: what is wrong``; nothing is trained until the whole
 file is clean.
@@ -16,12 +14,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mg_mlflow.data import formats
 from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                  ".parquet": "parquet", ".pq": "parquet"}
-ROLES = ("system", "user", "assistant", "tool")
 
 
 @dataclass
@@ -29,7 +27,7 @@ class LoadedDataset:
     records: list[dict]            # normalised to {"messages": [...]}
     source: str                    # file path (absolute) or hub name
     name: str                      # short display name
-    fmt: str                       # instruction | messages
+    fmt: str                       # the detected format (formats.TEXT_FORMATS, vision ones)
     digest: str = ""
     locations: list[str] = field(default_factory=list)  # "file:line" per record
 
@@ -149,52 +147,11 @@ def message_list(raw: dict) -> tuple[list | None, str | None]:
             msgs = json.loads(msgs)
         except json.JSONDecodeError:
             return None, "field 'messages' must be a list"
+    if hasattr(msgs, "tolist"):  # a numpy array (Parquet)
+        msgs = msgs.tolist()
     if not isinstance(msgs, list) or not msgs:
         return None, "field 'messages' must be a non-empty list"
     return msgs, None
-
-
-def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
-    """Return (record as messages, problem, detected format)."""
-    if not isinstance(raw, dict):
-        return None, f"expected an object, got {type(raw).__name__}", fmt
-    if fmt == "auto":
-        fmt = "messages" if "messages" in raw else "instruction" if "instruction" in raw else "auto"
-        if fmt == "auto":
-            return None, ("unknown record format: expected 'instruction'/'output' or 'messages' keys, "
-                          f"got {sorted(raw)}"), fmt
-    if fmt == "instruction":
-        for key in ("instruction", "output"):
-            value = raw.get(key)
-            if key not in raw:
-                return None, f"missing field {key!r}", fmt
-            if not isinstance(value, str) or not value.strip():
-                return None, f"field {key!r} must be a non-empty string", fmt
-        extra = raw.get("input", "")
-        if extra is None:
-            extra = ""
-        if not isinstance(extra, str):
-            return None, "field 'input' must be a string", fmt
-        user = raw["instruction"] + (("\n" + extra) if extra.strip() else "")
-        return {"messages": [{"role": "user", "content": user},
-                             {"role": "assistant", "content": raw["output"]}]}, None, fmt
-    if "messages" not in raw:
-        return None, "missing field 'messages'", fmt
-    msgs, problem = message_list(raw)
-    if problem:
-        return None, problem, fmt
-    clean = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict):
-            return None, f"messages[{i}] must be an object with role and content", fmt
-        if m.get("role") not in ROLES:
-            return None, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}", fmt
-        if not isinstance(m.get("content"), str):
-            return None, f"messages[{i}].content must be a string", fmt
-        clean.append({"role": m["role"], "content": m["content"]})
-    if clean[-1]["role"] != "assistant":
-        return None, "the last message must be the assistant's answer (role 'assistant')", fmt
-    return {"messages": clean}, None, fmt
 
 
 def digest_records(records: list[dict]) -> str:
@@ -205,8 +162,8 @@ def digest_records(records: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_dataset_records(source: str, fmt: str = "auto", split: str = "train") -> LoadedDataset:
-    """Load ``source`` and validate every record; raise DataError listing all bad records."""
+def source_rows(source: str, split: str = "train") -> tuple[list[tuple[str, object]], list[str], str, str]:
+    """(location, raw row) pairs, parse problems, the source (absolute path or hub name), a short name."""
     if is_local(source):
         path = Path(source).expanduser()
         if not path.is_file():
@@ -220,17 +177,39 @@ def load_dataset_records(source: str, fmt: str = "auto", split: str = "train") -
     else:
         rows, problems = _hub_rows(source, split), []
         src, name = source, source.split("/")[-1]
-    records, locations = [], []
+    return rows, problems, src, name
+
+
+def load_dataset_records(source: str, fmt: str = "auto", split: str = "train", columns: dict | None = None,
+                         ignore_columns=()) -> LoadedDataset:
+    """Load ``source`` in any text format (:mod:`mg_mlflow.data.formats`), the column map applied first;
+    raise DataError listing every bad record and every key the format does not use."""
+    rows, problems, src, name = source_rows(source, split)
+    columns, ignore = dict(columns or {}), formats.names(ignore_columns)
+    unknown = [t for t in columns if t not in formats.KNOWN_KEYS]
+    if unknown:
+        raise MGError(f"--columns {unknown[0]}=...: {unknown[0]!r} is not a field of any dataset format",
+                      hint=f"map the file's columns onto {', '.join(formats.KNOWN_KEYS)}, e.g. "
+                           "--columns instruction=question,output=answer")
+    records, locations, unused = [], [], {}
     detected = fmt
     for loc, raw in rows:
-        rec, problem, seen = _normalise(raw, fmt if fmt != "auto" else detected)
+        if isinstance(raw, dict):
+            raw, problem = formats.apply_columns(raw, columns, ignore)
+            if problem:
+                problems.append(f"{loc}: {problem}")
+                continue
+        rec, problem, seen = formats.normalise_record(raw, fmt if fmt != "auto" else detected)
         if problem:
             problems.append(f"{loc}: {problem}")
             continue
         if detected == "auto":
             detected = seen
+        for key in formats.unused_keys(raw, detected):
+            unused.setdefault(key, []).append(loc)
         records.append(rec)
         locations.append(loc)
+    problems += formats.report_unused(unused, detected, len(records))
     if problems:
         raise DataError(problems, src, total=len(rows) + sum(1 for p in problems if "not valid JSON" in p))
     if not records:
@@ -272,14 +251,3 @@ def split_eval(data: LoadedDataset, fraction: float, seed: int) -> tuple[LoadedD
                              [data.locations[i] for i in ids])
 
     return sub(tr, "-train"), sub(ev, "-eval")
-
-
-def to_trl_rows(records: list[dict], responses_only: bool) -> list[dict]:
-    """Records in the form TRL's SFTTrainer expects.
-
-    responses_only: prompt/completion conversational rows, so the loss covers the final assistant
-    turn only (TRL's completion-only loss); else plain ``messages`` rows (loss on every token).
-    """
-    if not responses_only:
-        return [{"messages": r["messages"]} for r in records]
-    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]

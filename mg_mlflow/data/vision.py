@@ -4,8 +4,13 @@ Accepted records (JSONL / JSON / CSV / Parquet, one record per line or row):
 - vision: ``{"text": question, "image": path, "response": answer}`` (the original Model Garden format);
 - messages: ``{"messages": [{"role": "user", "content": [{"type": "image", "image": path},
   {"type": "text", "text": question}]}, {"role": "assistant", "content": answer}]}``; an image
-  part may also be ``{"type": "image_url", "image_url": {"url": path}}`` and content may be a string.
+  part may also be ``{"type": "image_url", "image_url": {"url": path}}`` and content may be a string;
+  or string contents with ``<image>`` placeholders (and ``{"type": "image"}`` parts without a path)
+  filled in order from an ``images`` list beside the messages, as LLaMA-Factory and TRL write them;
+- sharegpt: ``{"conversations": [{"from": "human", "value": "<image>..."}, ...], "images": [...]}``.
 
+Several images per record and several turns are accepted. The column map and ``ignore_columns``
+apply first, as for text; a key the format does not use is reported (:mod:`mg_mlflow.data.formats`).
 Image paths are absolute or relative to the dataset file (``file://`` accepted). Every image is
 opened and checked (missing, unreadable, not an image) and each problem is reported as
 ``file:line``; the decoded pixels are dropped at once: training loads images lazily, per batch.
@@ -21,12 +26,16 @@ import os
 import warnings
 from pathlib import Path
 
+from mg_mlflow.data import formats
 from mg_mlflow.data.load import LoadedDataset, read_rows, is_local, message_list
 from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
 ROLES = ("system", "user", "assistant")
-FORMATS = ("auto", "vision", "messages")
+FORMATS = ("auto", "vision", "messages", "sharegpt")
+PLACEHOLDER = "<image>"
+USED = {"vision": ("text", "image", "response"), "messages": ("messages", "images"),
+        "sharegpt": ("conversations", "system", "images")}
 
 
 def _image_path(value: object, base: Path) -> tuple[Path | None, str | None]:
@@ -93,9 +102,20 @@ def check_image(path: Path, cache: dict[Path, tuple[str | None, str]]) -> tuple[
     return result
 
 
-def _content(content: object, base: Path, where: str) -> tuple[list[dict] | str | None, str | None]:
+def _content(content: object, base: Path, where: str,
+             listed: list | None = None) -> tuple[list[dict] | str | None, str | None]:
+    """A message's content with image parts resolved; ``listed``: the record's ``images`` not yet
+    placed, consumed in order by ``<image>`` placeholders and path-less image parts."""
     if isinstance(content, str):
-        return content, None
+        if listed is None or PLACEHOLDER not in content:
+            return content, None
+        parts: list[dict] = []
+        for k, piece in enumerate(content.split(PLACEHOLDER)):
+            if k:
+                parts.append({"type": "image", "image": listed.pop(0) if listed else None})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        return parts, None
     if not isinstance(content, list) or not content:
         return None, f"{where}.content must be a string or a non-empty list of parts"
     parts = []
@@ -104,7 +124,11 @@ def _content(content: object, base: Path, where: str) -> tuple[list[dict] | str 
             return None, f"{where}.content[{j}] must be an object"
         kind = part.get("type") or ("image" if "image" in part else "image_url" if "image_url" in part else "text")
         if kind in ("image", "image_url"):
-            path, problem = _image_path(part.get("image", part.get("image_url")), base)
+            value = part.get("image", part.get("image_url"))
+            if value is None and listed is not None:  # {"type": "image"}: the next of the record's images
+                parts.append({"type": "image", "image": listed.pop(0) if listed else None})
+                continue
+            path, problem = _image_path(value, base)
             if problem:
                 return None, f"{where}.content[{j}]: {problem}"
             parts.append({"type": "image", "image": str(path)})
@@ -122,10 +146,11 @@ def _normalise(raw: object, fmt: str, base: Path) -> tuple[dict | None, str | No
     if not isinstance(raw, dict):
         return None, f"expected an object, got {type(raw).__name__}", fmt
     if fmt == "auto":
-        fmt = "messages" if "messages" in raw else "vision" if "image" in raw or "response" in raw else "auto"
+        fmt = ("messages" if "messages" in raw else "sharegpt" if "conversations" in raw
+               else "vision" if "image" in raw or "response" in raw else "auto")
         if fmt == "auto":
-            return None, ("unknown record format: expected 'text'/'image'/'response' or 'messages' keys, "
-                          f"got {sorted(raw)}"), fmt
+            return None, ("unknown record format: expected 'text'/'image'/'response', 'messages' or "
+                          f"'conversations' keys, got {sorted(raw)}"), fmt
     if fmt == "vision":
         for key in ("text", "image", "response"):
             if key not in raw:
@@ -138,17 +163,33 @@ def _normalise(raw: object, fmt: str, base: Path) -> tuple[dict | None, str | No
         user = [{"type": "image", "image": str(path)}, {"type": "text", "text": raw["text"]}]
         return {"messages": [{"role": "user", "content": user},
                              {"role": "assistant", "content": raw["response"]}]}, None, fmt
-    msgs, problem = message_list(raw)
+    if fmt == "sharegpt":
+        msgs, problem, where = _sharegpt(raw)
+    else:
+        msgs, problem = message_list(raw)
+        where = "messages"
     if problem:
         return None, problem, fmt
+    listed, problem = _listed_images(raw, base)
+    if problem:
+        return None, problem, fmt
+    pending = list(listed) if listed is not None else None
     clean = []
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
-            return None, f"messages[{i}] must be an object with a role in {', '.join(ROLES)}", fmt
-        content, problem = _content(m.get("content"), base, f"messages[{i}]")
+            return None, f"{where}[{i}] must be an object with a role in {', '.join(ROLES)}", fmt
+        content, problem = _content(m.get("content"), base, f"{where}[{i}]", pending)
         if problem:
             return None, problem, fmt
         clean.append({"role": m["role"], "content": content})
+    if listed is not None:
+        holes = sum(1 for m in clean if isinstance(m["content"], list)
+                    for p in m["content"] if p["type"] == "image" and p["image"] is None)
+        if holes or pending:
+            placed = len(listed) - len(pending) + holes
+            return None, (f"{placed} image placeholder(s) ({PLACEHOLDER} or {{\"type\": \"image\"}}) in the "
+                          f"messages but {len(listed)} image(s) in 'images': put one {PLACEHOLDER} where each "
+                          "image goes"), fmt
     last = clean[-1]
     if last["role"] != "assistant":
         return None, "the last message must be the assistant's answer (role 'assistant')", fmt
@@ -159,6 +200,40 @@ def _normalise(raw: object, fmt: str, base: Path) -> tuple[dict | None, str | No
     if not image_paths({"messages": clean}):
         return None, "no image in the record (add an image part to the user message)", fmt
     return {"messages": clean}, None, fmt
+
+
+def _sharegpt(raw: dict) -> tuple[list | None, str | None, str]:
+    """ShareGPT turns as role/content messages (images stay placeholders until the ``images`` list)."""
+    turns = formats.parse_json(raw.get("conversations"))
+    if not isinstance(turns, list) or not turns:
+        return None, "field 'conversations' must be a non-empty list", "conversations"
+    msgs = [{"role": "system", "content": raw["system"]}] if isinstance(raw.get("system"), str) and raw["system"] else []
+    for i, turn in enumerate(turns):
+        who = turn.get("from", turn.get("role")) if isinstance(turn, dict) else None
+        role = formats.SHAREGPT_ROLES.get(who) if isinstance(who, str) else None
+        if role not in ROLES:
+            return None, (f"conversations[{i}].from must be human, gpt or system in vision data, got {who!r}"),\
+                "conversations"
+        msgs.append({"role": role, "content": turn.get("value", turn.get("content"))})
+    return msgs, None, "conversations"
+
+
+def _listed_images(raw: dict, base: Path) -> tuple[list[str] | None, str | None]:
+    """The record's ``images`` list as absolute paths (None when it has none)."""
+    if "images" not in raw:
+        return None, None
+    value = formats.parse_json(raw["images"])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return None, "field 'images' must be a list of image paths"
+    out = []
+    for j, item in enumerate(value):
+        path, problem = _image_path(item, base)
+        if problem:
+            return None, f"images[{j}]: {problem}"
+        out.append(str(path))
+    return out, None
 
 
 def image_paths(record: dict) -> list[str]:
@@ -178,7 +253,8 @@ def _digest(records: list[dict], hashes: dict[str, str]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
+def load_vision_records(source: str, fmt: str = "auto", columns: dict | None = None,
+                        ignore_columns=()) -> LoadedDataset:
     """Load ``source``, check every record and every image; raise DataError listing all problems."""
     if fmt not in FORMATS:
         raise MGError(f"unknown vision dataset format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
@@ -194,9 +270,15 @@ def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
         raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
     rows, problems = read_rows(path)
     base = path.resolve().parent
-    records, locations, cache, hashes = [], [], {}, {}
+    records, locations, cache, hashes, unused = [], [], {}, {}, {}
+    columns, ignore = dict(columns or {}), formats.names(ignore_columns)
     detected = fmt
     for loc, raw in rows:
+        if isinstance(raw, dict):
+            raw, problem = formats.apply_columns(raw, columns, ignore)
+            if problem:
+                problems.append(f"{loc}: {problem}")
+                continue
         rec, problem, seen = _normalise(raw, fmt if fmt != "auto" else detected, base)
         if problem is None:
             for img in image_paths(rec):
@@ -209,8 +291,11 @@ def load_vision_records(source: str, fmt: str = "auto") -> LoadedDataset:
             continue
         if detected == "auto":
             detected = seen
+        for key in formats.unused_keys(raw, detected, USED.get(detected)):
+            unused.setdefault(key, []).append(loc)
         records.append(rec)
         locations.append(loc)
+    problems += formats.report_unused(unused, detected, len(records), USED.get(detected))
     if problems:
         raise DataError(problems, str(path.resolve()),
                         total=len(rows) + sum(1 for p in problems if "not valid JSON" in p))

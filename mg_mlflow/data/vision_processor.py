@@ -123,16 +123,44 @@ class VisionProcessor:
         ids = (prompt_ids + answer_ids)[:max(max_length, len(prompt_ids) + 1)]  # never cut image tokens
         if responses_only:
             labels = [IGNORE] * len(prompt_ids) + ids[len(prompt_ids):]
+            for start, end in self._earlier_answers(messages, counts, prompt_ids):
+                labels[start:end] = ids[start:end]
         else:
             labels = [IGNORE if t == self.image_token_id else t for t in ids]
         return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values, "image_grid_thw": grid}
 
+    def _earlier_answers(self, messages: list[dict], counts: list[int], prompt_ids: list[int]) -> list[tuple[int, int]]:
+        """Token spans of the assistant turns before the last one (a multi-turn record trains every
+        assistant turn, as text runs do): each turn lies between the conversation rendered up to it
+        with the generation prompt and rendered through it."""
+        from trl.data_utils import common_prefix_length
+
+        def ids(msgs: list[dict], generation: bool) -> list[int]:
+            text = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation)
+            return self._ids(self._expand(text, counts[:text.count(self.image_token)]))
+
+        return [(common_prefix_length(ids(messages[:i], True), prompt_ids),
+                 common_prefix_length(ids(messages[:i + 1], False), prompt_ids))
+                for i, m in enumerate(messages[:-1]) if m["role"] == "assistant"]
+
     def prompt_length(self, messages: list[dict], image_sizes: list[tuple[int, int]]) -> int:
         """Tokens before the answer (image tokens included) of an example whose images have these
         (width, height) sizes; the images themselves are not needed."""
+        return len(self.prompt_ids(messages, image_sizes)[0])
+
+    def prompt_ids(self, messages: list[dict], image_sizes: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+        """(token ids before the answer, image tokens per image) for images of these (width, height) sizes."""
         counts = [self._count_for(tuple(size)) for size in image_sizes]
         prompt = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        return len(self._ids(self._expand(prompt, counts)))
+        return self._ids(self._expand(prompt, counts)), counts
+
+    def trained_tokens(self, messages: list[dict], image_sizes: list[tuple[int, int]], max_length: int) -> tuple[int, int, int]:
+        """(tokens, trained tokens, prompt tokens) of one example, as :meth:`encode` would label it."""
+        prompt, counts = self.prompt_ids(messages, image_sizes)
+        answer = len(self._ids(messages[-1]["content"] + (self.tokenizer.eos_token or "")))
+        kept = min(len(prompt) + answer, max(max_length, len(prompt) + 1))
+        earlier = sum(end - start for start, end in self._earlier_answers(messages, counts, prompt))
+        return len(prompt) + answer, kept - len(prompt) + earlier, len(prompt)
 
     def _count_for(self, size: tuple[int, int]) -> int:
         cache = self.__dict__.setdefault("_counts", {})

@@ -9,11 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from mg_mlflow.data.sample import sample_records
 
-# A ChatML-style template. HF's Jinja settings strip the newline after a block tag, so newlines
-# are written as {{ '\n' }}.
+# A ChatML-style template that renders tools the way Qwen-style templates do: the ``tools`` list as a
+# ``tools`` turn first, each tool call as ``<tool_call>{"name", "arguments"}</tool_call>`` after the
+# assistant's text, tool results as ``tool`` turns. Records without tools render as plain ChatML.
+# HF's Jinja settings strip the newline after a block tag, so newlines are written as {{ '\n' }}.
 CHAT_TEMPLATE = (
+    "{% if tools %}{{ '<|im_start|>tools\n' }}{% for tool in tools %}{{ tool | tojson }}{{ '\n' }}{% endfor %}"
+    "{{ '<|im_end|>\n' }}{% endif %}"
     "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
+    "{% if message.tool_calls %}{% for call in message.tool_calls %}"
+    "{{ '<tool_call>' }}{{ (call.function if call.function is defined else call) | tojson }}{{ '</tool_call>' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

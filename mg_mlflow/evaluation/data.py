@@ -44,13 +44,14 @@ class EvalSet:
         return len(self.examples)
 
 
-def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None) -> EvalSet:
+def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None, columns: dict | None = None,
+                  ignore_columns=()) -> EvalSet:
     """Load and validate ``source``; every record must carry a reference answer.
 
     Raises MGError naming each ``file:line`` without a reference, or DataError for other bad records.
     """
     try:
-        data = load_dataset_records(source, fmt, split="test")
+        data = load_dataset_records(source, fmt, "test", columns, ignore_columns)
     except DataError as err:
         missing = [p for p in err.problems if any(s in p for s in _NO_REFERENCE)]
         if missing:

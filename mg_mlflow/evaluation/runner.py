@@ -46,6 +46,9 @@ class EvalOptions:
     carbon: bool = option(True, "measure the evaluation's energy/CO2")
     api_key: str | None = option(None, "the deployment's API key (env MG_API_KEY)", envvar="MG_API_KEY")
     dataset_format: str = option("auto", "record format of the dataset (as for training)", flags=())
+    columns: dict[str, Any] = option({}, "column map applied first, as for training: --columns "
+                                         "instruction=question,output=answer", metavar="FIELD=COLUMN")
+    ignore_columns: list[str] = option([], "columns left out on purpose (comma-separated), as for training")
 
 
 @dataclass
@@ -138,7 +141,7 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
     if opts.max_new_tokens < 1 or opts.concurrency < 1:
         raise MGError("--max-new-tokens and --concurrency must be at least 1")
     validator = load_schema(opts.json_schema) if opts.json_schema else None
-    eval_set = load_eval_set(opts.dataset, opts.dataset_format, opts.limit)
+    eval_set = load_eval_set(opts.dataset, opts.dataset_format, opts.limit, opts.columns, opts.ignore_columns)
     deployment = None
     if opts.deployment:
         deployment = state.get_record(opts.deployment)

@@ -117,13 +117,14 @@ def _float(value: Any) -> float:
 
 def parse_pairs(value: Any) -> dict[str, Any]:
     """``KEY=VALUE`` pairs as a dict: a mapping (YAML), a list of ``KEY=VALUE`` strings (a repeated
-    option) or one string of pairs separated by commas (``optim=sgd,max_grad_norm=0.5``; a comma
+    option, each of which may hold several pairs) or one string of pairs separated by commas (``optim=sgd,max_grad_norm=0.5``; a comma
     followed by the next ``KEY=`` separates pairs, so a value may hold other commas)."""
     if isinstance(value, dict):
         return {str(k).strip(): v for k, v in value.items()}
     if value is None or value == "":
         return {}
-    items = list(value) if isinstance(value, (list, tuple)) else _PAIR_START.split(str(value))
+    items = ([part for v in value for part in (_PAIR_START.split(v) if isinstance(v, str) else [v])]
+             if isinstance(value, (list, tuple)) else _PAIR_START.split(str(value)))
     out: dict[str, Any] = {}
     for item in items:
         if isinstance(item, dict):

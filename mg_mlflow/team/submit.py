@@ -68,13 +68,14 @@ def absolute_paths(cfg) -> None:
 def validate_training(cfg, vision: bool) -> None:
     """What ``train`` checks before loading a model: every record (and image), the base folder."""
     if vision:
-        load_vision_records(cfg.dataset, cfg.dataset_format)
+        load_vision_records(cfg.dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
         if cfg.eval_dataset:
-            load_vision_records(cfg.eval_dataset, cfg.dataset_format)
+            load_vision_records(cfg.eval_dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
     else:
-        load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split)
+        load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split, cfg.columns, cfg.ignore_columns)
         if cfg.eval_dataset:
-            load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation")
+            load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation", cfg.columns,
+                                 cfg.ignore_columns)
     base = cfg.base_model
     if base.startswith("/") and not Path(base).is_dir():
         raise MGError(f"base model folder {base} does not exist",

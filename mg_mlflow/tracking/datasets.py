@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 
 
-def log_dataset_input(data, context: str) -> None:
-    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input."""
+def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
+    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input, and its profile
+    (format, turns, tool calls, trained tokens after the mask) as ``datasets/<context>_profile.json``."""
     import mlflow
     import pandas as pd
 
     frame = pd.DataFrame({"messages": [json.dumps(r["messages"], ensure_ascii=False) for r in data.records]})
     ds = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
     mlflow.log_input(ds, context=context, tags={"format": data.fmt, "records": str(len(data))})
+    if profile is not None:
+        mlflow.log_dict({"dataset": data.name, "source": data.source, "context": context, **profile},
+                        f"datasets/{context}_profile.json")

@@ -73,28 +73,31 @@ def source_tags(command: str) -> dict[str, str]:
     return {"mlflow.source.name": source[:500], "mlflow.source.type": "LOCAL"}
 
 
-def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data) -> tuple[str, Path]:
+def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data,
+                     profiles: dict | None = None) -> tuple[str, Path]:
     """(run_id, output_dir) for a run just opened: makes the output folder, logs the config as
-    params, the run tags and the dataset inputs."""
+    params, the run tags, the dataset inputs, the detected format (``dataset_format_resolved``) and
+    each dataset's profile (``datasets/<context>_profile.json``)."""
     run_id = run.info.run_id
     output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
     output_dir.mkdir(parents=True, exist_ok=True)
     log_run_metadata(to_dict(cfg), {"mg.backend_reason": why, **tags})
-    log_batching(cfg, run_id, tags.get("mg.backend", "hf"))
-    log_dataset_input(train_data, "training")
+    log_batching(cfg, run_id, tags.get("mg.backend", "hf"), train_data.fmt)
+    log_dataset_input(train_data, "training", (profiles or {}).get("training"))
     if eval_data is not None:
-        log_dataset_input(eval_data, "evaluation")
+        log_dataset_input(eval_data, "evaluation", (profiles or {}).get("evaluation"))
     return run_id, output_dir
 
 
-def log_batching(cfg, run_id: str, backend: str) -> None:
-    """``batching_resolved`` (the mode ``batching`` resolved to for this backend and device) and, for
+def log_batching(cfg, run_id: str, backend: str, resolved_format: str) -> None:
+    """``dataset_format_resolved`` (the format the records were read as), ``batching_resolved`` (the
+    mode ``batching`` resolved to for this backend and device) and, for
     text runs, ``pad_to_multiple_of_resolved`` as params, and the rules that chose them as the tag
     ``mg.batching_reason``; a resumed run keeps its first values (params cannot change)."""
     import mlflow
 
     resolved, why = resolve_with_reason(cfg, backend)
-    params = {"batching_resolved": resolved}
+    params = {"batching_resolved": resolved, "dataset_format_resolved": resolved_format}
     if not isinstance(cfg, VisionTrainConfig):  # text: padded batches are bucketed (pad_to_multiple_of)
         params["pad_to_multiple_of_resolved"], pad_why = resolve_pad_multiple(cfg, resolved)
         why = f"{why}; pad_to_multiple_of: {pad_why}"

@@ -54,6 +54,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
 
     base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
     check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
+    modality.prepare(base, revision, train_data, eval_data)  # tokenized and masked, before any run exists
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
 
     import mlflow
@@ -73,7 +74,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     run_ctx = run_context(cfg.experiment, name, cfg.system_metrics, tags={**tags, **source_tags(modality.command)},
                           name_given=bool(cfg.run_name), resume=cfg.resume) if main else nullcontext()
     with StopOnSignal() as stopper, run_ctx as run:
-        run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data) if main else ("", None)
+        run_id, output_dir = (start_run_record(cfg, run, why, tags, train_data, eval_data, modality.profiles)
+                              if main else ("", None))
         if main:
             distributed.log_world_size()
             distributed.record_run_id(run_id)

@@ -10,22 +10,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.data.load import load_dataset_records, split_eval, to_trl_rows
+from mg_mlflow.data.chat_tokens import profile, tokenize_dataset
+from mg_mlflow.data.load import load_dataset_records, split_eval
+from mg_mlflow.data.stats import load_tokenizer
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.publish import log_text_model, text_probe
 from mg_mlflow.training import batching
 from mg_mlflow.training.backends import inference_attention, load_model
 from mg_mlflow.training.common import no_answer_left, trainer_kwargs
 
-__all__ = ["TextModality", "load_data", "sft_config"]
+__all__ = ["TextModality", "load_data", "sft_config", "token_rows"]
 
 
 def load_data(cfg: TrainConfig):
     """Load and validate train/eval data before any model is loaded (fails fast with file:line)."""
-    train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split)
+    train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split, cfg.columns,
+                                 cfg.ignore_columns)
     if cfg.eval_dataset:
-        return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation")
+        return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation", cfg.columns,
+                                           cfg.ignore_columns)
     return split_eval(train, cfg.eval_split, cfg.seed)
+
+
+def token_rows(cfg: TrainConfig, tokenizer, data, base: str) -> list[dict]:
+    """The records of ``data`` as trainer rows: ``input_ids`` and ``labels`` (-100 where the role-based
+    mask is 0). TRL's SFTTrainer takes a labels column as is, truncates it and drops the examples left
+    with no label; a backend that patches the trainer (Unsloth) honours labels too."""
+    rows = tokenize_dataset(tokenizer, data, base, cfg.train_on_responses_only, cfg.train_on_tool_calls)
+    return [labelled(r) for r in rows]
+
+
+def labelled(row: dict) -> dict:
+    return {"input_ids": row["input_ids"],
+            "labels": [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"])]}
 
 
 def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str, mode: str | None = None):
@@ -37,7 +54,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str,
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
         max_length=cfg.max_seq_length, **batching.sft_kwargs(mode, backend),
-        completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
+        dataset_num_proc=None,  # the rows come tokenized with their assistant_masks (token_rows)
         pad_to_multiple_of=batching.resolve_pad_multiple(cfg, mode)[0] or None,
     )
 
@@ -51,9 +68,25 @@ class TextModality:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.rows: dict[str, list[dict]] = {}
+        self.profiles: dict[str, dict] = {}
 
     def load_data(self):
         return load_data(self.cfg)
+
+    def prepare(self, base: str, revision: str | None, train_data, eval_data) -> None:
+        """Tokenize every record through the base model's chat template with the role-based loss mask,
+        before any run exists: a template that cannot render the data, or a dataset that max_seq_length
+        leaves with no trained token, fails here. The profiles are logged with the dataset inputs."""
+        tokenizer = load_tokenizer(base, "base_model", revision)
+        for context, data in (("training", train_data), ("evaluation", eval_data)):
+            if data is not None:
+                rows = tokenize_dataset(tokenizer, data, self.cfg.base_model, self.cfg.train_on_responses_only,
+                                        self.cfg.train_on_tool_calls)
+                self.profiles[context] = profile(data, rows, self.cfg.max_seq_length)
+                self.rows[context] = [labelled(r) for r in rows]
+        if self.profiles["training"].get("no_trained_token") == len(train_data):
+            raise no_answer_left(len(train_data), self.cfg.max_seq_length)
 
     def load(self, backend: str, base: str, revision: str | None):
         """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft)."""
@@ -67,8 +100,9 @@ class TextModality:
         cfg = self.cfg
         mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
         batching.check_boundaries(model, mode, backend)
-        rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
-        eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
+        rows = self.rows.get("training") or token_rows(cfg, tokenizer, train_data, cfg.base_model)
+        eval_rows = (self.rows.get("evaluation") or token_rows(cfg, tokenizer, eval_data, cfg.base_model)
+                     if eval_data else None)
         with batching.unsloth_choice(mode, backend):
             trainer = SFTTrainer(
                 model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend, mode),

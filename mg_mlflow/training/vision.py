@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mg_mlflow.data.load import split_eval
 from mg_mlflow.data.vision import image_paths, load_vision_records
+from mg_mlflow.data.vision_stats import vision_profile
 from mg_mlflow.data.vision_processor import VisionProcessor, template_messages
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.publish import log_vision_model, vision_probe
@@ -27,9 +28,9 @@ VISION_MODULES = ("qkv", "attn.proj", "gate_proj", "up_proj", "down_proj", "mlp.
 
 def load_vision_data(cfg: VisionTrainConfig):
     """Load and validate records and images before any model is loaded (fails fast with file:line)."""
-    train = load_vision_records(cfg.dataset, cfg.dataset_format)
+    train = load_vision_records(cfg.dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
     if cfg.eval_dataset:
-        return train, load_vision_records(cfg.eval_dataset, cfg.dataset_format)
+        return train, load_vision_records(cfg.eval_dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
     return split_eval(train, cfg.eval_split, cfg.seed)
 
 
@@ -115,6 +116,8 @@ class VisionModality:
         self.cfg = cfg
         self.samples: list[dict] = []
         self.before: list[str] = []
+        self.processor: VisionProcessor | None = None
+        self.profiles: dict[str, dict] = {}
 
     @property
     def extra_tags(self) -> dict:
@@ -123,10 +126,20 @@ class VisionModality:
     def load_data(self):
         return load_vision_data(self.cfg)
 
+    def prepare(self, base: str, revision: str | None, train_data, eval_data) -> None:
+        """The base's processor, and each dataset's profile (image sizes, visual tokens per example),
+        before any run exists."""
+        cfg = self.cfg
+        self.processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
+        for context, data in (("training", train_data), ("evaluation", eval_data)):
+            if data is not None:
+                self.profiles[context] = vision_profile(data, self.processor, cfg.max_seq_length)
+
     def load(self, backend: str, base: str, revision: str | None):
         """(model, processor, None): the processor from the base folder, the model per backend."""
         cfg = self.cfg
-        processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
+        processor = self.processor or VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels,
+                                                               cfg.max_pixels)
         model = (load_unsloth_vision if backend == "unsloth" else load_hf_vision)(cfg, base, revision)
         return model, processor, None
 

@@ -78,7 +78,8 @@ def test_data_validate_exits_2_on_non_utf8_and_long_records(tmp_path, tiny_model
 
     long = _write(tmp_path / "long.jsonl", "".join(json.dumps({"instruction": "word " * 200, "output": "x"}) + "\n"
                                                   for _ in range(3)))
-    assert dataset_stats(str(long), base_model=str(tiny_model), max_seq_length=32)["truncated at 32"] == "3 (100.0%)"
+    stats = dataset_stats(str(long), base_model=str(tiny_model), max_seq_length=32)
+    assert stats["truncated"] == 3 and stats["no_trained_token"] == 3  # cut before the answer starts
 
 
 def test_a_base_without_chat_template_is_named(tmp_path, tiny_model):
