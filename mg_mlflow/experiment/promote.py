@@ -3,8 +3,8 @@
 A version is a candidate when it was evaluated (``model-garden evaluate``) on the same dataset
 digest as the current holder, and, with a carbon budget, its training emissions (version tag
 ``mg.carbon.total_emissions_kg``) fit the budget. The alias moves to the best candidate only if it
-beats the holder on the metric by more than ``min_improvement`` (direction from the metric's name:
-loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
+beats the holder on the metric by more than ``min_improvement`` (direction: the declared one of
+:mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
 decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
 alias, previous holder, metric values, digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for
 the latest move; :func:`history` reads them back.
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
-from mg_mlflow.evaluation.metrics import lower_is_better
 from mg_mlflow.evaluation.record import version_metric
 from mg_mlflow.registry.resolve import known_models
+from mg_mlflow.tracking.directions import lower_is_better
 from mg_mlflow.tracking.run import use_tracking_uri
 
 EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
