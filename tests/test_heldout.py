@@ -51,7 +51,7 @@ def test_evaluate_warns_when_the_dataset_overlaps_the_training_data(mg_home, tin
     uri = f"models:/tiny-ovl/{trained.registered_version}"
     leaky = write_sample(tmp_path / "leaky.jsonl", n=8, seed=0)       # the training sample's first records
     res = evaluate(uri, EvalOptions(str(leaky), max_new_tokens=2, carbon=False))
-    (note,) = [n for n in res.notes if "training data" in n]
+    (note,) = [n for n in res.notes if "memorisation" in n]
     assert note.startswith("8 of 8 evaluation records are also training records of this model")
     import mlflow
 
@@ -61,4 +61,4 @@ def test_evaluate_warns_when_the_dataset_overlaps_the_training_data(mg_home, tin
     novel.write_text("".join(json.dumps({"instruction": "Reverse the word.", "input": w, "output": w[::-1]}) + "\n"
                              for w in ("zebra", "quartz")))
     assert not [n for n in evaluate(uri, EvalOptions(str(novel), max_new_tokens=2, carbon=False)).notes
-                if "training data" in n]
+                if "memorisation" in n]
