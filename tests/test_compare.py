@@ -45,7 +45,7 @@ def test_runs_in_columns_grouped_rows_current_aliases_and_no_duplicate_metrics(p
     lines = res.output.splitlines()
     header = next(line for line in lines if "lr-3e-3" in line)
     assert "lr-1e-4" in header                                    # one column per run
-    for group in ("params that differ", "training", f"evaluation on {p.dataset}", "carbon (g CO2eq, Wh)",
+    for group in ("params that differ", "training", f"evaluation on {p.dataset}", "carbon (gCO2eq, Wh)",
                   "registry"):
         assert group in res.output, group
     row = next(line for line in lines if "learning_rate" in line)
@@ -64,6 +64,9 @@ def test_runs_in_columns_grouped_rows_current_aliases_and_no_duplicate_metrics(p
 
     res = _cli(["compare", p.run_ids["lr-3e-3"], p.run_ids["lr-1e-4"], "--metrics", "eval/loss,token_f1"])
     assert "eval/loss" in res.output and "eval/token_f1" in res.output and "eval/bleu" not in res.output
+    # one unit for emissions in every text view: the carbon report prints grams too
+    report = _cli(["carbon", "report", "--model", "tiny-cmp", "--no-chart"])
+    assert "gCO2eq" in report.output and " kg" not in report.output
 
 
 def test_json_csv_markdown_keep_every_value_once(pair):
@@ -203,9 +206,9 @@ def test_footprint_axis_is_training_only_serving_counted_apart(tmp_path):
             "carbon": {"note": "", "spread": None, "within_noise": []}}
     drawn = comparison_png(data, {}, tmp_path / "c.png")
     assert drawn["quality"] == "eval/token_f1" and drawn["pareto"] == ["v1"]
-    carbon = dict((title, rows) for title, rows in grouped_rows(data))["carbon (g CO2eq, Wh)"]
+    carbon = dict((title, rows) for title, rows in grouped_rows(data))["carbon (gCO2eq, Wh)"]
     labels = {row[0]: row[1:] for row in carbon}
-    assert labels["training g CO2eq"] == ["1", "2"] and labels["serving g CO2eq (apart)"] == ["10", ""]
+    assert labels["training gCO2eq"] == ["1", "2"] and labels["serving gCO2eq (apart)"] == ["10", ""]
     assert labels["energy source"] == ["estimated", "estimated"]
 
 

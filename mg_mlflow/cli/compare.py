@@ -36,7 +36,7 @@ def compare_cmd(targets, experiment, max_runs, fmt, plot, metric, metrics, log_t
     """Compare runs side by side: one column per run; rows grouped into the params that differ,
     training (steps, final losses, seconds, tokens/s), evaluation per dataset (eval/* of the
     evaluation runs of each run's model, with their direction), carbon (training emissions in
-    g CO2eq with their energy source, serving apart) and the registry (version, current aliases).
+    gCO2eq with their energy source, serving apart) and the registry (version, current aliases).
 
     \b
     Examples:

@@ -15,7 +15,7 @@ import json
 WORK_PARAMS = ("base_model", "dataset", "dataset_format", "method", "backend", "max_steps", "epochs", "batch_size",
                "grad_accum", "max_seq_length", "lora_r", "batching", "eval_split", "eval_steps", "dtype",
                "save_method", "num_gpus")
-UNIT = "g CO2eq"
+UNIT = "gCO2eq"
 SCALE = 1000.0  # kg -> g: every text view of emissions (compare, carbon report) shows grams
 
 
