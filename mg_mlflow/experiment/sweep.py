@@ -175,6 +175,9 @@ def choose_defaults(spec: SweepSpec, cfg, grid, direction: str) -> bool:
         if grid:
             spec.pruner = "none"
             spec.chosen["pruner"] = "none: a grid tries every combination"
+        elif cfg.eval_steps <= 0 and (_given(spec, "eval_steps") or cfg.max_steps <= 0):
+            spec.pruner = "none"
+            spec.chosen["pruner"] = "none: no intermediate evaluation to compare trials at (eval_steps 0)"
         elif direction == "minimize" and "loss" in spec.objective and has_eval:
             spec.pruner = "median"
             spec.chosen["pruner"] = f"median: a search on {spec.objective} stops trials worse than the median"
