@@ -248,3 +248,6 @@ def test_a_missing_metric_is_named_with_its_reason(choice, trained_lora):
     client.set_registered_model_alias(NAME, "why", str(mv.version))
     d = promote(NAME, "why", "eval/loss", dry_run=True)
     assert not d.move and f"has no eval/loss on {digest}" in d.reason and "without --deployment" in d.reason
+    # a count ranks nothing: refused before the registry is read
+    res = cli(["promote", NAME, "--alias", "why", "--metric", "eval/answer_tokens", "--dry-run"])
+    assert res.exit_code == 2 and "a count, which ranks no model" in res.stderr

@@ -22,7 +22,7 @@ from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
 from mg_mlflow.evaluation.record import version_metric
 from mg_mlflow.registry.resolve import known_models
-from mg_mlflow.tracking.directions import lower_is_better
+from mg_mlflow.tracking.directions import direction as metric_direction, lower_is_better
 from mg_mlflow.tracking.run import use_tracking_uri
 
 EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
@@ -139,6 +139,9 @@ def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match",
     """What ``promote`` would do, and why (reads the registry; changes nothing)."""
     if not metric.startswith("eval/"):
         metric = f"eval/{metric}"
+    if metric_direction(metric).higher_is_better is None:
+        raise MGError(f"--metric {metric}: a {metric_direction(metric).kind}, which ranks no model",
+                      hint="promote on a score or a loss: eval/loss, eval/exact_match, eval/token_f1, eval/rougeL, ...")
     client = _client()
     rm, versions = _versions(client, name)
     aliases = getattr(rm, "aliases", {}) or {}
