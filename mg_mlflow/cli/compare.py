@@ -6,8 +6,9 @@ import click
 
 from mg_mlflow.cli.base import console
 from mg_mlflow.env import setup_env
-from mg_mlflow.experiment.compare import collect, flat_rows, render
-from mg_mlflow.experiment.compare_plot import comparison_png, loss_histories
+from mg_mlflow.experiment.compare import collect
+from mg_mlflow.experiment.compare_plot import comparison_png, loss_histories, quality_metric
+from mg_mlflow.experiment.compare_table import grouped_rows, render
 from mg_mlflow.tracking.ui_links import base_url, compare_url
 
 
@@ -20,13 +21,22 @@ from mg_mlflow.tracking.ui_links import base_url, compare_url
               show_default=True)
 @click.option("--plot", "plot", default=None, metavar="PNG",
               help="write loss curves, eval-metric bars and quality vs footprint (Pareto front) to this PNG")
+@click.option("--metric", "metric", default=None, metavar="METRIC",
+              help="the quality axis of --plot: a score (eval/token_f1, eval/exact_match, eval/rougeL, eval/bleu, "
+                   "eval/chrf, higher is better) or a loss (eval/loss, eval/perplexity, eval_loss_final, lower is "
+                   "better); default: the first of eval/loss, eval/token_f1, eval/exact_match, eval/rougeL, "
+                   "eval/chrf, eval/bleu that every run has")
+@click.option("--metrics", "metrics", multiple=True, metavar="M1,M2",
+              help="evaluation metrics to show (rows, and the bars of --plot), e.g. --metrics eval/loss,bleu; "
+                   "default: every row, and the quality metric's bars")
 @click.option("--log-to-mlflow", is_flag=True,
               help="also record the comparison (table JSON + PNG) as a run tagged mg.run_kind=comparison")
 @click.option("--ui-port", type=int, default=5000, show_default=True, help="port of `model-garden ui` for the printed link")
-def compare_cmd(targets, experiment, max_runs, fmt, plot, log_to_mlflow, ui_port):
-    """Compare runs: only the params that differ, final train/eval loss, evaluation metrics
-    (eval/* of evaluation runs linked to each run's model), energy, CO2, duration, tokens/s and
-    the registered version.
+def compare_cmd(targets, experiment, max_runs, fmt, plot, metric, metrics, log_to_mlflow, ui_port):
+    """Compare runs side by side: one column per run; rows grouped into the params that differ,
+    training (steps, final losses, seconds, tokens/s), evaluation per dataset (eval/* of the
+    evaluation runs of each run's model, with their direction), carbon (training emissions in
+    gCO2eq with their energy source, serving apart) and the registry (version, current aliases).
 
     \b
     Examples:
@@ -34,39 +44,61 @@ def compare_cmd(targets, experiment, max_runs, fmt, plot, log_to_mlflow, ui_port
       model-garden compare models:/tiny-lora/1 models:/tiny-lora@champion --plot compare.png
       model-garden compare --experiment model-garden --format markdown
       model-garden compare 3f2a9c 81be07 --format json | jq '.runs[].eval_loss_final'
+      model-garden compare models:/tiny-lora/1 models:/tiny-lora/2 --metrics eval/loss,token_f1 \\
+          --metric eval/token_f1 --plot compare.png
     """
     setup_env()
+    chosen = [m.strip() for item in metrics for m in item.split(",") if m.strip()] or None
     data = collect(list(targets), experiment, max_runs)
+    if plot or metric:
+        quality_metric(data, metric)  # a --metric that is no quality metric stops here, exit 2
     link = compare_url(base_url(port=ui_port), [r["run_id"] for r in data["runs"]],
                        [r["experiment_id"] for r in data["runs"]])
     drawn = None
     if plot:
         from pathlib import Path
 
-        drawn = comparison_png(data, loss_histories([r["run_id"] for r in data["runs"]]), Path(plot).absolute())
+        drawn = comparison_png(data, loss_histories([r["run_id"] for r in data["runs"]]), Path(plot).absolute(),
+                               metric, chosen)
         data["plot"] = drawn
     data["ui_compare_url"] = link
     logged = _log(data, drawn) if log_to_mlflow else None
     out = console()
     if fmt != "table":
-        click.echo(render(data, fmt))
+        click.echo(render(data, fmt, chosen))
     else:
-        from rich.table import Table
-
-        header, body = flat_rows(data)
-        table = Table(title=f"{len(body)} runs; params shown: those that differ", title_justify="left")
-        for col in header:
-            table.add_column(col, overflow="fold")
-        for row in body:
-            table.add_row(*row)
-        out.print(table)
+        _print_table(out, data, chosen)
     err = console(stderr=True)  # the links go to stderr so json/csv output stays parseable
+    if fmt != "table" and data["carbon"]["note"]:
+        err.print(f"carbon: {data['carbon']['note']}", soft_wrap=True)
     if drawn:
         front = ", ".join(drawn["pareto"]) or "-"
-        err.print(f"plot: {drawn['path']} (Pareto front on {drawn['quality'] or '-'}: {front})", soft_wrap=True)
+        way = "" if drawn["higher_is_better"] is None else (
+            " (higher is better)" if drawn["higher_is_better"] else " (lower is better)")
+        err.print(f"plot: {drawn['path']} (Pareto front on {drawn['quality'] or '-'}{way} against training "
+                  f"emissions: {front})", soft_wrap=True)
     err.print(f"MLflow UI compare view (with `model-garden ui`): {link}", soft_wrap=True)
     if logged:
         err.print(f"logged as run {logged}")
+
+
+def _print_table(out, data: dict, chosen: list[str] | None) -> None:
+    """Runs in columns, grouped rows; the column of row labels never wraps."""
+    from rich.table import Table
+
+    runs = data["runs"]
+    table = Table(title=f"{len(runs)} runs; params shown: those that differ", title_justify="left")
+    table.add_column("", no_wrap=True, style="bold")
+    for r in runs:
+        table.add_column(r["name"], overflow="fold", min_width=8)
+    for title, rows in grouped_rows(data, chosen):
+        table.add_section()
+        table.add_row(f"[cyan]{title}[/]", *([""] * len(runs)))
+        for row in rows:
+            table.add_row(*row)
+    out.print(table)
+    if data["carbon"]["note"]:
+        out.print(f"carbon: {data['carbon']['note']}", soft_wrap=True)
 
 
 def _log(data: dict, drawn: dict | None) -> str:

@@ -8,16 +8,17 @@ from pathlib import Path
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import write_sample
+from mg_mlflow.data.sample import write_sample, write_split_sample
+from mg_mlflow.data.split import split_file
 from mg_mlflow.config import FORMATS
 from mg_mlflow.data.chat_tokens import readable
 from mg_mlflow.data.preference import KINDS
 from mg_mlflow.data.stats import dataset_stats, is_vision_data, vision_stats
-from mg_mlflow.errors import MGError
 from mg_mlflow.options import parse_pairs
 from mg_mlflow.vision_config import VISION_FORMATS
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
+from mg_mlflow.errors import MGError
 
 
 VISION_ONLY = tuple(f for f in VISION_FORMATS if f not in FORMATS)
@@ -82,19 +83,59 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_cmd(path, records, fmt, vision, seed):
+@click.option("--split", "fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              metavar="FRACTION", help="hold out this share of the records in a second file that shares no record "
+                                       "with PATH (for `evaluate`)")
+@click.option("--heldout", default=None, metavar="FILE",
+              help="with --split: the held-out file (default: PATH's name + -heldout.jsonl, beside it)")
+def sample_cmd(path, records, fmt, vision, seed, fraction, heldout):
     """Write a small sample dataset to PATH (JSONL) to start from.
+
+    With --split, the records are divided into PATH (training) and a held-out file: every copy of a
+    record goes to one side, so the held-out set never measures memorised training records.
 
     \b
     Examples:
       model-garden data sample data.jsonl -n 200
       model-garden data sample chat.jsonl --format messages
+      model-garden data sample data.jsonl -n 160 --split 0.2 --heldout heldout.jsonl
     """
+    if heldout and fraction is None:
+        raise MGError("--heldout FILE needs --split FRACTION (the share of records held out)")
     if vision:
+        if fraction is not None:
+            raise MGError("--split is for text samples; split a vision sample with `model-garden data split`")
         out = write_vision_sample(path, records, seed=seed)
+    elif fraction is not None:
+        out, n_train, held, n_held = write_split_sample(path, heldout, fraction, records, fmt, seed)
+        console().print(f"wrote {n_train} training records to [bold]{out}[/] and {n_held} held-out records "
+                        f"to [bold]{held}[/] (no record in both)")
+        return
     else:
         out = write_sample(path, records, fmt, seed)
     console().print(f"wrote {records} records to [bold]{out}[/]")
+
+
+@data_group.command("split")
+@click.argument("dataset", type=click.Path(dir_okay=False))
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="share of the records held out")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--train", "train_out", default=None, metavar="FILE",
+              help="training records (default: DATASET's name + -train.jsonl, beside it)")
+@click.option("--heldout", "heldout_out", default=None, metavar="FILE",
+              help="held-out records (default: DATASET's name + -heldout.jsonl, beside it)")
+def split_cmd(dataset, fraction, seed, train_out, heldout_out):
+    """Split DATASET (JSONL, JSON, CSV or Parquet) into training and held-out JSONL files that share
+    no record: every copy of a repeated record goes to the same side.
+
+    \b
+    Example:
+      model-garden data split data.jsonl --fraction 0.2 --train train.jsonl --heldout heldout.jsonl
+    """
+    t_path, n_train, h_path, n_held = split_file(dataset, fraction, seed, train_out, heldout_out)
+    console().print(f"wrote {n_train} training records to [bold]{t_path}[/] and {n_held} held-out records "
+                    f"to [bold]{h_path}[/] (no record in both)")
 
 
 def register(group: click.Group) -> None:

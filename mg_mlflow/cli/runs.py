@@ -48,6 +48,8 @@ def list_cmd(experiment, max_results):
         status = r["status"]
         if status == "RUNNING" and process_state(r["tags"])[0] == DEAD:
             status, dead = "RUNNING (dead)", dead + 1
+        elif r["tags"].get("mg.trial_state") == "PRUNED":  # a sweep trial stopped by its pruner (ends KILLED)
+            status = "pruned"
         table.add_row(r["run_id"][:12], r["name"] or "", status,
                       f"{r['params'].get('backend', '')}/{r['params'].get('method', '')}",
                       f"{loss:.4f}" if loss is not None else "", r["registered"] or "", r["start"])
@@ -115,7 +117,10 @@ def show_cmd(run_id):
       model-garden runs show 3f2a9c
     """
     r = get_run(run_id)
-    rows = [("run id", r["run_id"]), ("status", r["status"]), ("experiment", r["experiment"]),
+    status = r["status"]
+    if r["tags"].get("mg.trial_state") == "PRUNED":
+        status = f"pruned (MLflow status {status}): {r['tags'].get('mg.sweep.pruned_reason', 'stopped by the sweep pruner')}"
+    rows = [("run id", r["run_id"]), ("status", status), ("experiment", r["experiment"]),
             ("started", r["start"]), ("error", r["tags"].get("mg.error")),
             ("backend", f"{r['tags'].get('mg.backend', '')} ({r['tags'].get('mg.backend_reason', '')})"),
             ("registered", r["registered"]), ("git commit", r["tags"].get("mg.git_commit"))]

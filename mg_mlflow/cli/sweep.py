@@ -36,14 +36,16 @@ def sweep_cmd(config_file, set_args, resume, **values):
 
     Every `train` option fixes a value for all trials; --grid or --space (+ --trials) say what
     varies. Each trial is a full training run (params, losses, carbon) named by its parameters,
-    e.g. "trial 3 lr=3e-4 r=16". Bad trials are pruned at their evaluations (give --eval-steps),
-    a failed trial does not stop the sweep, and only the best trial is registered. Ctrl-C marks
+    e.g. "trial 3 lr=3e-4 r=16". An objective measured on evaluation data holds out 0.2 of the
+    dataset unless --eval-split/--eval-dataset say otherwise; a --space search prunes bad trials at
+    intermediate evaluations (a grid does not); every default chosen is logged on the parent run.
+    A failed trial does not stop the sweep, and only the best trial is registered. Ctrl-C marks
     the running trial and the sweep KILLED; --resume continues without re-running finished trials.
 
     \b
     Examples:
-      model-garden sweep --base-model ./tiny --dataset data.jsonl --max-steps 60 --eval-split 0.2 \\
-          --eval-steps 10 --grid learning_rate=1e-4,3e-3 --grid lora_r=8,16
+      model-garden sweep --base-model ./tiny --dataset data.jsonl --max-steps 60 \\
+          --grid learning_rate=1e-4,3e-3 --grid lora_r=8,16
       model-garden sweep --base-model ./tiny --dataset data.jsonl --max-steps 60 --eval-split 0.2 \\
           --eval-steps 10 --trials 12 --space learning_rate=loguniform:1e-5:1e-2 \\
           --space lora_r=int:4:32 --space lr_scheduler=choice:linear,cosine --max-emissions-kg 0.01

@@ -10,6 +10,8 @@ import json
 import random
 from pathlib import Path
 
+from mg_mlflow.data.split import beside, split_records, write_jsonl
+
 _COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
 _ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "eel", "yak"]
 _WORDS = ["apple", "river", "cloud", "stone", "music", "light", "green", "sugar", "table", "ocean"]
@@ -56,3 +58,18 @@ def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: 
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
     return path
+
+
+def write_split_sample(path: str | Path, heldout: str | Path | None, fraction: float, n: int = 64,
+                       fmt: str = "instruction", seed: int = 0) -> tuple[Path, int, Path, int]:
+    """``n`` sample records split into a training file and a held-out file that share no record
+    (:func:`mg_mlflow.data.split.split_records`). Returns (train path, records, held-out path, records)."""
+    records = sample_records(n, seed)
+    if fmt == "messages":
+        records = [to_messages(r) for r in records]
+    train, held = split_records(records, fraction, seed)
+    path = Path(path)
+    held_path = Path(heldout) if heldout else beside(path, "heldout")
+    write_jsonl(path, train)
+    write_jsonl(held_path, held)
+    return path, len(train), held_path, len(held)

@@ -93,15 +93,3 @@ def score(predictions: list[str], references: list[str], validator=None) -> tupl
     if validator is not None:
         out["eval/json_valid_rate"] = sum(r["json_valid"] for r in rows) / n
     return out, rows
-
-
-LOWER_IS_BETTER = ("loss", "perplexity", "latency", "emissions", "energy", "seconds", "duration")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Direction of a metric by name: loss, perplexity, latency, time, energy and emissions go down;
-    rates (``..._per_s``) and scores go up."""
-    name = metric.lower()
-    if name.endswith("per_s"):
-        return False
-    return any(part in name for part in LOWER_IS_BETTER)

@@ -20,6 +20,7 @@ from mg_mlflow.evaluation import lmeval, local, record as rec, remote
 from mg_mlflow.evaluation.data import load_eval_set
 from mg_mlflow.evaluation.lmeval import check_tasks
 from mg_mlflow.evaluation.metrics import load_schema, score
+from mg_mlflow.evaluation.overlap import training_overlap
 from mg_mlflow.evaluation.remote import check_alive, logprobs_safe, served_model_for
 from mg_mlflow.options import option
 from mg_mlflow.registry.loader import load_model_dir
@@ -157,6 +158,7 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
         manager = check_tasks(list(opts.tasks), opts.tasks_dir)
 
     experiment = rec.experiment_name(resolved)
+    overlap = training_overlap(resolved, eval_set)
     key = rec.eval_key(resolved, eval_set.digest, _settings(opts, validator))
     label = rec.model_label(resolved)
     run_name = f"eval {label} on {eval_set.name}"
@@ -166,13 +168,13 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
         earlier = rec.find_earlier(key, experiment)
         if earlier is not None:
             return EvalResult(earlier.info.run_id, True, experiment, earlier.info.run_name or run_name, label,
-                              eval_set.digest, dict(earlier.data.metrics))
+                              eval_set.digest, dict(earlier.data.metrics), notes=[overlap] if overlap else [])
     return _run(resolved, eval_set, opts, validator, deployment, served, manager, experiment, key, run_name,
-                label, progress)
+                label, progress, overlap)
 
 
 def _run(resolved, eval_set, opts, validator, deployment, served, manager, experiment, key, run_name, label,
-         progress) -> EvalResult:
+         progress, overlap: str | None = None) -> EvalResult:
     import tempfile
 
     import mlflow
@@ -183,9 +185,9 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
             "mg.eval.dataset": eval_set.data.source, "mg.eval.mode": "deployment" if deployment else "local",
             "mg.eval.deployment": deployment.name if deployment else "", "mg.eval.served_model": served or "",
             "mg.eval.model_id": model_id or "", "mg.eval.registered_model": resolved.name or "",
-            "mg.eval.registered_version": resolved.version or ""}
+            "mg.eval.registered_version": resolved.version or "", "mg.eval.overlap": overlap or ""}
     started = time.perf_counter()
-    notes: list[str] = []
+    notes: list[str] = [overlap] if overlap else []
     step = (lambda what: (lambda done, total: progress(what, done, total))) if progress else (lambda what: None)
     with run_context(experiment, run_name, system_metrics=False, tags={k: v for k, v in tags.items() if v}) as run:
         mlflow.log_params({"eval.max_new_tokens": opts.max_new_tokens, "eval.concurrency": opts.concurrency,

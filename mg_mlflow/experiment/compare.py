@@ -13,11 +13,13 @@ import json
 from typing import Any
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.experiment.compare_noise import carbon_noise, same_work_emissions, work_key
+from mg_mlflow.experiment.space import SHORT
 from mg_mlflow.registry.resolve import is_logged_model_id, registry_version
 from mg_mlflow.tracking.query import get_run
 from mg_mlflow.tracking.run import use_tracking_uri
 
-SKIP_PARAMS = {"run_name", "output_dir", "experiment"}
+SKIP_PARAMS = {"run_name", "output_dir", "experiment", "alias", "register_as"}  # the registry says where aliases are now
 NOT_TRAINING = {"sweep", "evaluation", "comparison"}
 SERVING_EXPERIMENT = "model-garden-serving"
 
@@ -64,9 +66,18 @@ def resolve_run_ids(targets: list[str], experiment: str, max_runs: int = 20) -> 
     return unique
 
 
-def eval_metrics(client, run) -> dict[str, float]:
-    """``eval/*`` metrics linked to the run's logged models by evaluation runs (latest per key)."""
-    found: dict[str, tuple[int, float]] = {}
+def _dataset_of(metric) -> tuple[str, str]:
+    return (getattr(metric, "dataset_digest", None) or "", getattr(metric, "dataset_name", None) or "")
+
+
+def evaluations(client, run) -> dict[str, dict]:
+    """The run's model's evaluations, per dataset digest: ``{digest: {"dataset": name, "metrics":
+    {"eval/x": value}}}``. From the ``eval/*`` metrics that evaluation runs logged against the run's
+    LoggedModels (latest per key and dataset), then the registered version's ``mg.eval.<digest>.<x>``
+    tags for what those lack. An evaluation's own ``carbon/*`` figures are not model metrics: left out.
+    Metrics logged without a dataset are under the digest ``""``."""
+    found: dict[tuple[str, str], tuple[int, float]] = {}
+    names: dict[str, str] = {}
     model_ids = [o.model_id for o in (getattr(run.outputs, "model_outputs", None) or [])]
     if not model_ids:
         try:
@@ -81,22 +92,30 @@ def eval_metrics(client, run) -> dict[str, float]:
             continue
         for m in logged.metrics or []:
             if m.key.startswith("eval/") and m.run_id != run.info.run_id:
-                if m.key not in found or m.timestamp >= found[m.key][0]:
-                    found[m.key] = (m.timestamp, m.value)
-    out = {k: v for k, (_, v) in found.items()}
+                digest, name = _dataset_of(m)
+                names.setdefault(digest, name)
+                if (digest, m.key) not in found or m.timestamp >= found[(digest, m.key)][0]:
+                    found[(digest, m.key)] = (m.timestamp, m.value)
+    out: dict[str, dict] = {}
+    for (digest, key), (_, value) in found.items():
+        out.setdefault(digest, {"dataset": names.get(digest, ""), "metrics": {}})["metrics"][key] = value
     tags = run.data.tags
     if tags.get("mg.registered_model"):
         try:
             mv = client.get_model_version(tags["mg.registered_model"], tags.get("mg.registered_version", ""))
-            for key, value in (mv.tags or {}).items():
-                name = "eval/" + key[len("mg.eval."):]
-                if key.startswith("mg.eval.") and name not in out:
-                    try:
-                        out[name] = float(value)
-                    except ValueError:
-                        pass
+            vtags = dict(mv.tags or {})
         except Exception:  # noqa: BLE001
-            pass
+            vtags = {}
+        for key, value in vtags.items():
+            digest, dot, rest = key[len("mg.eval."):].partition(".")
+            if not key.startswith("mg.eval.") or not dot or rest in ("run_id", "dataset") or rest.startswith("carbon/"):
+                continue
+            group = out.setdefault(digest, {"dataset": vtags.get(f"mg.eval.{digest}.dataset", ""), "metrics": {}})
+            group["dataset"] = group["dataset"] or vtags.get(f"mg.eval.{digest}.dataset", "")
+            try:
+                group["metrics"].setdefault(f"eval/{rest}", float(value))
+            except ValueError:
+                pass
     return out
 
 
@@ -115,8 +134,48 @@ def serving_emissions(client) -> dict[str, float]:
     return out
 
 
+def current_aliases(client, name: str, version: str) -> list[str]:
+    """The aliases that point at the version now (the registry's, not the train-time ``--alias``)."""
+    try:
+        return sorted(client.get_model_version(name, version).aliases or [])
+    except Exception:  # noqa: BLE001 - a deleted version
+        return []
+
+
+def _energy_source(run) -> str | None:
+    if "carbon/total_emissions_kg" not in run.data.metrics:
+        return None
+    flag = run.data.tags.get("mg.carbon.estimated")
+    if flag is None and "carbon/estimated" in run.data.metrics:
+        flag = "true" if run.data.metrics["carbon/estimated"] else "false"
+    return {"true": "estimated", "false": "measured"}.get(flag or "", "estimated")
+
+
+def _labels(runs, differing: list[str]) -> list[str]:
+    """Run names, made unique by what differs (e.g. ``tiny lora r8 lr0.003 (hf) [steps=150]``)."""
+    names = [r.info.run_name or r.info.run_id[:8] for r in runs]
+    if len(set(names)) == len(names):
+        return names
+    out = []
+    for name, r in zip(names, runs):
+        what = " ".join(f"{SHORT.get(k, k)}={r.data.params.get(k, '')}" for k in differing) or r.info.run_id[:8]
+        out.append(f"{name} [{what}]" if names.count(name) > 1 else name)
+    return out
+
+
+def _primary_dataset(rows: list[dict]) -> str | None:
+    """The digest most of the runs were evaluated on (the quality axis and bars compare on it)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        for digest in row["evaluations"]:
+            counts[digest] = counts.get(digest, 0) + 1
+    if not counts:
+        return None
+    return max(counts, key=lambda d: (counts[d], d != ""))
+
+
 def collect(targets: list[str], experiment: str = "model-garden", max_runs: int = 20) -> dict[str, Any]:
-    """``{"runs": [row...], "differing_params": [...], "eval_metrics": [...]}``."""
+    """``{"runs": [row...], "differing_params", "eval_metrics", "eval_dataset", "datasets", "carbon"}``."""
     use_tracking_uri()
     client = _client()
     runs = [client.get_run(i) for i in resolve_run_ids(targets, experiment, max_runs)]
@@ -124,70 +183,40 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
     keys = sorted({k for r in runs for k in r.data.params} - SKIP_PARAMS)
     differing = [k for k in keys if len({r.data.params.get(k, "") for r in runs}) > 1]
     rows = []
-    for r in runs:
+    for r, label in zip(runs, _labels(runs, differing)):
         m, tags = r.data.metrics, r.data.tags
-        registered = (f"{tags['mg.registered_model']}/{tags.get('mg.registered_version', '?')}"
-                      if tags.get("mg.registered_model") else "")
+        name, version = tags.get("mg.registered_model", ""), tags.get("mg.registered_version", "")
+        registered = f"{name}/{version or '?'}" if name else ""
         train_kg = m.get("carbon/total_emissions_kg")
-        serve_kg = serving.get(registered, 0.0) if registered else 0.0
         seconds = m.get("train_seconds")
         tokens = m.get("trained_tokens")
+        evals = evaluations(client, r)
         rows.append({
-            "run_id": r.info.run_id, "name": r.info.run_name or r.info.run_id[:8], "status": r.info.status,
+            "run_id": r.info.run_id, "name": label, "run_name": r.info.run_name or "", "status": r.info.status,
             "experiment_id": r.info.experiment_id,
             "params": {k: r.data.params.get(k, "") for k in differing},
+            "work": work_key(r.data.params),
+            "steps": m.get("train_steps"), "epochs": r.data.params.get("epochs") if r.data.params.get(
+                "max_steps", "-1") in ("-1", "") else None,
             "loss_final": m.get("loss_final"), "eval_loss_final": m.get("eval_loss_final"),
-            "eval": eval_metrics(client, r),
+            "evaluations": evals, "eval": {},
             "energy_kwh": m.get("carbon/total_energy_kwh"), "emissions_kg": train_kg,
-            "serving_emissions_kg": serve_kg or None,
-            "footprint_kg": (train_kg or 0.0) + serve_kg if train_kg is not None or serve_kg else None,
+            "energy_source": _energy_source(r),
+            "serving_emissions_kg": serving.get(registered) if registered else None,
             "duration_s": seconds if seconds is not None else
             ((r.info.end_time - r.info.start_time) / 1000.0 if r.info.end_time else None),
             "tokens_per_s": tokens / seconds if tokens and seconds else None,
-            "registered": registered})
+            "registered": registered, "aliases": current_aliases(client, name, version) if name and version else []})
+    primary = _primary_dataset(rows)
+    for row in rows:
+        row["eval"] = dict(row["evaluations"].get(primary, {}).get("metrics", {})) if primary is not None else {}
+    datasets: dict[str, str] = {}
+    for row in rows:
+        for digest, group in row["evaluations"].items():
+            datasets[digest] = datasets.get(digest) or group["dataset"]
     eval_keys = sorted({k for row in rows for k in row["eval"]})
-    return {"runs": rows, "differing_params": differing, "eval_metrics": eval_keys}
-
-
-COLUMNS = (("loss_final", "loss"), ("eval_loss_final", "eval loss"), ("energy_kwh", "energy kWh"),
-           ("emissions_kg", "CO2 kg"), ("duration_s", "seconds"), ("tokens_per_s", "tokens/s"))
-
-
-def _fmt(value: Any) -> str:
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def flat_rows(data: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (what every text format prints)."""
-    header = ["run", *data["differing_params"], *(label for _, label in COLUMNS), *data["eval_metrics"], "registered"]
-    body = []
-    for row in data["runs"]:
-        body.append([row["name"], *(row["params"][k] for k in data["differing_params"]),
-                     *(_fmt(row[key]) for key, _ in COLUMNS), *(_fmt(row["eval"].get(k)) for k in data["eval_metrics"]),
-                     row["registered"]])
-    return header, body
-
-
-def render(data: dict, fmt: str) -> str:
-    """``json``, ``csv`` or ``markdown`` text (the table format is printed by the CLI with rich)."""
-    if fmt == "json":
-        return json.dumps(data, indent=2)
-    header, body = flat_rows(data)
-    if fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(header)
-        writer.writerows(body)
-        return buf.getvalue()
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
-        return "\n".join(lines)
-    raise MGError(f"unknown format {fmt!r}: use table, json, csv or markdown")
+    data = {"runs": rows, "differing_params": differing, "eval_metrics": eval_keys,
+            "eval_dataset": {"digest": primary, "name": datasets.get(primary, "")} if primary is not None else None,
+            "datasets": [{"digest": d, "name": n} for d, n in datasets.items()]}
+    data["carbon"] = carbon_noise(rows, same_work_emissions(client, runs))
+    return data

@@ -3,8 +3,8 @@
 A version is a candidate when it was evaluated (``model-garden evaluate``) on the same dataset
 digest as the current holder, and, with a carbon budget, its training emissions (version tag
 ``mg.carbon.total_emissions_kg``) fit the budget. The alias moves to the best candidate only if it
-beats the holder on the metric by more than ``min_improvement`` (direction from the metric's name:
-loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
+beats the holder on the metric by more than ``min_improvement`` (direction: the declared one of
+:mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
 decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
 alias, previous holder, metric values, digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for
 the latest move; :func:`history` reads them back.
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
-from mg_mlflow.evaluation.metrics import lower_is_better
 from mg_mlflow.evaluation.record import version_metric
 from mg_mlflow.registry.resolve import known_models
+from mg_mlflow.tracking.directions import direction as metric_direction, lower_is_better
 from mg_mlflow.tracking.run import use_tracking_uri
 
 EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
@@ -105,11 +105,43 @@ def _pick_digest(versions, holder_tags: dict | None, given: str | None) -> str:
     return evaluated.most_common(1)[0][0]
 
 
+def missing_reason(client, tags: dict, digest: str, metric: str) -> str:
+    """Why a version has no ``metric`` on ``digest``: never evaluated there, or evaluated without it
+    (e.g. through a vLLM deployment of an adapter, which gives no teacher-forced loss), from the
+    evaluation run's mode and notes."""
+    run_id = tags.get(f"mg.eval.{digest}.run_id")
+    if not run_id:
+        return f"not evaluated on {digest}"
+    try:
+        run = client.get_run(run_id)
+    except Exception:  # noqa: BLE001 - a deleted evaluation run
+        return f"no {metric} on {digest} (its evaluation run {run_id} is gone)"
+    rtags = run.data.tags
+    how = (f"evaluated through deployment {rtags.get('mg.eval.deployment') or '?'}"
+           if rtags.get("mg.eval.mode") == "deployment" else "evaluated locally")
+    family = ("eval/loss",) if metric in ("eval/loss", "eval/perplexity", "eval/answer_tokens") else (metric,)
+    notes = (rtags.get("mg.eval.notes") or "").strip()
+    if notes and any(name in notes for name in family):
+        why = notes[:600]
+    elif metric.count("/") >= 2:
+        why = f"the lm-eval task {metric.split('/')[1]} was not run (add --task {metric.split('/')[1]})"
+    elif metric.startswith(("eval/latency", "eval/output_tokens_per_s")):
+        why = "latency is measured only through a deployment (add --deployment NAME)"
+    elif metric == "eval/json_valid_rate":
+        why = "no --json-schema was given"
+    else:
+        why = "that evaluation did not measure it"
+    return f"no {metric} on {digest}: {how} (run {run_id[:8]}), {why}"
+
+
 def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match", dataset_digest: str | None = None,
            min_improvement: float = 0.0, max_emissions_kg: float | None = None) -> Decision:
     """What ``promote`` would do, and why (reads the registry; changes nothing)."""
     if not metric.startswith("eval/"):
         metric = f"eval/{metric}"
+    if metric_direction(metric).higher_is_better is None:
+        raise MGError(f"--metric {metric}: a {metric_direction(metric).kind}, which ranks no model",
+                      hint="promote on a score or a loss: eval/loss, eval/exact_match, eval/token_f1, eval/rougeL, ...")
     client = _client()
     rm, versions = _versions(client, name)
     aliases = getattr(rm, "aliases", {}) or {}
@@ -121,7 +153,10 @@ def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match",
     if not any(version_metric(dict(v.tags or {}), digest, metric) is not None for v in versions):
         on_digest = sorted({k.split(".", 3)[3] for v in versions for k in (v.tags or {})
                             if k.startswith(f"mg.eval.{digest}.") and k.count(".") >= 3} - {"run_id", "dataset"})
-        raise MGError(f"no version of {name!r} has {metric} on dataset digest {digest}",
+        evaluated = [v for v in versions if f"mg.eval.{digest}.run_id" in (v.tags or {})]
+        why = missing_reason(client, dict(evaluated[-1].tags or {}), digest, metric) if evaluated else ""
+        raise MGError(f"no version of {name!r} has {metric} on dataset digest {digest}"
+                      + (f" (v{evaluated[-1].version}: {why})" if why else ""),
                       hint="metrics recorded there: " + (", ".join(f"eval/{m}" for m in on_digest) or "none"))
 
     rows = []
@@ -133,9 +168,10 @@ def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match",
         run_id = tags.get(f"mg.eval.{digest}.run_id")
         eligible, note = True, "candidate"
         if version == holder:
-            eligible, note = False, f"holds @{alias}" + ("" if value is not None else f" (not evaluated on {digest})")
+            eligible, note = False, f"holds @{alias}" + (
+                "" if value is not None else f" ({missing_reason(client, tags, digest, metric)})")
         elif value is None:
-            eligible, note = False, f"not evaluated on {digest}"
+            eligible, note = False, missing_reason(client, tags, digest, metric)
         elif max_emissions_kg is not None and emissions is None:
             eligible, note = False, "training emissions unknown (trained with carbon off)"
         elif max_emissions_kg is not None and emissions > max_emissions_kg:
@@ -150,14 +186,19 @@ def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match",
     decision = Decision(name, alias, metric, digest, lower, holder, holder_value,
                         best.version if best else None, best.value if best else None, False, "", rows)
     if best is None:
-        decision.reason = (f"no eligible candidate: every other version is unevaluated on {digest}"
+        decision.reason = (f"no eligible candidate: every other version lacks {metric} on {digest}"
                            + (" or over the carbon budget" if max_emissions_kg is not None else ""))
     elif holder is None:
         decision.move = True
         decision.reason = f"@{alias} is unset; v{best.version} has the best {metric} ({best.value:.4g}, {direction} is better)"
     elif holder_value is None:
-        decision.reason = (f"the holder v{holder} was not evaluated on {digest}, so nothing can be shown to beat it; "
-                           f"evaluate it first: model-garden evaluate models:/{name}/{holder} --dataset FILE")
+        why = missing_reason(client, holder_tags or {}, digest, metric)
+        if why.startswith("not evaluated"):
+            decision.reason = (f"the holder v{holder} was not evaluated on {digest}, so nothing can be shown to beat "
+                               f"it; evaluate it first: model-garden evaluate models:/{name}/{holder} --dataset FILE")
+        else:
+            decision.reason = (f"the holder v{holder} has {why}, so nothing can be shown to beat it on {metric}; "
+                               f"evaluate it so that {metric} is measured, or promote on a metric it has")
     else:
         gain = (holder_value - best.value) if lower else (best.value - holder_value)
         if gain > min_improvement:

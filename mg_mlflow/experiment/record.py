@@ -40,7 +40,7 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
     kind = "grid" if any(d.kind == "grid" for d in dims) else f"{spec.sampler} search"
     name = f"sweep {Path(cfg.base_model.rstrip('/')).name} {cfg.method}: {what} ({kind})"
     tags = {"mg.run_kind": "sweep", "mg.modality": spec.modality, "mg.sweep.objective": spec.objective,
-            "mg.sweep.direction": direction}
+            "mg.sweep.direction": direction, "mg.sweep.defaults": json.dumps(spec.chosen)}
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if env_run:
         parent_id = env_run

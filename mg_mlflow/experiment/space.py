@@ -13,14 +13,12 @@ from typing import Any
 
 from mg_mlflow.config import coerce
 from mg_mlflow.errors import ConfigError, MGError
+from mg_mlflow.tracking.directions import optuna_direction
 
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 SHORT = {"learning_rate": "lr", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
          "lr_scheduler": "sched", "batch_size": "bs", "grad_accum": "ga", "warmup_steps": "warmup",
          "weight_decay": "wd", "max_steps": "steps"}
-# objective -> direction; anything else needs --direction
-MINIMIZE = ("loss", "perplexity", "emissions", "energy", "seconds", "latency")
-MAXIMIZE = ("exact_match", "f1", "rouge", "bleu", "chrf", "accuracy", "acc", "tokens_per_second", "valid")
 
 
 @dataclass
@@ -165,9 +163,7 @@ def direction_for(objective: str, given: str = "") -> str:
         if given not in ("minimize", "maximize"):
             raise MGError(f"--direction {given!r}: use minimize or maximize")
         return given
-    key = objective.lower()
-    if any(word in key for word in MINIMIZE):
-        return "minimize"
-    if any(word in key for word in MAXIMIZE):
-        return "maximize"
+    found = optuna_direction(objective)  # the declared direction (mg_mlflow.tracking.directions)
+    if found:
+        return found
     raise MGError(f"the direction of objective {objective!r} is not known", hint="add --direction minimize|maximize")

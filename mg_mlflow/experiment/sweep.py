@@ -55,8 +55,10 @@ class SweepSpec:
     direction: str = option("", "only for objectives whose direction is not known (losses are minimised, eval/* "
                                 "scores maximised)", ("minimize", "maximize"), group=SWEEP)
     sampler: str = option("tpe", "Optuna sampler for --space", ("tpe", "random"), group=SWEEP)
-    pruner: str = option("median", "stop a trial whose eval loss at an evaluation is worse than the median of "
-                                   "earlier trials", ("median", "none"), group=SWEEP)
+    pruner: str = option("", "stop a trial whose eval loss at an evaluation is worse than the median of earlier "
+                             "trials (default: none for --grid, which tries every combination; median for a --space "
+                             "search, with evaluations every fifth of max_steps unless --eval-steps says)",
+                         ("median", "none"), group=SWEEP)
     pruner_startup_trials: int = option(2, "complete trials before pruning starts", group=SWEEP)
     pruner_warmup_steps: int = option(0, "steps of each trial never pruned", group=SWEEP)
     parallel: int = option(1, "trials at once (worker processes; one GPU each where GPUs exist)", group=SWEEP)
@@ -64,6 +66,7 @@ class SweepSpec:
     max_emissions_kg: float = option(0.0, "carbon budget: no new trial starts once the summed emissions would "
                                           "pass it (0 = no budget)", group=SWEEP)
     seed: int = option(42, "Optuna sampler seed (the training seed)", flags=())
+    chosen: dict[str, str] = option({}, "defaults the sweep chose, with why (logged on the parent run)", flags=())
 
 
 @dataclass
@@ -110,7 +113,7 @@ def validate(spec: SweepSpec):
         problems.append("--space needs --trials N (how many trials to run)")
     if spec.register not in ("best", "all", "none"):
         problems.append(f"--register {spec.register!r}: use best, all or none")
-    if spec.pruner not in ("median", "none"):
+    if spec.pruner not in ("", "median", "none"):
         problems.append(f"--pruner {spec.pruner!r}: use median or none")
     if spec.sampler not in ("tpe", "random"):
         problems.append(f"--sampler {spec.sampler!r}: use tpe or random")
@@ -125,6 +128,8 @@ def validate(spec: SweepSpec):
     first = {d.name: (d.values[0] if d.values else (int(d.low) if "int" in d.kind else d.low)) for d in grid + space}
     cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
     direction = sp.direction_for(spec.objective, spec.direction)
+    if choose_defaults(spec, cfg, grid, direction):
+        cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
     if spec.objective.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
         raise MGError(f"objective {spec.objective} needs an evaluation set",
                       hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --objective loss_final")
@@ -132,6 +137,60 @@ def validate(spec: SweepSpec):
         raise MGError("--pruner median stops bad trials at intermediate evaluations, and eval_steps is 0",
                       hint="add --eval-steps N (e.g. a fifth of max_steps), or --pruner none")
     return cls, grid, space, cfg, direction
+
+
+EVAL_SPLIT = 0.2
+
+
+def _given(spec: SweepSpec, name: str) -> bool:
+    """Whether the user set a training option (on the command line, with --set, or in the recipe)."""
+    if spec.options.get(name) is not None or any(a.split("=", 1)[0].strip().replace("-", "_") == name
+                                                 for a in spec.set_args):
+        return True
+    if spec.config_file:
+        import yaml
+
+        try:
+            return name in (yaml.safe_load(Path(spec.config_file).read_text()) or {})
+        except (OSError, yaml.YAMLError, AttributeError):
+            return False
+    return False
+
+
+def choose_defaults(spec: SweepSpec, cfg, grid, direction: str) -> bool:
+    """Fill what the user left out so that the obvious sweep runs; each choice (value and why) goes
+    to ``spec.chosen`` and ``spec.options``. Returns whether a training option changed.
+
+    - an objective measured on evaluation data (``eval_*``) without an evaluation set: hold out
+      ``eval_split`` 0.2 of the dataset;
+    - no ``--pruner``: none on a grid (every combination is wanted), median on a search of a loss;
+    - the median pruner without intermediate evaluations: ``eval_steps`` = a fifth of max_steps."""
+    changed = False
+    has_eval = bool(cfg.eval_split or cfg.eval_dataset)
+    if spec.objective.startswith("eval_") and not has_eval and not _given(spec, "eval_split"):
+        spec.options["eval_split"] = EVAL_SPLIT
+        spec.chosen["eval_split"] = f"{EVAL_SPLIT:g}: objective {spec.objective} needs an evaluation set"
+        has_eval, changed = True, True
+    if not spec.pruner:
+        if grid:
+            spec.pruner = "none"
+            spec.chosen["pruner"] = "none: a grid tries every combination"
+        elif cfg.eval_steps <= 0 and (_given(spec, "eval_steps") or cfg.max_steps <= 0):
+            spec.pruner = "none"
+            spec.chosen["pruner"] = "none: no intermediate evaluation to compare trials at (eval_steps 0)"
+        elif direction == "minimize" and "loss" in spec.objective and has_eval:
+            spec.pruner = "median"
+            spec.chosen["pruner"] = f"median: a search on {spec.objective} stops trials worse than the median"
+        else:
+            spec.pruner = "none"
+            spec.chosen["pruner"] = f"none: {spec.objective} is not an evaluation loss reported during training"
+    if spec.pruner == "median" and has_eval and cfg.eval_steps <= 0 and not _given(spec, "eval_steps") \
+            and cfg.max_steps > 0:
+        steps = max(1, cfg.max_steps // 5)
+        spec.options["eval_steps"] = steps
+        spec.chosen["eval_steps"] = f"{steps}: the median pruner compares trials at intermediate evaluations"
+        changed = True
+    return changed
 
 
 class Sweep:
@@ -338,6 +397,8 @@ def run_sweep(spec: SweepSpec | None = None, resume: str = "", echo: Callable[[s
     cls, grid, space, cfg, direction = validate(spec)
     if not resume:
         parent_id, study_name = record.create_parent(spec, cfg, grid + space, direction, storage)
+        if spec.chosen:
+            echo("defaults chosen: " + "; ".join(f"{k}={v}" for k, v in spec.chosen.items()))
     sampler, pruner = _sampler(spec, grid), _pruner(spec)
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=direction, load_if_exists=True)

@@ -199,7 +199,7 @@ def bar_chart(data: dict[str, Any], out: str | Path) -> Path | None:
     ax.set_yticks(range(len(runs)), labels)
     ax.invert_yaxis()
     est = any(r["estimated"] for r in runs)
-    ax.set_xlabel("emissions, g CO2eq" + (" (hatched = estimated)" if est else ""))
+    ax.set_xlabel("emissions, gCO2eq" + (" (hatched = estimated)" if est else ""))
     ax.set_title("emissions per run (green: training, blue: serving)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()

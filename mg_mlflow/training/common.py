@@ -54,13 +54,15 @@ def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
 
 
 def run_name(cfg, modality: str, backend: str) -> str:
-    """What the run trained, e.g. ``tiny lora r16 lr0.003 (hf)``; the user's name when given."""
+    """What the run trained, e.g. ``tiny lora r16 lr0.003 60 steps (hf)`` (or ``2 epochs``); the
+    user's name when given."""
     if cfg.run_name:
         return cfg.run_name
     stem = re.sub(r"[@:]", " ", cfg.base_model.rstrip("/")).split("/")[-1] or "model"
     method = cfg.method if cfg.method == "full" else f"{cfg.method} r{cfg.lora_r}"
     kind = " vision" if modality == "vision" else ""
-    return f"{stem}{kind} {method} lr{cfg.learning_rate:g} ({backend})"
+    length = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}"
+    return f"{stem}{kind} {method} lr{cfg.learning_rate:g} {length} ({backend})"
 
 
 def source_tags(command: str) -> dict[str, str]:
