@@ -21,7 +21,8 @@ Attention for flattened rows (:func:`attention_implementation`): with the hf bac
 padding-free and packed rows run PyTorch FlexAttention (``attn_implementation="flex_attention"``):
 transformers turns the restarting ``position_ids`` into a block-sparse document mask, so only the
 blocks inside one example are computed. SDPA over the same rows needs a dense block-diagonal mask,
-which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends packed rows itself.
+which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends flattened rows itself
+(:func:`unsloth_flat_attention`: one varlen flash call per layer).
 
 On a GPU a small model's step costs about the same whatever its tokens (launch-bound), so tokens/s
 follows the real tokens per step: ``packed`` (full bins) is the fastest layout for variable-length
@@ -176,3 +177,44 @@ def unsloth_choice(mode: str, backend: str):
         return
     with scoped_env(UNSLOTH_PADDING_CHOICE="padded" if mode == "padded" else "padding_free"):
         yield
+
+
+# Unsloth (2026.10) attends flattened rows in one varlen flash call per layer (its ``_LeanFlashVarlen``:
+# torch's own ``aten._flash_attention_forward`` with ``cu_seqlens``) only when torch's public
+# ``varlen_attn`` takes ``enable_gqa`` (torch >= 2.12). Otherwise it runs one SDPA call per run of
+# equal lengths, which made padding-free rows 0.47x as fast as padded ones on an H200
+# (docs/performance.md). The aten flash kernel itself takes grouped K/V heads in torch 2.11 as well.
+VARLEN_FLASH = "varlen flash"
+SEGMENT_SDPA = "per-segment SDPA"
+
+
+def unsloth_flat_attention(mode: str, backend: str) -> str:
+    """What Unsloth runs flattened rows (``padding_free`` / ``packed``) through, after opening its
+    varlen flash path where only the ``varlen_attn`` signature of this torch kept it shut; "" for
+    padded rows and the hf backend. Logged as the tag ``mg.flat_attention``."""
+    if backend != "unsloth" or mode == "padded":
+        return ""
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{SEGMENT_SDPA} (no CUDA GPU)"
+    try:
+        from unsloth.utils import attention_dispatch as dispatch
+    except ImportError:  # an Unsloth without this module attends by its own rules
+        return "unsloth's own"
+    if getattr(dispatch, "_TORCH_VARLEN_ATTN", None) is not None:
+        return f"{VARLEN_FLASH} (Unsloth, torch varlen_attn)"
+    lean = getattr(dispatch, "_LeanFlashVarlen", None)
+    if lean is None or not hasattr(torch.ops.aten, "_flash_attention_forward") or \
+            not torch.backends.cuda.is_flash_attention_available():
+        return f"{SEGMENT_SDPA} (Unsloth: no varlen flash kernel in this torch)"
+
+    def varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                    enable_gqa=False):  # torch 2.12's signature, for Unsloth's compiled path
+        left, right = window_size
+        return lean.apply(query, key, value, cu_q, max_q, (left, right) == (-1, 0), scale, left, right)
+
+    dispatch._TORCH_VARLEN_ATTN = varlen_attn
+    dispatch._LEAN_VARLEN = True
+    dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # torch 2.11 varlen never takes cuDNN
+    return f"{VARLEN_FLASH} (aten flash kernel, grouped K/V; torch {torch.__version__.split('+')[0]})"
