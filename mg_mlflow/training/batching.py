@@ -26,7 +26,8 @@ which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends flatten
 
 On a GPU a small model's step costs about the same whatever its tokens (launch-bound), so tokens/s
 follows the real tokens per step: ``packed`` (full bins) is the fastest layout for variable-length
-rows on the hf backend, at the price of more examples per step (docs/performance.md).
+rows on both backends, near fixed-row speed, at the price of more examples per step
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -40,13 +41,26 @@ from mg_mlflow.vision_config import VisionTrainConfig
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
-# batching = auto: never a mode that changes how many examples a step holds (``packed`` does, so it
-# is only ever asked for); between padded and padding_free, the one measured faster on the device
-# (bench/gpu/bench_parity.py, docs/performance.md). Today that is padded on every backend and device.
-AUTO_MODE = "padded"
+# batching = auto, per backend and device: never a mode that changes how many examples a step holds
+# (``packed`` does: batch_size then counts bins of max_seq_length, so it is only ever asked for);
+# between padded (bucketed to 64 on a GPU) and padding_free, the one measured faster on
+# variable-length rows. bench/gpu/bench_parity.py, 1B shape, LoRA, batch 8, rows of 64-511 tokens,
+# two ABBA pairs each, median (range); docs/performance.md:
+# - unsloth, cuda (one H100, 2026-12-06): padding-free through Unsloth's varlen flash path is 0.80x
+#   (0.66-0.94) of padded64; packed is 2.13x (2.01-2.24) padded64 and 0.97x (0.87-1.06) fixed rows.
+# - hf, cuda: padding-free through FlexAttention 1.04x padded64 in one pair, slower in the other (one
+#   H200, 2026-12-04); packed is 2.48x (2.35-2.61) padded64 and 0.99x (0.97-1.01) fixed rows (H100).
+# - cpu: padded; a flattened row attends through a dense block-diagonal mask there.
 CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
-GPU_WHY = ("GPU: padded, bucketed to a multiple of 64, is as fast as padding-free on variable-length rows "
-           "(hf + FlexAttention) or faster (Unsloth); see docs/performance.md")
+PACKED_HINT = "on variable-length rows --batching packed is {x} as fast (bins of max_seq_length; docs/performance.md)"
+AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
+    ("unsloth", "cuda"): ("padded", "GPU, Unsloth: padded to a multiple of 64 is 1.25x padding-free; "
+                          + PACKED_HINT.format(x="2.1x")),
+    ("hf", "cuda"): ("padded", "GPU, hf: padded to a multiple of 64 is as fast as padding-free (FlexAttention); "
+                     + PACKED_HINT.format(x="2.5x")),
+    ("unsloth", "cpu"): ("padded", CPU_WHY),
+    ("hf", "cpu"): ("padded", CPU_WHY),
+}
 
 # device -> (N, why) for pad_to_multiple_of = -1 (auto): padded text batches are padded up to a
 # multiple of N tokens, so a GPU sees at most max_seq_length / N batch shapes.
@@ -101,8 +115,8 @@ def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[s
 
 
 def auto_rule(backend: str, device: str) -> tuple[str, str]:
-    """(mode, why) for ``auto`` on this backend and device (see :data:`AUTO_MODE`)."""
-    return AUTO_MODE, GPU_WHY if device.startswith("cuda") else CPU_WHY
+    """(mode, why) for ``auto`` on this backend and device (the :data:`AUTO_RULES` row)."""
+    return AUTO_RULES[(backend, "cuda" if device.startswith("cuda") else "cpu")]
 
 
 def resolve_pad_multiple(cfg, mode: str, device: str | None = None) -> tuple[int, str]:
