@@ -129,7 +129,7 @@ def main() -> dict:
         ref_out = reference(qf, kf, vf, lengths)
         ref_out.backward(grad.float())
         ref_grads = [qf.grad, kf.grad, vf.grad]
-        row = {"segments": len(lengths), "tokens": total, "varlen_beats_segments": beats}
+        row = {"n_segments": len(lengths), "tokens": total, "varlen_beats_segments": beats}
         for label, fn in (("varlen", varlen), ("segments", segments)):
             out, grads = run_path(fn, q, k, v, grad)
             row[label] = {"out_rel_err": rel(out, ref_out), "grad_rel_err": [rel(g, r) for g, r in zip(grads, ref_grads)],
