@@ -170,18 +170,42 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
 
 def test_auto_follows_the_rule_table():
     from mg_mlflow.config import TrainConfig
-    from mg_mlflow.training.batching import AUTO_MODE, CPU_WHY, GPU_WHY, auto_rule, resolve_batching
+    from mg_mlflow.training.batching import AUTO_RULES, CPU_WHY, auto_rule, resolve_batching
     from mg_mlflow.vision_config import VisionTrainConfig
 
     auto = TrainConfig(base_model="m", dataset="d")
     table = {key: resolve_batching(auto, *key) for key in
              [("unsloth", "cuda"), ("unsloth", "cpu"), ("hf", "cuda"), ("hf", "cpu")]}
-    assert AUTO_MODE == "padded" and table == {key: AUTO_MODE for key in table}  # never packed: it changes a step
-    assert auto_rule("hf", "cuda:1") == ("padded", GPU_WHY) and auto_rule("unsloth", "cpu") == ("padded", CPU_WHY)
+    assert table == {key: AUTO_RULES[key][0] for key in table} == {key: "padded" for key in table}  # never packed
+    assert auto_rule("hf", "cuda:1") == AUTO_RULES[("hf", "cuda")] and auto_rule("unsloth", "cpu") == ("padded", CPU_WHY)
     assert resolve_batching(auto, "unsloth", "cuda:0") == "padded"
     assert resolve_batching(TrainConfig(base_model="m", dataset="d", batching="padding_free"), "hf", "cpu") == \
         "padding_free"
     assert resolve_batching(VisionTrainConfig(base_model="m", dataset="d"), "unsloth", "cuda") == "padded"
+
+
+def test_auto_rule_is_per_backend_and_names_the_faster_layout():
+    """On a GPU the reason is the backend's own measurement (docs/performance.md), and it points to
+    ``--batching packed``, which auto never picks (it changes how many examples a step holds)."""
+    from mg_mlflow.config import TrainConfig
+    from mg_mlflow.training.batching import resolve_with_reason
+
+    auto = TrainConfig(base_model="m", dataset="d")
+    unsloth, hf = (resolve_with_reason(auto, b, "cuda")[1] for b in ("unsloth", "hf"))
+    assert unsloth != hf
+    assert unsloth.startswith("auto (unsloth, cuda): GPU, Unsloth: padded to a multiple of 64 is 1.25x padding-free")
+    assert hf.startswith("auto (hf, cuda): GPU, hf: padded to a multiple of 64 is as fast as padding-free")
+    assert "--batching packed is 2.1x as fast" in unsloth and "--batching packed is 2.5x as fast" in hf
+
+
+def test_unsloth_flattened_rows_attention_is_only_touched_on_a_gpu():
+    """Unsloth's varlen flash path is opened for flattened rows on a CUDA GPU only (checked there by
+    bench/gpu/unsloth_varlen_check.py); padded rows and the hf backend are never touched."""
+    from mg_mlflow.training.batching import SEGMENT_SDPA, unsloth_flat_attention
+
+    assert unsloth_flat_attention("padded", "unsloth") == ""
+    assert unsloth_flat_attention("packed", "hf") == unsloth_flat_attention("padding_free", "hf") == ""
+    assert unsloth_flat_attention("packed", "unsloth") == f"{SEGMENT_SDPA} (no CUDA GPU)"  # this CPU machine
 
 
 def test_unsloth_cannot_choose_for_us():

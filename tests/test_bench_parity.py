@@ -199,3 +199,33 @@ def test_the_writer_refuses_cpu_results(tmp_path):
     with pytest.raises(SystemExit, match="CPU smoke"):
         parity_report.write_results([tmp_path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_packing_block_keeps_the_platform_comparison_adjacent_in_both_orders():
+    """packing-track-u: full tracking, all tracking off and bare run next to each other in each round,
+    so the platform's ratios pair runs minutes apart, not a block apart."""
+    import variants
+
+    names = [v.name for r, v in variants.schedule("packing-track-u", repeat=2) if r == 0]
+    trio = ["mg-unsloth-lora-var-padded64", "mg-unsloth-lora-var-padded64-untracked", "bare-unsloth-lora-var-padded64"]
+    assert names[-3:] == trio and "mg-unsloth-lora-var-packed" in names
+    assert "mg-unsloth-lora-var-packed" in [v.name for v in variants.groups()["packing-u"]]
+
+
+def test_host_profile_splits_the_training_loop_by_phase(tmp_path):
+    """py-spy's raw format (``thread (tid): name;frame;...;leaf count``): only the thread that runs the
+    Trainer loop is split, by the innermost phase frame; other threads are counted by name."""
+    import host_profile
+
+    loop = "thread (7): MainThread;train (t.py:1);_inner_training_loop (t.py:2)"
+    (tmp_path / "raw.txt").write_text("\n".join([
+        f"{loop};training_step (t.py:3);compute_loss (t.py:4);forward (m.py:1) 60",
+        f"{loop};training_step (t.py:3);backward (torch/_tensor.py:5) 20",
+        f"{loop};optimizer_step (t.py:6);step (torch/optim/adamw.py:7) 10",
+        f"{loop};call_event (transformers/trainer_callback.py:8);on_step_end (mg.py:9) 10",
+        "thread (7): MainThread;<module> (x.py:1);import_stuff (x.py:2) 500",  # before the loop: not counted
+        "thread (9): mg-carbon;run (c.py:1) 3"]))
+    got = host_profile.summarize(tmp_path / "raw.txt")
+    assert got["loop_samples"] == 100 and got["training_thread"] == "thread (7): MainThread"
+    assert got["share"] == {"forward": 0.6, "backward": 0.2, "optimizer": 0.1, "callbacks": 0.1}
+    assert got["other_threads_samples"] == {"mg-carbon": 3}

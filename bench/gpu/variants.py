@@ -88,11 +88,18 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
                  Variant("mg", "hf", batching="padding_free"), Variant("mg", "hf", batching="packed"),
                  Variant("bare", "hf", batching="padding_free")]
     packing_u = [Variant("mg", "unsloth", shape="fixed"), Variant("mg", "unsloth", batching="padded64"),
-                 Variant("mg", "unsloth", batching="padding_free")]
+                 Variant("mg", "unsloth", batching="padding_free"), Variant("mg", "unsloth", batching="packed")]
+    # one block for both questions on Unsloth: flattened rows vs fixed rows and today's default, and the
+    # platform on var rows (full tracking, all of it off, bare): neighbours in both orders of the ABBA
+    packing_track_u = [Variant("mg", "unsloth", shape="fixed"), Variant("mg", "unsloth", batching="padding_free"),
+                       Variant("mg", "unsloth", batching="packed"), Variant("mg", "unsloth", batching="padded64"),
+                       Variant("mg", "unsloth", batching="padded64", toggle="untracked"),
+                       Variant("bare", "unsloth", batching="padded64")]
     # the platform's per-step costs on variable-length rows, each switched off in turn
     toggles_var = [Variant("mg", "unsloth", batching="padded64")] + [
         Variant("mg", "unsloth", batching="padded64", toggle=t) for t in ("nosys", "nocarbon", "nolog")]
-    return {"packing-h": packing_h, "packing-u": packing_u, "toggles-var": toggles_var,
+    return {"packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
+            "toggles-var": toggles_var,
             "parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp,
             "ddp-bucket": ddp_bucket}

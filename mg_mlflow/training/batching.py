@@ -21,11 +21,13 @@ Attention for flattened rows (:func:`attention_implementation`): with the hf bac
 padding-free and packed rows run PyTorch FlexAttention (``attn_implementation="flex_attention"``):
 transformers turns the restarting ``position_ids`` into a block-sparse document mask, so only the
 blocks inside one example are computed. SDPA over the same rows needs a dense block-diagonal mask,
-which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends packed rows itself.
+which rules out its flash kernel. Padded rows keep SDPA. Unsloth attends flattened rows itself
+(:func:`unsloth_flat_attention`: one varlen flash call per layer).
 
 On a GPU a small model's step costs about the same whatever its tokens (launch-bound), so tokens/s
 follows the real tokens per step: ``packed`` (full bins) is the fastest layout for variable-length
-rows on the hf backend, at the price of more examples per step (docs/performance.md).
+rows on both backends, near fixed-row speed, at the price of more examples per step
+(docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,13 +41,26 @@ from mg_mlflow.vision_config import VisionTrainConfig
 
 MODES = BATCHING  # auto, padded, padding_free, packed (TrainConfig.batching's choices)
 
-# batching = auto: never a mode that changes how many examples a step holds (``packed`` does, so it
-# is only ever asked for); between padded and padding_free, the one measured faster on the device
-# (bench/gpu/bench_parity.py, docs/performance.md). Today that is padded on every backend and device.
-AUTO_MODE = "padded"
+# batching = auto, per backend and device: never a mode that changes how many examples a step holds
+# (``packed`` does: batch_size then counts bins of max_seq_length, so it is only ever asked for);
+# between padded (bucketed to 64 on a GPU) and padding_free, the one measured faster on
+# variable-length rows. bench/gpu/bench_parity.py, 1B shape, LoRA, batch 8, rows of 64-511 tokens,
+# two ABBA pairs each, median (range); docs/performance.md:
+# - unsloth, cuda (one H100, 2026-12-06): padding-free through Unsloth's varlen flash path is 0.80x
+#   (0.66-0.94) of padded64; packed is 2.13x (2.01-2.24) padded64 and 0.97x (0.87-1.06) fixed rows.
+# - hf, cuda: padding-free through FlexAttention 1.04x padded64 in one pair, slower in the other (one
+#   H200, 2026-12-04); packed is 2.48x (2.35-2.61) padded64 and 0.99x (0.97-1.01) fixed rows (H100).
+# - cpu: padded; a flattened row attends through a dense block-diagonal mask there.
 CPU_WHY = "CPU: no varlen kernel; a flattened row attends through a full block-diagonal mask"
-GPU_WHY = ("GPU: padded, bucketed to a multiple of 64, is as fast as padding-free on variable-length rows "
-           "(hf + FlexAttention) or faster (Unsloth); see docs/performance.md")
+PACKED_HINT = "on variable-length rows --batching packed is {x} as fast (bins of max_seq_length; docs/performance.md)"
+AUTO_RULES: dict[tuple[str, str], tuple[str, str]] = {
+    ("unsloth", "cuda"): ("padded", "GPU, Unsloth: padded to a multiple of 64 is 1.25x padding-free; "
+                          + PACKED_HINT.format(x="2.1x")),
+    ("hf", "cuda"): ("padded", "GPU, hf: padded to a multiple of 64 is as fast as padding-free (FlexAttention); "
+                     + PACKED_HINT.format(x="2.5x")),
+    ("unsloth", "cpu"): ("padded", CPU_WHY),
+    ("hf", "cpu"): ("padded", CPU_WHY),
+}
 
 # device -> (N, why) for pad_to_multiple_of = -1 (auto): padded text batches are padded up to a
 # multiple of N tokens, so a GPU sees at most max_seq_length / N batch shapes.
@@ -100,8 +115,8 @@ def resolve_with_reason(cfg, backend: str, device: str | None = None) -> tuple[s
 
 
 def auto_rule(backend: str, device: str) -> tuple[str, str]:
-    """(mode, why) for ``auto`` on this backend and device (see :data:`AUTO_MODE`)."""
-    return AUTO_MODE, GPU_WHY if device.startswith("cuda") else CPU_WHY
+    """(mode, why) for ``auto`` on this backend and device (the :data:`AUTO_RULES` row)."""
+    return AUTO_RULES[(backend, "cuda" if device.startswith("cuda") else "cpu")]
 
 
 def resolve_pad_multiple(cfg, mode: str, device: str | None = None) -> tuple[int, str]:
@@ -176,3 +191,44 @@ def unsloth_choice(mode: str, backend: str):
         return
     with scoped_env(UNSLOTH_PADDING_CHOICE="padded" if mode == "padded" else "padding_free"):
         yield
+
+
+# Unsloth (2026.10) attends flattened rows in one varlen flash call per layer (its ``_LeanFlashVarlen``:
+# torch's own ``aten._flash_attention_forward`` with ``cu_seqlens``) only when torch's public
+# ``varlen_attn`` takes ``enable_gqa`` (torch >= 2.12). Otherwise it runs one SDPA call per run of
+# equal lengths, which made padding-free rows 0.47x as fast as padded ones on an H200
+# (docs/performance.md). The aten flash kernel itself takes grouped K/V heads in torch 2.11 as well.
+VARLEN_FLASH = "varlen flash"
+SEGMENT_SDPA = "per-segment SDPA"
+
+
+def unsloth_flat_attention(mode: str, backend: str) -> str:
+    """What Unsloth runs flattened rows (``padding_free`` / ``packed``) through, after opening its
+    varlen flash path where only the ``varlen_attn`` signature of this torch kept it shut; "" for
+    padded rows and the hf backend. Logged as the tag ``mg.flat_attention``."""
+    if backend != "unsloth" or mode == "padded":
+        return ""
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{SEGMENT_SDPA} (no CUDA GPU)"
+    try:
+        from unsloth.utils import attention_dispatch as dispatch
+    except ImportError:  # an Unsloth without this module attends by its own rules
+        return "unsloth's own"
+    if getattr(dispatch, "_TORCH_VARLEN_ATTN", None) is not None:
+        return f"{VARLEN_FLASH} (Unsloth, torch varlen_attn)"
+    lean = getattr(dispatch, "_LeanFlashVarlen", None)
+    if lean is None or not hasattr(torch.ops.aten, "_flash_attention_forward") or \
+            not torch.backends.cuda.is_flash_attention_available():
+        return f"{SEGMENT_SDPA} (Unsloth: no varlen flash kernel in this torch)"
+
+    def varlen_attn(query, key, value, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1),
+                    enable_gqa=False):  # torch 2.12's signature, for Unsloth's compiled path
+        left, right = window_size
+        return lean.apply(query, key, value, cu_q, max_q, (left, right) == (-1, 0), scale, left, right)
+
+    dispatch._TORCH_VARLEN_ATTN = varlen_attn
+    dispatch._LEAN_VARLEN = True
+    dispatch._varlen_can_use_cudnn = lambda *args, **kwargs: False  # torch 2.11 varlen never takes cuDNN
+    return f"{VARLEN_FLASH} (aten flash kernel, grouped K/V; torch {torch.__version__.split('+')[0]})"

@@ -114,6 +114,12 @@ class TextModality:
         if got != mode:  # e.g. Unsloth refusing packing for this model
             raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into {got}",
                           hint="use --batching padded (or auto)")
+        flat = batching.unsloth_flat_attention(mode, backend)
+        if flat:
+            import mlflow
+
+            if mlflow.active_run():  # rank 0 only
+                mlflow.set_tag("mg.flat_attention", flat)
         if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
             raise no_answer_left(len(rows), cfg.max_seq_length)
         return trainer
