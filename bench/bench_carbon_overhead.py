@@ -48,7 +48,6 @@ def main() -> int:
     from trl import SFTTrainer
 
     from mg_mlflow.config import TrainConfig, build_config
-    from mg_mlflow.data.load import to_trl_rows
     from mg_mlflow.data.sample import write_sample
     from mg_mlflow.dev.tiny import build_tiny_llama
     from mg_mlflow.tracking.carbon import CarbonCallback
@@ -61,7 +60,7 @@ def main() -> int:
     cfg = build_config(TrainConfig, overrides={"base_model": model_dir, "dataset": str(data), "backend": "hf",
                                                "max_steps": args.steps, "batch_size": args.batch_size})
     train, _ = load_data(cfg)
-    rows = to_trl_rows(train.records, True)
+    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in train.records]
     use_tracking_uri()
     exp_id = ensure_experiment("bench-carbon")
 

@@ -21,6 +21,8 @@ import math
 import random
 from pathlib import Path
 
+from mg_mlflow.data.formats import normalise_record
+
 INSTRUCTION = "Summarise the text."
 
 
@@ -30,14 +32,17 @@ def _vocab() -> list[str]:
     return _WORDS + _ANIMALS + _COLOURS + ["the", "and", "is", "a", "of", "to", "in", "it"]
 
 
+def prompt_completion(norm: dict) -> dict:
+    """TRL's conversational prompt/completion row of a normalised record: the loss on the last turn."""
+    return {"prompt": norm["messages"][:-1], "completion": norm["messages"][-1:]}
+
+
 def row_tokens(tok, record: dict) -> int:
     """Tokens of the record's full conversation, as TRL trains it (prompt + completion)."""
-    from mg_mlflow.data.load import _normalise, to_trl_rows  # the loader's own conversion
-
-    norm, problem, _ = _normalise(record, "instruction")
+    norm, problem, _ = normalise_record(record, "instruction")  # the loader's own conversion
     if problem:
         raise ValueError(problem)
-    row = to_trl_rows([norm], True)[0]
+    row = prompt_completion(norm)
     return len(tok.apply_chat_template(row["prompt"] + row["completion"], tokenize=True, return_dict=False))
 
 
@@ -101,8 +106,6 @@ def build(model_dir: str | Path, out_dir: str | Path, shape: str, rows: int, seq
     rows); return their paths and the length statistics (measured, not targeted)."""
     from transformers import AutoTokenizer
 
-    from mg_mlflow.data.load import _normalise, to_trl_rows
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path, pc_path = out / f"{shape}.jsonl", out / f"{shape}.pc.jsonl"
@@ -121,8 +124,8 @@ def build(model_dir: str | Path, out_dir: str | Path, shape: str, rows: int, seq
     with path.open("w") as fh, pc_path.open("w") as pc:
         for rec in records:
             fh.write(json.dumps(rec) + "\n")
-            norm, _, _ = _normalise(rec, "instruction")
-            pc.write(json.dumps(to_trl_rows([norm], True)[0]) + "\n")
+            norm, _, _ = normalise_record(rec, "instruction")
+            pc.write(json.dumps(prompt_completion(norm)) + "\n")
     srt = sorted(measured)
     stats = {"shape": shape, "rows": rows, "data": str(path), "pc_data": str(pc_path), "seq": seq,
              "min_tokens": srt[0], "median_tokens": srt[len(srt) // 2], "max_tokens": srt[-1],
