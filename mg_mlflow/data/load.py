@@ -144,6 +144,8 @@ def _read_table(path: Path, kind: str):
 def message_list(raw: dict) -> tuple[list | None, str | None]:
     """(``raw["messages"]`` as a non-empty list, problem); a JSON string (CSV/Parquet cells) is parsed."""
     msgs = raw.get("messages")
+    if type(msgs).__module__ == "numpy":  # Parquet: a list column reads back as a numpy array
+        msgs = msgs.tolist()
     if isinstance(msgs, str):
         try:
             msgs = json.loads(msgs)
@@ -152,6 +154,17 @@ def message_list(raw: dict) -> tuple[list | None, str | None]:
     if not isinstance(msgs, list) or not msgs:
         return None, "field 'messages' must be a non-empty list"
     return msgs, None
+
+
+def text_problem(value: str, what: str) -> str | None:
+    """A string that is not valid Unicode text (a lone surrogate such as ``\\ud800``, which a JSON escape
+    can spell but no file or tokenizer can hold), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"{what} holds a lone surrogate {value[exc.start]!r} at character {exc.start + 1}, not valid "
+                "Unicode text (a broken \\u escape?)")
+    return None
 
 
 def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
@@ -175,6 +188,9 @@ def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
             extra = ""
         if not isinstance(extra, str):
             return None, "field 'input' must be a string", fmt
+        for key, value in (("instruction", raw["instruction"]), ("input", extra), ("output", raw["output"])):
+            if (problem := text_problem(value, f"field {key!r}")) is not None:
+                return None, problem, fmt
         user = raw["instruction"] + (("\n" + extra) if extra.strip() else "")
         return {"messages": [{"role": "user", "content": user},
                              {"role": "assistant", "content": raw["output"]}]}, None, fmt
@@ -191,9 +207,14 @@ def _normalise(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
             return None, f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r}", fmt
         if not isinstance(m.get("content"), str):
             return None, f"messages[{i}].content must be a string", fmt
+        if (problem := text_problem(m["content"], f"messages[{i}].content")) is not None:
+            return None, problem, fmt
         clean.append({"role": m["role"], "content": m["content"]})
     if clean[-1]["role"] != "assistant":
         return None, "the last message must be the assistant's answer (role 'assistant')", fmt
+    if not any(m["role"] == "user" for m in clean[:-1]):
+        return None, ("no 'user' message before the assistant's answer: a record needs the prompt the answer "
+                      "replies to"), fmt
     return {"messages": clean}, None, fmt
 
 

@@ -22,6 +22,7 @@ from mg_mlflow.errors import ConfigError, DataError, MGError
 from reltrain_support import run_cli
 
 GOOD = {"instruction": "Say hi", "output": "hi"}
+CHAT = {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
 
 
 def _write(path, data: bytes | str):
@@ -55,6 +56,17 @@ DATA_CASES = {
     "csv-missing-column": ("n.csv", lambda d: _write(d / "n.csv", "instruction\nSay hi\n"), "{path}:2: missing field 'output'"),
     "empty-csv": ("e.csv", lambda d: _write(d / "e.csv", ""), "has no records"),
     "header-only-csv": ("h.csv", lambda d: _write(d / "h.csv", "instruction,output\n"), "has no records"),
+    "lone-surrogate": ("s.jsonl", lambda d: _write(d / "s.jsonl", '{"instruction": "a\\ud800", "output": "x"}\n'),
+                       "{path}:1: field 'instruction' holds a lone surrogate '\\ud800' at character 2, not valid Unicode"),
+    "lone-surrogate-message": ("sm.jsonl", lambda d: _write(d / "sm.jsonl", json.dumps(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ok \ud800"}]}) + "\n"),
+        "{path}:1: messages[1].content holds a lone surrogate '\\ud800' at character 4"),
+    "assistant-only": ("ao.jsonl", lambda d: _write(d / "ao.jsonl", json.dumps(CHAT) + "\n" + json.dumps(
+        {"messages": [{"role": "assistant", "content": "hi"}]}) + "\n"),
+        "{path}:2: no 'user' message before the assistant's answer"),
+    "system-and-assistant": ("sa.jsonl", lambda d: _write(d / "sa.jsonl", json.dumps(
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "hi"}]}) + "\n"),
+        "{path}:1: no 'user' message before the assistant's answer"),
     "truncated-parquet": ("p.parquet", lambda d: _write(d / "p.parquet", _parquet(d / "full.parquet").read_bytes()[:300]),
                           "{path}: not a valid Parquet file"),
 }
@@ -67,6 +79,36 @@ def test_bad_dataset_files_are_refused_with_file_and_line(case, tmp_path):
     with pytest.raises(MGError) as err:
         load_dataset_records(str(path))
     assert expected.format(path=path) in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["lone-surrogate", "assistant-only"])
+def test_bad_records_are_refused_by_validate_and_by_train_before_any_run(case, mg_home, tiny_model, tmp_path):
+    """`data validate` and `train` both name the file:line, exit 2, and leave no run, version or file."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _, make, expected = DATA_CASES[case]
+    path = make(cwd)
+    for command in (["data", "validate", str(path)],
+                    ["train", "--base-model", str(tiny_model), "--dataset", str(path), "--max-steps", "2",
+                     "--no-system-metrics", "--no-carbon"]):
+        proc = run_cli(command, cwd=cwd)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert expected.format(path=path) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    _nothing_left(mg_home, cwd, [path.name])
+
+
+def test_a_chat_dataset_in_parquet_is_accepted(tmp_path):
+    """A messages column reads back from Parquet as numpy arrays of structs: the same records as JSONL."""
+    import pandas as pd
+
+    chats = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"},
+                           {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    pd.DataFrame(chats).to_parquet(tmp_path / "chat.parquet")
+    _write(tmp_path / "chat.jsonl", "".join(json.dumps(c) + "\n" for c in chats))
+    parquet = load_dataset_records(str(tmp_path / "chat.parquet"))
+    assert parquet.fmt == "messages" and parquet.records == load_dataset_records(str(tmp_path / "chat.jsonl")).records
+    proc = run_cli(["data", "validate", str(tmp_path / "chat.parquet")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_data_validate_exits_2_on_non_utf8_and_long_records(tmp_path, tiny_model):
