@@ -327,6 +327,100 @@ def test_deploy_port_out_of_range(port, mg_home, tmp_path):
     _nothing_left(mg_home, tmp_path)
 
 
+def _copy_base(tiny_model, d, edit=None):
+    import shutil
+
+    folder = d / "base"
+    shutil.copytree(tiny_model, folder)
+    if edit:
+        edit(folder)
+    return str(folder)
+
+
+def _no_tokenizer(folder):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).unlink()
+
+
+def _unknown_type(folder):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "nosucharch"}))
+
+
+def _adapter(tiny_model, d):
+    """A LoRA adapter folder saved by peft (untrained), with the lineage Model Garden writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = d / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(str(folder))
+    (folder / "mg_model.json").write_text(json.dumps({"kind": "adapter", "base_model": {"kind": "path",
+                                                                                         "path": str(tiny_model)}}))
+    return folder
+
+
+def _registered_adapter(tiny_model, d):
+    import mlflow
+
+    folder = _adapter(tiny_model, d)
+    client = mlflow.tracking.MlflowClient()
+    client.create_registered_model("an-adapter")
+    client.create_model_version("an-adapter", source=folder.as_uri())
+    return "models:/an-adapter/1"
+
+
+# name: (builder(tiny_model, folder) -> --base-model value, expected text); `train` must refuse before any run
+BASE_CASES = {
+    "no-tokenizer": (lambda t, d: _copy_base(t, d, _no_tokenizer),
+                     "--base-model {base}: the folder has no tokenizer (none of tokenizer.json"),
+    "unknown-model-type": (lambda t, d: _copy_base(t, d, _unknown_type),
+                           "--base-model {base}: config.json has model_type 'nosucharch', which transformers"),
+    "adapter-folder-as-base": (lambda t, d: str(_adapter(t, d)), "--base-model {base} is a LoRA adapter, not a "
+                               "base model hint: train from its base ({tiny}), or register a merged model"),
+    "registered-adapter-as-base": (_registered_adapter, "--base-model models:/an-adapter/1 is a LoRA adapter, not "
+                                   "a base model hint: train from its base ({tiny})"),
+}
+
+
+@pytest.mark.parametrize("case", list(BASE_CASES))
+def test_unusable_base_models_are_refused_before_any_run(case, mg_home, tiny_model, sample_data, tmp_path):
+    import mlflow
+
+    make, expected = BASE_CASES[case]
+    base = make(tiny_model, tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_cli(["train", "--base-model", base, "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-system-metrics", "--no-carbon"], cwd=cwd)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert expected.format(base=base, tiny=tiny_model) in said and "Traceback" not in proc.stderr, said
+    from reltrain_support import runs
+
+    assert runs() == [] and sorted(p.name for p in cwd.iterdir()) == []
+    names = [m.name for m in mlflow.tracking.MlflowClient().search_registered_models()]
+    assert names == (["an-adapter"] if case == "registered-adapter-as-base" else [])
+    assert not (mg_home / "outputs").exists() or not list((mg_home / "outputs").iterdir())
+
+
+def test_a_sweep_on_data_outside_the_allowed_folders_is_refused_before_any_trial(mg_home, tiny_model, sample_data,
+                                                                                 tmp_path):
+    cwd = tmp_path / "cwd"
+    allowed = tmp_path / "allowed"
+    cwd.mkdir()
+    allowed.mkdir()
+    proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-carbon", "--no-system-metrics", "--grid", "lora_r=4,8", "--objective", "loss_final"], cwd=cwd,
+                   env={"MG_ALLOWED_DATA_DIRS": str(allowed)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"dataset file {sample_data} is outside the allowed data folders (MG_ALLOWED_DATA_DIRS={allowed})" in said
+    assert "Traceback" not in proc.stderr
+    _nothing_left(mg_home, cwd)
+
+
 def test_good_names_are_accepted_and_an_m_prefixed_name_resolves(mg_home, tmp_path):
     import mlflow
 
