@@ -67,7 +67,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     import mlflow
     import torch
 
-    from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
+    from mg_mlflow.training.resume import (StopOnSignal, checkpoint_to_resume, earlier_segment,
+                                           write_checkpoints_atomically)
     from mg_mlflow.training import step_stats
 
     tags = run_tags(modality.name, backend, cfg.method)
@@ -100,6 +101,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
+                write_checkpoints_atomically(trainer)  # a checkpoint cut short never looks complete
                 guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
                 step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():
