@@ -92,8 +92,11 @@ def test_plugin_takes_the_key_from_mg_api_key(tiny_model, mg_home, tmp_path):
 
 def test_a_network_bind_without_a_key_is_refused(tiny_model, mg_home, tmp_path):
     """`--host 0.0.0.0` and no key: exit 2 before anything starts, unless --allow-unauthenticated."""
-    res = run_cli(["deploy", str(tiny_model), "--name", "open", "--host", "0.0.0.0", *fake_engine_args(tmp_path)],
-                  env={"MG_API_KEY": ""}, timeout=120)
+    try:
+        res = run_cli(["deploy", str(tiny_model), "--name", "open", "--host", "0.0.0.0", *fake_engine_args(tmp_path)],
+                      env={"MG_API_KEY": ""}, timeout=120)
+    finally:
+        stop_everything()  # (a server started by mistake is not left running)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--host 0.0.0.0" in res.stderr and "without an API key" in res.stderr and "--allow-unauthenticated" in res.stderr
     assert "Traceback" not in res.stderr
