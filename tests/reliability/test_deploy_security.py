@@ -170,3 +170,38 @@ def test_the_key_guards_every_route_of_the_real_server_but_health(tiny_model, mg
         assert gen.returncode == 0, gen.stdout + gen.stderr
     finally:
         stop_everything()
+
+
+def test_the_serving_monitor_scrapes_a_protected_metrics_endpoint(tmp_path):
+    """/metrics needs the key too: the carbon monitor reads it from the served process's environment
+    (never a command line) and scrapes with it; without it the endpoint answers 401 and counts as down."""
+    import http.server
+    import threading
+
+    from mg_mlflow.tracking.serving_monitor import scrape, served_key
+
+    class Metrics(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ok = self.headers.get("Authorization") == f"Bearer {KEY}"
+            body = b"vllm:request_success_total 3\n" if ok else b"{}"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    served = subprocess.Popen(["sleep", "60"], env={**os.environ, "VLLM_API_KEY": KEY})
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        assert served_key(served.pid) == KEY
+        assert scrape(url, api_key=served_key(served.pid)) == {"vllm:request_success_total": 3.0}
+        assert scrape(url) is None
+        assert KEY.encode() not in b"".join(cmdlines([served.pid]))
+    finally:
+        served.kill()
+        served.wait()
+        server.shutdown()
