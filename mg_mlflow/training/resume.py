@@ -125,6 +125,7 @@ def write_checkpoints_atomically(trainer) -> None:
         if trainer.args.should_save:
             shutil.rmtree(staging / name, ignore_errors=True)
             staging.mkdir(parents=True, exist_ok=True)
+        trainer.accelerator.wait_for_everyone()  # no rank writes before the staging folder is fresh
         trainer._get_output_dir = lambda trial=None: str(staging)
         try:
             save(model, trial)
