@@ -435,6 +435,7 @@ def test_good_names_are_accepted_and_an_m_prefixed_name_resolves(mg_home, tmp_pa
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"")  # what the model cache checks for: config and weights
     client.create_model_version("m-test", source=src.as_uri())
     client.set_registered_model_alias("m-test", "champion", "1")
     assert resolve_model_uri("models:/m-test/1").version == "1"
