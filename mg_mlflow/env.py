@@ -37,6 +37,27 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{mg_home() / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0])
+
+
+def private_sqlite_file(uri: str) -> None:
+    """Create the file of a sqlite store that does not exist yet with mode 0600 (owner only), so that the
+    database, which sqlite then opens as it is, never is world-readable; other stores are left alone."""
+    path = sqlite_path(uri)
+    if path is None or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.touch(mode=0o600, exist_ok=False)
+    except FileExistsError:  # created meanwhile by another process
+        return
+    os.chmod(path, 0o600)
+
+
 def default_artifact_root() -> str:
     return (mg_home() / "mlartifacts").as_uri()
 

@@ -36,11 +36,16 @@ def test_container_and_manifest_run_the_cli_plan(tiny_model, session_home):
     assert command == _container_command()
     args = [str(tiny_model) if a == "$(MODEL_URI)" else "1" if a == "$(TENSOR_PARALLEL_SIZE)" else a
             for a in command[2:]]
-    res = run_cli(["deploy", *args, "--dry-run"])
+    key = "sk-from-the-secret-0123"  # the container's MG_API_KEY (the manifest's Secret)
+    res = run_cli(["deploy", *args, "--dry-run"], env={"MG_API_KEY": key})
     assert res.returncode == 0, res.stderr
     planned = res.stdout.strip().splitlines()[-1]
     assert "vllm.entrypoints.openai.api_server" in planned
     assert f"--model {tiny_model}" in planned and "--host 0.0.0.0 --port 8000" in planned
+    assert "--middleware mg_mlflow.deploy.keyguard.RequireKey" in planned and key not in res.stdout + res.stderr
+    # without a key the same command refuses to expose the server
+    res = run_cli(["deploy", *args, "--dry-run"], env={"MG_API_KEY": ""})
+    assert res.returncode == 2 and "--allow-unauthenticated" in res.stderr
 
 
 def test_presets_parse_with_vllm():

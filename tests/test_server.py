@@ -175,6 +175,43 @@ def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp
         _stop_server(proc, tree)
 
 
+def test_a_new_admin_password_is_reported_and_can_be_reset(tmp_path):
+    """MLflow keeps the first admin password: a start with another one says so, `--reset-admin-password`
+    changes it through MLflow's auth store; the auth database and mlflow.db are private (0600)."""
+    home = tmp_path / "home"
+    first, second = "first-admin-pw-1", "second-admin-pw-2"
+    search = "/api/2.0/mlflow/experiments/search?max_results=5"
+    proc, url, tree = _start_server(["--auth"], _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN,
+                                                            MLFLOW_AUTH_ADMIN_PASSWORD=first), tmp_path / "1.log")
+    try:
+        assert _get(url + search, (ADMIN, first)) == 200
+    finally:
+        _stop_server(proc, tree)
+    assert "another password" not in (tmp_path / "1.log").read_text()
+    for db in (home / "server" / "basic_auth.db", home / "mlflow.db"):
+        assert db.stat().st_mode & 0o777 == 0o600, db
+
+    env = _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN, MLFLOW_AUTH_ADMIN_PASSWORD=second)
+    proc, url, tree = _start_server(["--auth", "--no-upgrade-db"], env, tmp_path / "2.log")
+    try:
+        said = " ".join((tmp_path / "2.log").read_text().split())
+        assert f"already has the admin '{ADMIN}' with another password" in said and "NOT in effect" in said
+        assert "model-garden server --reset-admin-password" in said and second not in said
+        assert _get(url + search, (ADMIN, second)) == 401 and _get(url + search, (ADMIN, first)) == 200
+    finally:
+        _stop_server(proc, tree)
+
+    reset = run_cli(["server", "--reset-admin-password"], env=env)
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert f"admin '{ADMIN}': password changed in sqlite:///{home / 'server' / 'basic_auth.db'}" in reset.stdout
+    proc, url, tree = _start_server(["--auth", "--no-upgrade-db"], env, tmp_path / "3.log")
+    try:
+        assert "another password" not in (tmp_path / "3.log").read_text()
+        assert _get(url + search, (ADMIN, second)) == 200 and _get(url + search, (ADMIN, first)) == 401
+    finally:
+        _stop_server(proc, tree)
+
+
 def test_server_plan_defaults_and_refusals(tmp_path, monkeypatch):
     from mg_mlflow.errors import MGError
     from mg_mlflow.team.server import plan_server

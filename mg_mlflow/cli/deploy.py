@@ -243,8 +243,11 @@ def _record(name: str) -> Deployment:
 @click.option("--json-schema", help="JSON schema (file or inline) for structured output")
 @click.option("--completion", is_flag=True, help="plain /v1/completions instead of chat")
 @click.option("--api-key", envvar="MG_API_KEY")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+              help="seconds to wait for the answer; a server that is stopped or stuck is reported after it")
 @plain_errors
-def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, json_schema, completion, api_key):
+def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, json_schema, completion, api_key,
+                 timeout):
     """One completion from a deployment (chat by default), printed to stdout.
 
     \b
@@ -252,10 +255,11 @@ def generate_cmd(name, prompt, model, max_tokens, temperature, system, images, j
       model-garden generate team --prompt "Reverse the word: river" --model tiny-lora
       model-garden generate team -p "Give a colour" --json-schema '{"type": "object"}'
       model-garden generate vl --image shape.png -p "What colour is the shape?"
+      model-garden generate team -p "Hello" --timeout 30
     """
     click.echo(generate(_record(name), prompt, model=model, max_tokens=max_tokens, temperature=temperature,
                         chat=not completion, json_schema=json_schema, images=images, system=system,
-                        api_key=api_key))
+                        api_key=api_key, timeout=timeout))
 
 
 @click.command("chat")

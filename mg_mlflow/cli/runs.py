@@ -8,6 +8,7 @@ from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.registry.debris import clean, find_leftovers
 from mg_mlflow.team.server import job_runner_off
 from mg_mlflow.tracking import ui_links
 from mg_mlflow.tracking.liveness import DEAD, process_state, repair
@@ -63,23 +64,43 @@ def list_cmd(experiment, max_results):
 
 @runs_group.command("repair")
 @click.option("--experiment", "-e", default="model-garden", show_default=True, help="experiment name")
-@click.option("--dry-run", is_flag=True, help="only list the dead runs, change nothing")
-def repair_cmd(experiment, dry_run):
-    """End runs left RUNNING by a killed or crashed training as FAILED, with the reason.
+@click.option("--dry-run", is_flag=True, help="only list the dead runs and registry leftovers, change nothing")
+@click.option("--fix", is_flag=True, help="also delete the registry leftovers of dead or failed runs (versions "
+                                          "an alias points at are kept)")
+def repair_cmd(experiment, dry_run, fix):
+    """End runs left RUNNING by a killed or crashed training as FAILED, with the reason, and report the
+    registry leftovers of dead or failed runs (--fix deletes them).
 
     A run records its process (mg.pid, mg.pid_start, mg.host); a RUNNING run of this machine whose
     process is gone (SIGKILL, out of memory, power loss) is dead. Runs of other hosts are left alone.
+
+    Registry leftovers: a registered model with no versions, a version whose run ended FAILED or
+    KILLED (or died), a logged model still PENDING after its run. A version with an alias is only
+    reported.
 
     \b
     Examples:
       model-garden runs repair --dry-run
       model-garden runs repair --experiment model-garden
+      model-garden runs repair --fix
     """
     fixed = repair(experiment, dry_run=dry_run)
+    out = console()
     verb = "would mark" if dry_run else "marked"
     for run_id, why in fixed:
-        console().print(f"{verb} run {run_id} FAILED: {why}")
-    console().print(f"{len(fixed)} dead run(s) {'found' if dry_run else 'marked FAILED'} in experiment {experiment!r}")
+        out.print(f"{verb} run {run_id} FAILED: {why}", soft_wrap=True)
+    out.print(f"{len(fixed)} dead run(s) {'found' if dry_run else 'marked FAILED'} in experiment {experiment!r}")
+    leftovers = find_leftovers()
+    for item in leftovers:
+        out.print(f"registry leftover: {item.what}: {item.why}", soft_wrap=True, markup=False)
+    fixable = [i for i in leftovers if i.fixable]
+    if fix and not dry_run:
+        for item in clean(leftovers):
+            out.print(f"deleted {item.what}", markup=False)
+    elif fixable:
+        out.print(f"{len(fixable)} registry leftover(s): `model-garden runs repair --fix` deletes them", markup=False)
+    if not leftovers:
+        out.print("no registry leftovers")
 
 
 @runs_group.command("sync-spool")

@@ -276,6 +276,40 @@ def _prompt_completion(raw: dict) -> tuple[dict | None, str | None]:
     return ({"messages": msgs} if msgs else None), problem
 
 
+def text_problem(value: str, what: str) -> str | None:
+    """A string that is not valid Unicode text (a lone surrogate such as ``\\ud800``, which a JSON escape
+    can spell but no file or tokenizer can hold), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"{what} holds a lone surrogate {value[exc.start]!r} at character {exc.start + 1}, not valid "
+                "Unicode text (a broken \\u escape?)")
+    return None
+
+
+def surrogate_problem(value: object, where: str = "") -> str | None:
+    """The first string in a raw record that is not valid Unicode text, named by its place
+    (``field 'instruction'``, ``messages[1].content``), or None."""
+    if isinstance(value, str):
+        return text_problem(value, where)
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if not where:
+            place = f"field {key!r}" if isinstance(item, str) else str(key)
+        else:
+            place = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}"
+        if (problem := surrogate_problem(item, place)) is not None:
+            return problem
+    return None
+
+
+def _no_prompt(rec: dict) -> str | None:
+    if not any(m["role"] == "user" for m in rec["messages"][:-1]):
+        return ("no 'user' message before the assistant's answer: a record needs the prompt the answer "
+                "replies to")
+    return None
+
+
 def normalise_record(raw: object, fmt: str) -> tuple[dict | None, str | None, str]:
     """(record as ``{"messages", "tools"?}``, problem, format): ``fmt`` ``auto`` detects it from the keys.
     Keys the format does not use are left to :func:`unused_keys`."""
@@ -285,6 +319,8 @@ def normalise_record(raw: object, fmt: str) -> tuple[dict | None, str | None, st
         fmt = detect(raw) or "auto"
         if fmt == "auto":
             return None, unknown_format(raw), fmt
+    if (problem := surrogate_problem(raw)) is not None:
+        return None, problem, fmt
     if fmt == "preference":
         return None, ("`chosen`/`rejected`: a preference pair is not supervised fine-tuning data: use "
                       "`--objective dpo`, or `--ignore-columns chosen,rejected` to train on the rest of the record "
@@ -306,7 +342,7 @@ def normalise_record(raw: object, fmt: str) -> tuple[dict | None, str | None, st
             if key not in raw:
                 return None, f"missing field {key!r}", fmt
         rec, problem = _prompt_completion(raw)
-    if problem:
+    if problem or (problem := _no_prompt(rec)):
         return None, problem, fmt
     if "tools" in USED_KEYS[fmt] and "tools" in raw:
         tools, problem = normalise_tools(raw["tools"])

@@ -142,6 +142,8 @@ def _read_table(path: Path, kind: str):
 def message_list(raw: dict) -> tuple[list | None, str | None]:
     """(``raw["messages"]`` as a non-empty list, problem); a JSON string (CSV/Parquet cells) is parsed."""
     msgs = raw.get("messages")
+    if type(msgs).__module__ == "numpy":  # Parquet: a list column reads back as a numpy array
+        msgs = msgs.tolist()
     if isinstance(msgs, str):
         try:
             msgs = json.loads(msgs)

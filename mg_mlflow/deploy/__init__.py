@@ -1,6 +1,7 @@
 """Deployment to vLLM. Imports point one way, from the bottom up:
 
-- ``net`` (connect host, free port, /health), ``private`` (0700 folders, 0600 files), ``gpus``,
+- ``keyguard`` (the API key on every route, loaded by vLLM itself; standard library only),
+  ``net`` (connect host, loopback, free port, /health), ``private`` (0700 folders, 0600 files), ``gpus``,
   ``plan`` (the vLLM command), ``options`` (DeployOptions as CLI options and plugin keys);
 - ``state`` (the :class:`~mg_mlflow.deploy.state.Deployment` record, its JSON file and status),
   ``ports`` (atomic port and name claims);

@@ -70,11 +70,16 @@ def response_format(json_schema: str | dict | None) -> dict | None:
 
 
 @contextmanager
-def friendly_errors(record: Deployment):
+def friendly_errors(record: Deployment, timeout: float | None = None):
     import openai
 
     try:
         yield
+    except openai.APITimeoutError:  # (a subclass of APIConnectionError)
+        raise MGError(f"deployment {record.name!r} did not answer within {timeout or 'the timeout'} s "
+                      f"(port {record.port}): stopped, overloaded, or the answer takes longer",
+                      hint=f"model-garden deployments status {record.name}; raise --timeout for long "
+                           "answers") from None
     except openai.AuthenticationError:
         raise MGError(f"deployment {record.name!r} rejected the API key",
                       hint="pass the key it was deployed with (--api-key or MG_API_KEY)") from None
@@ -89,12 +94,14 @@ def friendly_errors(record: Deployment):
 
 def generate(record: Deployment, prompt: str, model: str | None = None, max_tokens: int = 128,
              temperature: float = 0.0, chat: bool = True, json_schema=None, images=(),
-             system: str | None = None, api_key: str | None = None, seed: int | None = None) -> str:
-    """One completion (chat by default) from a deployment; returns the text."""
-    client = openai_client(record, api_key)
+             system: str | None = None, api_key: str | None = None, seed: int | None = None,
+             timeout: float = 300.0) -> str:
+    """One completion (chat by default) from a deployment; returns the text. ``timeout``: seconds to
+    wait for the answer before saying the server does not answer."""
+    client = openai_client(record, api_key, timeout=timeout)
     model = pick_model(record, model)
     extra = {"seed": seed} if seed is not None else {}
-    with friendly_errors(record):
+    with friendly_errors(record, timeout):
         if not chat:
             if images or json_schema:
                 raise MGError("--image and --json-schema need chat mode (drop --completion)")

@@ -10,14 +10,16 @@ import os
 import signal
 import time
 from dataclasses import replace
+from pathlib import Path
 
-from mg_mlflow.deploy import state
+from mg_mlflow.deploy import keyguard, state
 from mg_mlflow.deploy.plan import DeployOptions, Plan, plan_deployment
 from mg_mlflow.deploy.ports import Claim, claim_name, claim_port, pick_port
 from mg_mlflow.deploy.state import Deployment
 from mg_mlflow.deploy.supervisor import check_memory, launch, log_tail, served_pid, stop_record, wait_healthy
 from mg_mlflow.env import setup_env
-from mg_mlflow.errors import AlreadyExistsError, ServerError
+from mg_mlflow.deploy.net import is_loopback
+from mg_mlflow.errors import AlreadyExistsError, InvalidInputError, ServerError
 from mg_mlflow.inspect import inspect_model
 from mg_mlflow.proc import pid_alive, process_start_time, stop_group, wait_interruptibly
 from mg_mlflow.registry.resolve import resolve_model_uri
@@ -40,6 +42,14 @@ def _pull_api_key(opts: DeployOptions) -> DeployOptions:
         else:
             extra.append(token)
     return replace(opts, api_key=key, extra_args=extra)
+
+
+def _with_package_root(pythonpath: str) -> str:
+    """``pythonpath`` ending with the folder that holds ``mg_mlflow``: vLLM (maybe another environment's
+    Python) imports the key guard from it; appended, so that environment's own packages come first."""
+    root = str(Path(keyguard.__file__).resolve().parents[2])
+    parts = [p for p in pythonpath.split(os.pathsep) if p]
+    return os.pathsep.join(parts if root in parts else [*parts, root])
 
 
 def resolve_all(uris: list[str]) -> tuple[list, list]:
@@ -72,6 +82,10 @@ def prepare(uris: list[str], opts: DeployOptions, check_port: bool = True, claim
     opts = _pull_api_key(opts)
     if not opts.api_key and os.environ.get("MG_API_KEY"):
         opts = replace(opts, api_key=os.environ["MG_API_KEY"])  # the CLI, the plugin and the library alike
+    if not opts.api_key and not is_loopback(opts.host) and not opts.allow_unauthenticated:
+        raise InvalidInputError(f"--host {opts.host} would expose the server to the network without an API key",
+                                hint="pass --api-key KEY (or set MG_API_KEY): every route but /health then needs "
+                                     "it; or --allow-unauthenticated to serve it open on purpose")
     if opts.name:
         state.check_name(opts.name)
     resolved, inspections = resolve_all(list(uris))
@@ -125,6 +139,7 @@ def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file,
     env.pop("MG_API_KEY", None)  # vLLM reads VLLM_API_KEY only; the guard and vLLM need no other copy
     if opts.api_key:
         env["VLLM_API_KEY"] = opts.api_key
+        env["PYTHONPATH"] = _with_package_root(env.get("PYTHONPATH", ""))  # --middleware imports keyguard
     proc = launch(plan.argv, env, log_file, header=plan.display())  # the guard, leading vLLM's group
     pid = served_pid(proc) or proc.pid
     record = Deployment(name=opts.name, uris=list(uris), models=[replace(m) for m in plan.models],

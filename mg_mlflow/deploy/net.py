@@ -12,6 +12,18 @@ def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def health_ok(host: str, port: int, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"http://{connect_host(host)}:{port}/health", timeout=timeout) as resp:

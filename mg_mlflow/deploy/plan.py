@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mg_mlflow.deploy.gpus import inventory, plan_tensor_parallel
+from mg_mlflow.deploy.keyguard import MIDDLEWARE
+from mg_mlflow.deploy.net import is_loopback
 from mg_mlflow.errors import MGError
 from mg_mlflow.inspect import inspect_model, leftover_quantization_config, undeclared_packed_weights
 from mg_mlflow.options import option
@@ -42,8 +44,10 @@ class DeployOptions:
     name: str | None = option(None, "deployment name (default: the served model name)", key=None)
     host: str = option("127.0.0.1", "address to bind; 0.0.0.0 exposes the server to the network")
     port: int | None = option(None, "port (default: first free from 8000)")
-    api_key: str | None = option(None, "require this key on every /v1 request (also read from MG_API_KEY); "
+    api_key: str | None = option(None, "require this key on every route but /health (also read from MG_API_KEY); "
                                        "passed as VLLM_API_KEY, never stored or logged", envvar="MG_API_KEY")
+    allow_unauthenticated: bool = option(False, "serve on a non-loopback --host without an API key (refused "
+                                                "otherwise); recorded on the deployment")
     served_model_name: list[str] = option([], "model name per URI, in order (CLI: repeat the option; "
                                               "plugin: comma-separated)", split="comma")
     max_model_len: int | None = option(None, "context length (default: the model's, capped 2048 CPU / 8192 GPU)")
@@ -299,6 +303,11 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
         argv += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
                  "--lora-modules", *[f"{m.served_name}={m.local_dir}" for m in models[1:]]]
     argv = apply_overrides(argv, opts.extra_args)
+    if opts.api_key:  # vLLM's own --api-key guards /v1 only: the key on every route but /health
+        argv += ["--middleware", MIDDLEWARE]
+    elif not is_loopback(opts.host):
+        notes.append(f"listening on {opts.host} WITHOUT an API key (--allow-unauthenticated): anyone who "
+                     "reaches this port can use every route")
 
     env = {}
     if cpu:

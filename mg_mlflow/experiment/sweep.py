@@ -28,6 +28,7 @@ from mg_mlflow.experiment.trial import run_trial, train_function
 from mg_mlflow.options import option
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.tracking.run import use_tracking_uri
+from mg_mlflow.training.recipe import preflight
 from mg_mlflow.vision_config import VisionTrainConfig
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -395,6 +396,7 @@ def run_sweep(spec: SweepSpec | None = None, resume: str = "", echo: Callable[[s
             if value is not None:
                 setattr(spec, key, value)
     cls, grid, space, cfg, direction = validate(spec)
+    preflight(cfg)  # data, base model and LoRA targets: refused before the parent run or any trial exists
     if not resume:
         parent_id, study_name = record.create_parent(spec, cfg, grid + space, direction, storage)
         if spec.chosen:

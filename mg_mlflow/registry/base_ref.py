@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from mg_mlflow.errors import MGError
+from mg_mlflow.registry.metadata import read_metadata
 from mg_mlflow.registry.resolve import resolve_model_uri
 
 
@@ -74,16 +75,52 @@ def describe(ref: dict) -> str:
     return ref.get("uri") or ref.get("path", "?")
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "*.tiktoken")
+
+
+def check_base_folder(folder: Path, given: str) -> None:
+    """A local base (a folder, or a downloaded registry version) must be a full model transformers can
+    build, with its tokenizer; checked before any run exists, named after what the user gave."""
+    import json
+
+    meta = read_metadata(folder)
+    if (folder / "adapter_config.json").is_file():
+        base = meta.get("base_model")
+        raise MGError(f"--base-model {given} is a LoRA adapter, not a base model",
+                      hint=(f"train from its base ({describe(base)}), " if isinstance(base, dict) else "train from "
+                            "the model it adapts, ") + "or register a merged model (save_method=merged_16bit) "
+                            "and train from that")
+    if not (folder / "config.json").is_file():
+        raise MGError(f"base model folder {folder} has no config.json",
+                      hint="point base_model at a Hugging Face model folder")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MGError(f"--base-model {given}: {folder / 'config.json'} is not valid JSON ({exc})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    from transformers import CONFIG_MAPPING, __version__
+
+    if model_type not in CONFIG_MAPPING:
+        raise MGError(f"--base-model {given}: config.json has model_type {model_type!r}, which transformers "
+                      f"{__version__} does not know",
+                      hint="fix model_type in config.json, or install a transformers version that has this "
+                           "architecture")
+    if not any(any(folder.glob(pattern)) for pattern in TOKENIZER_FILES):
+        raise MGError(f"--base-model {given}: the folder has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
+                      hint="copy the tokenizer files of the model it came from into the folder "
+                           "(tokenizer.save_pretrained(FOLDER))")
+
+
 def resolve_base_model(base_model: str) -> tuple[str, str | None]:
     """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id.
-    Runs before any MLflow run exists, so a missing folder leaves no run behind."""
+    Runs before any MLflow run exists, so a missing or unusable folder leaves no run behind."""
     if base_model.startswith("models:/"):
-        return str(resolve_model_uri(base_model).local_dir), None
+        folder = resolve_model_uri(base_model).local_dir
+        check_base_folder(folder, base_model)
+        return str(folder), None
     path = Path(base_model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MGError(f"base model folder {path} has no config.json",
-                          hint="point base_model at a Hugging Face model folder")
+        check_base_folder(path, base_model)
         return str(path.resolve()), None
     if base_model.startswith((".", "/", "~")):
         raise MGError(f"base model folder {base_model} does not exist",

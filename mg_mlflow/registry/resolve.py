@@ -160,12 +160,27 @@ def _hf_folder(root: Path) -> Path:
     return root
 
 
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
+
+
+def missing_parts(root: Path) -> str | None:
+    """What a downloaded model lacks to be served or loaded (None: config and weights are there)."""
+    folder = _hf_folder(root)
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        return "neither config.json nor adapter_config.json"
+    if not any(p.is_file() for pattern in WEIGHT_PATTERNS for p in folder.glob(pattern)):
+        return "no weight files (*.safetensors, *.bin)"
+    return None
+
+
 def _download(artifact_uri: str, dest: Path) -> Path:
-    """Download once into ``dest`` (atomic: a partial download never looks complete)."""
+    """Download once into ``dest``. The entry is marked complete (``.complete``) only once its contents
+    are checked; an entry whose contents fail the check (an interrupted or empty download) is
+    downloaded again."""
     import mlflow
 
     marker = dest / ".complete"
-    if marker.is_file():
+    if marker.is_file() and missing_parts(dest) is None:
         return dest
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -176,6 +191,13 @@ def _download(artifact_uri: str, dest: Path) -> Path:
     except Exception as exc:  # noqa: BLE001
         shutil.rmtree(tmp, ignore_errors=True)
         raise MGError(f"could not download {artifact_uri}: {exc}") from None
+    missing = missing_parts(tmp)
+    if missing is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise MGError(f"{artifact_uri}: the artifacts downloaded from the tracking store hold no usable model "
+                      f"({missing}); nothing was cached",
+                      hint="the store's artifact folder may be missing or incomplete (moved, deleted, another "
+                           "--artifacts-destination): restore it and run the command again")
     (tmp / ".complete").write_text(artifact_uri)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

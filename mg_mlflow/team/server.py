@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from mg_mlflow.env import mg_home
+from mg_mlflow.env import mg_home, private_sqlite_file, sqlite_path
 from mg_mlflow.errors import MGError, MissingExtra
 from mg_mlflow.proc import wait_interruptibly
 
@@ -32,6 +32,8 @@ class ServerPlan:
     artifacts_destination: str = ""
     url: str = ""
     auth: bool = False
+    auth_database_uri: str = ""  # as given (may hold a password): never printed
+    admin: str = ""              # the basic-auth admin's user name
 
 
 def split_password(uri: str) -> tuple[str, str | None]:
@@ -101,6 +103,7 @@ def _auth_env(home: Path, auth_database_uri: str | None) -> dict[str, str]:
     env["MLFLOW_AUTH_ADMIN_USERNAME"] = user
     env["MLFLOW_AUTH_ADMIN_PASSWORD"] = password
     db_uri = auth_database_uri or f"sqlite:///{server_dir / 'basic_auth.db'}"
+    private_sqlite_file(db_uri)  # password hashes: readable by the owner only
     ini = server_dir / "basic_auth.ini"
     ini.write_text("[mlflow]\ndefault_permission = READ\n"
                    f"database_uri = {split_password(db_uri)[0]}\n"
@@ -133,6 +136,7 @@ def plan_server(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: st
     env: dict[str, str] = job_runner_off()
     backend = backend_store_uri or f"sqlite:///{home / 'mlflow.db'}"
     _check_backend(backend)
+    private_sqlite_file(backend)
     backend, password = split_password(backend)
     if password is not None:
         if not urlsplit(backend).scheme.startswith("postgresql"):
@@ -153,7 +157,48 @@ def plan_server(host: str = "127.0.0.1", port: int = 5000, backend_store_uri: st
         env.update(_auth_env(home, auth_database_uri))
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return ServerPlan(argv=argv, env=env, backend_store_uri=backend, artifacts_destination=dest,
-                      url=f"http://{shown_host}:{port}", auth=auth)
+                      url=f"http://{shown_host}:{port}", auth=auth,
+                      auth_database_uri=auth_database_uri or f"sqlite:///{home / 'server' / 'basic_auth.db'}",
+                      admin=env.get("MLFLOW_AUTH_ADMIN_USERNAME", ""))
+
+
+def _auth_store(plan: ServerPlan):
+    """MLflow's basic-auth user store on the plan's database (schema migrated by MLflow)."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(plan.auth_database_uri)
+    return store
+
+
+def _auth_db_exists(plan: ServerPlan) -> bool:
+    path = sqlite_path(plan.auth_database_uri)
+    return path is None or (path.is_file() and path.stat().st_size > 0)
+
+
+def stale_admin_password(plan: ServerPlan) -> str | None:
+    """A warning when the auth database already holds the admin with another password than the one
+    given (MLflow creates the admin once and then keeps its password); None when it is in effect."""
+    if not plan.auth or not _auth_db_exists(plan):
+        return None
+    store = _auth_store(plan)
+    if not store.has_user(plan.admin) or store.authenticate_user(plan.admin, plan.env["MLFLOW_AUTH_ADMIN_PASSWORD"]):
+        return None
+    return (f"the auth database {redact(plan.auth_database_uri)} already has the admin {plan.admin!r} with another "
+            "password: MLflow keeps the first one, so the MLFLOW_AUTH_ADMIN_PASSWORD given now is NOT in effect. "
+            "Change it with `model-garden server --reset-admin-password` (same variables), then start again")
+
+
+def reset_admin_password(plan: ServerPlan) -> str:
+    """Set the admin's password in the auth database to the one given (creating the admin when
+    absent) through MLflow's auth store; what was done."""
+    store = _auth_store(plan)
+    password = plan.env["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    if store.has_user(plan.admin):
+        store.update_user(plan.admin, password=password, is_admin=True)
+        return f"admin {plan.admin!r}: password changed in {redact(plan.auth_database_uri)}"
+    store.create_user(plan.admin, password, is_admin=True)
+    return f"admin {plan.admin!r}: created in {redact(plan.auth_database_uri)}"
 
 
 def upgrade_schema(backend_store_uri: str, extra_env: dict[str, str]) -> None:

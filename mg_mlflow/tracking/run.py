@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from mg_mlflow.env import default_tracking_uri, mg_home
+from mg_mlflow.env import default_tracking_uri, mg_home, private_sqlite_file, sqlite_path
 from mg_mlflow.tracking.spool import flush_all, flush_timeout
 
 
@@ -101,9 +101,10 @@ def prepare_sqlite_store(uri: str) -> None:
     import mlflow
     from filelock import FileLock
 
-    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    db = sqlite_path(uri)
     db.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(db) + ".lock", timeout=600):
+        private_sqlite_file(uri)
         client = mlflow.tracking.MlflowClient(uri, registry_uri=uri)
         client.search_experiments(max_results=1)       # tracking tables
         client.search_registered_models(max_results=1)  # registry tables (same file)

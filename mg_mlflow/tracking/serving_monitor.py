@@ -91,12 +91,25 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
-def scrape(url: str, timeout: float = 3.0) -> dict[str, float] | None:
+def served_key(pid: int) -> str | None:
+    """The API key the served process was started with (its ``VLLM_API_KEY``): a protected deployment
+    answers /metrics only with it. Read from the process's environment (the same user's), so the key
+    never travels on a command line."""
+    import psutil
+
+    try:
+        return psutil.Process(int(pid)).environ().get("VLLM_API_KEY") or None
+    except (psutil.Error, OSError, ValueError):
+        return None
+
+
+def scrape(url: str, timeout: float = 3.0, api_key: str | None = None) -> dict[str, float] | None:
     """The endpoint's samples, or None when it does not answer."""
     import urllib.request
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a local http URL
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:  # noqa: S310
             return parse_prometheus(resp.read().decode("utf-8", "replace"))
     except (OSError, ValueError):
         return None
@@ -224,7 +237,7 @@ class ServingMonitor:
     def measure(self, final: bool = False) -> None:
         from mlflow.entities import Metric
 
-        samples = scrape(self.args.metrics_url)
+        samples = scrape(self.args.metrics_url, api_key=served_key(self.args.pid))
         self.endpoint_up = 0.0 if samples is None else 1.0
         if samples:
             self.counters.update(samples)

@@ -33,11 +33,16 @@ def disk_full_is_clear(output_dir: Path):
     try:
         yield
     except Exception as exc:  # OSError, or a library's own (safetensors: "os error 28")
-        if getattr(exc, "errno", None) != errno.ENOSPC and "No space left on device" not in str(exc):
+        if isinstance(exc, MGError) or (getattr(exc, "errno", None) != errno.ENOSPC
+                                        and "No space left on device" not in str(exc)):
             raise
         shutil.rmtree(output_dir / "model", ignore_errors=True)
-        raise MGError(f"No space left on device while writing under {output_dir}; the half-written model "
-                      "was removed and nothing was registered",
+        try:
+            free = f"{shutil.disk_usage(output_dir).free / 2**20:.1f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        raise MGError(f"disk full (No space left on device) while writing under {output_dir} ({free}); the "
+                      "half-written model was removed and nothing was registered",
                       hint="free space, or point --output-dir at a disk with room for checkpoints and the "
                            "model") from None
 

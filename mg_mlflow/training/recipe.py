@@ -40,6 +40,19 @@ def modality_for(cfg):
     return TextModality(cfg)
 
 
+def preflight(cfg):
+    """Every check that needs no MLflow run, in the order ``train`` makes them: the records (file:line),
+    the base model (a full model with a known model_type and a tokenizer, not an adapter), the LoRA
+    target modules. (modality, train data, eval data, base, revision); a sweep calls it before its
+    first trial."""
+    modality = modality_for(cfg)
+    train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
+    base, revision = resolve_base_model(cfg.base_model)  # a missing or unusable base fails before any run
+    check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
+    modality.prepare(base, revision, train_data, eval_data)  # tokenized and masked, before any run exists
+    return modality, train_data, eval_data, base, revision
+
+
 def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     """Train, log, verify and register one model; ``callbacks`` are extra transformers
     ``TrainerCallback``s (e.g. a sweep's pruning callback)."""
@@ -49,18 +62,14 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
         raise MGError(f"num_gpus={cfg.num_gpus} needs one process per GPU, and this is a single process",
                       hint=f"run `model-garden train --num-gpus {cfg.num_gpus}` (it starts them with torchrun), "
                            "or torchrun yourself; sweeps train each trial on one device")
-    modality = modality_for(cfg)
-    train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
-
-    base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
-    check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
-    modality.prepare(base, revision, train_data, eval_data)  # tokenized and masked, before any run exists
+    modality, train_data, eval_data, base, revision = preflight(cfg)
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
 
     import mlflow
     import torch
 
-    from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
+    from mg_mlflow.training.resume import (StopOnSignal, checkpoint_to_resume, earlier_segment,
+                                           write_checkpoints_atomically)
     from mg_mlflow.training import step_stats
 
     tags = run_tags(modality.name, backend, cfg.method)
@@ -94,6 +103,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
                                            eval_data, [*default_callbacks, stopper, *callbacks])
+                write_checkpoints_atomically(trainer)  # a checkpoint cut short never looks complete
                 guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
                 step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():

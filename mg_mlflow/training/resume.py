@@ -10,6 +10,10 @@ artifacts when ``checkpoint_artifacts`` was on).
 
 from __future__ import annotations
 
+import errno
+import json
+import os
+import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +25,8 @@ from mg_mlflow.errors import MGError
 from mg_mlflow.training.distributed import any_rank
 
 HISTORY_KEYS = ("loss", "eval_loss")
+STAGING = ".partial"  # checkpoints are written under <output dir>/.partial, then renamed
+FULL_BELOW_BYTES = 1 << 20  # a failed write with less free space than this is a full disk
 CARBON_CUMULATIVE = ("carbon/emissions_kg", "carbon/energy_kwh")
 CARBON_TOTALS = {"carbon/total_emissions_kg": "carbon/emissions_kg", "carbon/total_energy_kwh": "carbon/energy_kwh"}
 
@@ -60,13 +66,107 @@ def earlier_segment(run_id: str) -> Earlier:
     return earlier
 
 
-def checkpoint_to_resume(run_id: str, output_dir: Path) -> str:
-    """The last checkpoint of the run: the local one, else the newest logged as a run artifact."""
-    from transformers.trainer_utils import get_last_checkpoint
+def is_complete(folder: Path) -> bool:
+    """A checkpoint folder the trainer finished: its ``trainer_state.json`` (written last) reads back and
+    its weights are there."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
 
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest complete ``checkpoint-N`` in ``folder`` (an incomplete newer one is skipped)."""
+    if not folder.is_dir():
+        return None
+    found = [(int(p.name.split("-", 1)[1]), p) for p in folder.iterdir()
+             if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()]
+    for _, path in sorted(found, reverse=True):
+        if is_complete(path):
+            return str(path)
+    return None
+
+
+def _looks_disk_full(exc: BaseException, folder: Path) -> bool:
+    """ENOSPC, said or not: torch's zip writer reports a full disk as "unexpected pos" or "file write
+    failed", so a failed write with (almost) no space left counts too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "errno", None) == errno.ENOSPC or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW_BYTES
+    except OSError:
+        return False
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def write_checkpoints_atomically(trainer) -> None:
+    """Every checkpoint is written under ``<output dir>/.partial/checkpoint-N`` and renamed to
+    ``checkpoint-N`` once complete, so a checkpoint cut short (full disk, SIGKILL) never looks like one
+    to resume from. A full disk ends the run with "disk full", the folder and its free space.
+
+    A hook on the trainer's ``_save_checkpoint`` (transformers writes the model, optimizer, scheduler,
+    RNG states and, last, ``trainer_state.json`` into ``_get_output_dir()/checkpoint-N``): the output
+    folder it sees is the staging folder for the duration of the save."""
+    from transformers.trainer_utils import rotate_checkpoints
+
+    save = trainer._save_checkpoint
+
+    def atomic_save(model, trial=None):
+        run_dir = Path(trainer._get_output_dir(trial=trial))
+        staging = run_dir / STAGING
+        name = f"checkpoint-{trainer.state.global_step}"
+        if trainer.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)
+            staging.mkdir(parents=True, exist_ok=True)
+        trainer.accelerator.wait_for_everyone()  # no rank writes before the staging folder is fresh
+        trainer._get_output_dir = lambda trial=None: str(staging)
+        try:
+            save(model, trial)
+        except Exception as exc:  # noqa: BLE001 - a full disk surfaces as many exception types
+            if not _looks_disk_full(exc, run_dir):
+                raise
+            free = shutil.disk_usage(run_dir).free
+            shutil.rmtree(staging / name, ignore_errors=True)
+            newest = last_complete_checkpoint(run_dir)
+            raise MGError(f"disk full (No space left on device) while writing {name} under {run_dir}: "
+                          f"{_mib(free)} free; the partial checkpoint was removed"
+                          + (f", {Path(newest).name} is the newest complete one" if newest else ""),
+                          hint="free space (or point --output-dir at a disk with room), then continue with "
+                               "`model-garden train --resume RUN_ID`") from None
+        finally:
+            del trainer._get_output_dir  # the class's method again
+        trainer.accelerator.wait_for_everyone()  # every rank's files are in the staging folder
+        if trainer.args.should_save:
+            final = run_dir / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging / name, final)
+            try:
+                staging.rmdir()
+            except OSError:  # another rank's leftovers, or not empty: removed by the next save
+                pass
+            if trainer.state.best_global_step:
+                best = run_dir / f"checkpoint-{trainer.state.best_global_step}"
+                trainer.state.best_model_checkpoint = str(best) if best.is_dir() else None
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=trainer.args.save_total_limit,
+                               best_model_checkpoint=trainer.state.best_model_checkpoint, use_mtime=True)
+        trainer.accelerator.wait_for_everyone()
+
+    trainer._save_checkpoint = atomic_save
+
+
+def checkpoint_to_resume(run_id: str, output_dir: Path) -> str:
+    """The newest complete checkpoint of the run: the local one, else the newest logged as a run artifact."""
     local = output_dir / "checkpoints"
-    if local.is_dir() and get_last_checkpoint(str(local)):
-        return get_last_checkpoint(str(local))
+    newest = last_complete_checkpoint(local)
+    if newest:
+        return newest
     import mlflow
 
     client = mlflow.tracking.MlflowClient()

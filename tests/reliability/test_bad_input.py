@@ -22,6 +22,7 @@ from mg_mlflow.errors import ConfigError, DataError, MGError
 from reltrain_support import run_cli
 
 GOOD = {"instruction": "Say hi", "output": "hi"}
+CHAT = {"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi"}]}
 
 
 def _write(path, data: bytes | str):
@@ -55,6 +56,17 @@ DATA_CASES = {
     "csv-missing-column": ("n.csv", lambda d: _write(d / "n.csv", "instruction\nSay hi\n"), "{path}:2: missing field 'output'"),
     "empty-csv": ("e.csv", lambda d: _write(d / "e.csv", ""), "has no records"),
     "header-only-csv": ("h.csv", lambda d: _write(d / "h.csv", "instruction,output\n"), "has no records"),
+    "lone-surrogate": ("s.jsonl", lambda d: _write(d / "s.jsonl", '{"instruction": "a\\ud800", "output": "x"}\n'),
+                       "{path}:1: field 'instruction' holds a lone surrogate '\\ud800' at character 2, not valid Unicode"),
+    "lone-surrogate-message": ("sm.jsonl", lambda d: _write(d / "sm.jsonl", json.dumps(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "ok \ud800"}]}) + "\n"),
+        "{path}:1: messages[1].content holds a lone surrogate '\\ud800' at character 4"),
+    "assistant-only": ("ao.jsonl", lambda d: _write(d / "ao.jsonl", json.dumps(CHAT) + "\n" + json.dumps(
+        {"messages": [{"role": "assistant", "content": "hi"}]}) + "\n"),
+        "{path}:2: no 'user' message before the assistant's answer"),
+    "system-and-assistant": ("sa.jsonl", lambda d: _write(d / "sa.jsonl", json.dumps(
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "hi"}]}) + "\n"),
+        "{path}:1: no 'user' message before the assistant's answer"),
     "truncated-parquet": ("p.parquet", lambda d: _write(d / "p.parquet", _parquet(d / "full.parquet").read_bytes()[:300]),
                           "{path}: not a valid Parquet file"),
 }
@@ -67,6 +79,36 @@ def test_bad_dataset_files_are_refused_with_file_and_line(case, tmp_path):
     with pytest.raises(MGError) as err:
         load_dataset_records(str(path))
     assert expected.format(path=path) in str(err.value)
+
+
+@pytest.mark.parametrize("case", ["lone-surrogate", "assistant-only"])
+def test_bad_records_are_refused_by_validate_and_by_train_before_any_run(case, mg_home, tiny_model, tmp_path):
+    """`data validate` and `train` both name the file:line, exit 2, and leave no run, version or file."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    _, make, expected = DATA_CASES[case]
+    path = make(cwd)
+    for command in (["data", "validate", str(path)],
+                    ["train", "--base-model", str(tiny_model), "--dataset", str(path), "--max-steps", "2",
+                     "--no-system-metrics", "--no-carbon"]):
+        proc = run_cli(command, cwd=cwd)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert expected.format(path=path) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
+    _nothing_left(mg_home, cwd, [path.name])
+
+
+def test_a_chat_dataset_in_parquet_is_accepted(tmp_path):
+    """A messages column reads back from Parquet as numpy arrays of structs: the same records as JSONL."""
+    import pandas as pd
+
+    chats = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": f"q{i}"},
+                           {"role": "assistant", "content": f"a{i}"}]} for i in range(3)]
+    pd.DataFrame(chats).to_parquet(tmp_path / "chat.parquet")
+    _write(tmp_path / "chat.jsonl", "".join(json.dumps(c) + "\n" for c in chats))
+    parquet = load_dataset_records(str(tmp_path / "chat.parquet"))
+    assert parquet.fmt == "messages" and parquet.records == load_dataset_records(str(tmp_path / "chat.jsonl")).records
+    proc = run_cli(["data", "validate", str(tmp_path / "chat.parquet")], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_data_validate_exits_2_on_non_utf8_and_long_records(tmp_path, tiny_model):
@@ -286,6 +328,100 @@ def test_deploy_port_out_of_range(port, mg_home, tmp_path):
     _nothing_left(mg_home, tmp_path)
 
 
+def _copy_base(tiny_model, d, edit=None):
+    import shutil
+
+    folder = d / "base"
+    shutil.copytree(tiny_model, folder)
+    if edit:
+        edit(folder)
+    return str(folder)
+
+
+def _no_tokenizer(folder):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).unlink()
+
+
+def _unknown_type(folder):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "nosucharch"}))
+
+
+def _adapter(tiny_model, d):
+    """A LoRA adapter folder saved by peft (untrained), with the lineage Model Garden writes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder = d / "adapter"
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_model)),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(str(folder))
+    (folder / "mg_model.json").write_text(json.dumps({"kind": "adapter", "base_model": {"kind": "path",
+                                                                                         "path": str(tiny_model)}}))
+    return folder
+
+
+def _registered_adapter(tiny_model, d):
+    import mlflow
+
+    folder = _adapter(tiny_model, d)
+    client = mlflow.tracking.MlflowClient()
+    client.create_registered_model("an-adapter")
+    client.create_model_version("an-adapter", source=folder.as_uri())
+    return "models:/an-adapter/1"
+
+
+# name: (builder(tiny_model, folder) -> --base-model value, expected text); `train` must refuse before any run
+BASE_CASES = {
+    "no-tokenizer": (lambda t, d: _copy_base(t, d, _no_tokenizer),
+                     "--base-model {base}: the folder has no tokenizer (none of tokenizer.json"),
+    "unknown-model-type": (lambda t, d: _copy_base(t, d, _unknown_type),
+                           "--base-model {base}: config.json has model_type 'nosucharch', which transformers"),
+    "adapter-folder-as-base": (lambda t, d: str(_adapter(t, d)), "--base-model {base} is a LoRA adapter, not a "
+                               "base model hint: train from its base ({tiny}), or register a merged model"),
+    "registered-adapter-as-base": (_registered_adapter, "--base-model models:/an-adapter/1 is a LoRA adapter, not "
+                                   "a base model hint: train from its base ({tiny})"),
+}
+
+
+@pytest.mark.parametrize("case", list(BASE_CASES))
+def test_unusable_base_models_are_refused_before_any_run(case, mg_home, tiny_model, sample_data, tmp_path):
+    import mlflow
+
+    make, expected = BASE_CASES[case]
+    base = make(tiny_model, tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    proc = run_cli(["train", "--base-model", base, "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-system-metrics", "--no-carbon"], cwd=cwd)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert expected.format(base=base, tiny=tiny_model) in said and "Traceback" not in proc.stderr, said
+    from reltrain_support import runs
+
+    assert runs() == [] and sorted(p.name for p in cwd.iterdir()) == []
+    names = [m.name for m in mlflow.tracking.MlflowClient().search_registered_models()]
+    assert names == (["an-adapter"] if case == "registered-adapter-as-base" else [])
+    assert not (mg_home / "outputs").exists() or not list((mg_home / "outputs").iterdir())
+
+
+def test_a_sweep_on_data_outside_the_allowed_folders_is_refused_before_any_trial(mg_home, tiny_model, sample_data,
+                                                                                 tmp_path):
+    cwd = tmp_path / "cwd"
+    allowed = tmp_path / "allowed"
+    cwd.mkdir()
+    allowed.mkdir()
+    proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+                    "--no-carbon", "--no-system-metrics", "--grid", "lora_r=4,8", "--objective", "loss_final"], cwd=cwd,
+                   env={"MG_ALLOWED_DATA_DIRS": str(allowed)})
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"dataset file {sample_data} is outside the allowed data folders (MG_ALLOWED_DATA_DIRS={allowed})" in said
+    assert "Traceback" not in proc.stderr
+    _nothing_left(mg_home, cwd)
+
+
 def test_good_names_are_accepted_and_an_m_prefixed_name_resolves(mg_home, tmp_path):
     import mlflow
 
@@ -300,6 +436,7 @@ def test_good_names_are_accepted_and_an_m_prefixed_name_resolves(mg_home, tmp_pa
     src = tmp_path / "src"
     src.mkdir()
     (src / "config.json").write_text("{}")
+    (src / "model.safetensors").write_bytes(b"")  # what the model cache checks for: config and weights
     client.create_model_version("m-test", source=src.as_uri())
     client.set_registered_model_alias("m-test", "champion", "1")
     assert resolve_model_uri("models:/m-test/1").version == "1"

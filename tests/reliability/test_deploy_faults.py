@@ -153,3 +153,27 @@ def test_update_never_drops_the_key_of_a_protected_deployment(tiny_model, mg_hom
     assert res.returncode == 0, res.stdout + res.stderr
     new = json.loads((_folder() / "locked.json").read_text())
     assert new["port"] == old["port"] and _env_key(new["pid"]) == KEY  # a dead one restarts in place
+
+
+def test_generate_reports_a_stopped_server_after_its_timeout(tiny_model, tmp_path):
+    """A server stopped with SIGSTOP still accepts connections and never answers: `generate --timeout 3`
+    says so after about 3 s (exit 2), not after the client's default 300 s."""
+    import time
+
+    res = run_cli(["deploy", str(tiny_model), "--name", "frozen", *fake_engine_args(tmp_path)], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    record = json.loads((_folder() / "frozen.json").read_text())
+    os.kill(record["pid"], signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        proc = run_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "3"], timeout=120)
+        took = time.monotonic() - started
+    finally:
+        os.kill(record["pid"], signal.SIGCONT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert f"deployment 'frozen' did not answer within 3.0 s (port {record['port']})" in said, said
+    assert "raise --timeout" in said and "Traceback" not in proc.stderr
+    assert took < 60
+    bad = run_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "0"], timeout=60)
+    assert bad.returncode == 2 and "--timeout" in bad.stderr
