@@ -6,7 +6,7 @@ import click
 
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.data.sample import write_sample
-from mg_mlflow.data.stats import dataset_stats
+from mg_mlflow.data.stats import dataset_stats, truncation_warning
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
 
@@ -26,7 +26,8 @@ def data_group():
 def validate_cmd(dataset, fmt, base_model, max_seq_length):
     """Validate every record of DATASET and print statistics, without training.
 
-    Bad records are listed as file:line with what is wrong, and the exit code is non-zero.
+    Bad records are listed as file:line with what is wrong, and the exit code is non-zero. With
+    --base-model, more than 10% of records longer than --max-seq-length is a warning (exit code 0).
 
     \b
     Example:
@@ -34,7 +35,11 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
     """
     setup_env()
     stats = dataset_stats(dataset, fmt, base_model, max_seq_length)
-    print_kv(f"dataset {dataset}: valid", list(stats.items()))
+    share = stats.pop("truncated share", 0.0)
+    warning = truncation_warning(share, max_seq_length)
+    print_kv(f"dataset {dataset}: valid" + (", with a warning" if warning else ""), list(stats.items()))
+    if warning:
+        console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 @data_group.command("sample")

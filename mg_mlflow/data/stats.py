@@ -5,6 +5,12 @@ from __future__ import annotations
 from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.errors import MGError
 
+# Above this share of records longer than max_seq_length, `data validate` and `train` warn: a cut
+# record loses the end of its answer, so most of what the model would learn from it.
+TRUNCATION_WARN_SHARE = 0.10
+# `train` measures the share on at most this many records, evenly spaced (a few seconds of tokenizing).
+TRUNCATION_SAMPLE = 5000
+
 
 def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
                   max_seq_length: int = 512) -> dict[str, object]:
@@ -25,18 +31,44 @@ def dataset_stats(source: str, fmt: str = "auto", base_model: str | None = None,
             raise MGError(f"--base-model {base_model}: no tokenizer could be loaded ({exc})".splitlines()[0],
                           hint="give a model folder with tokenizer files, or a hub id available offline") from None
         require_chat_template(tok, base_model, "--base-model")
-        lengths = []
-        for rec in data.records:
-            ids = tok.apply_chat_template(rec["messages"], tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "keys"):
-                ids = ids["input_ids"]
-            lengths.append(len(ids))
+        lengths = sorted(token_lengths(tok, data.records))
         over = sum(1 for n in lengths if n > max_seq_length)
-        lengths.sort()
         stats["tokens (min/median/max)"] = f"{lengths[0]}/{lengths[len(lengths) // 2]}/{lengths[-1]}"
         stats["total tokens"] = sum(lengths)
         stats[f"truncated at {max_seq_length}"] = f"{over} ({100 * over / len(lengths):.1f}%)"
+        stats["truncated share"] = over / len(lengths)
     return stats
+
+
+def token_lengths(tokenizer, records: list[dict]) -> list[int]:
+    """Tokens of each chat record once formatted by the tokenizer's chat template."""
+    lengths = []
+    for rec in records:
+        ids = tokenizer.apply_chat_template(rec["messages"], tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        lengths.append(len(ids))
+    return lengths
+
+
+def truncated_share(tokenizer, records: list[dict], max_seq_length: int,
+                    limit: int = TRUNCATION_SAMPLE) -> float:
+    """Share of ``records`` longer than ``max_seq_length`` tokens (measured on at most ``limit`` of
+    them, evenly spaced)."""
+    if not records:
+        return 0.0
+    step = max(1, -(-len(records) // limit))
+    lengths = token_lengths(tokenizer, records[::step])
+    return sum(1 for n in lengths if n > max_seq_length) / len(lengths)
+
+
+def truncation_warning(share: float, max_seq_length: int, option: str = "--max-seq-length") -> str | None:
+    """The warning for a truncated ``share`` above TRUNCATION_WARN_SHARE (None at or below it)."""
+    if share <= TRUNCATION_WARN_SHARE:
+        return None
+    return (f"{100 * share:.0f}% of the records are longer than {option} {max_seq_length} tokens and will "
+            f"be cut in training (their answers lose their ends); raise {option}, or shorten the records "
+            f"(warned above {100 * TRUNCATION_WARN_SHARE:.0f}%)")
 
 
 def require_chat_template(tokenizer, base_model: str, option: str = "base_model") -> None:

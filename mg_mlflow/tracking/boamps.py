@@ -66,8 +66,12 @@ def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", 
     """A machine-wide codecarbon tracker writing ``output_dir/emissions.csv`` and feeding ``handler``;
     ``gpu_ids``: measure (and sum) exactly these GPUs (default: codecarbon's, every visible one)."""
     from codecarbon import EmissionsTracker, OfflineEmissionsTracker
+    from codecarbon.external.logger import set_logger_level
     from codecarbon.output_methods.base_output import OutputMethod
 
+    # codecarbon applies log_level only after its constructor has logged "offline tracker init" and
+    # "Multiple instances ... are allowed" (codecarbon/emissions_tracker.py): set it first.
+    set_logger_level("error")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     kwargs = dict(project_name=project_name, measure_power_secs=measure_secs, output_dir=str(output_dir),
                   output_file=CSV_NAME, on_csv_write="append", output_methods=[OutputMethod.CSV],
