@@ -57,11 +57,10 @@ def test_train_prints_no_library_noise_and_warns_and_records_truncation(tmp_path
     assert proc.returncode == 0, out[-4000:]
     noisy = [line for line in out.splitlines() if any(n in line for n in NOISE)]
     assert not noisy, "\n".join(noisy)
-    flat = " ".join(out.split())
-    assert "% of the records are longer than max_seq_length 64 tokens" in flat, out[-4000:]
-
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     run = client.search_runs([client.get_experiment_by_name("model-garden").experiment_id])[0]
     share = run.data.metrics["truncated_share"]
-    assert 0.55 < share < 0.70, share  # the 40 training records of the 80/20 split; 62% of all 50
+    assert 0.5 < share < 0.8, share  # of the 40 training records of the 80/20 split (62% of all 50)
+    flat = " ".join(out.split())
+    assert f"{100 * share:.0f}% of the records are longer than max_seq_length 64 tokens" in flat, out[-4000:]
     assert client.get_model_version("quiet", "1").run_id == run.info.run_id  # the model was logged and registered
