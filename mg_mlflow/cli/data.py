@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import write_sample
+from mg_mlflow.data.sample import TASKS, write_sample
 from mg_mlflow.data.stats import dataset_stats, truncation_warning
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
@@ -49,7 +49,10 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_cmd(path, records, fmt, vision, seed):
+@click.option("--task", type=click.Choice(["mixed", *TASKS]), default="mixed", show_default=True,
+              help="which task the records teach: reverse, add, describe, spell, or the four in turn; "
+                   "describe is the one the tiny model learns in ~100 CPU steps")
+def sample_cmd(path, records, fmt, vision, seed, task):
     """Write a small sample dataset to PATH (JSONL) to start from.
 
     \b
@@ -60,7 +63,7 @@ def sample_cmd(path, records, fmt, vision, seed):
     if vision:
         out = write_vision_sample(path, records, seed=seed)
     else:
-        out = write_sample(path, records, fmt, seed)
+        out = write_sample(path, records, fmt, seed, task)
     console().print(f"wrote {records} records to [bold]{out}[/]")
 
 

@@ -8,6 +8,7 @@ from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.proc import wait_interruptibly
+from mg_mlflow.registry.resolve import registry_version
 from mg_mlflow.team.server import job_runner_off
 from mg_mlflow.tracking import ui_links
 from mg_mlflow.tracking.liveness import DEAD, process_state, repair
@@ -110,10 +111,17 @@ def sync_spool_cmd(spool, run_id):
 def show_cmd(run_id):
     """Show one run: status, key params, final metrics, registered version, artifacts.
 
+    RUN_ID is a run id (or a unique prefix of one), or a registered version, models:/NAME/VERSION
+    or models:/NAME@ALIAS, for the run that trained it.
+
     \b
-    Example:
+    Examples:
       model-garden runs show 3f2a9c
+      model-garden runs show models:/tiny-lora@champion
     """
+    if run_id.startswith("models:/"):
+        use_tracking_uri()
+        run_id = registry_version(run_id)[1].run_id
     r = get_run(run_id)
     rows = [("run id", r["run_id"]), ("status", r["status"]), ("experiment", r["experiment"]),
             ("started", r["start"]), ("error", r["tags"].get("mg.error")),

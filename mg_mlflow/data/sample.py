@@ -15,12 +15,18 @@ _ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "eel", "yak"]
 _WORDS = ["apple", "river", "cloud", "stone", "music", "light", "green", "sugar", "table", "ocean"]
 
 
-def sample_records(n: int = 64, seed: int = 0) -> list[dict]:
-    """``n`` instruction records: {"instruction", "input", "output"}."""
+# The tasks, in the order a mixed sample cycles through them.
+TASKS = ("reverse", "add", "describe", "spell")
+
+
+def sample_records(n: int = 64, seed: int = 0, task: str = "mixed") -> list[dict]:
+    """``n`` instruction records: {"instruction", "input", "output"}; ``task`` one of TASKS, or
+    ``mixed`` (the four in turn). ``describe`` (copy two words of the input into a fixed sentence) is
+    the one the tiny model learns in ~100 CPU steps."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        kind = i % 4
+        kind = i % 4 if task == "mixed" else TASKS.index(task)
         if kind == 0:
             word = rng.choice(_WORDS)
             out.append({"instruction": "Reverse the word.", "input": word, "output": word[::-1]})
@@ -45,11 +51,12 @@ def to_messages(rec: dict) -> dict:
                          {"role": "assistant", "content": rec["output"]}]}
 
 
-def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: int = 0) -> Path:
-    """Write ``n`` sample records as JSONL in ``fmt`` (instruction or messages)."""
+def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: int = 0,
+                 task: str = "mixed") -> Path:
+    """Write ``n`` sample records of ``task`` as JSONL in ``fmt`` (instruction or messages)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = sample_records(n, seed)
+    records = sample_records(n, seed, task)
     if fmt == "messages":
         records = [to_messages(r) for r in records]
     with path.open("w") as fh:
