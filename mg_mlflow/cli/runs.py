@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
@@ -18,8 +19,8 @@ from mg_mlflow.tracking.spool import read_spool, replay
 from mg_mlflow.tracking.ui_links import base_url
 
 KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
-KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds", "carbon/emissions_kg",
-               "carbon/energy_kwh")
+KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds")
+KEY_CARBON = (mn.EMISSIONS_KG, mn.ENERGY_KWH)
 
 
 @click.group("runs")
@@ -129,6 +130,8 @@ def show_cmd(run_id):
             ("registered", r["registered"]), ("git commit", r["tags"].get("mg.git_commit"))]
     rows += [(k, r["params"].get(k)) for k in KEY_PARAMS]
     rows += [(k, f"{r['metrics'][k]:.5g}") for k in KEY_METRICS if k in r["metrics"]]
+    rows += [(mn.carbon(k), f"{value:.5g}") for k in KEY_CARBON
+             if (value := mn.carbon_value(r["metrics"], k)) is not None]
     rows += [("datasets", ", ".join(r["datasets"]))]
     print_kv(f"run {r['run_id']}", rows)
 

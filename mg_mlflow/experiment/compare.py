@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.resolve import is_logged_model_id, registry_version
 from mg_mlflow.tracking.query import get_run
@@ -107,7 +108,7 @@ def serving_emissions(client) -> dict[str, float]:
         return {}
     out: dict[str, float] = {}
     for r in client.search_runs([exp.experiment_id], max_results=1000):
-        kg = r.data.metrics.get("carbon/total_emissions_kg", r.data.metrics.get("carbon/emissions_kg"))
+        kg = mn.carbon_value(r.data.metrics, mn.TOTAL_EMISSIONS_KG, mn.carbon_value(r.data.metrics, mn.EMISSIONS_KG))
         if kg is None:
             continue
         for key in json.loads(r.data.tags.get("mg.served_versions") or "[]"):
@@ -128,7 +129,7 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
         m, tags = r.data.metrics, r.data.tags
         registered = (f"{tags['mg.registered_model']}/{tags.get('mg.registered_version', '?')}"
                       if tags.get("mg.registered_model") else "")
-        train_kg = m.get("carbon/total_emissions_kg")
+        train_kg = mn.carbon_value(m, mn.TOTAL_EMISSIONS_KG)
         serve_kg = serving.get(registered, 0.0) if registered else 0.0
         seconds = m.get("train_seconds")
         tokens = m.get("trained_tokens")
@@ -138,7 +139,7 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
             "params": {k: r.data.params.get(k, "") for k in differing},
             "loss_final": m.get("loss_final"), "eval_loss_final": m.get("eval_loss_final"),
             "eval": eval_metrics(client, r),
-            "energy_kwh": m.get("carbon/total_energy_kwh"), "emissions_kg": train_kg,
+            "energy_kwh": mn.carbon_value(m, mn.TOTAL_ENERGY_KWH), "emissions_kg": train_kg,
             "serving_emissions_kg": serve_kg or None,
             "footprint_kg": (train_kg or 0.0) + serve_kg if train_kg is not None or serve_kg else None,
             "duration_s": seconds if seconds is not None else

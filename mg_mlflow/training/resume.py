@@ -17,12 +17,12 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.training.distributed import any_rank
 
 HISTORY_KEYS = ("loss", "eval_loss")
-CARBON_CUMULATIVE = ("carbon/emissions_kg", "carbon/energy_kwh")
-CARBON_TOTALS = {"carbon/total_emissions_kg": "carbon/emissions_kg", "carbon/total_energy_kwh": "carbon/energy_kwh"}
+CARBON_CUMULATIVE = (mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))
 
 
 @dataclass
