@@ -144,7 +144,7 @@ def _links(experiment: str, compare: tuple[str, ...], base: str) -> list[tuple[s
     links = []
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
-        links.append((f"training runs of {experiment!r}", ui_links.runs_url(base, exp.experiment_id)))
+        links.append((f"training runs of {experiment!r}", ui_links.runs_url(base, exp.experiment_id, "training")))
     if compare:
         runs = [get_run(r) for r in compare]
         exp_ids = [mlflow.get_run(r["run_id"]).info.experiment_id for r in runs]
