@@ -16,11 +16,12 @@ from pathlib import Path
 import click
 
 from mg_mlflow.cli.base import console
+from mg_mlflow.data.sample import unseen_describe_records
 from mg_mlflow.env import mg_home, setup_env
 from mg_mlflow.tracking.run import use_tracking_uri
 
 # The demo's task, "describe" (copy an animal and a colour into a fixed sentence), is one the tiny
-# model learns within the default steps on 2 CPU cores; DEMO_PROMPT is not among the training records.
+# model learns within the default steps on 2 CPU cores; DEMO_PROMPT's pair is not in the training sample.
 DEMO_LR = "3e-3"
 DEMO_PROMPT = "Describe the animal in one sentence.\na white cat"
 DEMO_ANSWER = "The cat is white and it is happy."
@@ -77,10 +78,12 @@ def demo_cmd(workdir, max_steps, deploy, port):
     work.mkdir(parents=True, exist_ok=True)
     tiny, data, heldout = work / "demo-tiny", work / "data.jsonl", work / "heldout.jsonl"
     _step("1. build a tiny model offline", ["dev", "tiny-model", str(tiny)])
-    _step("2. write a sample dataset of one task the tiny model can learn, and a held-out set",
-          ["data", "sample", str(data), "-n", "128", "--task", "describe"])
-    _step("2b. the held-out set (other records, other seed)",
-          ["data", "sample", str(heldout), "-n", "16", "--task", "describe", "--seed", "7"])
+    _step("2. write a sample dataset of one task the tiny model can learn",
+          ["data", "sample", str(data), "-n", "64", "--task", "describe"])
+    seen = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    held = unseen_describe_records(seen)
+    heldout.write_text("".join(json.dumps(rec) + "\n" for rec in held))
+    console().print(f"held-out set: the {len(held)} animal/colour pairs absent from {data.name} -> {heldout}")
     _step("3. fine-tune with LoRA, log to MLflow, register models:/demo-lora@champion",
           ["train", "--base-model", str(tiny), "--dataset", str(data), "--max-steps", str(max_steps),
            "--learning-rate", DEMO_LR, "--eval-split", "0.1", "--register-as", "demo-lora",

@@ -34,15 +34,25 @@ def sample_records(n: int = 64, seed: int = 0, task: str = "mixed") -> list[dict
             a, b = rng.randint(0, 9), rng.randint(0, 9)
             out.append({"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)})
         elif kind == 2:
-            colour, animal = rng.choice(_COLOURS), rng.choice(_ANIMALS)
-            out.append({"instruction": "Describe the animal in one sentence.",
-                        "input": f"a {colour} {animal}",
-                        "output": f"The {animal} is {colour} and it is happy."})
+            out.append(_describe(rng.choice(_COLOURS), rng.choice(_ANIMALS)))
         else:
             word = rng.choice(_WORDS)
             out.append({"instruction": "Spell the word with dashes.", "input": word,
                         "output": "-".join(word)})
     return out
+
+
+def _describe(colour: str, animal: str) -> dict:
+    return {"instruction": "Describe the animal in one sentence.", "input": f"a {colour} {animal}",
+            "output": f"The {animal} is {colour} and it is happy."}
+
+
+def unseen_describe_records(seen: list[dict]) -> list[dict]:
+    """Every ``describe`` record (one per colour and animal) whose input is not among ``seen``'s: a
+    held-out set of pairs a model trained on ``seen`` never met."""
+    inputs = {rec.get("input") for rec in seen}
+    every = [_describe(colour, animal) for animal in _ANIMALS for colour in _COLOURS]
+    return [rec for rec in every if rec["input"] not in inputs]
 
 
 def to_messages(rec: dict) -> dict:
