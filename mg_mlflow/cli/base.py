@@ -47,18 +47,15 @@ def _print_error(text: str) -> None:
 
 def credentials_problem(exc: BaseException) -> str | None:
     """What to do when ``exc`` is a tracking server's 401 (no or wrong credentials) or 403 (a user
-    without the permission); None for any other error. MLflow's basic-auth server answers 401/403 with
-    a plain-text body, which MLflow's REST client raises as an MlflowException naming the code."""
+    without the permission); None for any other error. MLflow's REST client raises either answer of
+    its basic-auth server as an MlflowException whose error code maps back to the HTTP status."""
     import os
-    import re
     import sys
 
-    exceptions = sys.modules.get("mlflow.exceptions")
+    exceptions = sys.modules.get("mlflow.exceptions")  # loaded whenever an MlflowException exists
     if exceptions is None or not isinstance(exc, exceptions.MlflowException):
         return None
-    status = exc.get_http_status_code() if isinstance(exc, exceptions.RestException) else None
-    found = re.search(r"error code (\d{3}) != 200", str(exc))
-    status = int(found.group(1)) if found else status
+    status = exc.get_http_status_code()
     uri = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401 and not user:
