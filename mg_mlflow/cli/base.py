@@ -55,8 +55,10 @@ def credentials_problem(exc: BaseException) -> str | None:
     exceptions = sys.modules.get("mlflow.exceptions")  # loaded whenever an MlflowException exists
     if exceptions is None or not isinstance(exc, exceptions.MlflowException):
         return None
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):  # only a tracking server asks for credentials
+        return None
     status = exc.get_http_status_code()
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "the tracking server")
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 401 and not user:
         return (f"the tracking server needs credentials: set MLFLOW_TRACKING_USERNAME and "
