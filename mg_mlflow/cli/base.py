@@ -7,6 +7,7 @@ import click
 
 from mg_mlflow.errors import MGError
 from mg_mlflow.options import MlflowParamsCommand, mlflow_params_to_args
+from mg_mlflow.tracking.run import split_credentials
 
 __all__ = ["MGGroup", "MlflowParamsCommand", "console", "mlflow_params_to_args", "mlflow_params_to_set", "print_kv"]
 
@@ -55,7 +56,7 @@ def credentials_problem(exc: BaseException) -> str | None:
     exceptions = sys.modules.get("mlflow.exceptions")  # loaded whenever an MlflowException exists
     if exceptions is None or not isinstance(exc, exceptions.MlflowException):
         return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = split_credentials(os.environ.get("MLFLOW_TRACKING_URI", ""))[0]  # never print a password
     if not uri.startswith(("http://", "https://")):  # only a tracking server asks for credentials
         return None
     status = exc.get_http_status_code()
