@@ -58,7 +58,8 @@ def _base_uri(name: str, alias: str) -> str:
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="where the tiny model and data go (default: $MG_HOME/demo)")
-@click.option("--max-steps", type=int, default=60, show_default=True)
+@click.option("--max-steps", type=int, default=200, show_default=True,
+              help="training steps (the tiny model answers the held-out pairs after ~150 at this learning rate)")
 @click.option("--deploy/--no-deploy", default=True, show_default=True,
               help="serve the registered adapter with vLLM and query it")
 @click.option("--port", type=int, default=None, help="port for the demo deployment (default: first free)")

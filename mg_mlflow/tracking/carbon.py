@@ -29,6 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 
 CSV_NAME = boamps.CSV_NAME
