@@ -51,7 +51,7 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--task", type=click.Choice(["mixed", *TASKS]), default="mixed", show_default=True,
               help="which task the records teach: reverse, add, describe, spell, or the four in turn; "
-                   "describe is the one the tiny model learns in ~100 CPU steps")
+                   "describe is the one the tiny model learns in ~200 CPU steps")
 def sample_cmd(path, records, fmt, vision, seed, task):
     """Write a small sample dataset to PATH (JSONL) to start from.
 

@@ -22,7 +22,7 @@ TASKS = ("reverse", "add", "describe", "spell")
 def sample_records(n: int = 64, seed: int = 0, task: str = "mixed") -> list[dict]:
     """``n`` instruction records: {"instruction", "input", "output"}; ``task`` one of TASKS, or
     ``mixed`` (the four in turn). ``describe`` (copy two words of the input into a fixed sentence) is
-    the one the tiny model learns in ~100 CPU steps."""
+    the one the tiny model learns in ~200 CPU steps."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
