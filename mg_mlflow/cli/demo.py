@@ -1,8 +1,9 @@
 """``model-garden demo``: the main job end to end, offline, through the real CLI commands.
 
-tiny model + sample data -> train (LoRA) -> register with alias -> deploy with vLLM -> one chat
-completion -> stop -> carbon report. Each step prints the command it runs, so the demo doubles
-as a walkthrough.
+tiny model + sample data of one learnable task -> train (LoRA) -> register with alias -> evaluate
+the base and the adapter on held-out records (exact match before and after) -> deploy with vLLM ->
+one chat completion on a held-out record -> stop -> carbon report. Each step prints the command it
+runs, so the demo doubles as a walkthrough.
 """
 
 from __future__ import annotations
