@@ -54,7 +54,8 @@ def scrolled_text(tmp_path: Path, url: str, timeout: float = 120) -> str:
 
 
 def text_when_shown(tmp_path: Path, url: str, shown: list[str], timeout: float = 150, settle_ms: int = 3000) -> str:
-    """The page's rendered text once every string of ``shown`` is in it, waiting in real time (metric
+    """The page's rendered text (and the values of its input boxes) once every string of ``shown`` is in
+    its text, waiting in real time (metric
     charts load their data by fetch after the page boots: under --virtual-time-budget they stay
     spinners), then ``settle_ms`` more for the rest of the page to render."""
     wait = """(async () => {
@@ -62,7 +63,8 @@ def text_when_shown(tmp_path: Path, url: str, shown: list[str], timeout: float =
       const shown = %s;
       for (let i = 0; i < %d && !shown.every(s => document.body.innerText.includes(s)); i++) await sleep(500);
       await sleep(%d);
-      return document.body.innerText;
+      const inputs = [...document.querySelectorAll('input')].map(i => i.value).filter(v => v);
+      return document.body.innerText + '\n' + inputs.join('\n');
     })()""" % (json.dumps(shown), int(timeout * 2), settle_ms)
     text = evaluate_in_page(tmp_path, url, wait, timeout + settle_ms / 1000 + 30, f"wait-{abs(hash(url))}")
     missing = [s for s in shown if s not in text]
