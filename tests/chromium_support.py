@@ -55,9 +55,8 @@ def scrolled_text(tmp_path: Path, url: str, timeout: float = 120) -> str:
 
 def text_when_shown(tmp_path: Path, url: str, shown: list[str], timeout: float = 150, settle_ms: int = 3000) -> str:
     """The page's rendered text (and the values of its input boxes) once every string of ``shown`` is in
-    its text, waiting in real time (metric
-    charts load their data by fetch after the page boots: under --virtual-time-budget they stay
-    spinners), then ``settle_ms`` more for the rest of the page to render."""
+    its text, waiting in real time (metric charts load their data by fetch after the page boots: under
+    --virtual-time-budget they stay spinners), then ``settle_ms`` more for the rest to render."""
     wait = """(async () => {
       const sleep = ms => new Promise(r => setTimeout(r, ms));
       const shown = %s;
