@@ -1,6 +1,7 @@
-"""Headless Chromium for UI tests: the rendered DOM and a screenshot through the command line, and the
-rendered text of a page whose long tables are virtualized (MLflow's compare view shows ~7 rows of a
-300 px grid at a time) through the DevTools protocol: scroll each grid and collect what it renders."""
+"""Headless Chromium for UI tests: the rendered DOM and a screenshot through the command line, and,
+through the DevTools protocol in real time, the rendered text of a page whose long tables are
+virtualized (MLflow's compare view shows ~7 rows of a 300 px grid at a time: scroll each grid and
+collect what it renders) or whose charts load their data after the page boots."""
 
 from __future__ import annotations
 
@@ -49,9 +50,33 @@ def dump_and_shot(tmp_path: Path, url: str, shot: str) -> str:
 
 def scrolled_text(tmp_path: Path, url: str, timeout: float = 120) -> str:
     """The page's text plus everything its virtualized grids render while scrolled top to bottom."""
+    return evaluate_in_page(tmp_path, url, SCROLL_GRIDS, timeout, "cdp")
+
+
+def text_when_shown(tmp_path: Path, url: str, shown: list[str], timeout: float = 150, settle_ms: int = 3000) -> str:
+    """The page's rendered text (and the values of its input boxes) once every string of ``shown`` is in
+    its text, waiting in real time (metric charts load their data by fetch after the page boots: under
+    --virtual-time-budget they stay spinners), then ``settle_ms`` more for the rest to render."""
+    wait = """(async () => {
+      const sleep = ms => new Promise(r => setTimeout(r, ms));
+      const shown = %s;
+      for (let i = 0; i < %d && !shown.every(s => document.body.innerText.includes(s)); i++) await sleep(500);
+      await sleep(%d);
+      const inputs = [...document.querySelectorAll('input')].map(i => i.value).filter(v => v);
+      return document.body.innerText + '\n' + inputs.join('\n');
+    })()""" % (json.dumps(shown), int(timeout * 2), settle_ms)
+    text = evaluate_in_page(tmp_path, url, wait, timeout + settle_ms / 1000 + 30, f"wait-{abs(hash(url))}")
+    missing = [s for s in shown if s not in text]
+    assert not missing, f"{url}: never showed {missing}; the page read:\n{text[:3000]}"
+    return text
+
+
+def evaluate_in_page(tmp_path: Path, url: str, expression: str, timeout: float, profile: str) -> str:
+    """Open ``url`` in headless Chromium (real time, window 1600x1000) and return the value of the
+    JavaScript ``expression`` (a promise is awaited), through the DevTools protocol."""
     from websockets.sync.client import connect
 
-    proc = subprocess.Popen([*_common(tmp_path / "profile-cdp"), "--remote-debugging-port=0",
+    proc = subprocess.Popen([*_common(tmp_path / f"profile-{profile}"), "--remote-debugging-port=0",
                              "--window-size=1600,1000", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -68,11 +93,11 @@ def scrolled_text(tmp_path: Path, url: str, timeout: float = 120) -> str:
             end = time.time() + timeout
             for attempt in range(1, 30):  # the app navigates while it boots: evaluate again when it did
                 ws.send(json.dumps({"id": attempt, "method": "Runtime.evaluate", "params": {
-                    "expression": SCROLL_GRIDS, "awaitPromise": True, "returnByValue": True}}))
+                    "expression": expression, "awaitPromise": True, "returnByValue": True}}))
                 msg = {}
                 while msg.get("id") != attempt and time.time() < end:
                     msg = json.loads(ws.recv(timeout=max(1.0, end - time.time())))
-                if "result" in msg:
+                if "result" in msg and "exceptionDetails" not in msg["result"]:
                     return msg["result"]["result"].get("value", "")
                 time.sleep(1)
         raise AssertionError("the page did not answer in time")

@@ -29,7 +29,7 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
     client = _client()
 
     # >= 2 points at increasing steps, cumulative figures never go down
-    for key in ("carbon/emissions_kg", "carbon/energy_kwh"):
+    for key in ("system/carbon/emissions_kg", "system/carbon/energy_kwh"):
         history = sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.timestamp)
         steps = [m.step for m in history]
         values = [m.value for m in history]
@@ -38,23 +38,23 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
         assert all(s % 5 == 0 for s in steps), steps
         assert all(b >= a for a, b in zip(values, values[1:])), values
         assert values[-1] > 0
-    for key in ("carbon/cpu_power_w", "carbon/ram_power_w", "carbon/gpu_power_w", "carbon/emissions_rate_g_per_h"):
+    for key in ("system/carbon/cpu_power_w", "system/carbon/ram_power_w", "system/carbon/gpu_power_w", "system/carbon/emissions_rate_g_per_h"):
         assert len(client.get_metric_history(result.run_id, key)) >= 2, key
     run = client.get_run(result.run_id)
-    assert run.data.metrics["carbon/cpu_power_w"] > 0 and run.data.metrics["carbon/gpu_power_w"] == 0
+    assert run.data.metrics["system/carbon/cpu_power_w"] > 0 and run.data.metrics["system/carbon/gpu_power_w"] == 0
 
     # totals are codecarbon's own last CSV record
     csv_path = client.download_artifacts(result.run_id, "carbon/emissions.csv", str(tmp_path))
     record = boamps.record_from_csv(csv_path)
     m = run.data.metrics
-    assert m["carbon/total_emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)
-    assert m["carbon/total_energy_kwh"] == pytest.approx(record["energy_consumed"], rel=1e-9)
-    assert m["carbon/duration_s"] == pytest.approx(record["duration"], rel=1e-9)
-    assert m["carbon/emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)  # last point = total
-    assert m["carbon/total_cpu_energy_kwh"] + m["carbon/total_ram_energy_kwh"] == pytest.approx(
+    assert m["system/carbon/total_emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)
+    assert m["system/carbon/total_energy_kwh"] == pytest.approx(record["energy_consumed"], rel=1e-9)
+    assert m["system/carbon/duration_s"] == pytest.approx(record["duration"], rel=1e-9)
+    assert m["system/carbon/emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)  # last point = total
+    assert m["system/carbon/total_cpu_energy_kwh"] + m["system/carbon/total_ram_energy_kwh"] == pytest.approx(
         record["energy_consumed"], rel=1e-6)
-    assert m["carbon/kg_per_1k_tokens"] == pytest.approx(record["emissions"] / m["trained_tokens"] * 1000, rel=1e-6)
-    assert m["carbon/intensity_g_per_kwh"] == pytest.approx(record["emissions"] / record["energy_consumed"] * 1000)
+    assert m["system/carbon/kg_per_1k_tokens"] == pytest.approx(record["emissions"] / m["trained_tokens"] * 1000, rel=1e-6)
+    assert m["system/carbon/intensity_g_per_kwh"] == pytest.approx(record["emissions"] / record["energy_consumed"] * 1000)
     assert record["country_iso_code"] == "FRA"
 
     # labelled as estimates (no RAPL, no GPU here)
@@ -95,7 +95,7 @@ def test_unusable_carbon_output_folder_does_not_fail_training(mg_home, tiny_mode
     run = _client().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mg.carbon.status"].startswith("failed: codecarbon could not start")
-    assert "loss_final" in run.data.metrics and not any(k.startswith("carbon/") for k in run.data.metrics)
+    assert "loss_final" in run.data.metrics and not any(k.startswith("system/carbon/") for k in run.data.metrics)
 
 
 def _trainer(tiny_model, sample_data, out, callback, max_steps=20):
@@ -149,10 +149,10 @@ def test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged(mg_home, 
     said = [w for w in caught if "carbon tracking stopped" in str(w.message)]
     assert len(said) == 1 and "power sensor disappeared" in str(said[0].message)
     client = _client()
-    history = client.get_metric_history(run.info.run_id, "carbon/emissions_kg")
+    history = client.get_metric_history(run.info.run_id, "system/carbon/emissions_kg")
     assert [m.step for m in history] == [4]  # the point before the failure stays
     totals = callback.totals()
-    assert totals["carbon/total_emissions_kg"] == pytest.approx(history[0].value)
+    assert totals["system/carbon/total_emissions_kg"] == pytest.approx(history[0].value)
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["mg.carbon.status"].startswith("failed: codecarbon flush failed")
 

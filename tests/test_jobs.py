@@ -32,6 +32,11 @@ def ray_env(tmp_path_factory, tiny_model, sample_data):
     env = {"MG_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", "RAY_ADDRESS": ""}
     started = run_cli(["jobs", "start", "--slots", "1"], env=env, timeout=300)
     assert started.returncode == 0, started.stderr[-3000:]
+    # the ~20 s start is announced before the wait and timed after it
+    assert re.search(r"starting a local Ray instance for jobs .*local Ray started in \d+ s", started.stderr, re.S), \
+        started.stderr[-3000:]
+    again = run_cli(["jobs", "start"], env=env, timeout=120)  # already running: no start, no line
+    assert again.returncode == 0 and "starting a local Ray" not in again.stderr, again.stderr[-3000:]
     state = json.loads((home / "ray" / "cluster.json").read_text())
     assert len(state["temp_dir"]) <= 40 and state["slots"] == 1
     tree = [state["pid"]] + [p.pid for p in psutil.Process(state["pid"]).children(recursive=True)]

@@ -162,9 +162,9 @@ def test_metric_directions_and_scores():
     from mg_mlflow.evaluation.metrics import score
     from mg_mlflow.tracking.directions import lower_is_better
 
-    lower = [m for m in ("eval/loss", "eval/perplexity", "eval/latency_p95_s", "carbon/total_emissions_kg",
+    lower = [m for m in ("eval/loss", "eval/perplexity", "eval/latency_p95_s", "system/carbon/total_emissions_kg",
                          "eval/exact_match", "eval/output_tokens_per_s", "eval/rougeL", "eval/t/acc") if lower_is_better(m)]
-    assert lower == ["eval/loss", "eval/perplexity", "eval/latency_p95_s", "carbon/total_emissions_kg"]
+    assert lower == ["eval/loss", "eval/perplexity", "eval/latency_p95_s", "system/carbon/total_emissions_kg"]
     corpus, rows = score(["The cat  is red.", "9", "b-l-u-e"], ["The cat is red.", "7", "blue cat"])
     assert [r["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
     assert rows[0]["bleu"] == pytest.approx(100.0) and rows[0]["rougeL"] == pytest.approx(1.0)

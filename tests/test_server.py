@@ -144,7 +144,7 @@ def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tin
     assert DB_PW not in text and "(password passed as PGPASSWORD)" in text
 
 
-def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp_path):
+def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp_path, tiny_model, sample_data):
     home = tmp_path / "auth-home"  # the embedded default: sqlite + artifacts in $MG_HOME, proxied; the
     # server creates a fresh schema itself (migrations are exercised by the PostgreSQL test)
     env = _server_env(home, MLFLOW_AUTH_ADMIN_USERNAME=ADMIN, MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_PW)
@@ -154,9 +154,20 @@ def test_basic_auth_rejects_without_credentials_and_accepts_mlflow_variables(tmp
         assert _get(search) == 401
         assert _get(search, (ADMIN, "wrong-password")) == 401
         assert _get(search, (ADMIN, ADMIN_PW)) == 200
-        anon = run_cli(["runs", "list"], env={"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "",
-                                              "MLFLOW_TRACKING_PASSWORD": ""})
-        assert anon.returncode != 0 and "401" in anon.stderr + anon.stdout
+        no_creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": "", "MLFLOW_TRACKING_PASSWORD": ""}
+        # every command, through one handler at the CLI's top: a sentence and exit 2, no traceback
+        for args in (["runs", "list"], ["carbon", "report"],
+                     ["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "1"]):
+            anon = run_cli(args, env=no_creds)
+            out = anon.stderr + anon.stdout
+            assert anon.returncode == 2, (args, out[-3000:])
+            assert ("the tracking server needs credentials: set MLFLOW_TRACKING_USERNAME and "
+                    "MLFLOW_TRACKING_PASSWORD") in " ".join(out.split()), (args, out[-3000:])
+            assert "Traceback" not in out and len(out.splitlines()) <= 3, (args, out[-3000:])
+        wrong = run_cli(["runs", "list"], env={**no_creds, "MLFLOW_TRACKING_USERNAME": ADMIN,
+                                               "MLFLOW_TRACKING_PASSWORD": "wrong-password"})
+        assert wrong.returncode == 2 and "refused the credentials of MLFLOW_TRACKING_USERNAME=admin" in \
+            " ".join(wrong.stderr.split()), wrong.stderr[-3000:]
         creds = {"MLFLOW_TRACKING_URI": url, "MLFLOW_TRACKING_USERNAME": ADMIN, "MLFLOW_TRACKING_PASSWORD": ADMIN_PW}
         log_run = ("import mlflow; mlflow.set_experiment('model-garden')\n"
                    "with mlflow.start_run(run_name='with-credentials'):\n"

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from chromium_support import CHROMIUM, dump_and_shot, scrolled_text
+from chromium_support import CHROMIUM, dump_and_shot, scrolled_text, text_when_shown
 from compare_support import pair_store  # noqa: F401 - fixture
 from conftest import BIN, isolated_home
 from procs import stop_process
@@ -70,7 +70,8 @@ def _chromium(tmp_path, url: str, shot: str) -> str:
 
 def test_ui_prints_direct_links(ui):
     p = ui["pair"]
-    assert ui["links"]["training runs of 'model-garden'"] == f"{ui['base']}/#/experiments/{p.experiment_id}/runs"
+    assert ui["links"]["training runs of 'model-garden'"] == (
+        f"{ui['base']}/#/experiments/{p.experiment_id}/runs?searchFilter=tags.%60mg.run_kind%60%20%3D%20%27training%27")
     compare = ui["links"]["compare 2 runs"]
     assert compare.startswith(f"{ui['base']}/#/compare-runs?runs=")
     assert p.run_ids["lr-3e-3"] in compare and p.run_ids["lr-1e-4"] in compare
@@ -94,10 +95,31 @@ def test_links_only_prints_and_returns(ui):
 
 
 def test_runs_table_shows_the_runs(ui, tmp_path):
-    dom = _chromium(tmp_path, ui["links"]["training runs of 'model-garden'"], "runs.png")
+    from mg_mlflow.tracking.ui_links import runs_url
+
+    dom = _chromium(tmp_path, runs_url(ui["base"], ui["pair"].experiment_id), "runs.png")
     p = ui["pair"]
     for name in ("lr-3e-3", "lr-1e-4", f"eval tiny-cmp v{p.versions['lr-3e-3']} on {p.dataset}"):
         assert name in dom
+
+
+def test_training_runs_link_lists_training_runs_only(ui, tmp_path):
+    text = text_when_shown(tmp_path, ui["links"]["training runs of 'model-garden'"], ["lr-3e-3", "lr-1e-4"])
+    assert "evaluate lr-" not in text  # evaluation runs (mg.run_kind evaluation) are filtered out
+    assert "tags.`mg.run_kind` = 'training'" in text  # in the table's search box, where a person can change it
+
+
+def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
+    """MLflow lists prefixed metric sections before "Model metrics": carbon charts there would fill the
+    first screen of a run. Under system/carbon/ they are on the System metrics tab."""
+    from mg_mlflow.tracking.ui_links import run_url
+
+    url = run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"])
+    # charts render as they scroll into view: the text is what the first screen shows
+    model = text_when_shown(tmp_path, url + "/model-metrics", ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"])
+    assert "carbon" not in model, model[:3000]  # the first section is the run's own metrics, eval_loss on top
+    system = text_when_shown(tmp_path, url + "/system-metrics", ["System metrics", "emissions_kg", "energy_kwh"])
+    assert "carbon" in system
 
 
 def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):

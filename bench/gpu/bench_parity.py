@@ -196,7 +196,7 @@ def mlflow_figures(run_name: str, experiment: str, warmup: int, uri: str) -> dic
             "mg_train_seconds": m.get("train_seconds"), "mg_train_steps": m.get("train_steps"),
             "mg_peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("loss_first"),
             "loss_final": m.get("loss_final"), "loss_curve": loss,
-            "carbon": {k: v for k, v in m.items() if k.startswith("carbon/")},
+            "carbon": {k: v for k, v in m.items() if k.startswith(("system/carbon/", "carbon/"))},
             "carbon_tags": {k: v for k, v in t.items() if k.startswith("mg.carbon")},
             "system_metric_keys": sorted(k for k in m if k.startswith("system/"))[:40],
             "params": {k: p[k] for k in ("batching", "batching_resolved", "num_gpus", "world_size", "grad_accum",

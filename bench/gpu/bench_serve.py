@@ -126,7 +126,7 @@ def serving_run_metrics(name: str) -> dict:
         return {}
     run = runs[0]
     return {"run_id": run.info.run_id, "status": run.info.status,
-            **{k: v for k, v in run.data.metrics.items() if k.startswith(("carbon/", "serving/", "energy", "power"))}}
+            **{k: v for k, v in run.data.metrics.items() if k.startswith(("system/carbon/", "carbon/", "serving/", "energy", "power"))}}
 
 
 def main() -> None:

@@ -132,8 +132,8 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
             "tok_s_run": m.get("trained_tokens", 0) / m["train_seconds"] if m.get("train_seconds") else None,
             "s_per_step": m.get("train_seconds", 0) / max(m.get("train_steps", steps), 1),
             "peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("loss_first"),
-            "loss_final": m.get("loss_final"), "gpu_power_w": m.get("carbon/gpu_power_w"),
-            "emissions_kg": m.get("carbon/emissions_kg"),
+            "loss_final": m.get("loss_final"), "gpu_power_w": m.get("system/carbon/gpu_power_w", m.get("carbon/gpu_power_w")),
+            "emissions_kg": m.get("system/carbon/emissions_kg", m.get("carbon/emissions_kg")),
             "carbon_measured": {k: v for k, v in t.items() if k.startswith("mg.carbon")}}
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import write_sample, write_split_sample
+from mg_mlflow.data.sample import TASKS, write_sample, write_split_sample
 from mg_mlflow.data.split import split_file
 from mg_mlflow.config import FORMATS
 from mg_mlflow.data.chat_tokens import readable
 from mg_mlflow.data.preference import KINDS
-from mg_mlflow.data.stats import dataset_stats, is_vision_data, vision_stats
+from mg_mlflow.data.stats import dataset_stats, is_vision_data, truncation_warning, vision_stats
 from mg_mlflow.options import parse_pairs
 from mg_mlflow.vision_config import VISION_FORMATS
 from mg_mlflow.data.vision_sample import write_vision_sample
@@ -53,6 +53,7 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
     statistics: the detected format, turns, tool calls, and with --base-model the tokens and the
     trained tokens per example after the loss mask, how many examples max length truncates and how
     many it leaves with no trained token; for images, sizes and visual tokens per example.
+    More than 10% of the examples longer than max length is a warning (exit code 0).
 
     \b
     Examples:
@@ -73,7 +74,10 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
         stats = dataset_stats(dataset, fmt, base_model, max_seq_length or 512, column_map, ignore_columns)
     if json_out:
         Path(json_out).write_text(json.dumps({"dataset": dataset, "valid": True, **stats}, indent=1) + "\n")
-    print_kv(f"dataset {dataset}: valid", readable(stats))
+    warning = truncation_warning(stats.get("truncated_share", 0.0), stats.get("max_length", 0))
+    print_kv(f"dataset {dataset}: valid" + (", with a warning" if warning else ""), readable(stats))
+    if warning:
+        console(stderr=True).print(f"[bold yellow]warning:[/] {warning}", soft_wrap=True)
 
 
 @data_group.command("sample")
@@ -83,12 +87,15 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--task", type=click.Choice(["mixed", *TASKS]), default="mixed", show_default=True,
+              help="which task the records teach: reverse, add, describe, spell, or the four in turn; "
+                   "describe is the one the tiny model learns in ~200 CPU steps")
 @click.option("--split", "fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               metavar="FRACTION", help="hold out this share of the records in a second file that shares no record "
                                        "with PATH (for `evaluate`)")
 @click.option("--heldout", default=None, metavar="FILE",
               help="with --split: the held-out file (default: PATH's name + -heldout.jsonl, beside it)")
-def sample_cmd(path, records, fmt, vision, seed, fraction, heldout):
+def sample_cmd(path, records, fmt, vision, seed, task, fraction, heldout):
     """Write a small sample dataset to PATH (JSONL) to start from.
 
     With --split, the records are divided into PATH (training) and a held-out file: every copy of a
@@ -107,12 +114,12 @@ def sample_cmd(path, records, fmt, vision, seed, fraction, heldout):
             raise MGError("--split is for text samples; split a vision sample with `model-garden data split`")
         out = write_vision_sample(path, records, seed=seed)
     elif fraction is not None:
-        out, n_train, held, n_held = write_split_sample(path, heldout, fraction, records, fmt, seed)
+        out, n_train, held, n_held = write_split_sample(path, heldout, fraction, records, fmt, seed, task)
         console().print(f"wrote {n_train} training records to [bold]{out}[/] and {n_held} held-out records "
                         f"to [bold]{held}[/] (no record in both)")
         return
     else:
-        out = write_sample(path, records, fmt, seed)
+        out = write_sample(path, records, fmt, seed, task)
     console().print(f"wrote {records} records to [bold]{out}[/]")
 
 

@@ -20,7 +20,7 @@ def evaluate_cmd(model_uri, as_json, **values):
     Metrics: eval/loss and eval/perplexity (teacher forcing on the answers, the training masking),
     eval/exact_match, eval/token_f1, eval/rougeL, eval/bleu, eval/chrf (sacrebleu, 0-100),
     eval/json_valid_rate (with --json-schema), eval/latency_p50_s, eval/latency_p95_s and
-    eval/output_tokens_per_s (with --deployment), carbon/* of the evaluation, and
+    eval/output_tokens_per_s (with --deployment), system/carbon/* of the evaluation, and
     eval/<task>/<metric> for each lm-eval --task. They are logged on an evaluation run in the
     model's experiment with the model's id, so they show on the model's page; the version gets
     tags mg.eval.<dataset digest>.*. The same version, data and settings again reuse the earlier

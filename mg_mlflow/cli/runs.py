@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.registry.debris import clean, find_leftovers
+from mg_mlflow.registry.resolve import registry_version
 from mg_mlflow.team.server import job_runner_off
 from mg_mlflow.tracking import ui_links
 from mg_mlflow.tracking.liveness import DEAD, process_state, repair
@@ -18,8 +20,8 @@ from mg_mlflow.tracking.spool import read_spool, replay
 from mg_mlflow.tracking.ui_links import base_url
 
 KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
-KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds", "carbon/emissions_kg",
-               "carbon/energy_kwh")
+KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds")
+KEY_CARBON = (mn.EMISSIONS_KG, mn.ENERGY_KWH)
 
 
 @click.group("runs")
@@ -133,10 +135,17 @@ def sync_spool_cmd(spool, run_id):
 def show_cmd(run_id):
     """Show one run: status, key params, final metrics, registered version, artifacts.
 
+    RUN_ID is a run id (or a unique prefix of one), or a registered version, models:/NAME/VERSION
+    or models:/NAME@ALIAS, for the run that trained it.
+
     \b
-    Example:
+    Examples:
       model-garden runs show 3f2a9c
+      model-garden runs show models:/tiny-lora@champion
     """
+    if run_id.startswith("models:/"):
+        use_tracking_uri()
+        run_id = registry_version(run_id)[1].run_id
     r = get_run(run_id)
     status = r["status"]
     if r["tags"].get("mg.trial_state") == "PRUNED":
@@ -147,6 +156,8 @@ def show_cmd(run_id):
             ("registered", r["registered"]), ("git commit", r["tags"].get("mg.git_commit"))]
     rows += [(k, r["params"].get(k)) for k in KEY_PARAMS]
     rows += [(k, f"{r['metrics'][k]:.5g}") for k in KEY_METRICS if k in r["metrics"]]
+    rows += [(mn.carbon(k), f"{value:.5g}") for k in KEY_CARBON
+             if (value := mn.carbon_value(r["metrics"], k)) is not None]
     rows += [("datasets", ", ".join(r["datasets"]))]
     print_kv(f"run {r['run_id']}", rows)
 
@@ -159,7 +170,7 @@ def _links(experiment: str, compare: tuple[str, ...], base: str) -> list[tuple[s
     links = []
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is not None:
-        links.append((f"training runs of {experiment!r}", ui_links.runs_url(base, exp.experiment_id)))
+        links.append((f"training runs of {experiment!r}", ui_links.runs_url(base, exp.experiment_id, "training")))
     if compare:
         runs = [get_run(r) for r in compare]
         exp_ids = [mlflow.get_run(r["run_id"]).info.experiment_id for r in runs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.cli.base import console, print_kv
 from mg_mlflow.config import TrainConfig
 from mg_mlflow.env import setup_env
@@ -83,7 +84,7 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
         rows.append(("registered", f"models:/{result.registered_name}/{result.registered_version}"))
         if cfg.alias:
             rows.append(("alias", f"models:/{result.registered_name}@{cfg.alias}"))
-    for key, unit in (("carbon/total_emissions_kg", "kg CO2eq"), ("carbon/total_energy_kwh", "kWh")):
+    for key, unit in ((mn.carbon(mn.TOTAL_EMISSIONS_KG), "kg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_KWH), "kWh")):
         if key in m:
             rows.append((key, f"{m[key]:.3g} {unit}"))
     return rows

@@ -104,7 +104,9 @@ def profile(data, rows: list[dict] | None = None, max_length: int | None = None)
                    total_trained_tokens=sum(trained))
         if max_length:
             kept = [sum(r["assistant_masks"][:max_length]) for r in rows]
-            out.update(max_length=max_length, truncated=sum(1 for n in lengths if n > max_length),
+            truncated = sum(1 for n in lengths if n > max_length)
+            out.update(max_length=max_length, truncated=truncated,
+                       truncated_share=round(truncated / len(lengths), 4) if lengths else 0.0,
                        no_trained_token=sum(1 for n in kept if n == 0))
     return out
 
@@ -119,6 +121,10 @@ def readable(stats: dict[str, object]) -> list[tuple[str, object]]:
     """A profile as the (label, value) lines ``data validate`` prints."""
     out = []
     for key, value in stats.items():
+        if key == "truncated_share":
+            continue  # shown with the count
+        if key == "truncated" and "truncated_share" in stats:
+            value = f"{value} ({100 * stats['truncated_share']:.1f}%)"
         if isinstance(value, dict) and {"min", "median", "max"} <= set(value):
             value = f"{value['min']}/{value['median']}/{value['max']} (mean {value['mean']})"
             key = f"{key} (min/median/max)"

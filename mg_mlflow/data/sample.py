@@ -17,12 +17,18 @@ _ANIMALS = ["cat", "dog", "fox", "owl", "bee", "cow", "eel", "yak"]
 _WORDS = ["apple", "river", "cloud", "stone", "music", "light", "green", "sugar", "table", "ocean"]
 
 
-def sample_records(n: int = 64, seed: int = 0) -> list[dict]:
-    """``n`` instruction records: {"instruction", "input", "output"}."""
+# The tasks, in the order a mixed sample cycles through them.
+TASKS = ("reverse", "add", "describe", "spell")
+
+
+def sample_records(n: int = 64, seed: int = 0, task: str = "mixed") -> list[dict]:
+    """``n`` instruction records: {"instruction", "input", "output"}; ``task`` one of TASKS, or
+    ``mixed`` (the four in turn). ``describe`` (copy two words of the input into a fixed sentence) is
+    the one the tiny model learns in ~200 CPU steps."""
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        kind = i % 4
+        kind = i % 4 if task == "mixed" else TASKS.index(task)
         if kind == 0:
             word = rng.choice(_WORDS)
             out.append({"instruction": "Reverse the word.", "input": word, "output": word[::-1]})
@@ -30,15 +36,25 @@ def sample_records(n: int = 64, seed: int = 0) -> list[dict]:
             a, b = rng.randint(0, 9), rng.randint(0, 9)
             out.append({"instruction": "Add the two numbers.", "input": f"{a} + {b}", "output": str(a + b)})
         elif kind == 2:
-            colour, animal = rng.choice(_COLOURS), rng.choice(_ANIMALS)
-            out.append({"instruction": "Describe the animal in one sentence.",
-                        "input": f"a {colour} {animal}",
-                        "output": f"The {animal} is {colour} and it is happy."})
+            out.append(_describe(rng.choice(_COLOURS), rng.choice(_ANIMALS)))
         else:
             word = rng.choice(_WORDS)
             out.append({"instruction": "Spell the word with dashes.", "input": word,
                         "output": "-".join(word)})
     return out
+
+
+def _describe(colour: str, animal: str) -> dict:
+    return {"instruction": "Describe the animal in one sentence.", "input": f"a {colour} {animal}",
+            "output": f"The {animal} is {colour} and it is happy."}
+
+
+def unseen_describe_records(seen: list[dict]) -> list[dict]:
+    """Every ``describe`` record (one per colour and animal) whose input is not among ``seen``'s: a
+    held-out set of pairs a model trained on ``seen`` never met."""
+    inputs = {rec.get("input") for rec in seen}
+    every = [_describe(colour, animal) for animal in _ANIMALS for colour in _COLOURS]
+    return [rec for rec in every if rec["input"] not in inputs]
 
 
 def to_messages(rec: dict) -> dict:
@@ -47,11 +63,12 @@ def to_messages(rec: dict) -> dict:
                          {"role": "assistant", "content": rec["output"]}]}
 
 
-def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: int = 0) -> Path:
-    """Write ``n`` sample records as JSONL in ``fmt`` (instruction or messages)."""
+def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: int = 0,
+                 task: str = "mixed") -> Path:
+    """Write ``n`` sample records of ``task`` as JSONL in ``fmt`` (instruction or messages)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    records = sample_records(n, seed)
+    records = sample_records(n, seed, task)
     if fmt == "messages":
         records = [to_messages(r) for r in records]
     with path.open("w") as fh:
@@ -61,10 +78,10 @@ def write_sample(path: str | Path, n: int = 64, fmt: str = "instruction", seed: 
 
 
 def write_split_sample(path: str | Path, heldout: str | Path | None, fraction: float, n: int = 64,
-                       fmt: str = "instruction", seed: int = 0) -> tuple[Path, int, Path, int]:
+                       fmt: str = "instruction", seed: int = 0, task: str = "mixed") -> tuple[Path, int, Path, int]:
     """``n`` sample records split into a training file and a held-out file that share no record
     (:func:`mg_mlflow.data.split.split_records`). Returns (train path, records, held-out path, records)."""
-    records = sample_records(n, seed)
+    records = sample_records(n, seed, task)
     if fmt == "messages":
         records = [to_messages(r) for r in records]
     train, held = split_records(records, fraction, seed)

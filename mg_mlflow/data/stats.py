@@ -15,6 +15,10 @@ from mg_mlflow.data.vision_processor import VisionProcessor
 from mg_mlflow.data.vision_stats import vision_profile
 from mg_mlflow.errors import MGError
 
+# Above this share of records longer than max_seq_length, `data validate` and `train` warn: a cut
+# record loses the end of its answer, so most of what the model would learn from it.
+TRUNCATION_WARN_SHARE = 0.10
+
 
 def first_record_kind(source: str, columns: dict | None, ignore_columns=()) -> str | None:
     """``preference``/``kto`` when the dataset's first record has that shape (after the column map)."""
@@ -80,6 +84,15 @@ def load_tokenizer(base_model: str, option: str = "base_model", revision: str | 
                       hint="give a model folder with tokenizer files, or a hub id available offline") from None
     require_chat_template(tok, base_model, option)
     return tok
+
+
+def truncation_warning(share: float, max_seq_length: int, option: str = "--max-seq-length") -> str | None:
+    """The warning for a truncated ``share`` above TRUNCATION_WARN_SHARE (None at or below it)."""
+    if share <= TRUNCATION_WARN_SHARE:
+        return None
+    return (f"{100 * share:.0f}% of the records are longer than {option} {max_seq_length} tokens and will "
+            f"be cut in training (their answers lose their ends); raise {option}, or shorten the records "
+            f"(warned above {100 * TRUNCATION_WARN_SHARE:.0f}%)")
 
 
 def require_chat_template(tokenizer, base_model: str, option: str = "base_model") -> None:

@@ -25,6 +25,7 @@ from mg_mlflow.evaluation.remote import check_alive, logprobs_safe, served_model
 from mg_mlflow.options import option
 from mg_mlflow.registry.loader import load_model_dir
 from mg_mlflow.registry.resolve import resolve_model_uri
+from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
 
@@ -107,7 +108,7 @@ class _Carbon:
             self.error = f"codecarbon stop failed: {exc}"
             return {}
         return boamps.totals_from_record(record, tokens, boamps.is_estimated(self.sources),
-                                         per_tokens="carbon/kg_per_1k_generated_tokens")
+                                         per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS))
 
     def log_report(self, run_id: str, generated_tokens: float, requests: int) -> None:
         """``carbon/emissions.csv`` and a BoAmps-style report (``taskStage: inference``) on the run."""

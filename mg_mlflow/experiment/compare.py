@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.compare_noise import carbon_noise, same_work_emissions, work_key
 from mg_mlflow.experiment.space import SHORT
@@ -108,7 +109,7 @@ def evaluations(client, run) -> dict[str, dict]:
             vtags = {}
         for key, value in vtags.items():
             digest, dot, rest = key[len("mg.eval."):].partition(".")
-            if not key.startswith("mg.eval.") or not dot or rest in ("run_id", "dataset") or rest.startswith("carbon/"):
+            if not key.startswith("mg.eval.") or not dot or rest in ("run_id", "dataset") or mn.is_carbon(rest):
                 continue
             group = out.setdefault(digest, {"dataset": vtags.get(f"mg.eval.{digest}.dataset", ""), "metrics": {}})
             group["dataset"] = group["dataset"] or vtags.get(f"mg.eval.{digest}.dataset", "")
@@ -126,7 +127,7 @@ def serving_emissions(client) -> dict[str, float]:
         return {}
     out: dict[str, float] = {}
     for r in client.search_runs([exp.experiment_id], max_results=1000):
-        kg = r.data.metrics.get("carbon/total_emissions_kg", r.data.metrics.get("carbon/emissions_kg"))
+        kg = mn.carbon_value(r.data.metrics, mn.TOTAL_EMISSIONS_KG, mn.carbon_value(r.data.metrics, mn.EMISSIONS_KG))
         if kg is None:
             continue
         for key in json.loads(r.data.tags.get("mg.served_versions") or "[]"):
@@ -143,11 +144,11 @@ def current_aliases(client, name: str, version: str) -> list[str]:
 
 
 def _energy_source(run) -> str | None:
-    if "carbon/total_emissions_kg" not in run.data.metrics:
+    if mn.carbon_value(run.data.metrics, mn.TOTAL_EMISSIONS_KG) is None:
         return None
     flag = run.data.tags.get("mg.carbon.estimated")
-    if flag is None and "carbon/estimated" in run.data.metrics:
-        flag = "true" if run.data.metrics["carbon/estimated"] else "false"
+    if flag is None and (estimated := mn.carbon_value(run.data.metrics, mn.ESTIMATED)) is not None:
+        flag = "true" if estimated else "false"
     return {"true": "estimated", "false": "measured"}.get(flag or "", "estimated")
 
 
@@ -187,7 +188,7 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
         m, tags = r.data.metrics, r.data.tags
         name, version = tags.get("mg.registered_model", ""), tags.get("mg.registered_version", "")
         registered = f"{name}/{version or '?'}" if name else ""
-        train_kg = m.get("carbon/total_emissions_kg")
+        train_kg = mn.carbon_value(m, mn.TOTAL_EMISSIONS_KG)
         seconds = m.get("train_seconds")
         tokens = m.get("trained_tokens")
         evals = evaluations(client, r)
@@ -200,7 +201,7 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
                 "max_steps", "-1") in ("-1", "") else None,
             "loss_final": m.get("loss_final"), "eval_loss_final": m.get("eval_loss_final"),
             "evaluations": evals, "eval": {},
-            "energy_kwh": m.get("carbon/total_energy_kwh"), "emissions_kg": train_kg,
+            "energy_kwh": mn.carbon_value(m, mn.TOTAL_ENERGY_KWH), "emissions_kg": train_kg,
             "energy_source": _energy_source(r),
             "serving_emissions_kg": serving.get(registered) if registered else None,
             "duration_s": seconds if seconds is not None else

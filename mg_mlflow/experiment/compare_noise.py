@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 
+from mg_mlflow import metric_names as mn
+
 WORK_PARAMS = ("base_model", "dataset", "dataset_format", "method", "backend", "max_steps", "epochs", "batch_size",
                "grad_accum", "max_seq_length", "lora_r", "batching", "eval_split", "eval_steps", "dtype",
                "save_method", "num_gpus")
@@ -28,8 +30,8 @@ def same_work_emissions(client, runs) -> dict[str, list[float]]:
     seen: dict[str, float] = {}
     keys: dict[str, str] = {}
     for r in runs:
-        if "carbon/total_emissions_kg" in r.data.metrics:
-            seen[r.info.run_id] = r.data.metrics["carbon/total_emissions_kg"]
+        if (kg := mn.carbon_value(r.data.metrics, mn.TOTAL_EMISSIONS_KG)) is not None:
+            seen[r.info.run_id] = kg
             keys[r.info.run_id] = work_key(r.data.params)
     for exp_id in {r.info.experiment_id for r in runs}:
         try:
@@ -37,7 +39,7 @@ def same_work_emissions(client, runs) -> dict[str, list[float]]:
         except Exception:  # noqa: BLE001
             others = []
         for r in others:
-            kg = r.data.metrics.get("carbon/total_emissions_kg")
+            kg = mn.carbon_value(r.data.metrics, mn.TOTAL_EMISSIONS_KG)
             if kg is None or r.data.tags.get("mg.run_kind", "training") not in ("training", "sweep_trial"):
                 continue
             seen[r.info.run_id], keys[r.info.run_id] = kg, work_key(r.data.params)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.config import build_config
 from mg_mlflow.env import scoped_env
 from mg_mlflow.experiment.space import suggest, trial_name
@@ -36,11 +37,11 @@ class Outcome:
 
     @property
     def emissions_kg(self) -> float:
-        return float(self.metrics.get("carbon/total_emissions_kg", 0.0))
+        return float(mn.carbon_value(self.metrics, mn.TOTAL_EMISSIONS_KG, 0.0))
 
     @property
     def energy_kwh(self) -> float:
-        return float(self.metrics.get("carbon/total_energy_kwh", 0.0))
+        return float(mn.carbon_value(self.metrics, mn.TOTAL_ENERGY_KWH, 0.0))
 
 
 def train_function(modality: str):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mg_mlflow import metric_names as mn
+
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
@@ -29,7 +31,7 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
     for key, value in sorted((evaluations or {}).items()):
         lines.append(f"- {key}: {_fmt(value)}")
     carbon = [f"{_fmt(summary[key])} {unit}" for key, unit in
-              (("carbon/total_emissions_kg", "kg CO2eq"), ("carbon/total_energy_kwh", "kWh")) if key in summary]
+              ((mn.carbon(mn.TOTAL_EMISSIONS_KG), "kg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_KWH), "kWh")) if key in summary]
     if carbon:
         lines.append("- training footprint: " + ", ".join(carbon))
     lines.append(f"- verified: reload max |logit diff| {tags.get('mg.verify_max_logit_diff')}")

@@ -6,6 +6,7 @@ the trained model's logits on a probe input within tolerance.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -112,12 +113,40 @@ def log_model_dir(model_dir: Path, name: str, python_model, signature, extra_req
     """Log ``model_dir`` (artifact ``model_dir``) as a pyfunc model of the active run; returns ModelInfo."""
     import mlflow
 
-    with staged(model_dir) as folder:
+    with staged(model_dir) as folder, quiet_log_model():
         return mlflow.pyfunc.log_model(
             name=name, python_model=python_model, artifacts={"model_dir": str(folder)},
             signature=signature, pip_requirements=pip_requirements(extra_requirements),
             code_paths=[package_dir()],
         )
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+@contextmanager
+def quiet_log_model():
+    """Two notices of ``mlflow.pyfunc.log_model`` that do not apply to these models, silenced while it
+    runs: the CloudPickle caution (the pickled object is our own class, its code shipped in
+    ``code_paths``) and the missing ``input_example`` (an example would make MLflow load the whole
+    model once more to check it; the signature is explicit)."""
+    import warnings
+
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    pickle_notice = _DropMessage("serialized using CloudPickle")
+    pyfunc_log.addFilter(pickle_notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided", category=UserWarning)
+            yield
+    finally:
+        pyfunc_log.removeFilter(pickle_notice)
 
 
 def log_text_model(model_dir: Path, name: str = "model", python_model=None):

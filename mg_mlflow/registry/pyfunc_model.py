@@ -33,6 +33,11 @@ def _prompts(model_input: Any) -> list[str]:
 class TextModel(mlflow.pyfunc.PythonModel):
     """Generates text with the model stored under ``artifacts["model_dir"]``."""
 
+    # The explicit signature (signature()) validates inputs and params; MLflow would otherwise wrap
+    # predict for type-hint validation and warn that it has none (mlflow/pyfunc/model.py,
+    # PythonModel.__init_subclass__, which skips classes that set this).
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         self.model, self.tokenizer = load_model_dir(context.artifacts["model_dir"])
 

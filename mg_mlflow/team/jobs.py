@@ -10,6 +10,7 @@ import os
 import time
 from datetime import datetime, timezone
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError, MissingExtra
 from mg_mlflow.team import ray_local
 from mg_mlflow.tracking.liveness import end_open_run
@@ -112,7 +113,7 @@ def job_row(details, runs: list) -> dict:
                    run_started=_time(run.info.start_time),
                    run_seconds=((run.info.end_time or time.time() * 1000) - run.info.start_time) / 1000,
                    loss=m.get("loss_final", m.get("loss")), tokens_per_second=m.get("tokens_per_second"),
-                   emissions_kg=m.get("carbon/emissions_kg"),
+                   emissions_kg=mn.carbon_value(m, mn.EMISSIONS_KG),
                    registered=(f"models:/{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"
                                if tags.get("mg.registered_model") else None))
     return row
@@ -215,8 +216,8 @@ def watch(job_id: str, address: str | None = None, interval: float = 2.0, timeou
 
 def _emit_new_steps(tracking, run_id: str, last_step: int, emit) -> int:
     history = {key: {m.step: m.value for m in tracking.get_metric_history(run_id, key)}
-               for key in ("loss", "tokens_per_second", "carbon/emissions_kg", "carbon/energy_kwh")}
-    carbon = sorted(history["carbon/emissions_kg"].items())
+               for key in ("loss", "tokens_per_second", mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))}
+    carbon = sorted(history[mn.carbon(mn.EMISSIONS_KG)].items())
     for step in sorted(s for s in history["loss"] if s > last_step):
         parts = [f"step {step}", f"loss {history['loss'][step]:.4f}"]
         if step in history["tokens_per_second"]:

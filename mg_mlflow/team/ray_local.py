@@ -132,6 +132,9 @@ def _start(slots: int, num_cpus: int) -> dict:
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_DISABLE_DOCKER_CPU_WARNING="1")
     log = state_dir() / "ray-start.log"
     started = time.time()
+    # starting Ray takes ~20 s on 2 CPU cores: say so before the wait, on stderr (stdout ends with a job id)
+    print(f"starting a local Ray instance for jobs (once per MG_HOME, ~20 s; log: {log}) ...",
+          file=sys.stderr, flush=True)
     with open(log, "w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=state_dir())
@@ -151,6 +154,7 @@ def _start(slots: int, num_cpus: int) -> dict:
              "gcs_address": f"127.0.0.1:{ports['gcs']}", "temp_dir": str(tmp), "slots": slots, "gpus": gpus,
              "num_cpus": num_cpus, "started_at": started, "start_seconds": round(time.time() - started, 1)}
     state_file().write_text(json.dumps(state, indent=2))
+    print(f"local Ray started in {state['start_seconds']:.0f} s: {url}", file=sys.stderr, flush=True)
     return state
 
 

@@ -23,6 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow import metric_names as mn
+
 CSV_NAME = "emissions.csv"
 FORMAT_VERSION = "0.1"
 SPEC_URI = "https://github.com/Boavizta/BoAmps/tree/main/model"
@@ -66,8 +68,12 @@ def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", 
     """A machine-wide codecarbon tracker writing ``output_dir/emissions.csv`` and feeding ``handler``;
     ``gpu_ids``: measure (and sum) exactly these GPUs (default: codecarbon's, every visible one)."""
     from codecarbon import EmissionsTracker, OfflineEmissionsTracker
+    from codecarbon.external.logger import set_logger_level
     from codecarbon.output_methods.base_output import OutputMethod
 
+    # codecarbon applies log_level only after its constructor has logged "offline tracker init" and
+    # "Multiple instances ... are allowed" (codecarbon/emissions_tracker.py): set it first.
+    set_logger_level("error")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     kwargs = dict(project_name=project_name, measure_power_secs=measure_secs, output_dir=str(output_dir),
                   output_file=CSV_NAME, on_csv_write="append", output_methods=[OutputMethod.CSV],
@@ -89,30 +95,30 @@ def interval_metrics(record: dict, previous: dict | None, tokens: float = 0.0,
     prev = previous or {"duration": 0.0, "emissions": 0.0, "cpu_energy": 0.0, "gpu_energy": 0.0,
                         "ram_energy": 0.0}
     dt = float(record["duration"]) - float(prev["duration"])
-    out = {"carbon/emissions_kg": float(record["emissions"]),
-           "carbon/energy_kwh": float(record["energy_consumed"])}
+    out = {mn.carbon(mn.EMISSIONS_KG): float(record["emissions"]),
+           mn.carbon(mn.ENERGY_KWH): float(record["energy_consumed"])}
     for part in COMPONENTS:
         delta_kwh = float(record[f"{part}_energy"]) - float(prev[f"{part}_energy"])
         # kWh over the interval -> mean W (codecarbon's own power field is a whole-run average)
-        out[f"carbon/{part}_power_w"] = delta_kwh * 3.6e6 / dt if dt > 1e-6 else float(record[f"{part}_power"])
+        out[mn.power(part)] = delta_kwh * 3.6e6 / dt if dt > 1e-6 else float(record[f"{part}_power"])
     delta_kg = float(record["emissions"]) - float(prev["emissions"])
-    out["carbon/emissions_rate_g_per_h"] = delta_kg * 1000.0 * 3600.0 / dt if dt > 1e-6 else 0.0
+    out[mn.carbon(mn.EMISSIONS_RATE_G_PER_H)] = delta_kg * 1000.0 * 3600.0 / dt if dt > 1e-6 else 0.0
     if per_tokens and tokens > 0:
         out[per_tokens] = float(record["emissions"]) / tokens * 1000.0
     return out
 
 
 def totals_from_record(record: dict, tokens: float, estimated: bool,
-                       per_tokens: str = "carbon/kg_per_1k_tokens") -> dict[str, float]:
-    """Final figures of a run (``carbon/total_*``), numbers only: they become metrics and version tags."""
-    out = {"carbon/total_emissions_kg": float(record["emissions"]),
-           "carbon/total_energy_kwh": float(record["energy_consumed"]),
-           **{f"carbon/total_{p}_energy_kwh": float(record[f"{p}_energy"]) for p in COMPONENTS},
-           "carbon/duration_s": float(record["duration"]),
-           "carbon/estimated": 1.0 if estimated else 0.0}
+                       per_tokens: str = mn.carbon(mn.KG_PER_1K_TOKENS)) -> dict[str, float]:
+    """Final figures of a run (``system/carbon/total_*``), numbers only: they become metrics and version tags."""
+    out = {mn.carbon(mn.TOTAL_EMISSIONS_KG): float(record["emissions"]),
+           mn.carbon(mn.TOTAL_ENERGY_KWH): float(record["energy_consumed"]),
+           **{mn.total_energy(p): float(record[f"{p}_energy"]) for p in COMPONENTS},
+           mn.carbon(mn.DURATION_S): float(record["duration"]),
+           mn.carbon(mn.ESTIMATED): 1.0 if estimated else 0.0}
     intensity = intensity_g_per_kwh(record)
     if intensity is not None:
-        out["carbon/intensity_g_per_kwh"] = intensity
+        out[mn.carbon(mn.INTENSITY_G_PER_KWH)] = intensity
     if tokens > 0:
         out[per_tokens] = float(record["emissions"]) / tokens * 1000.0
     return out

@@ -2,7 +2,7 @@
 
 Contract used by the training recipe:
 - ``training_callback(cfg, output_dir)`` returns a transformers ``TrainerCallback`` (or None when
-  carbon is off) that logs ``carbon/*`` metrics at the trainer's global step;
+  carbon is off) that logs ``system/carbon/*`` metrics at the trainer's global step;
 - the callback's ``totals()`` returns final figures, logged as metrics and as version tags.
 
 How it works: an ``OfflineEmissionsTracker`` (no network) samples power every
@@ -29,6 +29,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 
 CSV_NAME = boamps.CSV_NAME
@@ -219,8 +220,8 @@ class CarbonCallback(TrainerCallback):
             return {}
         # tokens seen when that record was taken (a tracker that failed mid-run covers fewer tokens)
         totals = boamps.totals_from_record(record, self._previous_tokens, boamps.is_estimated(self.sources))
-        for total, cumulative in (("carbon/total_emissions_kg", "carbon/emissions_kg"),
-                                  ("carbon/total_energy_kwh", "carbon/energy_kwh")):
+        for total, cumulative in ((mn.carbon(mn.TOTAL_EMISSIONS_KG), mn.carbon(mn.EMISSIONS_KG)),
+                                  (mn.carbon(mn.TOTAL_ENERGY_KWH), mn.carbon(mn.ENERGY_KWH))):
             if total in totals:
                 totals[total] += self.offsets.get(cumulative, 0.0)
         return totals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 
 def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
@@ -12,7 +13,13 @@ def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
     import pandas as pd
 
     frame = pd.DataFrame({"messages": [json.dumps(r["messages"], ensure_ascii=False) for r in data.records]})
-    ds = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice (schemes "" and "file") and warns that a path
+        # "can be interpreted in multiple ways" while both are the same class of source
+        # (mlflow/data/dataset_source_registry.py, resolve).
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways",
+                                category=UserWarning)
+        ds = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
     mlflow.log_input(ds, context=context, tags={"format": data.fmt, "records": str(len(data))})
     if profile is not None:
         mlflow.log_dict({"dataset": data.name, "source": data.source, "context": context, **profile},

@@ -1,6 +1,6 @@
 """The carbon report: per run and per model version (training + serving), from MLflow alone.
 
-Training runs carry ``carbon/*`` metrics and ``mg.carbon.*`` tags (``carbon.py``); serving runs live in
+Training runs carry ``system/carbon/*`` metrics and ``mg.carbon.*`` tags (``carbon.py``); serving runs live in
 the ``model-garden-serving`` experiment and name the versions they served in ``mg.served_versions``
 (``serving_monitor.py``). A serving run that serves several versions counts under each of them.
 """
@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import use_tracking_uri
@@ -25,10 +26,15 @@ def _first(metrics: dict[str, float], *names: str) -> float | None:
     return next((metrics[n] for n in names if n in metrics), None)
 
 
+def _carbon(name: str) -> tuple[str, str]:
+    """The key of carbon figure ``name`` and its older ``carbon/`` key, in the order to read them."""
+    return mn.carbon(name), mn.LEGACY_CARBON_PREFIX + name
+
+
 def run_row(run) -> dict[str, Any] | None:
     """One run's figures, or None when it has no carbon data."""
     m, tags = run.data.metrics, run.data.tags
-    emissions = _first(m, "carbon/total_emissions_kg", "carbon/emissions_kg")
+    emissions = _first(m, *_carbon(mn.TOTAL_EMISSIONS_KG), *_carbon(mn.EMISSIONS_KG))
     if emissions is None:
         return None
     serving = tags.get("mg.kind") == "serving"
@@ -37,8 +43,8 @@ def run_row(run) -> dict[str, Any] | None:
         [f"{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"] if tags.get("mg.registered_model") else [])
     return {"run_id": run.info.run_id, "name": run.info.run_name or "", "kind": "serving" if serving else "training",
             "status": run.info.status, "emissions_kg": emissions,
-            "energy_kwh": _first(m, "carbon/total_energy_kwh", "carbon/energy_kwh"),
-            "duration_s": _first(m, "carbon/duration_s", "serving/duration_s"),
+            "energy_kwh": _first(m, *_carbon(mn.TOTAL_ENERGY_KWH), *_carbon(mn.ENERGY_KWH)),
+            "duration_s": _first(m, *_carbon(mn.DURATION_S), "serving/duration_s"),
             "tokens": tokens, "requests": _first(m, "serving/total_requests", "serving/requests") if serving else None,
             "kg_per_1k_tokens": emissions / tokens * 1000.0 if tokens else None,
             "estimated": tags.get("mg.carbon.estimated", "true") != "false", "versions": versions,
@@ -131,7 +137,7 @@ def boamps_reports(data: dict[str, Any]) -> list[dict[str, Any]]:
                 m = run.data.metrics
                 record = {"emissions": row["emissions_kg"], "energy_consumed": row["energy_kwh"] or 0.0,
                           "duration": row["duration_s"] or 0.0,
-                          **{f"{p}_energy": m.get(f"carbon/total_{p}_energy_kwh", 0.0) for p in boamps.COMPONENTS}}
+                          **{f"{p}_energy": mn.carbon_value(m, f"total_{p}_energy_kwh", 0.0) for p in boamps.COMPONENTS}}
             stage = "inference" if row["kind"] == "serving" else "training"
             extra = ({"requests": row["requests"], "generated_tokens": row["tokens"], "served_models": row["versions"]}
                      if stage == "inference" else {"tokens": row["tokens"], "registered_versions": row["versions"]})

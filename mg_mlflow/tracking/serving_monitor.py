@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mg_mlflow.env import mg_home, setup_env
+from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import ensure_experiment, use_tracking_uri
 
@@ -247,7 +248,7 @@ class ServingMonitor:
         record = self._carbon_record(final)
         if record is not None:
             metrics.update(boamps.interval_metrics(record, self.previous, totals["generated_tokens"],
-                                                   per_tokens="carbon/kg_per_1k_generated_tokens"))
+                                                   per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS)))
             self.previous = record
         self.step += 1  # the n-th point (MLflow's "relative time" axis gives the seconds)
         now = int(time.time() * 1000)
@@ -263,7 +264,7 @@ class ServingMonitor:
         if self.previous is not None:
             summary.update(boamps.totals_from_record(self.previous, totals["generated_tokens"],
                                                      boamps.is_estimated(self.sources),
-                                                     per_tokens="carbon/kg_per_1k_generated_tokens"))
+                                                     per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS)))
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in summary.items()],
                               tags=_tags({"mg.serving.end_reason": self.stop_reason}))

@@ -55,7 +55,9 @@ def no_answer_left(records: int, max_seq_length: int) -> MGError:
 
 
 def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
-    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method}
+    """``mg.run_kind`` ``training`` (evaluation runs carry ``evaluation``): the training-runs link of
+    ``model-garden ui`` filters the experiment's table on it."""
+    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method, "mg.run_kind": "training"}
 
 
 def run_name(cfg, modality: str, backend: str) -> str:

@@ -21,14 +21,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.training.distributed import any_rank
 
 HISTORY_KEYS = ("loss", "eval_loss")
 STAGING = ".partial"  # checkpoints are written under <output dir>/.partial, then renamed
 FULL_BELOW_BYTES = 1 << 20  # a failed write with less free space than this is a full disk
-CARBON_CUMULATIVE = ("carbon/emissions_kg", "carbon/energy_kwh")
-CARBON_TOTALS = {"carbon/total_emissions_kg": "carbon/emissions_kg", "carbon/total_energy_kwh": "carbon/energy_kwh"}
+CARBON_CUMULATIVE = (mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))
 
 
 @dataclass

@@ -15,6 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.registry.base_ref import default_registered_name, describe, local_base_reference, resolve_base
 from mg_mlflow.registry.loader import default_device
 from mg_mlflow.registry.metadata import write_metadata
@@ -129,7 +130,7 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.git_commit": meta["git_commit"],
             "mg.train_loss": summary.get("loss_final"), "mg.eval_loss": summary.get("eval_loss_final"),
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
-    tags.update({f"mg.{k.replace('/', '.')}": v for k, v in summary.items() if k.startswith("carbon/")})
+    tags.update({f"mg.carbon.{mn.carbon_name(k)}": v for k, v in summary.items() if mn.is_carbon(k)})
     mv = register(model_uri, name, tags, cfg.alias)
 
     describe_version(name, str(mv.version), tags, summary)
