@@ -116,9 +116,11 @@ class VLLMDeploymentClient(BaseDeploymentClient):
             return _public(status(name))
 
     def predict(self, deployment_name=None, inputs=None, endpoint=None):
-        """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat) or a
-        DataFrame with a ``prompt`` or ``messages`` column (one request per row; other columns are
-        request parameters such as ``max_tokens``, ``temperature``, ``model``)."""
+        """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat), a list of
+        them, or a DataFrame: either an OpenAI chat body as ``pandas.read_json`` reads it (one row per
+        message; what ``mlflow deployments predict -I chat.json`` passes) or the column form, a ``prompt``
+        or ``messages`` column with one request per row (other columns are request parameters such as
+        ``max_tokens``, ``temperature``, ``model``)."""
         with _mlflow_errors():
             record = state.get_record(deployment_name or endpoint)
             return PredictionsResponse({"predictions": [_one(record, r) for r in _requests(inputs)]})
@@ -130,12 +132,32 @@ def _requests(inputs) -> list[dict]:
     if isinstance(inputs, list):
         return [r if isinstance(r, dict) else {"prompt": str(r)} for r in inputs]
     if hasattr(inputs, "to_dict"):
-        rows = inputs.to_dict(orient="records")
-        return [{k: v for k, v in row.items() if v is not None and v == v} for row in rows]
+        rows = [{k: v for k, v in row.items() if _present(v)} for row in inputs.to_dict(orient="records")]
+        return [_one_body(rows)] if _is_one_body(rows) else rows
     if isinstance(inputs, str):
         return [{"prompt": inputs}]
     raise MlflowException("predict inputs must be a dict, a list of dicts or a DataFrame with a 'prompt' "
                           "or 'messages' column", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _present(value) -> bool:
+    return value is not None and (isinstance(value, (list, dict)) or value == value)  # NaN: a missing cell
+
+
+def _is_one_body(rows: list[dict]) -> bool:
+    """An OpenAI chat body read by ``pandas.read_json`` (what ``mlflow deployments predict -I`` does): one
+    row per message, each cell of ``messages`` a message object, not a list of them."""
+    return bool(rows) and all(isinstance(row.get("messages"), dict) for row in rows)
+
+
+def _one_body(rows: list[dict]) -> dict:
+    """The chat request those rows came from: the messages in order; a parameter that pandas spread over
+    the rows (a list, such as ``stop``) becomes its list again, a repeated scalar its value."""
+    body = {"messages": [row["messages"] for row in rows]}
+    for key in dict.fromkeys(k for row in rows for k in row if k != "messages"):
+        values = [row.get(key) for row in rows]
+        body[key] = values[0] if all(v == values[0] for v in values) else values
+    return body
 
 
 def _one(record: Deployment, request: dict) -> dict:
