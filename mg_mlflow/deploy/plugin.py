@@ -4,8 +4,10 @@
     mlflow deployments predict -t vllm --name chat -I input.json
     mlflow deployments delete -t vllm --name chat
 
-``update`` starts the new version beside the old one (next free port), switches the record once it is
+``update`` loads new LoRA adapters on the same base and options into the running server (same port and
+process); anything else starts beside the old one (next free port), switches the record once it is
 healthy, then stops the old one; a new version that fails to start leaves the old one serving.
+``last_update`` in the returned deployment says which was done.
 Deployments are the same records ``model-garden deployments list`` shows. Errors are
 ``MlflowException`` with the error code of the error's class (``ERROR_CODES``).
 """
@@ -67,7 +69,8 @@ def _uris(model_uri: str) -> list[str]:
 
 def _public(record: Deployment, status: str | None = None) -> dict:
     keys = ("name", "status", "uris", "models", "default_model", "engine", "host", "port", "pid",
-            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous")
+            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous",
+            "last_update")
     data = record.to_json()
     if status is not None:
         data["status"] = status
@@ -92,8 +95,9 @@ class VLLMDeploymentClient(BaseDeploymentClient):
             return _public(deploy(_uris(model_uri), opts, show_progress=False), status="running")
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        """Start the new version beside the old one (next free port), switch, stop the old; every option
-        (the API key included) is kept unless ``config`` changes it. A failed start leaves the old serving."""
+        """New adapters on the same base: loaded into the running server (same port); else the new version
+        starts beside the old one (next free port), then the switch; every option (the API key included) is
+        kept unless ``config`` changes it. A failed start leaves the old serving."""
         self._check_flavor(flavor)
         changes = config_to_options(config)
         with _mlflow_errors():
@@ -213,9 +217,10 @@ Config keys (-C key=value), the same as `model-garden deploy` options (api_key: 
 
 Examples:
     mlflow deployments create -t vllm --name chat -m models:/tiny-lora@prod -C port=8001
+    mlflow deployments predict -t vllm --name chat -I chat.json   # {{"messages": [...], "max_tokens": 16}}
     mlflow deployments predict -t vllm --name chat -I request.json    # {{"prompt": ["Hello"], "max_tokens": [16]}}
     mlflow deployments get -t vllm --name chat
-    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2   # new beside old, then switch
+    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2   # adapters: hot swap, same port
     mlflow deployments delete -t vllm --name chat
     mlflow deployments run-local -t vllm --name dev -m models:/tiny-lora@prod
 """
