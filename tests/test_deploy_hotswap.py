@@ -148,6 +148,9 @@ def test_promote_redeploy_swaps_the_adapter_in_the_running_server(served, versio
     expected = [hf_greedy(_folder(target), chat_prompt(_folder(target), text)) for text in PROMPTS]
     use_tracking_uri()
     mlflow.tracking.MlflowClient().set_registered_model_alias("tiny-lora", "hot", target)
+    from mg_mlflow.deploy.hotswap import swap_plan
+
+    assert swap_plan(old, old.uris, old.options)[1] == "new adapters on the same base, engine and options"
     done, caller = _swap_while_calling(old, lambda: redeploy_serving("tiny-lora", "hot"))
     new = state.get_record(NAME)
     print(f"\nhot swap figures: {caller.ok} calls answered during the swap, {len(caller.failed)} failed, "

@@ -16,6 +16,7 @@ from disk whenever a batch uses it; ``deployments update --beside`` restarts the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shlex
@@ -23,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.launch import resolve_all
@@ -33,6 +35,9 @@ from mg_mlflow.errors import ServerError
 
 RUNTIME_LORA = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 ADAPTER_FLAGS = ("--lora-modules", "--max-loras", "--max-lora-rank")  # what an adapter swap may change
+# an adapter's tokenizer serves when the base has no chat template: a swap keeps the running one if equal
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -46,12 +51,20 @@ def split_command(command: str) -> tuple[dict[str, str], list[str]]:
     return env, tokens
 
 
+def _tokenizer_digest(folder: str) -> str:
+    digest = hashlib.sha256()
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()
+
+
 def _without_adapters(argv: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """argv without the adapter flags (``ADAPTER_FLAGS``), and those flags' values."""
+    """argv without the adapter flags (``ADAPTER_FLAGS``, and ``--tokenizer``), and those flags' values."""
     out, values, current = [], {}, None
     for token in argv:
         if token.startswith("--"):
-            current = token if token in ADAPTER_FLAGS else None
+            current = token if token in (*ADAPTER_FLAGS, "--tokenizer") else None
             if current:
                 values[current] = []
                 continue
@@ -89,6 +102,10 @@ def swap_plan(old: Deployment, uris: list[str], opts: DeployOptions) -> tuple[Pl
     (before, old_flags), (after, new_flags) = _without_adapters(old_argv), _without_adapters(plan.argv)
     if plan.env != old_env or before != after:
         return None, "the vLLM command differs beyond the adapter list"
+    tokenizers = [flags.get("--tokenizer") for flags in (old_flags, new_flags)]
+    if tokenizers[0] != tokenizers[1] and (None in tokenizers or
+                                           _tokenizer_digest(tokenizers[0][0]) != _tokenizer_digest(tokenizers[1][0])):
+        return None, "the new adapters bring another tokenizer"
     for flag, what in (("--max-lora-rank", "LoRA rank"), ("--max-loras", "number of adapters")):
         if _number(new_flags, flag) > _number(old_flags, flag):
             return None, f"{what} {_number(new_flags, flag)} is above the running server's {_number(old_flags, flag)}"
