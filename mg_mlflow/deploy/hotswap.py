@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import time
@@ -100,6 +101,8 @@ def swap_plan(old: Deployment, uris: list[str], opts: DeployOptions) -> tuple[Pl
     if (plan.models[0].served_name, plan.models[0].local_dir) != (old.models[0].served_name, old.models[0].local_dir):
         return None, f"base {old.models[0].uri} -> {plan.models[0].uri}"
     (before, old_flags), (after, new_flags) = _without_adapters(old_argv), _without_adapters(plan.argv)
+    if before and after and os.path.realpath(before[0]) == os.path.realpath(after[0]):
+        after[0] = before[0]  # one interpreter by two names (python, python3, a symlinked venv)
     if plan.env != old_env or before != after:
         return None, "the vLLM command differs beyond the adapter list"
     tokenizers = [flags.get("--tokenizer") for flags in (old_flags, new_flags)]
