@@ -219,3 +219,30 @@ def test_run_local_serves_until_interrupted(trained_merged, tmp_path):
 
             stop_group(int(record.pgid), grace=5.0)
         stop_everything()
+
+
+CHAT_BODY = {"messages": [{"role": "system", "content": "Answer briefly."},
+                          {"role": "user", "content": "Reverse the word.\ngreen"}],
+             "max_tokens": 16, "temperature": 0, "stop": ["\n\n", "###"]}
+
+
+@pytest.mark.parametrize("body, expected", [
+    (CHAT_BODY, [CHAT_BODY]),  # the OpenAI request body, as is
+    ({"messages": [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "yo"}]], "max_tokens": [16, 8]},
+     [{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 16},  # the column form: one request per row
+      {"messages": [{"role": "user", "content": "yo"}], "max_tokens": 8}]),
+    ({"prompt": ["Hello", "Bye"], "max_tokens": [4, 4]}, [{"prompt": "Hello", "max_tokens": 4},
+                                                         {"prompt": "Bye", "max_tokens": 4}]),
+])
+def test_predict_input_file_reads_as_openai_requests(tmp_path, body, expected):
+    """`mlflow deployments predict -I FILE` hands the plugin ``pandas.read_json(FILE)``: an OpenAI chat body
+    arrives as one row per message; it must reach the server as the one request it is."""
+    import pandas as pd
+
+    from mg_mlflow.deploy.plugin import _requests
+
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(body))
+    requests = _requests(pd.read_json(path))  # what mlflow.deployments.cli.predict passes
+    assert requests == expected
+    assert all(type(v) in (str, int, float, list, dict) for r in requests for v in r.values())

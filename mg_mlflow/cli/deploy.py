@@ -165,18 +165,22 @@ def status_cmd(name):
 @deployments_group.command("update", context_settings={"ignore_unknown_options": True, "max_content_width": 110})
 @click.argument("name")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[MODEL_URI...] [VLLM_FLAGS]")
-@deploy_options(skip=("name",), helps={"port": "port of the new version (default: the next free one after the "
-                                                  "current port; the current port stays busy until the switch)"})
+@deploy_options(skip=("name",), helps={"port": "port of the new version when it starts beside (default: the next "
+                                                  "free one after the current port, busy until the switch)"})
+@click.option("--beside", is_flag=True, help="start a new server beside the old one even when the running "
+                                            "server could load the new adapters itself")
 @plain_errors
-def update_cmd(name, args, **options):
+def update_cmd(name, args, beside, **options):
     """Move a deployment to new URIs and/or options without a gap in service.
 
     \b
-    The new version starts BESIDE the old one on the next free port; once it answers /health the
-    deployment switches to it and the old server is stopped. Clients that go through Model Garden
-    (generate, chat, mlflow deployments predict) follow; the new endpoint is printed. Every option
-    is kept unless given again, the API key included (read back from the running server, or pass
-    --api-key / MG_API_KEY). If the new version fails to start, the old one keeps serving.
+    New LoRA adapters on the same base, with the same options, are loaded into the running server
+    (hot swap: same port, same process). Anything else starts BESIDE the old server on the next
+    free port; once it answers /health the deployment switches to it and the old server is stopped.
+    Clients that go through Model Garden (generate, chat, mlflow deployments predict) follow; which
+    way was taken and the endpoint are printed. Every option is kept unless given again, the API
+    key included (read back from the running server, or pass --api-key / MG_API_KEY). If the new
+    version fails to start or load, the old one keeps serving.
 
     \b
     Examples:
@@ -188,12 +192,22 @@ def update_cmd(name, args, **options):
     changes = from_values(DeployOptions, options)
     if extra:
         changes["extra_args"] = extra
-    record = update(name, uris or None, changes)
-    previous = record.previous
+    record = update(name, uris or None, changes, beside=beside)
     _print_ready(record, False)
+    console().print(update_summary(record))
+
+
+def update_summary(record: Deployment) -> str:
+    """One line: how the last update of ``record`` was made (hot swap or beside) and where it serves."""
+    how, previous = record.last_update or {}, record.previous
+    if how.get("method") == "hot-swap":
+        return (f"[green]hot-swapped[/] the adapters in the running server in {how.get('seconds')} s: same port "
+                f"{record.port}, same pid {record.pid} ({how.get('why')})")
+    line = f"[yellow]started beside[/] the previous version ({how.get('why') or 'a new server'})"
     if previous is not None and previous.port and previous.port != record.port:
-        console().print(f"[yellow]endpoint moved:[/] port {previous.port} -> {record.port} "
-                        f"({record.endpoint}); the previous version (pid {previous.pid}) is stopped")
+        line += (f"; endpoint moved: port {previous.port} -> {record.port} ({record.endpoint}); the previous "
+                 f"version (pid {previous.pid}) is stopped")
+    return line
 
 
 @deployments_group.command("logs")

@@ -69,8 +69,11 @@ def promote_cmd(name, alias, metric, dataset_digest, min_improvement, max_emissi
     if decision.applied:
         out.print(f"[green]moved[/] {name}@{alias}: v{decision.holder or '-'} -> v{decision.best}")
         for item in rolled:
+            how = ("hot-swapped in the running server" if item["method"] == "hot-swap"
+                   else f"started beside ({item['why']})")
+            moved = f", port {item['previous_port']} -> {item['port']}" if item["previous_port"] != item["port"] else ""
             out.print(f"[green]redeployed[/] {item['deployment']}: v{item['from_version']} -> v{item['to_version']} "
-                      f"(port {item['port']}, pid {item['pid']})")
+                      f"(port {item['port']}, pid {item['pid']}; {how}{moved})")
         if redeploy and not serving:
             out.print(f"no running deployment serves models:/{name}@{alias}: nothing to redeploy")
         if serving and not redeploy:

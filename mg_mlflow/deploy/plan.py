@@ -33,6 +33,8 @@ QUANT_FLAG = {  # None: vLLM picks the kernel itself (awq_marlin / gptq_marlin o
 
 
 ENGINES = ("auto", "vllm", "vllm-cpu")
+# runtime adapter loading is enabled where only this machine, or holders of the API key, can reach it
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -310,6 +312,8 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
                      "reaches this port can use every route")
 
     env = {}
+    if adapters and (opts.api_key or opts.host in LOOPBACK):
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # updates swap adapters in place (deploy/hotswap.py)
     if cpu:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.kv_cache_gib or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1)
     default = models[1].served_name if adapters else models[0].served_name

@@ -4,8 +4,10 @@
     mlflow deployments predict -t vllm --name chat -I input.json
     mlflow deployments delete -t vllm --name chat
 
-``update`` starts the new version beside the old one (next free port), switches the record once it is
+``update`` loads new LoRA adapters on the same base and options into the running server (same port and
+process); anything else starts beside the old one (next free port), switches the record once it is
 healthy, then stops the old one; a new version that fails to start leaves the old one serving.
+``last_update`` in the returned deployment says which was done.
 Deployments are the same records ``model-garden deployments list`` shows. Errors are
 ``MlflowException`` with the error code of the error's class (``ERROR_CODES``).
 """
@@ -67,7 +69,8 @@ def _uris(model_uri: str) -> list[str]:
 
 def _public(record: Deployment, status: str | None = None) -> dict:
     keys = ("name", "status", "uris", "models", "default_model", "engine", "host", "port", "pid",
-            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous")
+            "log_file", "started_at", "startup_s", "monitor_pid", "api_key_required", "notes", "previous",
+            "last_update")
     data = record.to_json()
     if status is not None:
         data["status"] = status
@@ -92,8 +95,9 @@ class VLLMDeploymentClient(BaseDeploymentClient):
             return _public(deploy(_uris(model_uri), opts, show_progress=False), status="running")
 
     def update_deployment(self, name, model_uri=None, flavor=None, config=None, endpoint=None):
-        """Start the new version beside the old one (next free port), switch, stop the old; every option
-        (the API key included) is kept unless ``config`` changes it. A failed start leaves the old serving."""
+        """New adapters on the same base: loaded into the running server (same port); else the new version
+        starts beside the old one (next free port), then the switch; every option (the API key included) is
+        kept unless ``config`` changes it. A failed start leaves the old serving."""
         self._check_flavor(flavor)
         changes = config_to_options(config)
         with _mlflow_errors():
@@ -116,9 +120,11 @@ class VLLMDeploymentClient(BaseDeploymentClient):
             return _public(status(name))
 
     def predict(self, deployment_name=None, inputs=None, endpoint=None):
-        """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat) or a
-        DataFrame with a ``prompt`` or ``messages`` column (one request per row; other columns are
-        request parameters such as ``max_tokens``, ``temperature``, ``model``)."""
+        """``inputs``: an OpenAI request dict (``prompt`` -> completions, ``messages`` -> chat), a list of
+        them, or a DataFrame: either an OpenAI chat body as ``pandas.read_json`` reads it (one row per
+        message; what ``mlflow deployments predict -I chat.json`` passes) or the column form, a ``prompt``
+        or ``messages`` column with one request per row (other columns are request parameters such as
+        ``max_tokens``, ``temperature``, ``model``)."""
         with _mlflow_errors():
             record = state.get_record(deployment_name or endpoint)
             return PredictionsResponse({"predictions": [_one(record, r) for r in _requests(inputs)]})
@@ -130,12 +136,32 @@ def _requests(inputs) -> list[dict]:
     if isinstance(inputs, list):
         return [r if isinstance(r, dict) else {"prompt": str(r)} for r in inputs]
     if hasattr(inputs, "to_dict"):
-        rows = inputs.to_dict(orient="records")
-        return [{k: v for k, v in row.items() if v is not None and v == v} for row in rows]
+        rows = [{k: v for k, v in row.items() if _present(v)} for row in inputs.to_dict(orient="records")]
+        return [_one_body(rows)] if _is_one_body(rows) else rows
     if isinstance(inputs, str):
         return [{"prompt": inputs}]
     raise MlflowException("predict inputs must be a dict, a list of dicts or a DataFrame with a 'prompt' "
                           "or 'messages' column", error_code=INVALID_PARAMETER_VALUE)
+
+
+def _present(value) -> bool:
+    return value is not None and (isinstance(value, (list, dict)) or value == value)  # NaN: a missing cell
+
+
+def _is_one_body(rows: list[dict]) -> bool:
+    """An OpenAI chat body read by ``pandas.read_json`` (what ``mlflow deployments predict -I`` does): one
+    row per message, each cell of ``messages`` a message object, not a list of them."""
+    return bool(rows) and all(isinstance(row.get("messages"), dict) for row in rows)
+
+
+def _one_body(rows: list[dict]) -> dict:
+    """The chat request those rows came from: the messages in order; a parameter that pandas spread over
+    the rows (a list, such as ``stop``) becomes its list again, a repeated scalar its value."""
+    body = {"messages": [row["messages"] for row in rows]}
+    for key in dict.fromkeys(k for row in rows for k in row if k != "messages"):
+        values = [row.get(key) for row in rows]
+        body[key] = values[0] if all(v == values[0] for v in values) else values
+    return body
 
 
 def _one(record: Deployment, request: dict) -> dict:
@@ -191,9 +217,10 @@ Config keys (-C key=value), the same as `model-garden deploy` options (api_key: 
 
 Examples:
     mlflow deployments create -t vllm --name chat -m models:/tiny-lora@prod -C port=8001
+    mlflow deployments predict -t vllm --name chat -I chat.json   # {{"messages": [...], "max_tokens": 16}}
     mlflow deployments predict -t vllm --name chat -I request.json    # {{"prompt": ["Hello"], "max_tokens": [16]}}
     mlflow deployments get -t vllm --name chat
-    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2   # new beside old, then switch
+    mlflow deployments update -t vllm --name chat -m models:/tiny-lora/2   # adapters: hot swap, same port
     mlflow deployments delete -t vllm --name chat
     mlflow deployments run-local -t vllm --name dev -m models:/tiny-lora@prod
 """

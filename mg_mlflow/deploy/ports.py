@@ -69,7 +69,7 @@ def claim_name(folder: Path, name: str) -> Claim:
 
 def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = PORT_RANGE.start) -> tuple[int, Claim]:
     """(port, claim): ``wanted`` if nobody claims, records or binds it (else MGError), or the first such
-    port from ``start``."""
+    port from ``start`` (in the default range, wrapping around; outside it, the next 100 ports)."""
     def attempt(port: int) -> Claim | None:
         claim = Claim(locks_dir() / f"{port}.lock")
         if port in reserved or not port_free(host, port):
@@ -86,15 +86,18 @@ def claim_port(host: str, wanted: int | None, reserved: set[int], start: int = P
         if claim is None:
             raise _port_in_use(host, wanted)
         return wanted, claim
-    candidates = [p for p in range(start, PORT_RANGE.stop) if p >= PORT_RANGE.start] or list(PORT_RANGE)
-    for port in candidates + [p for p in PORT_RANGE if p < start]:
+    if start in PORT_RANGE:
+        candidates = [p for p in PORT_RANGE if p >= start] + [p for p in PORT_RANGE if p < start]
+    else:  # next to a port outside the default range (an update beside it), not back to 8000
+        candidates = list(range(start, min(start + len(PORT_RANGE), 65536))) or list(PORT_RANGE)
+    for port in candidates:
         try:
             claim = attempt(port)
         except ClaimTaken:
             continue
         if claim is not None:
             return port, claim
-    raise MGError(f"no free port between {PORT_RANGE.start} and {PORT_RANGE.stop - 1} on {host}", hint="pass --port")
+    raise MGError(f"no free port between {candidates[0]} and {candidates[-1]} on {host}", hint="pass --port")
 
 
 def _port_in_use(host: str, port: int) -> AlreadyExistsError:

@@ -56,7 +56,7 @@ def _known(cls, data: dict) -> dict:
 
 
 # written only when set: a record of a server that is still starting has none of them
-_OPTIONAL = ("startup_s", "monitor_pid", "monitor_start_time", "updating", "previous")
+_OPTIONAL = ("startup_s", "monitor_pid", "monitor_start_time", "updating", "previous", "last_update")
 _NOT_STORED = ("status", "corrupt", "extra")
 
 
@@ -87,6 +87,7 @@ class Deployment:
     monitor_start_time: str | None = None
     updating: PendingVersion | None = None
     previous: PreviousVersion | None = None
+    last_update: dict[str, Any] | None = None  # how the last update was made: method hot-swap | beside, why
     version: int = RECORD_VERSION
     status: str | None = None                # set by listings (status_of), never stored
     corrupt: bool = False                    # the file could not be read as a record; never stored

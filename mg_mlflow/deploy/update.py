@@ -1,6 +1,9 @@
-"""Update a deployment without a gap: start the new version BESIDE the old one, switch, then stop the old.
+"""Update a deployment without a gap: new adapters in place (same server), else the new version BESIDE the old one.
 
-Design (why the port changes): the new vLLM starts on another free port (the next one after the old
+New LoRA adapters on the same base, engine and options are loaded into the running server
+(``hotswap``: same port, same process). Anything else is started beside the old server.
+
+Design of beside-then-switch (why the port changes): the new vLLM starts on another free port (the next one after the old
 port), is health-checked there while the old server keeps answering, then the deployment's record is
 switched to it and only then is the old server stopped. The same port cannot be shared during the
 handover: vLLM's ``vllm.entrypoints.openai.api_server`` binds without SO_REUSEPORT (``setup_server(...,
@@ -23,6 +26,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from mg_mlflow.deploy import state
+from mg_mlflow.deploy.hotswap import hot_swap, swap_plan
 from mg_mlflow.deploy.launch import deploy, finish_start, prepare, resolve_all, start_server
 from mg_mlflow.deploy.net import port_free
 from mg_mlflow.deploy.plan import DeployOptions
@@ -53,9 +57,10 @@ def _options(old: Deployment, changes: dict[str, Any], name: str) -> DeployOptio
 
 
 def update(name: str, uris: list[str] | None = None, changes: dict[str, Any] | None = None,
-           show_progress: bool | None = None) -> Deployment:
+           show_progress: bool | None = None, beside: bool = False) -> Deployment:
     """Replace deployment ``name`` by ``uris`` (default: the same URIs, e.g. a moved alias) and/or changed
-    options; returns the new record (its ``previous`` tells the old port and pid)."""
+    options; returns the new record (its ``previous`` tells the old port and pid, ``last_update`` whether
+    the adapters were swapped in place or a new server started beside; ``beside``: always the latter)."""
     setup_env()
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
     claim = claim_name(state.state_dir(), state.check_name(name))
@@ -74,7 +79,10 @@ def update(name: str, uris: list[str] | None = None, changes: dict[str, Any] | N
                                          "version is never started without the protection the old one had")
         opts = replace(opts, api_key=key)
         if alive:
-            return _handover(name, old, uris, opts, changes, show_progress)
+            plan, why = _swap_plan(old, uris, opts, changes, beside)
+            if plan is not None:
+                return hot_swap(old, uris, plan, key, why)
+            return _handover(name, old, uris, opts, changes, show_progress, why)
         resolve_all(uris)  # bad URIs fail here, before the dead record goes
         stop_record(old)  # a crashed server's leftovers (engine processes) end here
         state.remove_record(name)
@@ -85,8 +93,18 @@ def update(name: str, uris: list[str] | None = None, changes: dict[str, Any] | N
     return deploy(uris, opts, show_progress=show_progress)
 
 
+def _swap_plan(old: Deployment, uris: list[str], opts: DeployOptions, changes: dict[str, Any], beside: bool):
+    """(plan, why) of an in-place adapter swap, or (None, why the update starts a server beside)."""
+    if beside:
+        return None, "asked to start beside"
+    if bool(opts.api_key) != old.api_key_required or (
+            changes.get("api_key") and running_key(old) not in (None, changes["api_key"])):
+        return None, "the API key changes"
+    return swap_plan(old, uris, opts)
+
+
 def _handover(name: str, old: Deployment, uris: list[str], opts: DeployOptions, changes: dict[str, Any],
-              show_progress: bool | None) -> Deployment:
+              show_progress: bool | None, why: str = "") -> Deployment:
     if changes.get("port") and int(changes["port"]) == int(old.port):
         raise InvalidInputError(f"port {old.port} is held by the running version of {name!r} until the new one "
                                 "is healthy",
@@ -122,6 +140,7 @@ def _handover(name: str, old: Deployment, uris: list[str], opts: DeployOptions, 
     # switch: from this write on, clients that read the record talk to the new version
     record.startup_s = round(startup, 2)
     record.previous = PreviousVersion(port=old.port, pid=old.pid, uris=list(old.uris), stopped_at=None)
+    record.last_update = {"method": "beside", "why": why, "at": time.time()}
     state.write_record(record)
     old.updating = None
     left = stop_record(old)

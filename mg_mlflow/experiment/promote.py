@@ -281,5 +281,6 @@ def redeploy_serving(name: str, alias: str, show_progress: bool | None = None) -
         before = served_version(record, name)
         new = redeploy(record.name, None, {}, show_progress=show_progress)
         done.append({"deployment": record.name, "from_version": before, "to_version": served_version(new, name),
-                     "port": new.port, "pid": new.pid})
+                     "port": new.port, "pid": new.pid, "previous_port": record.port,
+                     "method": (new.last_update or {}).get("method"), "why": (new.last_update or {}).get("why")})
     return done

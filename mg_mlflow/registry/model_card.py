@@ -35,6 +35,10 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
     if carbon:
         lines.append("- training footprint: " + ", ".join(carbon))
     lines.append(f"- verified: reload max |logit diff| {tags.get('mg.verify_max_logit_diff')}")
+    if tags.get("mg.merge_rule"):
+        against = tags.get("mg.merge_vs_cast_max_logit_diff") or tags.get("mg.merge_max_logit_diff")
+        cast = f"; the cast alone moves them by {tags['mg.merge_cast_drift']}" if tags.get("mg.merge_cast_drift") else ""
+        lines.append(f"- merge verified: {tags['mg.merge_rule']}: {against} <= {tags.get('mg.merge_tolerance')}{cast}")
     if tags.get("mg.git_commit"):
         lines.append(f"- code: `{tags['mg.git_commit']}`")
     lines += ["", f"Deploy: `model-garden deploy models:/{name}/{version}`"]

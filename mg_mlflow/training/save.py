@@ -7,6 +7,11 @@ What was saved (the adapter, the merged copy, the 16-bit cast) must reproduce th
 tolerance rule (``drift``: ``merge_max_logit_diff`` / ``save_max_logit_diff``), and the logged
 model, reloaded through ``models:/m-<id>``, must reproduce the saved one (``verify_max_logit_diff``).
 Nothing is registered unless both hold.
+
+A merge into 16 bits is lossy by definition: a float32-trained adapter's merge may drift from the
+trained model by twice what casting the trained model itself costs on the same probe
+(``cast_reference``: the adapter merged exactly in float32, the weights cast; ``merge_cast_drift``),
+and at least the 16-bit rule; the rule and its values are written on the version (``mg.merge_*``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from mg_mlflow.registry.base_ref import default_registered_name, describe, local
 from mg_mlflow.registry.loader import default_device
 from mg_mlflow.registry.metadata import write_metadata
 from mg_mlflow.registry.model_card import describe_version
-from mg_mlflow.registry.publish import check_gap, logit_gap, make_base_reference, model_logits, register, verify
+from mg_mlflow.registry.publish import (check_gap, effective_tolerance, logit_gap, make_base_reference,
+                                        model_logits, register, verify)
 from mg_mlflow.tracking.params import git_commit
 from mg_mlflow.training.backends import torch_dtype
 from mg_mlflow.training.result import TrainResult
@@ -74,6 +80,59 @@ def save_adapter(model, processor, output_dir: Path, model_dir: Path, base_ref: 
     return reference
 
 
+MERGE_RULE = ("merged {dtype} model vs the trained model: max |logit diff| <= max(verify_tolerance, 2% of the "
+              "largest logit, 2 x the cast drift); cast drift: how far the trained model merged exactly and cast "
+              "to {dtype} moves the logits on the same probe")
+MERGE_RULE_16BIT = ("merged {dtype} model vs the trained model: max |logit diff| <= max(verify_tolerance, "
+                    "2% of the largest logit)")
+MERGE_KEYS = ("merge_max_logit_diff", "merge_cast_drift", "merge_tolerance")
+
+
+def cast_reference(model, dtype):
+    """The trained model as a 16-bit save holds it: a copy with the adapter merged exactly (float32) and
+    its weights cast to ``dtype`` (buffers such as RoPE's inv_freq stay float32, as a fresh load has
+    them). None unless every trained weight is float32 (a 16-bit or quantized model is its own reference)."""
+    import copy
+
+    import torch
+
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return None
+    reference = copy.deepcopy(model)
+    for module in reference.modules():  # a forward patched onto the instance (the trainer's) may call the
+        module.__dict__.pop("forward", None)  # original model: the copy runs its class's own
+    if hasattr(reference, "merge_and_unload"):
+        reference = reference.merge_and_unload()
+    for param in reference.parameters():
+        param.data = param.data.to(dtype)
+    return reference.eval()
+
+
+def check_merge(cfg, trained_logits, cast_logits, merged_logits, meta: dict, summary: dict) -> None:
+    """Hold the merged model to the trained one, allowing twice the drift of the 16-bit cast alone
+    (``cast_logits``: those of ``cast_reference``; None: the 16-bit rule alone); the values go to
+    ``summary`` (metrics, version tags), the rule to ``meta``."""
+    dtype = meta["dtype"]
+    gap = logit_gap(trained_logits, merged_logits)
+    summary["merge_max_logit_diff"] = gap[0]
+    limit = effective_tolerance(cfg.verify_tolerance, gap[1], True)
+    if cast_logits is None:
+        meta["merge_rule"] = MERGE_RULE_16BIT.format(dtype=dtype)
+        what = f"the merged {dtype} model drifted from the trained model"
+    else:
+        meta["merge_rule"] = MERGE_RULE.format(dtype=dtype)
+        summary["merge_cast_drift"] = cast = logit_gap(trained_logits, cast_logits)[0]
+        limit = max(limit, 2 * cast)
+        what = (f"the merged {dtype} model drifted from the trained model (casting the trained model to {dtype} "
+                f"alone moves the logits by {cast:.3g}; the rule allows twice that)")
+    summary["merge_tolerance"] = limit
+    import mlflow
+
+    mlflow.log_metrics({k: summary[k] for k in MERGE_KEYS if k in summary})
+    if cfg.registers:
+        check_gap(gap, limit, sixteen_bit=True, what=what)
+
+
 def _sixteen_bit():
     import torch
 
@@ -111,7 +170,7 @@ def log_logit_diffs(summary: dict, verify_diff: float) -> None:
     import mlflow
 
     summary["verify_max_logit_diff"] = verify_diff
-    mlflow.log_metrics({k: v for k, v in summary.items() if k.endswith("logit_diff")})
+    mlflow.log_metrics({k: v for k, v in summary.items() if k.endswith("logit_diff") and k not in MERGE_KEYS})
 
 
 def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, summary: dict, diff: float,
@@ -131,6 +190,9 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.train_loss": summary.get("loss_final"), "mg.eval_loss": summary.get("eval_loss_final"),
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
     tags.update({f"mg.carbon.{mn.carbon_name(k)}": v for k, v in summary.items() if mn.is_carbon(k)})
+    if meta.get("merge_rule"):  # how the merge was verified, and the values
+        tags.update({f"mg.{k}": f"{summary[k]:.3g}" for k in MERGE_KEYS if k in summary})
+        tags["mg.merge_rule"] = meta["merge_rule"]
     mv = register(model_uri, name, tags, cfg.alias)
 
     describe_version(name, str(mv.version), tags, summary)
@@ -155,22 +217,25 @@ def save_and_register(cfg, modality, model, processor, backend: str, output_dir:
     base_ref = (make_base_reference(cfg.base_model, modality.name, revision) if cfg.registers
                 else local_base_reference(cfg.base_model, revision))
     meta = model_meta(modality.name, cfg, backend, run_id, base_ref, train_data, **modality.meta(model))
-    if cfg.method == "full":
-        saved, drift_key = save_full(model, processor, model_dir, meta), "save_max_logit_diff"
-    else:
-        saved = save_adapter(model, processor, output_dir, model_dir, base_ref, meta,
-                             merge_onto=None if cfg.save_method == "lora" else modality.auto_cls(),
-                             merge_processor=processor)
-        drift_key = "merge_max_logit_diff" if meta["kind"] == "merged" else None
-    write_metadata(model_dir, meta)
     result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
-    if drift_key:
+    if cfg.method == "full":
+        saved = save_full(model, processor, model_dir, meta)
         gap = logit_gap(trained_logits, model_logits(saved, probe))
-        summary[drift_key] = gap[0]
-        mlflow.log_metric(drift_key, gap[0])
+        summary["save_max_logit_diff"] = gap[0]
+        mlflow.log_metric("save_max_logit_diff", gap[0])
         if cfg.registers:
             check_gap(gap, cfg.verify_tolerance, sixteen_bit=True,
-                      what=f"the {meta['kind']} 16-bit model drifted from the trained model")
+                      what="the merged 16-bit model drifted from the trained model")
+    elif cfg.save_method == "lora":
+        saved = save_adapter(model, processor, output_dir, model_dir, base_ref, meta)
+    else:
+        reference = cast_reference(model, _sixteen_bit())
+        cast_logits = model_logits(reference, probe) if reference is not None else None
+        del reference
+        saved = save_adapter(model, processor, output_dir, model_dir, base_ref, meta,
+                             merge_onto=modality.auto_cls(), merge_processor=processor)
+        check_merge(cfg, trained_logits, cast_logits, model_logits(saved, probe), meta, summary)
+    write_metadata(model_dir, meta)
     if not cfg.registers:
         return result
 
