@@ -23,7 +23,8 @@ from mg_mlflow.options import (build_config, check_values, coerce, coerce_hint, 
 
 __all__ = ["TrainConfig", "build_config", "coerce", "parse_bool", "to_dict", "to_yaml", "trainer_args_for",
            "trainer_arg_problems", "trainer_keys_set_by", "field_help", "BACKENDS", "METHODS", "SAVE_METHODS",
-           "DTYPES", "SCHEDULERS", "FORMATS", "BATCHING", "GROUPS"]
+           "DTYPES", "SCHEDULERS", "FORMATS", "BATCHING", "GROUPS", "OBJECTIVES", "OBJECTIVE_SETTINGS",
+           "DPO_LOSSES", "KTO_LOSSES", "REFERENCES"]
 
 BACKENDS = ("auto", "unsloth", "hf")
 METHODS = ("lora", "qlora", "full")
@@ -33,11 +34,21 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
               "polynomial", "inverse_sqrt")
 FORMATS = ("auto", "instruction", "messages")
 BATCHING = ("auto", "padded", "padding_free", "packed")
+OBJECTIVES = ("sft", "dpo", "kto", "orpo", "simpo")
+# the TRL settings class of each objective (TRL 1.16 keeps ORPO and CPO/SimPO under trl.experimental):
+# trainer_args are checked against it
+OBJECTIVE_SETTINGS = {"sft": ("trl", "SFTConfig"), "dpo": ("trl", "DPOConfig"), "kto": ("trl", "KTOConfig"),
+                      "orpo": ("trl.experimental.orpo", "ORPOConfig"), "simpo": ("trl.experimental.cpo", "CPOConfig")}
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+REFERENCES = ("continue", "fresh")
 
 # The parts of a run, in the order `--help` lists them.
-MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY = (
-    "Model", "Data", "LoRA", "Optimisation", "Evaluation and checkpoints", "Tracking", "Carbon", "Registry")
-GROUPS = (MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY)
+MODEL, OBJECTIVE, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY = (
+    "Model", "Objective", "Data", "LoRA", "Optimisation", "Evaluation and checkpoints", "Tracking", "Carbon",
+    "Registry")
+GROUPS = (MODEL, OBJECTIVE, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY)
 
 
 def _in(group: str):
@@ -46,7 +57,7 @@ def _in(group: str):
     return functools.partial(option, group=group)
 
 
-_model, _data, _lora, _optim = _in(MODEL), _in(DATA), _in(LORA), _in(OPTIM)
+_model, _objective, _data, _lora, _optim = _in(MODEL), _in(OBJECTIVE), _in(DATA), _in(LORA), _in(OPTIM)
 _checkpoints, _tracking, _carbon, _registry = _in(CHECKPOINTS), _in(TRACKING), _in(CARBON), _in(REGISTRY)
 
 # Settings Model Garden's training path fixes itself (no option of its own sets them), with the reason.
@@ -82,6 +93,27 @@ class TrainConfig:
     method: str = _model("lora", "lora, qlora (4-bit base, needs CUDA + bitsandbytes) or full fine-tuning", METHODS)
     dtype: str = _model("auto", "compute dtype; auto = bfloat16 on a GPU that supports it, else float32", DTYPES,
                         trainer_keys=("bf16", "fp16"))
+    # ---- objective: what the training optimises (docs/preference.md)
+    objective: str = _objective("sft", "what training optimises: sft (supervised: imitate the answers), dpo "
+                                       "(prefer chosen over rejected answers, against a frozen reference), kto "
+                                       "(unpaired answers labelled good or bad), orpo (SFT plus an odds-ratio "
+                                       "preference term, no reference), simpo (length-normalised preference with "
+                                       "a margin, no reference); each needs its data shape: sft conversations, "
+                                       "dpo/orpo/simpo prompt/chosen/rejected pairs, kto prompt/completion + "
+                                       "label", OBJECTIVES)
+    beta: float = _objective(0.1, "preference objectives: how far the model may move from the reference (dpo, "
+                                  "kto: the KL weight; orpo: the odds-ratio weight; simpo: the reward scale); "
+                                  "larger = stay closer", trainer_keys=("beta",))
+    loss_type: str = _objective("", "the preference loss: dpo one of " + ", ".join(DPO_LOSSES) + "; kto one of "
+                                + ", ".join(KTO_LOSSES) + "; empty = the objective's own (dpo sigmoid, kto "
+                                "kto; orpo and simpo have one each)", trainer_keys=("loss_type",))
+    label_smoothing: float = _objective(0.0, "dpo (sigmoid loss) and simpo: the assumed share of preference "
+                                             "labels that are wrong, in [0, 0.5) (robust DPO)",
+                                        trainer_keys=("label_smoothing",))
+    reference: str = _objective("continue", "training from a registered LoRA adapter (base_model models:/NAME@"
+                                            "ALIAS): continue (train that adapter further; the reference is the "
+                                            "registered model) or fresh (merge it into its base and train a new "
+                                            "adapter on the merged model, which is the reference)", REFERENCES)
     # ---- data
     dataset: str = _data("", "JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset name")
     dataset_format: str = _data("auto", "record format: instruction ({instruction,input,output}), messages, or "
@@ -171,8 +203,10 @@ class TrainConfig:
     verify_tolerance: float = _registry(1e-3, "max |logit difference| between trained and reloaded model before "
                                               "registering")
 
-    # the settings class trainer_args are checked against: (module, class)
-    trainer_args_of = ("trl", "SFTConfig")
+    @property
+    def trainer_args_of(self) -> tuple[str, str]:
+        """The settings class trainer_args are checked against: (module, class), by objective."""
+        return OBJECTIVE_SETTINGS.get(self.objective, OBJECTIVE_SETTINGS["sft"])
 
     def validate(self) -> None:
         problems = check_values(self) + trainer_arg_problems(self)
@@ -216,8 +250,26 @@ class TrainConfig:
             problems += [p for p in [name_problem(self.register_as, "register_as")] if p]
         if self.alias:
             problems += [p for p in [alias_problem(self.alias, "alias")] if p]
+        problems += self.objective_problems()
         if problems:
             raise ConfigError(problems, "the training configuration")
+
+    def objective_problems(self) -> list[str]:
+        """The objective's own settings: a loss it does not have, a beta or smoothing out of range."""
+        problems = []
+        losses = {"dpo": DPO_LOSSES, "kto": KTO_LOSSES}.get(self.objective, ())
+        if self.loss_type and not losses:
+            problems.append(f"loss_type={self.loss_type!r}: objective {self.objective} has no loss variants "
+                            "(loss_type is for dpo and kto)")
+        elif self.loss_type and self.loss_type not in losses:
+            problems.append(f"loss_type={self.loss_type!r} is not a {self.objective} loss: one of {', '.join(losses)}")
+        if self.beta <= 0:
+            problems.append(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        elif self.label_smoothing and self.objective not in ("dpo", "simpo"):
+            problems.append(f"label_smoothing applies to dpo and simpo, not to objective {self.objective}")
+        return problems
 
     @property
     def registers(self) -> bool:

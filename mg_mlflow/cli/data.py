@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import write_sample
+from mg_mlflow.data.sample import PREFERENCE_KINDS, write_preference_sample, write_sample
 from mg_mlflow.data.stats import dataset_stats
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
@@ -43,17 +43,24 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
 @click.option("--format", "fmt", type=click.Choice(["instruction", "messages"]), default="instruction",
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
+@click.option("--preference", type=click.Choice(list(PREFERENCE_KINDS)), default=None,
+              help="write a learnable preference set (shout the word: uppercase is better): pairs "
+                   "{prompt, chosen, rejected} for dpo/orpo/simpo, unpaired {prompt, completion, label} for kto, "
+                   "or sft (the same prompts answered either way, an SFT start with no preference)")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_cmd(path, records, fmt, vision, seed):
+def sample_cmd(path, records, fmt, vision, preference, seed):
     """Write a small sample dataset to PATH (JSONL) to start from.
 
     \b
     Examples:
       model-garden data sample data.jsonl -n 200
       model-garden data sample chat.jsonl --format messages
+      model-garden data sample prefs.jsonl --preference pairs
     """
     if vision:
         out = write_vision_sample(path, records, seed=seed)
+    elif preference:
+        out = write_preference_sample(path, records, preference, seed)
     else:
         out = write_sample(path, records, fmt, seed)
     console().print(f"wrote {records} records to [bold]{out}[/]")

@@ -283,3 +283,6 @@ def to_trl_rows(records: list[dict], responses_only: bool) -> list[dict]:
     if not responses_only:
         return [{"messages": r["messages"]} for r in records]
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+
+
+hub_rows = _hub_rows  # (location, raw row) pairs of a hub dataset split, for the other record loaders

@@ -6,10 +6,14 @@ import json
 
 
 def log_dataset_input(data, context: str) -> None:
-    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input."""
+    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input: one column per
+    field of its normalised records (``messages``; preference records ``prompt``/``chosen``/``rejected``
+    or ``prompt``/``completion``/``label``), lists as JSON text."""
     import mlflow
     import pandas as pd
 
-    frame = pd.DataFrame({"messages": [json.dumps(r["messages"], ensure_ascii=False) for r in data.records]})
+    columns = list(data.records[0]) if data.records else ["messages"]
+    frame = pd.DataFrame({c: [v if isinstance(v := r.get(c), (str, bool)) else json.dumps(v, ensure_ascii=False)
+                              for r in data.records] for c in columns})
     ds = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
     mlflow.log_input(ds, context=context, tags={"format": data.fmt, "records": str(len(data))})

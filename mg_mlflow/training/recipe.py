@@ -20,8 +20,9 @@ from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
 from mg_mlflow.training import distributed
 from mg_mlflow.training.backends import choose_backend
-from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
-                                       start_run_record, timed_train, train_summary, training_callbacks)
+from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, log_objective, run_name, run_tags,
+                                       source_tags, start_run_record, timed_train, train_summary,
+                                       training_callbacks)
 from mg_mlflow.training.progress import TrainProgress
 from mg_mlflow.training.result import TrainResult
 from mg_mlflow.training.targets import check_lora_targets
@@ -53,6 +54,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
 
     base, revision = resolve_base_model(cfg.base_model)  # a missing base fails before any run exists
+    base, revision = modality.starting_point(base, revision)  # a registered adapter: its base, or merged
     check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
     backend, why = choose_backend(cfg.backend, cfg.method)  # imports unsloth first when chosen
 
@@ -62,7 +64,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     from mg_mlflow.training.resume import StopOnSignal, checkpoint_to_resume, earlier_segment
     from mg_mlflow.training import step_stats
 
-    tags = run_tags(modality.name, backend, cfg.method)
+    tags = {**run_tags(modality.name, backend, cfg.method), **modality.run_tags()}
     name = run_name(cfg, modality.name, backend)
     # several GPUs (torchrun): every rank trains; only rank 0 has an MLflow run and logs, saves, registers
     main = distributed.is_main()
@@ -75,6 +77,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     with StopOnSignal() as stopper, run_ctx as run:
         run_id, output_dir = start_run_record(cfg, run, why, tags, train_data, eval_data) if main else ("", None)
         if main:
+            log_objective(modality)
             distributed.log_world_size()
             distributed.record_run_id(run_id)
         output_dir = distributed.share(output_dir)  # checkpoints of every rank in rank 0's folder
@@ -91,7 +94,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                 metrics_cb, carbon_cb, default_callbacks = (training_callbacks(cfg, output_dir, progress, earlier)
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
-                                           eval_data, [*default_callbacks, stopper, *callbacks])
+                                           eval_data, [*default_callbacks, stopper, *callbacks],
+                                           ref_model=modality.reference_model(backend, base, revision))
                 guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
                 step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss
                 if torch.cuda.is_available():

@@ -1,8 +1,10 @@
-"""The text modality of the one training path: chat/instruction records -> TRL ``SFTTrainer``.
+"""The text modality of the one training path: text records -> the objective's TRL trainer.
 
 :mod:`mg_mlflow.training.recipe` holds the skeleton (data -> backend -> MLflow run -> train -> save
--> verify -> register); this strategy says what is text-specific: how records load, how the model and
-tokenizer load (per backend), how records become batches, and what probe verifies the reload.
+-> verify -> register); this strategy says what is text-specific: what the run starts from
+(:mod:`mg_mlflow.training.start`), how the model and tokenizer load (per backend), and what probe
+verifies the reload. What is optimised, on which records and with which TRL trainer is the
+objective's (:mod:`mg_mlflow.training.objectives`: sft, dpo, kto, orpo, simpo).
 """
 
 from __future__ import annotations
@@ -10,85 +12,100 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.data.load import load_dataset_records, split_eval, to_trl_rows
-from mg_mlflow.errors import MGError
 from mg_mlflow.registry.publish import log_text_model, text_probe
-from mg_mlflow.training import batching
-from mg_mlflow.training.backends import inference_attention, load_model
-from mg_mlflow.training.common import no_answer_left, trainer_kwargs
+from mg_mlflow.training.backends import hf_load_kwargs, inference_attention, load_model
+from mg_mlflow.training.objectives import objective_for
+from mg_mlflow.training.objectives.sft import load_data, sft_config
+from mg_mlflow.training.start import Start, continue_adapter, plain_start, plan_start
 
 __all__ = ["TextModality", "load_data", "sft_config"]
 
 
-def load_data(cfg: TrainConfig):
-    """Load and validate train/eval data before any model is loaded (fails fast with file:line)."""
-    train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split)
-    if cfg.eval_dataset:
-        return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation")
-    return split_eval(train, cfg.eval_split, cfg.seed)
-
-
-def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str, mode: str | None = None):
-    """TRL's ``SFTConfig`` for the run, batching included (``mode``: the resolved batching, else
-    resolved here by :func:`mg_mlflow.training.batching.resolve_batching`)."""
-    from trl import SFTConfig
-
-    mode = mode or batching.resolve_batching(cfg, backend)
-    return SFTConfig(
-        **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, **batching.sft_kwargs(mode, backend),
-        completion_only_loss=cfg.train_on_responses_only or None, dataset_num_proc=None,
-        pad_to_multiple_of=batching.resolve_pad_multiple(cfg, mode)[0] or None,
-    )
-
-
 class TextModality:
-    """Text records (instruction or messages) trained with TRL's ``SFTTrainer``."""
+    """Text records trained with the objective's TRL trainer (``SFTTrainer`` for sft)."""
 
     name = "text"
     command = "train"
-    extra_tags: dict = {}
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        self.objective = objective_for(cfg)
+        self.start: Start | None = None
+
+    @property
+    def extra_tags(self) -> dict:
+        """Version (and run) tags: the objective and, when the run started from a version, its parent."""
+        tags = {"mg.objective": self.cfg.objective}
+        if self.start is not None and self.start.parent:
+            tags["mg.parent_model"] = self.start.parent
+        return tags
+
+    def run_tags(self) -> dict:
+        tags = dict(self.extra_tags)
+        if self.start is not None:
+            tags["mg.start"] = self.start.how
+        return tags
+
+    def run_params(self) -> dict:
+        return self.objective.params()
 
     def load_data(self):
-        return load_data(self.cfg)
+        return self.objective.load_data()
+
+    def starting_point(self, base: str, revision: str | None) -> tuple[str, str | None]:
+        """What from_pretrained loads: the base, or for a registered adapter its base (continue) or
+        the merged copy (fresh); decided before any run exists."""
+        self.start = plan_start(self.cfg, base, revision)
+        return self.start.base, self.start.revision
+
+    def base_reference(self, registers: bool, revision: str | None) -> dict:
+        start = self.start or plain_start(self.cfg.base_model, revision, self.cfg.base_model)
+        return start.base_reference(self.cfg.base_model, self.name, registers, revision)
 
     def load(self, backend: str, base: str, revision: str | None):
-        """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft)."""
-        return load_model(backend, self.cfg, base, revision)
+        """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft); a
+        registered adapter being continued goes on the model, trainable, instead of a new one."""
+        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision)
+        if self.start is not None and self.start.adapter is not None:
+            return continue_adapter(model, self.start), tokenizer, None
+        return model, tokenizer, peft_config
+
+    def reference_model(self, backend: str, base: str, revision: str | None):
+        """Full fine-tuning with an objective that keeps a reference: a frozen copy of what training
+        starts from, loaded explicitly. None with LoRA (TRL's reference is the adapter switched off,
+        or the frozen copy of a continued adapter)."""
+        if not self.objective.uses_reference or self.cfg.method != "full":
+            return None
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(base, **hf_load_kwargs(self.cfg, revision)).eval()
+        for param in ref.parameters():
+            param.requires_grad_(False)
+        return ref
+
+    def reference_description(self) -> str:
+        if not self.objective.uses_reference:
+            return "none (the objective needs no reference model)"
+        if self.cfg.method == "full":
+            return "a frozen copy of the starting model, loaded explicitly"
+        if self.start is not None and self.start.adapter is not None:
+            return f"{self.start.parent}: a frozen copy of the adapter being continued"
+        if self.start is not None and self.start.parent:
+            return f"{self.start.parent} (the new adapter switched off)"
+        return "the base model (the adapter switched off)"
 
     def trainer(self, model, tokenizer, peft_config, output_dir: Path, backend: str, train_data, eval_data,
-                callbacks: list):
-        from datasets import Dataset
-        from trl import SFTTrainer
-
-        cfg = self.cfg
-        mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
-        batching.check_boundaries(model, mode, backend)
-        rows = to_trl_rows(train_data.records, cfg.train_on_responses_only)
-        eval_rows = to_trl_rows(eval_data.records, cfg.train_on_responses_only) if eval_data else None
-        with batching.unsloth_choice(mode, backend):
-            trainer = SFTTrainer(
-                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend, mode),
-                data_collator=batching.data_collator(mode, backend, tokenizer),
-                train_dataset=Dataset.from_list(rows),
-                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-        got = batching.effective_mode(trainer)
-        if got != mode:  # e.g. Unsloth refusing packing for this model
-            raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into {got}",
-                          hint="use --batching padded (or auto)")
-        if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
-            raise no_answer_left(len(rows), cfg.max_seq_length)
-        return trainer
+                callbacks: list, ref_model=None):
+        return self.objective.trainer(model, tokenizer, peft_config, output_dir, backend, train_data, eval_data,
+                                      callbacks, ref_model=ref_model)
 
     def before_training(self, model, tokenizer, train_data, eval_data) -> None:
         pass
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
         inference_attention(model)  # the probe and the reloaded copies run the same attention
+        if "ref" in (getattr(model, "peft_config", None) or {}):  # TRL's frozen reference copy is not saved
+            model.delete_adapter("ref")
         return {}
 
     def probe(self, tokenizer, train_data, eval_data) -> dict:
@@ -103,5 +120,7 @@ class TextModality:
         return log_text_model(model_dir)
 
     def meta(self, model) -> dict:
-        return {}
-
+        out = {"objective": self.cfg.objective}
+        if self.start is not None and self.start.parent:
+            out["parent_model"] = self.start.parent
+        return out
