@@ -27,6 +27,7 @@ from mg_mlflow.registry.base_ref import local_base_reference, resolve_base
 from mg_mlflow.registry.loader import is_adapter_dir
 from mg_mlflow.registry.publish import make_base_reference
 from mg_mlflow.registry.resolve import resolve_model_uri
+from mg_mlflow.training.backends import torch_dtype
 
 
 @dataclass
@@ -91,8 +92,6 @@ def merged_copy(resolved, ref: dict) -> Path:
         return folder
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mg_mlflow.training.backends import torch_dtype
 
     base, revision = resolve_base(ref)
     dtype = torch_dtype(resolved.metadata.get("dtype") or "auto")

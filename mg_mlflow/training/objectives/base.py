@@ -93,4 +93,8 @@ class Objective:
                       processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
         if self.uses_reference:
             kwargs["ref_model"] = ref_model
-        return cls(**kwargs)
+        return self.adapt(cls(**kwargs))
+
+    def adapt(self, trainer):
+        """The trainer as built, adjusted where the objective's TRL trainer needs it."""
+        return trainer

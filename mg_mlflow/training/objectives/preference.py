@@ -16,6 +16,22 @@ PAIR_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "reward
                 "logps/rejected")
 
 
+def count_pair_tokens(trainer) -> None:
+    """tokens/s for TRL's experimental ORPO and CPO trainers: their batches hold ``chosen_*`` and
+    ``rejected_*`` rows (prompt + answer each) and no ``input_ids``, which transformers counts; count
+    the non-padding tokens of both, as DPO's stacked rows are counted."""
+    def track(inputs):
+        if trainer.args.include_num_input_tokens_seen == "no":
+            return
+        import torch
+
+        seen = sum(inputs[k].sum() for k in ("chosen_attention_mask", "rejected_attention_mask") if k in inputs)
+        seen = torch.as_tensor(seen, device=trainer.args.device, dtype=torch.int64)
+        trainer.state.num_input_tokens_seen += trainer.accelerator.gather(seen).sum().item()
+
+    trainer._track_num_input_tokens = track
+
+
 class DPO(Objective):
     """Direct preference optimisation: raise chosen over rejected relative to the reference."""
 
@@ -65,6 +81,10 @@ class ORPO(Objective):
     def own_settings(self) -> dict:
         return {"beta": self.cfg.beta}
 
+    def adapt(self, trainer):
+        count_pair_tokens(trainer)
+        return trainer
+
     def params(self) -> dict[str, str]:
         return {"loss_type_resolved": "orpo"}
 
@@ -83,3 +103,7 @@ class SimPO(Objective):
 
     def params(self) -> dict[str, str]:
         return {"loss_type_resolved": "simpo"}
+
+    def adapt(self, trainer):
+        count_pair_tokens(trainer)
+        return trainer
