@@ -269,6 +269,9 @@ class TrainConfig:
             problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         elif self.label_smoothing and self.objective not in ("dpo", "simpo"):
             problems.append(f"label_smoothing applies to dpo and simpo, not to objective {self.objective}")
+        if self.objective != "sft" and self.batching in ("padding_free", "packed"):
+            problems.append(f"batching={self.batching} is for sft: TRL's preference trainers pad each batch "
+                            "(use batching=padded or auto)")
         return problems
 
     @property

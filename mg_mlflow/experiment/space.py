@@ -18,7 +18,7 @@ KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 SHORT = {"learning_rate": "lr", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
          "lr_scheduler": "sched", "batch_size": "bs", "grad_accum": "ga", "warmup_steps": "warmup",
          "weight_decay": "wd", "max_steps": "steps"}
-# objective -> direction; anything else needs --direction
+# metric -> direction; anything else needs --direction
 MINIMIZE = ("loss", "perplexity", "emissions", "energy", "seconds", "latency")
 MAXIMIZE = ("exact_match", "f1", "rouge", "bleu", "chrf", "accuracy", "acc", "tokens_per_second", "valid")
 
@@ -160,14 +160,14 @@ def trial_name(number: int, params: dict[str, Any]) -> str:
     return f"trial {number} {body}".strip()
 
 
-def direction_for(objective: str, given: str = "") -> str:
+def direction_for(metric: str, given: str = "") -> str:
     if given:
         if given not in ("minimize", "maximize"):
             raise MGError(f"--direction {given!r}: use minimize or maximize")
         return given
-    key = objective.lower()
+    key = metric.lower()
     if any(word in key for word in MINIMIZE):
         return "minimize"
     if any(word in key for word in MAXIMIZE):
         return "maximize"
-    raise MGError(f"the direction of objective {objective!r} is not known", hint="add --direction minimize|maximize")
+    raise MGError(f"the direction of metric {metric!r} is not known", hint="add --direction minimize|maximize")

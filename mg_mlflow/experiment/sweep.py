@@ -51,8 +51,9 @@ class SweepSpec:
                                   "int:LOW:HIGH[:STEP], logint:LOW:HIGH, choice:A,B", group=SWEEP,
                               metavar="NAME=KIND:ARGS")
     trials: int = option(0, "number of trials (default with --grid: the grid's size)", group=SWEEP)
-    objective: str = option("eval_loss_final", "metric of each trial to optimise", group=SWEEP)
-    direction: str = option("", "only for objectives whose direction is not known (losses are minimised, eval/* "
+    metric: str = option("eval_loss_final", "metric of each trial to optimise (as promote --metric names it; "
+                                            "--objective is the training objective, e.g. dpo)", group=SWEEP)
+    direction: str = option("", "only for metrics whose direction is not known (losses are minimised, eval/* "
                                 "scores maximised)", ("minimize", "maximize"), group=SWEEP)
     sampler: str = option("tpe", "Optuna sampler for --space", ("tpe", "random"), group=SWEEP)
     pruner: str = option("median", "stop a trial whose eval loss at an evaluation is worse than the median of "
@@ -124,10 +125,10 @@ def validate(spec: SweepSpec):
         raise MGError("bad sweep options:\n" + "\n".join(f"  - {p}" for p in problems))
     first = {d.name: (d.values[0] if d.values else (int(d.low) if "int" in d.kind else d.low)) for d in grid + space}
     cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
-    direction = sp.direction_for(spec.objective, spec.direction)
-    if spec.objective.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
-        raise MGError(f"objective {spec.objective} needs an evaluation set",
-                      hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --objective loss_final")
+    direction = sp.direction_for(spec.metric, spec.direction)
+    if spec.metric.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
+        raise MGError(f"--metric {spec.metric} needs an evaluation set",
+                      hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --metric loss_final")
     if spec.pruner == "median" and direction == "minimize" and cfg.eval_steps <= 0 and (cfg.eval_split or cfg.eval_dataset):
         raise MGError("--pruner median stops bad trials at intermediate evaluations, and eval_steps is 0",
                       hint="add --eval-steps N (e.g. a fifth of max_steps), or --pruner none")
@@ -145,7 +146,7 @@ class Sweep:
         self.dims, self.config_cls, self.direction, self.echo = dims, cls, direction, echo
         self.client = MlflowClient()
         self.options = {k: v for k, v in spec.options.items() if v is not None}
-        self.prune = spec.pruner == "median" and direction == "minimize" and "loss" in spec.objective
+        self.prune = spec.pruner == "median" and direction == "minimize" and "loss" in spec.metric
         self.trial_register_as = self.options.get("register_as", "") if spec.register == "all" else "none"
         self.train = train_function(spec.modality)
 
@@ -221,6 +222,8 @@ def _pruner(spec: SweepSpec):
 
 def _spec_from_dict(data: dict) -> SweepSpec:
     names = {f.name for f in dataclasses.fields(SweepSpec)}
+    if "objective" in data and "metric" not in data:  # studies stored by earlier versions name it objective
+        data = {**data, "metric": data["objective"]}
     return SweepSpec(**{k: v for k, v in data.items() if k in names})
 
 
@@ -255,9 +258,9 @@ def trial_loop(sweep, result=None) -> str:
             return
         best = record.after_trial(sweep, outcome)
         shown = f"{outcome.value:.4g}" if outcome.value is not None else "-"
-        best_text = (f"best so far: trial {best['number']} {sweep.spec.objective}={best['value']:.4g}"
+        best_text = (f"best so far: trial {best['number']} {sweep.spec.metric}={best['value']:.4g}"
                      if best else "no complete trial yet")
-        sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.objective}={shown}"
+        sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.metric}={shown}"
                    f"{' (' + outcome.error + ')' if outcome.error else ''} | {best_text}")
         if len(sweep.done()) + len(sweep.trials("RUNNING")) >= sweep.target():  # others' included
             study.stop()

@@ -62,7 +62,7 @@ def log_objective(modality) -> None:
     logged = mlflow.active_run().data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in logged})
     describe = getattr(modality, "reference_description", None)
-    if describe is not None:
+    if describe is not None and describe():
         mlflow.set_tag("mg.reference", describe())
 
 

@@ -84,6 +84,9 @@ class TextModality:
         return ref
 
     def reference_description(self) -> str:
+        """The tag ``mg.reference`` of a preference run (empty for sft)."""
+        if self.cfg.objective == "sft":
+            return ""
         if not self.objective.uses_reference:
             return "none (the objective needs no reference model)"
         if self.cfg.method == "full":
