@@ -25,14 +25,17 @@ from mg_mlflow.data.load import (ROLES, LoadedDataset, digest_records, hub_rows,
 from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
-PAIRS, UNPAIRED, CONVERSATION = "pairs", "unpaired", "conversation"
+PAIRS, UNPAIRED, CONVERSATION, PROMPTS = "pairs", "unpaired", "conversation", "prompts"
 SHAPES = {
     CONVERSATION: "conversations: {instruction, input, output} or {messages} ending with the answer",
     PAIRS: "preference pairs: {prompt, chosen, rejected} (text or messages, optional system), or ShareGPT "
            "{conversations, chosen, rejected}",
     UNPAIRED: "unpaired labelled answers: {prompt, completion, label} or {messages, label}, label true/false",
+    PROMPTS: "prompts without answers: {prompt} (text or messages, optional system) plus any columns the rewards "
+             "read (e.g. answer)",
 }
-NEEDS = {"sft": CONVERSATION, "dpo": PAIRS, "orpo": PAIRS, "simpo": PAIRS, "kto": UNPAIRED}
+NEEDS = {"sft": CONVERSATION, "dpo": PAIRS, "orpo": PAIRS, "simpo": PAIRS, "kto": UNPAIRED, "grpo": PROMPTS,
+         "reward": PAIRS}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "model": "assistant", "system": "system"}
 
@@ -49,6 +52,8 @@ def shape_of(raw: object) -> str | None:
         return UNPAIRED  # the label is missing: reported as such by the unpaired loader
     if "messages" in raw or "instruction" in raw or "conversations" in raw:
         return CONVERSATION
+    if "prompt" in raw:
+        return PROMPTS
     return None
 
 
@@ -247,7 +252,7 @@ def load_preference_records(source: str, shape: str, split: str = "train") -> Lo
     records, locations = [], []
     for loc, raw in rows:
         found = shape_of(raw)
-        if found is not None and found != shape and found != CONVERSATION:
+        if found is not None and found != shape and found not in (CONVERSATION, PROMPTS):
             problems.append(f"{loc}: a record of {SHAPES[found]} among {SHAPES[shape]}")
             continue
         rec, problem = normalise(raw)
@@ -266,3 +271,4 @@ def load_preference_records(source: str, shape: str, split: str = "train") -> Lo
                       hint="add completions labelled the other way")
     return LoadedDataset(records=records, source=src, name=name, fmt=shape, digest=digest_records(records),
                          locations=locations)
+prompt_turns = _prompt  # the prompt turns of a record (text or messages, optional system), for other loaders

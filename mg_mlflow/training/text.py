@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.registry.publish import log_text_model, text_probe
 from mg_mlflow.training.backends import hf_load_kwargs, inference_attention, load_model
 from mg_mlflow.training.objectives import objective_for
 from mg_mlflow.training.objectives.sft import load_data, sft_config
@@ -65,7 +64,7 @@ class TextModality:
     def load(self, backend: str, base: str, revision: str | None):
         """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft); a
         registered adapter being continued goes on the model, trainable, instead of a new one."""
-        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision)
+        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision, head=self.objective.head)
         if self.start is not None and self.start.adapter is not None:
             return continue_adapter(model, self.start), tokenizer, None
         return model, tokenizer, peft_config
@@ -109,21 +108,21 @@ class TextModality:
         inference_attention(model)  # the probe and the reloaded copies run the same attention
         if "ref" in (getattr(model, "peft_config", None) or {}):  # TRL's frozen reference copy is not saved
             model.delete_adapter("ref")
-        return {}
+        return self.objective.summary()
 
+    # the reload probe, the class a saved model loads with and how it is logged: the objective's (a causal LM
+    # for every objective but reward, whose sequence-classification model scores texts)
     def probe(self, tokenizer, train_data, eval_data) -> dict:
-        return text_probe(tokenizer)
+        return self.objective.probe(tokenizer, train_data, eval_data)
 
     def auto_cls(self):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
+        return self.objective.auto_cls()
 
     def log_model(self, model_dir: Path):
-        return log_text_model(model_dir)
+        return self.objective.log_model(model_dir)
 
     def meta(self, model) -> dict:
-        out = {"objective": self.cfg.objective}
+        out = {"objective": self.cfg.objective, **self.objective.meta()}
         if self.start is not None and self.start.parent:
             out["parent_model"] = self.start.parent
         return out

@@ -5,7 +5,8 @@ records load and become TRL rows), its own settings (beta, loss_type, ...), the 
 logs and whether it keeps a reference model. Everything else (data checked before any run, one MLflow
 run, the same callbacks, verification before registration, carbon, resume, sweeps, jobs) is the
 skeleton's (:mod:`mg_mlflow.training.recipe`), written once. The reload probe is the text probe for
-every objective: what is registered is a causal LM whatever trained it.
+every objective; what is registered is a causal LM, except for an objective whose ``head`` says otherwise
+(``reward``: a sequence-classification model), which also says how it is loaded and logged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from mg_mlflow.config import OBJECTIVE_SETTINGS, TrainConfig
 from mg_mlflow.data.load import split_eval
 from mg_mlflow.data.preference import NEEDS, check_shape, load_preference_records
+from mg_mlflow.registry.publish import log_text_model, text_probe
 from mg_mlflow.training.common import trainer_kwargs
 
 
@@ -33,6 +35,7 @@ class Objective:
     trainer_class: tuple[str, str] = ("", "")  # (module, class) of the TRL trainer
     uses_reference = False          # keeps a frozen reference model (implicit with LoRA)
     step_metrics: tuple[str, ...] = ()  # what it logs per step besides loss, learning_rate, grad_norm
+    head = "causal-lm"              # what is trained and registered (reward: sequence-classification)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -98,3 +101,24 @@ class Objective:
     def adapt(self, trainer):
         """The trainer as built, adjusted where the objective's TRL trainer needs it."""
         return trainer
+
+    # ---- what is registered: a causal LM (the text probe, the text pyfunc) unless the objective says otherwise
+
+    def auto_cls(self):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM
+
+    def probe(self, tokenizer, train_data, eval_data) -> dict:
+        return text_probe(tokenizer)
+
+    def log_model(self, model_dir: Path):
+        return log_text_model(model_dir)
+
+    def meta(self) -> dict:
+        """Extra lineage for ``mg_model.json`` (e.g. the head of a reward model)."""
+        return {}
+
+    def summary(self) -> dict[str, float]:
+        """Summary metrics of the objective after training (e.g. held-out pairwise accuracy, time shares)."""
+        return {}
