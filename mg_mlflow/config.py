@@ -87,6 +87,18 @@ TRAINER_ARGS_HELP = (
     "as the MLflow param trainer_args.KEY")
 
 
+# the settings of the built-in rewards, shared by `train --objective grpo` and `evaluate --reward`
+REWARD_HELP = {
+    "reward_column": "the dataset column exact_match and contains compare each completion with",
+    "reward_regex": "the pattern of the regex reward (Python re, searched in the completion): 1 when it matches, "
+                    "else 0",
+    "reward_schema": "the JSON Schema file of the json_schema reward: 1 when the completion parses as JSON and "
+                     "validates, 0.5 when it parses only, else 0",
+    "reward_length_target": "the length reward's target in characters: the score is -|length - target| / target "
+                            "(0 at the target)",
+}
+
+
 @dataclass
 class TrainConfig:
     """One text fine-tuning run."""
@@ -133,13 +145,10 @@ class TrainConfig:
                                 "(TRL's signature: prompts, completions, **columns -> one float per completion); "
                                 "a registered reward model, models:/NAME@ALIAS; the total reward is the weighted "
                                 "sum", flags=("--reward",), metavar="NAME[:WEIGHT]", trainer_keys=("reward_weights",))
-    reward_column: str = _rl("answer", "the dataset column exact_match and contains compare each completion with")
-    reward_regex: str = _rl("", "the pattern of the regex reward (Python re, searched in the completion): 1 when "
-                                "it matches, else 0")
-    reward_schema: str = _rl("", "the JSON Schema file of the json_schema reward: 1 when the completion parses as "
-                                 "JSON and validates, 0.5 when it parses only, else 0")
-    reward_length_target: int = _rl(0, "the length reward's target in characters: the score is "
-                                       "-|length - target| / target (0 at the target)")
+    reward_column: str = _rl("answer", REWARD_HELP["reward_column"])
+    reward_regex: str = _rl("", REWARD_HELP["reward_regex"])
+    reward_schema: str = _rl("", REWARD_HELP["reward_schema"])
+    reward_length_target: int = _rl(0, REWARD_HELP["reward_length_target"])
     num_generations: int = _rl(4, "completions sampled per prompt: the group whose rewards are compared; "
                                   "batch_size x grad_accum must be a multiple of it", trainer_keys=("num_generations",))
     max_completion_length: int = _rl(64, "longest completion sampled, in tokens (a longer one is cut and counted in "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import PREFERENCE_KINDS, write_preference_sample, write_sample
+from mg_mlflow.data.sample import PREFERENCE_KINDS, write_preference_sample, write_prompt_sample, write_sample
 from mg_mlflow.data.stats import dataset_stats
 from mg_mlflow.data.vision_sample import write_vision_sample
 from mg_mlflow.env import setup_env
@@ -47,8 +47,10 @@ def validate_cmd(dataset, fmt, base_model, max_seq_length):
               help="write a learnable preference set (shout the word: uppercase is better): pairs "
                    "{prompt, chosen, rejected} for dpo/orpo/simpo, unpaired {prompt, completion, label} for kto, "
                    "or sft (the same prompts answered either way, an SFT start with no preference)")
+@click.option("--prompts", is_flag=True, help="write prompts for reinforcement learning (grpo, evaluate --reward): "
+                                             "{prompt: 'Shout the word: river', answer: 'RIVER'}")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample_cmd(path, records, fmt, vision, preference, seed):
+def sample_cmd(path, records, fmt, vision, preference, prompts, seed):
     """Write a small sample dataset to PATH (JSONL) to start from.
 
     \b
@@ -56,9 +58,12 @@ def sample_cmd(path, records, fmt, vision, preference, seed):
       model-garden data sample data.jsonl -n 200
       model-garden data sample chat.jsonl --format messages
       model-garden data sample prefs.jsonl --preference pairs
+      model-garden data sample prompts.jsonl --prompts
     """
     if vision:
         out = write_vision_sample(path, records, seed=seed)
+    elif prompts:
+        out = write_prompt_sample(path, records, seed)
     elif preference:
         out = write_preference_sample(path, records, preference, seed)
     else:

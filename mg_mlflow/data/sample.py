@@ -94,3 +94,21 @@ def write_preference_sample(path: str | Path, n: int = 64, kind: str = "pairs", 
         for rec in preference_records(n, seed, kind):
             fh.write(json.dumps(rec) + "\n")
     return path
+
+
+def prompt_records(n: int = 64, seed: int = 0) -> list[dict]:
+    """``n`` prompts for reinforcement learning: ``{"prompt": "Shout the word: river", "answer": "RIVER"}``
+    (the ``answer`` column is what ``--reward exact_match`` / ``contains`` compare with)."""
+    rng = random.Random(seed)
+    words = _WORDS + _COLOURS + _ANIMALS
+    return [{"prompt": f"Shout the word: {w}", "answer": w.upper()} for w in (rng.choice(words) for _ in range(n))]
+
+
+def write_prompt_sample(path: str | Path, n: int = 64, seed: int = 0) -> Path:
+    """Write ``n`` :func:`prompt_records` as JSONL."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for rec in prompt_records(n, seed):
+            fh.write(json.dumps(rec) + "\n")
+    return path
