@@ -34,7 +34,7 @@ def _cfg(**kw):
 
 
 def _scores(spec, completions, **cfg):
-    from mg_mlflow.training.rewards import build_rewards, score_completions
+    from mg_mlflow.registry.rewards import build_rewards, score_completions
 
     records = [{"prompt": [{"role": "user", "content": "q"}], "answer": "Paris"}] * len(completions)
     rewards = build_rewards(_cfg(reward=[spec], **cfg), [spec], records)
@@ -56,7 +56,7 @@ def test_built_in_rewards_score_as_documented(tmp_path):
 
 
 def test_reward_specs_take_weights_and_get_stable_metric_names(tmp_path):
-    from mg_mlflow.training.rewards import build_rewards, split_spec
+    from mg_mlflow.registry.rewards import build_rewards, split_spec
 
     assert split_spec("exact_match:0.5") == ("exact_match", 0.5)
     assert split_spec("models:/rm@champion:2") == ("models:/rm@champion", 2.0)

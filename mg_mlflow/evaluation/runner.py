@@ -29,7 +29,7 @@ from mg_mlflow.registry.loader import load_model_dir
 from mg_mlflow.registry.resolve import resolve_model_uri
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
-from mg_mlflow.training.rewards import build_rewards, check_rewards, score_completions
+from mg_mlflow.registry.rewards import build_rewards, check_rewards, score_completions
 
 
 @dataclass

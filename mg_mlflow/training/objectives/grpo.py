@@ -1,7 +1,7 @@
 """``grpo``: reinforcement learning with rewards, TRL's ``GRPOTrainer`` over a prompt dataset.
 
 For each prompt the policy samples ``num_generations`` completions, every ``--reward`` scores them
-(:mod:`mg_mlflow.training.rewards`; their weighted sum is the total), and each completion's advantage is its
+(:mod:`mg_mlflow.registry.rewards`; their weighted sum is the total), and each completion's advantage is its
 total reward against its group's. The rewards are built and checked when the data loads, before any model
 and any run. TRL logs, per step, ``rewards/<name>/mean`` and ``/std`` for every reward, ``reward`` (the
 total), ``reward_std``, ``kl`` (beta > 0), ``completions/mean_length`` and ``completions/clipped_ratio``
@@ -24,7 +24,7 @@ from mg_mlflow.data.prompts import check_columns, load_prompt_records, prompt_te
 from mg_mlflow.errors import MGError
 from mg_mlflow.training.common import trainer_kwargs
 from mg_mlflow.training.objectives.base import Objective, load_class
-from mg_mlflow.training.rewards import build_rewards, check_rewards, text_of
+from mg_mlflow.registry.rewards import build_rewards, check_rewards, text_of
 
 STEP_METRICS = ("reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio",
                 "clip_ratio/region_mean", "time/generation_s", "time/rewards_s")

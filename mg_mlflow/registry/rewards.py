@@ -14,7 +14,8 @@ conversational prompts), named for its metric ``rewards/<name>/mean``:
 - ``models:/NAME@ALIAS`` (or ``/VERSION``): a reward model trained with ``--objective reward``; its version
   is resolved and checked to be one before any run, and its weights load when training starts.
 
-The same functions score held-out answers in ``model-garden evaluate --reward``.
+The same functions score held-out answers in ``model-garden evaluate --reward`` (which is why they live
+beside the registry, below both training and evaluation).
 """
 
 from __future__ import annotations
