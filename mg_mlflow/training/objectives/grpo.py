@@ -112,6 +112,9 @@ class GRPO(Objective):
 
     def adapt(self, trainer):
         self._trainer = trainer
+        # GRPOTrainer counts prompt + completion tokens itself (state.num_input_tokens_seen); transformers'
+        # own count finds no input_ids in its batches and would warn every step
+        trainer._track_num_input_tokens = lambda inputs: None
         self._time_phase(trainer, "_generate", "generation")
         self._time_phase(trainer, "_calculate_rewards", "rewards")
         if self.cfg.sample_steps > 0:
