@@ -120,3 +120,36 @@ def test_a_prompt_file_with_bad_records_is_refused_with_every_line(mg_home, tiny
     assert "p.jsonl:2: field 'prompt' is empty" in proc.stderr
     assert "p.jsonl:3: column 'completions' clashes" in proc.stderr
     assert _runs() == []
+
+
+def test_evaluate_scores_answers_with_rewards_and_logs_each_mean(mg_home, tiny_model, prompts, tmp_path):
+    """`evaluate --reward` on prompts: each reward's mean and the weighted total, one row per prompt."""
+    rewards = tmp_path / "mine.py"
+    rewards.write_text("def short(prompts, completions, **kw):\n"
+                       "    return [1.0 if len(c[0]['content']) < 1000 else 0.0 for c in completions]\n")
+    proc = invoke_cli(["evaluate", str(tiny_model), "--dataset", str(prompts), "--reward", "exact_match:2",
+                       "--reward", f"{rewards}:short", "--max-new-tokens", "4", "--no-carbon", "--json"])
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)["metrics"]
+    assert metrics["eval/reward/exact_match"] == 0.0 and metrics["eval/reward/short"] == 1.0
+    assert metrics["eval/reward/total"] == 1.0  # 2 x 0 + 1 x 1
+    assert "eval/loss" not in metrics  # prompts have no reference answers to score a loss on
+    import mlflow
+
+    from mg_mlflow.evaluation.record import TABLE
+
+    client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = json.loads(proc.stdout)["run_id"]
+    assert client.get_run(run_id).data.metrics["eval/reward/short"] == 1.0
+    table = json.loads(open(client.download_artifacts(run_id, TABLE)).read())
+    assert len(table["data"]) == 2
+    assert {"prediction", "reward/exact_match", "reward/short", "reward/total"} <= set(table["columns"])
+
+
+def test_evaluate_refuses_a_broken_reward_file_before_any_run(mg_home, tiny_model, prompts, tmp_path):
+    path = tmp_path / "rewards.py"
+    path.write_text("def my_reward(prompts, completions, **kw):\n    return [0.0]\n")
+    proc = invoke_cli(["evaluate", str(tiny_model), "--dataset", str(prompts), "--reward", f"{path}:my_reward",
+                       "--no-carbon"])
+    assert proc.returncode == 2 and f"{path}:1" in proc.stderr and "returned 1 values" in proc.stderr, proc.stderr
+    assert _runs() == []
