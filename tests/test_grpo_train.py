@@ -56,7 +56,7 @@ def prompts(tmp_path_factory):
 def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout_reward(mg_home, tiny_model,
                                                                                         prompts):
     common = {**GRPO, "base_model": str(tiny_model), "dataset": str(prompts["train"]), "register_as": "tiny-grpo"}
-    start = _train(**common, max_steps=1, learning_rate=1e-9, alias="champion")  # v1: the starting model
+    start = _train(**{**common, "learning_rate": 1e-9}, max_steps=1, alias="champion")  # v1: the starting model
     result = _train(**common, max_steps=STEPS)  # v2
     client = _client()
     run = client.get_run(result.run_id)
@@ -126,8 +126,8 @@ def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home
     assert max(abs(a - b) for a, b in zip(served, reward_scores(model, tok, texts))) < 1e-4
 
     # a GRPO reward by URI, logged under the registered name
-    grpo = _train(**{**GRPO, "reward": [f"models:/tiny-rm/{result.registered_version}"]}, base_model=str(tiny_model),
-                  dataset=str(prompts["train"]), max_steps=2, register_as="none")
+    grpo = _train(**{**GRPO, "reward": [f"models:/tiny-rm/{result.registered_version}"]},
+                  base_model=str(tiny_model), dataset=str(prompts["train"]), max_steps=2, register_as="none")
     assert len(client.get_metric_history(grpo.run_id, "rewards/tiny-rm/mean")) == 2
 
     # a causal language model is no reward model: refused before any run
