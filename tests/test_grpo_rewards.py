@@ -153,3 +153,25 @@ def test_evaluate_refuses_a_broken_reward_file_before_any_run(mg_home, tiny_mode
                        "--no-carbon"])
     assert proc.returncode == 2 and f"{path}:1" in proc.stderr and "returned 1 values" in proc.stderr, proc.stderr
     assert _runs() == []
+
+
+def test_grpo_options_reach_trls_grpo_config_and_trainer_args_are_checked_against_it(tmp_path):
+    from mg_mlflow.errors import ConfigError
+    from mg_mlflow.registry.rewards import build_rewards
+    from mg_mlflow.training.objectives import objective_for
+
+    cfg = _cfg(reward=["length", "exact_match:0.5"], reward_length_target=8, num_generations=2,
+               max_completion_length=12, temperature=0.7, beta=0.0, loss_type="dr_grpo", scale_rewards="none",
+               epsilon=0.3, trainer_args={"num_iterations": "2"})
+    objective = objective_for(cfg)
+    objective.rewards = build_rewards(cfg, cfg.reward, [{"prompt": [{"role": "user", "content": "q"}], "answer": "a"}])
+    args = objective.settings(tmp_path, False, "hf")
+    assert type(args).__name__ == "GRPOConfig"
+    assert (args.num_generations, args.max_completion_length, args.temperature, args.beta, args.loss_type,
+            args.scale_rewards, args.epsilon, args.reward_weights, args.num_iterations, args.use_vllm) == \
+        (2, 12, 0.7, 0.0, "dr_grpo", "none", 0.3, [1.0, 0.5], 2, False)
+    assert objective.params()["rewards_resolved"] == "length:1,exact_match:0.5"
+    with pytest.raises(ConfigError, match="use --num-generations"):
+        _cfg(reward=["format"], trainer_args={"num_generations": "8"})
+    with pytest.raises(ConfigError, match="not a setting of trl.GRPOConfig"):
+        _cfg(reward=["format"], trainer_args={"truncation_mode": "keep_end"})
