@@ -126,10 +126,11 @@ def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home
     served = mlflow.pyfunc.load_model(f"models:/tiny-rm/{result.registered_version}").predict(texts)
     assert max(abs(a - b) for a, b in zip(served, reward_scores(model, tok, texts))) < 1e-4
 
-    # a GRPO reward by URI, logged under the registered name
-    grpo = _train(**{**GRPO, "reward": [f"models:/tiny-rm/{result.registered_version}"]},
+    # a GRPO reward by URI, logged under the registered name; beta > 0: the KL to the starting model per step
+    grpo = _train(**{**GRPO, "reward": [f"models:/tiny-rm/{result.registered_version}"], "beta": 0.04},
                   base_model=str(tiny_model), dataset=str(prompts["train"]), max_steps=2, register_as="none")
-    assert len(client.get_metric_history(grpo.run_id, "rewards/tiny-rm/mean")) == 2
+    for key in ("rewards/tiny-rm/mean", "rewards/tiny-rm/std", "kl"):
+        assert len(client.get_metric_history(grpo.run_id, key)) == 2, key
 
     # a causal language model is no reward model: refused before any run
     base = next(m.name for m in client.search_registered_models()
