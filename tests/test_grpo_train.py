@@ -96,7 +96,9 @@ def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout
     assert scored[1]["eval/reward/total"] == scored[1]["eval/reward/length"]
     promoted = invoke_cli(["promote", "tiny-grpo", "--alias", "champion", "--metric", "eval/reward/length"])
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
-    assert client.get_model_version_by_alias("tiny-grpo", "champion").version == result.registered_version
+    assert str(client.get_model_version_by_alias("tiny-grpo", "champion").version) == result.registered_version
+    print(f"rewards/length/mean first 5 steps {first:.3f}, last 5 {last:.3f}; held-out eval/reward/length "
+          f"{scored[0]['eval/reward/length']:.3f} -> {scored[1]['eval/reward/length']:.3f}")
 
 
 def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home, tiny_model, prompts, tmp_path):
