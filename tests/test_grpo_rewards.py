@@ -171,6 +171,9 @@ def test_grpo_options_reach_trls_grpo_config_and_trainer_args_are_checked_agains
             args.scale_rewards, args.epsilon, args.reward_weights, args.num_iterations, args.use_vllm) == \
         (2, 12, 0.7, 0.0, "dr_grpo", "none", 0.3, [1.0, 0.5], 2, False)
     assert objective.params()["rewards_resolved"] == "length:1,exact_match:0.5"
+    assert objective.reference_note() == "none (beta=0: no KL term)"
+    assert objective_for(_cfg(reward=["format"], beta=0.04)).reference_note() == \
+        "the starting model (the adapter switched off)"
     with pytest.raises(ConfigError, match="use --num-generations"):
         _cfg(reward=["format"], trainer_args={"num_generations": "8"})
     with pytest.raises(ConfigError, match="not a setting of trl.GRPOConfig"):

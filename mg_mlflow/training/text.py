@@ -86,6 +86,8 @@ class TextModality:
         """The tag ``mg.reference`` of a preference run (empty for sft)."""
         if self.cfg.objective == "sft":
             return ""
+        if self.objective.reference_note() is not None:
+            return self.objective.reference_note()
         if not self.objective.uses_reference:
             return "none (the objective needs no reference model)"
         if self.cfg.method == "full":

@@ -119,6 +119,10 @@ class Objective:
         """Extra lineage for ``mg_model.json`` (e.g. the head of a reward model)."""
         return {}
 
+    def reference_note(self) -> str | None:
+        """What the reference model is, for an objective whose trainer keeps its own (None: the skeleton's rule)."""
+        return None
+
     def summary(self) -> dict[str, float]:
         """Summary metrics of the objective after training (e.g. held-out pairwise accuracy, time shares)."""
         return {}

@@ -93,6 +93,14 @@ class GRPO(Objective):
         return {"loss_type_resolved": self.loss_type, "generation_resolved": self.generation,
                 "rewards_resolved": ",".join(f"{r.name}:{r.weight:g}" for r in self.rewards)}
 
+    def reference_note(self) -> str:
+        """GRPOTrainer keeps its own reference when beta > 0 (the KL term)."""
+        if self.cfg.beta == 0:
+            return "none (beta=0: no KL term)"
+        if self.cfg.method == "full":
+            return "a frozen copy of the starting model, loaded by TRL's GRPOTrainer"
+        return "the starting model (the adapter switched off)"
+
     def settings(self, output_dir: Path, has_eval: bool, backend: str):
         cls = load_class(self.settings_class)  # GRPOConfig: no max_length (prompts and completions have their own)
         return cls(**trainer_kwargs(self.cfg, output_dir, has_eval, backend), **self.own_settings())
