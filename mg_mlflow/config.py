@@ -23,7 +23,8 @@ from mg_mlflow.options import (build_config, check_values, coerce, coerce_hint, 
 
 __all__ = ["TrainConfig", "build_config", "coerce", "parse_bool", "to_dict", "to_yaml", "trainer_args_for",
            "trainer_arg_problems", "trainer_keys_set_by", "field_help", "BACKENDS", "METHODS", "SAVE_METHODS",
-           "DTYPES", "SCHEDULERS", "FORMATS", "BATCHING", "GROUPS"]
+           "DTYPES", "SCHEDULERS", "FORMATS", "BATCHING", "GROUPS", "OBJECTIVES", "OBJECTIVE_SETTINGS",
+           "DPO_LOSSES", "KTO_LOSSES", "GRPO_LOSSES", "REFERENCES"]
 
 BACKENDS = ("auto", "unsloth", "hf")
 METHODS = ("lora", "qlora", "full")
@@ -33,11 +34,25 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
               "polynomial", "inverse_sqrt")
 FORMATS = ("auto", "instruction", "messages", "sharegpt", "prompt_completion")
 BATCHING = ("auto", "padded", "padding_free", "packed")
+OBJECTIVES = ("sft", "dpo", "kto", "orpo", "simpo", "grpo", "reward")
+# the TRL settings class of each objective (TRL 1.16 keeps ORPO and CPO/SimPO under trl.experimental):
+# trainer_args are checked against it
+OBJECTIVE_SETTINGS = {"sft": ("trl", "SFTConfig"), "dpo": ("trl", "DPOConfig"), "kto": ("trl", "KTOConfig"),
+                      "orpo": ("trl.experimental.orpo", "ORPOConfig"), "simpo": ("trl.experimental.cpo", "CPOConfig"),
+                      "grpo": ("trl", "GRPOConfig"), "reward": ("trl", "RewardConfig")}
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
+GRPO_LOSSES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's GRPOConfig
+SCALE_REWARDS = ("group", "batch", "none")
+GENERATION = ("auto", "vllm", "generate")
+REFERENCES = ("continue", "fresh")
 
 # The parts of a run, in the order `--help` lists them.
-MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY = (
-    "Model", "Data", "LoRA", "Optimisation", "Evaluation and checkpoints", "Tracking", "Carbon", "Registry")
-GROUPS = (MODEL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY)
+MODEL, OBJECTIVE, RL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY = (
+    "Model", "Objective", "Reinforcement learning (grpo)", "Data", "LoRA", "Optimisation",
+    "Evaluation and checkpoints", "Tracking", "Carbon", "Registry")
+GROUPS = (MODEL, OBJECTIVE, RL, DATA, LORA, OPTIM, CHECKPOINTS, TRACKING, CARBON, REGISTRY)
 
 
 def _in(group: str):
@@ -46,7 +61,8 @@ def _in(group: str):
     return functools.partial(option, group=group)
 
 
-_model, _data, _lora, _optim = _in(MODEL), _in(DATA), _in(LORA), _in(OPTIM)
+_model, _objective, _data, _lora, _optim = _in(MODEL), _in(OBJECTIVE), _in(DATA), _in(LORA), _in(OPTIM)
+_rl = _in(RL)
 _checkpoints, _tracking, _carbon, _registry = _in(CHECKPOINTS), _in(TRACKING), _in(CARBON), _in(REGISTRY)
 
 # Settings Model Garden's training path fixes itself (no option of its own sets them), with the reason.
@@ -71,6 +87,18 @@ TRAINER_ARGS_HELP = (
     "as the MLflow param trainer_args.KEY")
 
 
+# the settings of the built-in rewards, shared by `train --objective grpo` and `evaluate --reward`
+REWARD_HELP = {
+    "reward_column": "the dataset column exact_match and contains compare each completion with",
+    "reward_regex": "the pattern of the regex reward (Python re, searched in the completion): 1 when it matches, "
+                    "else 0",
+    "reward_schema": "the JSON Schema file of the json_schema reward: 1 when the completion parses as JSON and "
+                     "validates, 0.5 when it parses only, else 0",
+    "reward_length_target": "the length reward's target in characters: the score is -|length - target| / target "
+                            "(0 at the target)",
+}
+
+
 @dataclass
 class TrainConfig:
     """One text fine-tuning run."""
@@ -82,6 +110,62 @@ class TrainConfig:
     method: str = _model("lora", "lora, qlora (4-bit base, needs CUDA + bitsandbytes) or full fine-tuning", METHODS)
     dtype: str = _model("auto", "compute dtype; auto = bfloat16 on a GPU that supports it, else float32", DTYPES,
                         trainer_keys=("bf16", "fp16"))
+    # ---- objective: what the training optimises (docs/preference.md)
+    objective: str = _objective("sft", "what training optimises: sft (supervised: imitate the answers), dpo "
+                                       "(prefer chosen over rejected answers, against a frozen reference), kto "
+                                       "(unpaired answers labelled good or bad), orpo (SFT plus an odds-ratio "
+                                       "preference term, no reference), simpo (length-normalised preference with "
+                                       "a margin, no reference), grpo (reinforcement learning: sample answers "
+                                       "to prompts, score them with --reward, move toward the better ones), "
+                                       "reward (a reward model: a score head trained on preference pairs, usable "
+                                       "as a grpo --reward by its models:/ URI); each needs its data shape: sft "
+                                       "conversations, dpo/orpo/simpo/reward prompt/chosen/rejected pairs, kto "
+                                       "prompt/completion + label, grpo prompts (+ columns the rewards read)",
+                                OBJECTIVES)
+    beta: float = _objective(0.1, "preference objectives: how far the model may move from the reference (dpo, "
+                                  "kto, grpo: the KL weight, grpo 0 = no reference model; orpo: the odds-ratio "
+                                  "weight; simpo: the reward scale); larger = stay closer", trainer_keys=("beta",))
+    loss_type: str = _objective("", "the preference loss: dpo one of " + ", ".join(DPO_LOSSES) + "; kto one of "
+                                + ", ".join(KTO_LOSSES) + "; grpo one of " + ", ".join(GRPO_LOSSES) + " (how token losses are "
+                                "averaged: grpo per sequence, dr_grpo by a constant, dapo/bnpo by the tokens of "
+                                "the batch); empty = the objective's own (dpo sigmoid, kto kto, grpo dapo; orpo "
+                                "and simpo have one each)", trainer_keys=("loss_type",))
+    label_smoothing: float = _objective(0.0, "dpo (sigmoid loss) and simpo: the assumed share of preference "
+                                             "labels that are wrong, in [0, 0.5) (robust DPO)",
+                                        trainer_keys=("label_smoothing",))
+    reference: str = _objective("continue", "training from a registered LoRA adapter (base_model models:/NAME@"
+                                            "ALIAS): continue (train that adapter further; the reference is the "
+                                            "registered model) or fresh (merge it into its base and train a new "
+                                            "adapter on the merged model, which is the reference)", REFERENCES)
+    # ---- reinforcement learning (docs/reinforcement-learning.md)
+    reward: list[str] = _rl([], "grpo: how each completion is scored, repeatable, NAME[:WEIGHT]: built-ins "
+                                "exact_match and contains (against --reward-column), regex (--reward-regex), "
+                                "json_schema (--reward-schema), length (--reward-length-target), format "
+                                "(<think>...</think><answer>...</answer>); a function of yours, FILE.py:FUNCTION "
+                                "(TRL's signature: prompts, completions, **columns -> one float per completion); "
+                                "a registered reward model, models:/NAME@ALIAS; the total reward is the weighted "
+                                "sum", flags=("--reward",), metavar="NAME[:WEIGHT]", trainer_keys=("reward_weights",))
+    reward_column: str = _rl("answer", REWARD_HELP["reward_column"])
+    reward_regex: str = _rl("", REWARD_HELP["reward_regex"])
+    reward_schema: str = _rl("", REWARD_HELP["reward_schema"])
+    reward_length_target: int = _rl(0, REWARD_HELP["reward_length_target"])
+    num_generations: int = _rl(4, "completions sampled per prompt: the group whose rewards are compared; "
+                                  "batch_size x grad_accum must be a multiple of it", trainer_keys=("num_generations",))
+    max_completion_length: int = _rl(64, "longest completion sampled, in tokens (a longer one is cut and counted in "
+                                         "completions/clipped_ratio)", trainer_keys=("max_completion_length",))
+    temperature: float = _rl(1.0, "sampling temperature of the completions (higher = more varied groups)",
+                             trainer_keys=("temperature",))
+    epsilon: float = _rl(0.2, "the clipping range of the policy ratio (PPO's epsilon): how far one update may "
+                              "move a token's probability", trainer_keys=("epsilon",))
+    scale_rewards: str = _rl("group", "divide each advantage by the reward std of its group, of the whole "
+                                      "batch, or none (Dr. GRPO: no difficulty bias)", SCALE_REWARDS,
+                             trainer_keys=("scale_rewards",))
+    generation: str = _rl("auto", "how completions are sampled: vllm (TRL's vLLM in colocate mode, sharing the "
+                                  "GPU; needs CUDA and vllm), generate (transformers' model.generate), auto (vllm "
+                                  "on CUDA when vllm is installed, else generate)", GENERATION,
+                          trainer_keys=("use_vllm", "vllm_mode"))
+    sample_steps: int = _rl(10, "log a table of sampled completions with each reward's score every N steps "
+                                "(artifact samples/step_NNNNN.json; 0 = never)", trainer_keys=("log_completions",))
     # ---- data
     dataset: str = _data("", "JSONL/JSON/CSV/Parquet file, or a Hugging Face dataset name")
     dataset_format: str = _data("auto", "record format: instruction (Alpaca: instruction, input, output, optional "
@@ -184,8 +268,10 @@ class TrainConfig:
     verify_tolerance: float = _registry(1e-3, "max |logit difference| between trained and reloaded model before "
                                               "registering")
 
-    # the settings class trainer_args are checked against: (module, class)
-    trainer_args_of = ("trl", "SFTConfig")
+    @property
+    def trainer_args_of(self) -> tuple[str, str]:
+        """The settings class trainer_args are checked against: (module, class), by objective."""
+        return OBJECTIVE_SETTINGS.get(self.objective, OBJECTIVE_SETTINGS["sft"])
 
     def validate(self) -> None:
         problems = check_values(self) + trainer_arg_problems(self)
@@ -229,8 +315,56 @@ class TrainConfig:
             problems += [p for p in [name_problem(self.register_as, "register_as")] if p]
         if self.alias:
             problems += [p for p in [alias_problem(self.alias, "alias")] if p]
+        problems += self.objective_problems()
         if problems:
             raise ConfigError(problems, "the training configuration")
+
+    def objective_problems(self) -> list[str]:
+        """The objective's own settings: a loss it does not have, a beta or smoothing out of range."""
+        problems = []
+        losses = {"dpo": DPO_LOSSES, "kto": KTO_LOSSES, "grpo": GRPO_LOSSES}.get(self.objective, ())
+        if self.loss_type and not losses:
+            problems.append(f"loss_type={self.loss_type!r}: objective {self.objective} has no loss variants "
+                            "(loss_type is for dpo, kto and grpo)")
+        elif self.loss_type and self.loss_type not in losses:
+            problems.append(f"loss_type={self.loss_type!r} is not a {self.objective} loss: one of {', '.join(losses)}")
+        if self.beta < 0 or (self.beta == 0 and self.objective != "grpo"):
+            problems.append(f"beta must be > 0 (grpo: >= 0), got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            problems.append(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        elif self.label_smoothing and self.objective not in ("dpo", "simpo"):
+            problems.append(f"label_smoothing applies to dpo and simpo, not to objective {self.objective}")
+        if self.objective != "sft" and self.batching in ("padding_free", "packed"):
+            problems.append(f"batching={self.batching} is for sft: TRL's preference trainers pad each batch "
+                            "(use batching=padded or auto)")
+        return problems + self.rl_problems()
+
+    def rl_problems(self) -> list[str]:
+        """The grpo settings: rewards given, group sizes that divide the batch, ranges."""
+        if self.objective != "grpo":
+            given = [f for f in ("reward", "reward_regex", "reward_schema") if getattr(self, f)]
+            return [f"{given[0]} is for objective grpo (got objective {self.objective})"] if given else []
+        problems = []
+        if not self.reward:
+            problems.append("objective grpo needs at least one --reward (e.g. --reward exact_match, --reward "
+                            "rewards.py:my_reward, --reward models:/my-rm@champion)")
+        if self.num_generations < 2:
+            problems.append(f"num_generations must be >= 2 (rewards are compared within a group), got "
+                            f"{self.num_generations}")
+        elif (self.batch_size * self.grad_accum) % self.num_generations:
+            problems.append(f"batch_size x grad_accum = {self.batch_size * self.grad_accum} completions per step "
+                            f"must be a multiple of num_generations={self.num_generations} (whole groups)")
+        if self.max_completion_length < 1:
+            problems.append(f"max_completion_length must be >= 1, got {self.max_completion_length}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be > 0 (GRPO samples), got {self.temperature}")
+        if not 0 < self.epsilon < 1:
+            problems.append(f"epsilon must be in (0, 1), got {self.epsilon}")
+        if self.sample_steps < 0:
+            problems.append(f"sample_steps must be >= 0 (0 = never), got {self.sample_steps}")
+        if self.reward_length_target < 0:
+            problems.append(f"reward_length_target must be >= 0, got {self.reward_length_target}")
+        return problems
 
     @property
     def registers(self) -> bool:

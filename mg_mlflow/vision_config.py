@@ -66,6 +66,9 @@ class VisionTrainConfig(TrainConfig):
         if self.pad_to_multiple_of > 0:
             problems.append(f"pad_to_multiple_of={self.pad_to_multiple_of} applies to text runs only (the vision "
                             "collator pads each batch to its longest example): leave it at -1 (auto) or 0")
+        if self.objective != "sft":
+            problems.append(f"objective={self.objective}: vision runs train with sft only (the preference "
+                            "objectives are for text runs: model-garden train --objective ...)")
         if self.sample_images < 0 or self.sample_max_new_tokens < 1:
             problems.append("sample_images must be >= 0 and sample_max_new_tokens >= 1")
         if problems:

@@ -99,7 +99,7 @@ def test_failed_trial_does_not_stop_the_sweep(mg_home, tiny_model, sample_data):
 
     # max_seq_length=4 leaves no example whose answer fits: the recipe fails inside its run
     spec = _spec(tiny_model, sample_data, grid=["max_seq_length=4,256"], pruner="none", register="none",
-                 objective="loss_final", options={"eval_split": 0.0, "eval_steps": 0})
+                 metric="loss_final", options={"eval_split": 0.0, "eval_steps": 0})
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
     by_len = {c.data.params.get("max_seq_length"): c for c in _children(client, result.parent_run_id)}
@@ -115,7 +115,7 @@ def test_carbon_budget_stops_new_trials(mg_home, tiny_model, sample_data):
     from mg_mlflow.experiment.sweep import run_sweep
 
     spec = _spec(tiny_model, sample_data, grid=["seed=1,2,3"], pruner="none", register="none",
-                 objective="loss_final", max_emissions_kg=1e-12,
+                 metric="loss_final", max_emissions_kg=1e-12,
                  options={"carbon": True, "carbon_measure_secs": 1, "eval_split": 0.0, "eval_steps": 0})
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
@@ -134,7 +134,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # grid order (seed 42): max_steps=8 first, then the long trial that is interrupted
     cmd = [str(BIN / "model-garden"), "sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data),
-           "--grid", "max_steps=200,8", "--objective", "loss_final", "--pruner", "none", "--register", "none",
+           "--grid", "max_steps=200,8", "--metric", "loss_final", "--pruner", "none", "--register", "none",
            "--no-system-metrics", "--no-carbon", "--learning-rate", "1e-3"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     client = MlflowClient()
@@ -202,7 +202,7 @@ def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(BIN / "mlflow"), "run", str(ROOT), "-e", "sweep", "--env-manager", "local",
            "-P", f"base_model={tiny_model}", "-P", f"dataset={sample_data}", "-P", "max_steps=4",
-           "-P", "grid=seed=1,2", "-P", "trials=2", "-P", "objective=loss_final", "-P", "pruner=none",
+           "-P", "grid=seed=1,2", "-P", "trials=2", "-P", "metric=loss_final", "-P", "pruner=none",
            "-P", "register=none", "-P", "max_emissions_kg=1.0", "-P", "lora_r=4",
            "-P", "carbon=false", "-P", "system_metrics=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
@@ -211,7 +211,7 @@ def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path)
     parents = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id], "tags.mg.run_kind = 'sweep'")]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     params = parents[0].data.params
-    assert (params["sweep.trials"], params["sweep.max_emissions_kg"], params["sweep.objective"],
+    assert (params["sweep.trials"], params["sweep.max_emissions_kg"], params["sweep.metric"],
             params["sweep.pruner"], params["sweep.register"]) == ("2", "1.0", "loss_final", "none", "none")
     children = _children(client, parents[0].info.run_id)
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
@@ -225,7 +225,7 @@ def test_parallel_workers_share_one_study(mg_home, tiny_model, sample_data):
     from mg_mlflow.experiment.sweep import run_sweep
 
     spec = _spec(tiny_model, sample_data, grid=["seed=1,2,3"], pruner="none", register="none", parallel=2,
-                 objective="loss_final", options={"max_steps": 4, "eval_split": 0.0, "eval_steps": 0})
+                 metric="loss_final", options={"max_steps": 4, "eval_split": 0.0, "eval_steps": 0})
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
     children = _children(client, result.parent_run_id)
@@ -244,7 +244,7 @@ def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
                "max_pixels": 12544, "max_seq_length": 256, "sample_images": 0, "system_metrics": False,
                "carbon": False}
     spec = SweepSpec(options={**options, "register_as": "vl-sweep"}, modality="vision",
-                     grid=["learning_rate=1e-3,3e-3"], pruner="none", register="best", objective="loss_final")
+                     grid=["learning_rate=1e-3,3e-3"], pruner="none", register="best", metric="loss_final")
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
     children = _children(client, result.parent_run_id)

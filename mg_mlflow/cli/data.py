@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from mg_mlflow.cli.base import console, print_kv
-from mg_mlflow.data.sample import TASKS, write_sample, write_split_sample
+from mg_mlflow.data.sample import (PREFERENCE_KINDS, TASKS, write_preference_sample, write_prompt_sample,
+                                   write_sample, write_split_sample)
 from mg_mlflow.data.split import split_file
 from mg_mlflow.config import FORMATS
 from mg_mlflow.data.chat_tokens import readable
@@ -86,6 +87,12 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
 @click.option("--format", "fmt", type=click.Choice(["instruction", "messages"]), default="instruction",
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
+@click.option("--preference", type=click.Choice(list(PREFERENCE_KINDS)), default=None,
+              help="write a learnable preference set (shout the word: uppercase is better): pairs "
+                   "{prompt, chosen, rejected} for dpo/orpo/simpo, unpaired {prompt, completion, label} for kto, "
+                   "or sft (the same prompts answered either way, an SFT start with no preference)")
+@click.option("--prompts", is_flag=True, help="write prompts for reinforcement learning (grpo, evaluate --reward): "
+                                             "{prompt: 'Shout the word: river', answer: 'RIVER'}")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--task", type=click.Choice(["mixed", *TASKS]), default="mixed", show_default=True,
               help="which task the records teach: reverse, add, describe, spell, or the four in turn; "
@@ -95,7 +102,7 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
                                        "with PATH (for `evaluate`)")
 @click.option("--heldout", default=None, metavar="FILE",
               help="with --split: the held-out file (default: PATH's name + -heldout.jsonl, beside it)")
-def sample_cmd(path, records, fmt, vision, seed, task, fraction, heldout):
+def sample_cmd(path, records, fmt, vision, preference, prompts, seed, task, fraction, heldout):
     """Write a small sample dataset to PATH (JSONL) to start from.
 
     With --split, the records are divided into PATH (training) and a held-out file: every copy of a
@@ -106,6 +113,8 @@ def sample_cmd(path, records, fmt, vision, seed, task, fraction, heldout):
       model-garden data sample data.jsonl -n 200
       model-garden data sample chat.jsonl --format messages
       model-garden data sample data.jsonl -n 160 --split 0.2 --heldout heldout.jsonl
+      model-garden data sample prefs.jsonl --preference pairs
+      model-garden data sample prompts.jsonl --prompts
     """
     if heldout and fraction is None:
         raise MGError("--heldout FILE needs --split FRACTION (the share of records held out)")
@@ -118,6 +127,10 @@ def sample_cmd(path, records, fmt, vision, seed, task, fraction, heldout):
         console().print(f"wrote {n_train} training records to [bold]{out}[/] and {n_held} held-out records "
                         f"to [bold]{held}[/] (no record in both)")
         return
+    elif prompts:
+        out = write_prompt_sample(path, records, seed)
+    elif preference:
+        out = write_preference_sample(path, records, preference, seed)
     else:
         out = write_sample(path, records, fmt, seed, task)
     console().print(f"wrote {records} records to [bold]{out}[/]")

@@ -14,7 +14,7 @@ from mg_mlflow.registry.resolve import registry_version
 from mg_mlflow.team.server import job_runner_off
 from mg_mlflow.tracking import ui_links
 from mg_mlflow.tracking.liveness import DEAD, process_state, repair
-from mg_mlflow.tracking.query import get_run, list_runs
+from mg_mlflow.tracking.query import get_run, list_runs, sample_tables
 from mg_mlflow.tracking.run import use_tracking_uri
 from mg_mlflow.tracking.spool import read_spool, replay
 from mg_mlflow.tracking.ui_links import base_url
@@ -132,7 +132,9 @@ def sync_spool_cmd(spool, run_id):
 
 @runs_group.command("show")
 @click.argument("run_id")
-def show_cmd(run_id):
+@click.option("--samples", is_flag=True, help="also print the last table of sampled completions of a grpo run, "
+                                             "with each reward's score (artifacts samples/step_NNNNN.json)")
+def show_cmd(run_id, samples):
     """Show one run: status, key params, final metrics, registered version, artifacts.
 
     RUN_ID is a run id (or a unique prefix of one), or a registered version, models:/NAME/VERSION
@@ -142,6 +144,7 @@ def show_cmd(run_id):
     Examples:
       model-garden runs show 3f2a9c
       model-garden runs show models:/tiny-lora@champion
+      model-garden runs show 3f2a9c --samples
     """
     if run_id.startswith("models:/"):
         use_tracking_uri()
@@ -160,6 +163,24 @@ def show_cmd(run_id):
              if (value := mn.carbon_value(r["metrics"], k)) is not None]
     rows += [("datasets", ", ".join(r["datasets"]))]
     print_kv(f"run {r['run_id']}", rows)
+    if samples:
+        _print_samples(r["run_id"])
+
+
+def _print_samples(run_id: str) -> None:
+    from rich.table import Table
+
+    tables = sample_tables(run_id)
+    if not tables:
+        console().print("no sampled completions (samples/*.json): the run is not a grpo run, or sample_steps=0")
+        return
+    path, last = tables[-1]
+    table = Table(title=f"{path} ({len(tables)} table(s) logged)")
+    for column in last["columns"]:
+        table.add_column(str(column), overflow="fold")
+    for row in last["data"]:
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
+    console().print(table)
 
 
 def _links(experiment: str, compare: tuple[str, ...], base: str) -> list[tuple[str, str]]:

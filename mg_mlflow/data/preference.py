@@ -16,15 +16,71 @@ answer chosen and rejected, an empty side, a missing or non-boolean label) is a 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mg_mlflow.data.formats import (parse_json, apply_columns, clean_messages, names, normalise_tools,
                                     sharegpt_messages, why_unused)
-from mg_mlflow.data.load import LoadedDataset, digest_records, source_rows
+from mg_mlflow.data.load import LoadedDataset, digest_records, is_local, read_rows, source_rows
 from mg_mlflow.errors import DataError, MGError
 
 KINDS = ("preference", "kto")
 USED = {"preference": ("prompt", "chosen", "rejected", "conversations", "system", "tools"),
         "kto": ("prompt", "completion", "messages", "label", "tools")}
 BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+# The data shapes the objectives train on (``--objective``), and which shape each objective needs.
+PAIRS, UNPAIRED, CONVERSATION, PROMPTS = "pairs", "unpaired", "conversation", "prompts"
+SHAPES = {
+    CONVERSATION: "conversations: {instruction, input, output} or {messages} ending with the answer",
+    PAIRS: "preference pairs: {prompt, chosen, rejected} (text or messages, optional system), or ShareGPT "
+           "{conversations, chosen, rejected}",
+    UNPAIRED: "unpaired labelled answers: {prompt, completion, label} or {messages, label}, label true/false",
+    PROMPTS: "prompts without answers: {prompt} (text or messages, optional system) plus any columns the rewards "
+             "read (e.g. answer)",
+}
+SHAPE_KINDS = {"pairs": "preference", "unpaired": "kto"}  # the shape names of the loaders' kinds
+NEEDS = {"sft": CONVERSATION, "dpo": PAIRS, "orpo": PAIRS, "simpo": PAIRS, "kto": UNPAIRED, "grpo": PROMPTS,
+         "reward": PAIRS}
+
+
+def shape_of(raw: object) -> str | None:
+    """The shape a raw record has (None: none of the three)."""
+    if not isinstance(raw, dict):
+        return None
+    if "label" in raw:
+        return UNPAIRED
+    if "chosen" in raw or "rejected" in raw:
+        return PAIRS
+    if "completion" in raw and "prompt" in raw:
+        return UNPAIRED  # the label is missing: reported as such by the unpaired loader
+    if "messages" in raw or "instruction" in raw or "conversations" in raw:
+        return CONVERSATION
+    if "prompt" in raw:
+        return PROMPTS
+    return None
+
+
+def sniff_shape(source: str) -> str | None:
+    """The shape of the first record of a local file (None: not a local file, or no record)."""
+    if not is_local(source) or not Path(source).expanduser().is_file():
+        return None
+    try:
+        rows, _ = read_rows(Path(source).expanduser())
+    except (MGError, OSError):
+        return None  # the loader reports it
+    return next((shape_of(raw) for _, raw in rows if shape_of(raw)), None)
+
+
+def check_shape(source: str, objective: str) -> None:
+    """Refuse, before anything loads, a file whose records have another shape than ``objective`` needs."""
+    shape, needed = sniff_shape(source), NEEDS[objective]
+    if shape is None or shape == needed:
+        return
+    fits = sorted(o for o, s in NEEDS.items() if s == shape)
+    raise MGError(f"dataset {source} holds {SHAPES[shape]}; objective {objective} trains on {SHAPES[needed]}",
+                  hint=f"train this file with --objective {' or '.join(fits)}, or give --objective {objective} "
+                       "a dataset of the shape it needs (docs: Preference tuning)")
+
 
 
 def detect_kind(raw: object) -> str | None:
@@ -74,12 +130,8 @@ def _split_shared(chosen: list, rejected: list) -> tuple[list, list, list]:
 
 def normalise_preference(raw: dict) -> tuple[dict | None, str | None]:
     sharegpt = "conversations" in raw
-    if sharegpt:
-        prompt, problem = sharegpt_messages(list(parse_json(raw["conversations"]) or [])
-                                            + [{"from": "gpt", "value": "x"}], raw.get("system"))
-        prompt = prompt[:-1] if prompt else None
-    elif "prompt" in raw:
-        prompt, problem = _side(raw["prompt"], "prompt", False)
+    if sharegpt or "prompt" in raw:
+        prompt, problem = prompt_turns(raw)
     else:
         prompt, problem = [], None
     if problem:
@@ -156,8 +208,10 @@ def normalise(raw: object, kind: str) -> tuple[dict | None, str | None]:
 
 def load_preference_records(source: str, kind: str = "auto", split: str = "train", columns: dict | None = None,
                             ignore_columns=()) -> LoadedDataset:
-    """Load ``source`` as preference or KTO records (``kind`` auto: by the first record's shape); raise
-    DataError listing every bad record as file:line, and every key the shape does not use."""
+    """Load ``source`` as preference or KTO records (``kind`` preference|kto, or the shape pairs|unpaired;
+    auto: by the first record's shape); raise DataError listing every bad record as file:line, and every
+    key the shape does not use."""
+    kind = SHAPE_KINDS.get(kind, kind)
     rows, problems, src, name = source_rows(source, split)
     columns, ignore = dict(columns or {}), names(ignore_columns)
     records, locations, unused = [], [], {}
@@ -192,6 +246,39 @@ def load_preference_records(source: str, kind: str = "auto", split: str = "train
                          locations=locations)
 
 
+def check_both_labels(data: LoadedDataset) -> None:
+    """KTO learns from desirable and undesirable answers: a file of one kind only is refused."""
+    if data.fmt == "kto" and len({r["label"] for r in data.records}) == 1:
+        only = "desirable (label true)" if data.records[0]["label"] else "undesirable (label false)"
+        raise MGError(f"dataset {data.source}: every record is {only}; KTO learns from both kinds",
+                      hint="add completions labelled the other way")
+
+
+def prompt_turns(raw: dict) -> tuple[list | None, str | None]:
+    """The prompt turns of a record without an answer: ``prompt`` (text or messages) or ShareGPT
+    ``conversations``, with the optional ``system`` prompt; they end with the user's turn."""
+    if "conversations" in raw:
+        turns, problem = sharegpt_messages(list(parse_json(raw["conversations"]) or [])
+                                           + [{"from": "gpt", "value": "x"}], raw.get("system"))
+        turns = turns[:-1] if turns else None
+    elif "prompt" in raw:
+        turns, problem = _side(raw["prompt"], "prompt", False)
+        system = raw.get("system")
+        if not problem and system not in (None, ""):
+            if not isinstance(system, str):
+                return None, "field 'system' must be a string"
+            if turns[0]["role"] == "system":
+                return None, "the system prompt is given twice: as 'system' and as the first turn; keep one"
+            turns = [{"role": "system", "content": system}, *turns]
+    else:
+        return None, "missing field 'prompt'"
+    if problem:
+        return None, problem
+    if not turns or turns[-1]["role"] == "assistant":
+        return None, "the prompt must end with the user's turn the answer replies to"
+    return turns, None
+
+
 def preference_stats(data: LoadedDataset) -> dict[str, object]:
     """What ``data validate`` prints for preference/KTO data."""
     stats: dict[str, object] = {"records": len(data), "format": data.fmt, "digest": data.digest}
@@ -205,4 +292,5 @@ def preference_stats(data: LoadedDataset) -> dict[str, object]:
     return stats
 
 
-__all__ = ["KINDS", "detect_kind", "load_preference_records", "normalise", "preference_stats"]
+__all__ = ["CONVERSATION", "KINDS", "NEEDS", "PAIRS", "PROMPTS", "SHAPES", "UNPAIRED", "check_shape", "detect_kind",
+           "load_preference_records", "normalise", "preference_stats", "prompt_turns", "shape_of", "sniff_shape"]

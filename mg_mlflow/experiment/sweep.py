@@ -52,8 +52,9 @@ class SweepSpec:
                                   "int:LOW:HIGH[:STEP], logint:LOW:HIGH, choice:A,B", group=SWEEP,
                               metavar="NAME=KIND:ARGS")
     trials: int = option(0, "number of trials (default with --grid: the grid's size)", group=SWEEP)
-    objective: str = option("eval_loss_final", "metric of each trial to optimise", group=SWEEP)
-    direction: str = option("", "only for objectives whose direction is not known (losses are minimised, eval/* "
+    metric: str = option("eval_loss_final", "metric of each trial to optimise (as promote --metric names it; "
+                                            "--objective is the training objective, e.g. dpo)", group=SWEEP)
+    direction: str = option("", "only for metrics whose direction is not known (losses are minimised, eval/* "
                                 "scores maximised)", ("minimize", "maximize"), group=SWEEP)
     sampler: str = option("tpe", "Optuna sampler for --space", ("tpe", "random"), group=SWEEP)
     pruner: str = option("", "stop a trial whose eval loss at an evaluation is worse than the median of earlier "
@@ -128,12 +129,12 @@ def validate(spec: SweepSpec):
         raise MGError("bad sweep options:\n" + "\n".join(f"  - {p}" for p in problems))
     first = {d.name: (d.values[0] if d.values else (int(d.low) if "int" in d.kind else d.low)) for d in grid + space}
     cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
-    direction = sp.direction_for(spec.objective, spec.direction)
+    direction = sp.direction_for(spec.metric, spec.direction)
     if choose_defaults(spec, cfg, grid, direction):
         cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
-    if spec.objective.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
-        raise MGError(f"objective {spec.objective} needs an evaluation set",
-                      hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --objective loss_final")
+    if spec.metric.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
+        raise MGError(f"--metric {spec.metric} needs an evaluation set",
+                      hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --metric loss_final")
     if spec.pruner == "median" and direction == "minimize" and cfg.eval_steps <= 0 and (cfg.eval_split or cfg.eval_dataset):
         raise MGError("--pruner median stops bad trials at intermediate evaluations, and eval_steps is 0",
                       hint="add --eval-steps N (e.g. a fifth of max_steps), or --pruner none")
@@ -168,9 +169,9 @@ def choose_defaults(spec: SweepSpec, cfg, grid, direction: str) -> bool:
     - the median pruner without intermediate evaluations: ``eval_steps`` = a fifth of max_steps."""
     changed = False
     has_eval = bool(cfg.eval_split or cfg.eval_dataset)
-    if spec.objective.startswith("eval_") and not has_eval and not _given(spec, "eval_split"):
+    if spec.metric.startswith("eval_") and not has_eval and not _given(spec, "eval_split"):
         spec.options["eval_split"] = EVAL_SPLIT
-        spec.chosen["eval_split"] = f"{EVAL_SPLIT:g}: objective {spec.objective} needs an evaluation set"
+        spec.chosen["eval_split"] = f"{EVAL_SPLIT:g}: metric {spec.metric} needs an evaluation set"
         has_eval, changed = True, True
     if not spec.pruner:
         if grid:
@@ -179,12 +180,12 @@ def choose_defaults(spec: SweepSpec, cfg, grid, direction: str) -> bool:
         elif cfg.eval_steps <= 0 and (_given(spec, "eval_steps") or cfg.max_steps <= 0):
             spec.pruner = "none"
             spec.chosen["pruner"] = "none: no intermediate evaluation to compare trials at (eval_steps 0)"
-        elif direction == "minimize" and "loss" in spec.objective and has_eval:
+        elif direction == "minimize" and "loss" in spec.metric and has_eval:
             spec.pruner = "median"
-            spec.chosen["pruner"] = f"median: a search on {spec.objective} stops trials worse than the median"
+            spec.chosen["pruner"] = f"median: a search on {spec.metric} stops trials worse than the median"
         else:
             spec.pruner = "none"
-            spec.chosen["pruner"] = f"none: {spec.objective} is not an evaluation loss reported during training"
+            spec.chosen["pruner"] = f"none: {spec.metric} is not an evaluation loss reported during training"
     if spec.pruner == "median" and has_eval and cfg.eval_steps <= 0 and not _given(spec, "eval_steps") \
             and cfg.max_steps > 0:
         steps = max(1, cfg.max_steps // 5)
@@ -205,7 +206,7 @@ class Sweep:
         self.dims, self.config_cls, self.direction, self.echo = dims, cls, direction, echo
         self.client = MlflowClient()
         self.options = {k: v for k, v in spec.options.items() if v is not None}
-        self.prune = spec.pruner == "median" and direction == "minimize" and "loss" in spec.objective
+        self.prune = spec.pruner == "median" and direction == "minimize" and "loss" in spec.metric
         self.trial_register_as = self.options.get("register_as", "") if spec.register == "all" else "none"
         self.train = train_function(spec.modality)
 
@@ -281,6 +282,8 @@ def _pruner(spec: SweepSpec):
 
 def _spec_from_dict(data: dict) -> SweepSpec:
     names = {f.name for f in dataclasses.fields(SweepSpec)}
+    if "objective" in data and "metric" not in data:  # studies stored by earlier versions name it objective
+        data = {**data, "metric": data["objective"]}
     return SweepSpec(**{k: v for k, v in data.items() if k in names})
 
 
@@ -315,9 +318,9 @@ def trial_loop(sweep, result=None) -> str:
             return
         best = record.after_trial(sweep, outcome)
         shown = f"{outcome.value:.4g}" if outcome.value is not None else "-"
-        best_text = (f"best so far: trial {best['number']} {sweep.spec.objective}={best['value']:.4g}"
+        best_text = (f"best so far: trial {best['number']} {sweep.spec.metric}={best['value']:.4g}"
                      if best else "no complete trial yet")
-        sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.objective}={shown}"
+        sweep.echo(f"{outcome.name}: {outcome.state} {sweep.spec.metric}={shown}"
                    f"{' (' + outcome.error + ')' if outcome.error else ''} | {best_text}")
         if len(sweep.done()) + len(sweep.trials("RUNNING")) >= sweep.target():  # others' included
             study.stop()

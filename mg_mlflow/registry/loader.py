@@ -91,3 +91,57 @@ def load_vision_dir(folder: str | Path, dtype: str | None = None, device: str | 
 def load_transformers(uri: str, dtype: str | None = None, device: str | None = None):
     """(model, tokenizer) for any registry URI or folder that ``resolve_model_uri`` accepts."""
     return load_model_dir(resolve_model_uri(uri).local_dir, dtype=dtype, device=device)
+
+
+REWARD_HEAD = "sequence-classification"  # mg_model.json "head" of a reward model
+
+
+class RewardHead:
+    """``from_pretrained`` of a reward model: a sequence-classification model with one score (num_labels=1),
+    from a causal LM base (a fresh head) or a saved reward model."""
+
+    @staticmethod
+    def from_pretrained(path, **kwargs):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+
+
+def is_reward_model(metadata: dict) -> bool:
+    return metadata.get("head") == REWARD_HEAD
+
+
+def load_reward_dir(folder: str | Path, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) of a reward model folder (merged, or an adapter on its base by reference)."""
+    from transformers import AutoTokenizer
+
+    model = load_weights(folder, RewardHead, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id  # the score is read at the last non-pad token
+    device = device or default_device()
+    if device:
+        model.to(device)
+    return model.eval(), tokenizer
+
+
+def reward_text(tokenizer, prompt, completion) -> str:
+    """What a reward model scores: the conversation (chat template) or the prompt text + the completion."""
+    if isinstance(prompt, list):
+        turns = completion if isinstance(completion, list) else [{"role": "assistant", "content": str(completion)}]
+        return tokenizer.apply_chat_template(prompt + turns, tokenize=False)
+    return f"{prompt}{completion}"
+
+
+def reward_scores(model, tokenizer, texts: list[str], batch_size: int = 8) -> list[float]:
+    """One score per text (the reward model's single logit), in right-padded batches."""
+    import torch
+
+    out: list[float] = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, padding_side="right",
+                        add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            out += model(**enc).logits[:, 0].float().cpu().tolist()
+    return out

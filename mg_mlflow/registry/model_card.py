@@ -18,6 +18,9 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
     lines = [f"**{tags.get('mg.modality', 'text')} {tags.get('mg.kind', 'model')}** trained by Model Garden "
              f"({tags.get('mg.method')}, backend {tags.get('mg.backend')}) in run `{tags.get('mg.run_id')}`.",
              "",
+             *([f"- {tags.get('mg.objective', 'sft').upper()} on `{tags['mg.parent_model']}`"]
+               if tags.get("mg.parent_model") else
+               [f"- objective: {tags['mg.objective'].upper()}"] if tags.get("mg.objective", "sft") != "sft" else []),
              f"- base: `{tags.get('mg.base_model')}`",
              f"- data digest: `{tags.get('mg.dataset_digest')}`"]
     if (params or {}).get("batching_resolved"):

@@ -156,6 +156,13 @@ def log_text_model(model_dir: Path, name: str = "model", python_model=None):
     return log_model_dir(model_dir, name, python_model or TextModel(), signature())
 
 
+def log_reward_model(model_dir: Path, name: str = "model"):
+    """Log ``model_dir`` as a reward model (a pyfunc that scores texts) of the active run; returns ModelInfo."""
+    from mg_mlflow.registry.pyfunc_model import RewardModel, reward_signature
+
+    return log_model_dir(model_dir, name, RewardModel(), reward_signature())
+
+
 def log_vision_model(model_dir: Path, name: str = "model"):
     """Log ``model_dir`` as a vision pyfunc model of the active run; returns MLflow's ModelInfo."""
     from mg_mlflow.registry.pyfunc_vision import EXTRA_REQUIREMENTS, VisionModel, signature

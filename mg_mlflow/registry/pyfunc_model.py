@@ -2,7 +2,8 @@
 
 ``mlflow.pyfunc.load_model("models:/NAME/N").predict(["Hello"], params={"max_new_tokens": 16})``
 returns one generated string per prompt. Prompts are wrapped in the tokenizer's chat template as a
-user turn unless ``params={"chat": False}``.
+user turn unless ``params={"chat": False}``. A reward model (:class:`RewardModel`) instead returns one
+score per text: ``predict(["<conversation as the chat template writes it>", ...])``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from mg_mlflow.registry.loader import load_model_dir
+from mg_mlflow.registry.loader import load_model_dir, load_reward_dir, reward_scores
 
 GEN_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "chat": True}
 
@@ -83,3 +84,20 @@ def signature():
             ParamSpec("chat", "boolean", GEN_PARAMS["chat"]),
         ]),
     )
+
+
+class RewardModel(mlflow.pyfunc.PythonModel):
+    """Scores texts with the reward model (one logit, sequence classification) under ``artifacts["model_dir"]``."""
+
+    def load_context(self, context):
+        self.model, self.tokenizer = load_reward_dir(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params: dict | None = None):
+        return reward_scores(self.model, self.tokenizer, _prompts(model_input))
+
+
+def reward_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("double")]))

@@ -50,3 +50,20 @@ def get_run(run_id: str) -> dict:
         run = matches[0]
     exp = client.get_experiment(run.info.experiment_id)
     return _summary(run, exp.name)
+
+
+def sample_tables(run_id: str) -> list[tuple[str, dict]]:
+    """The sampled-completion tables of a grpo run (``samples/step_NNNNN.json``), oldest first, as
+    (artifact path, {"columns": [...], "data": [[...], ...]})."""
+    import json
+
+    import mlflow
+
+    use_tracking_uri()
+    client = mlflow.tracking.MlflowClient()
+    out = []
+    for item in sorted(client.list_artifacts(run_id, "samples"), key=lambda a: a.path):
+        if item.path.endswith(".json"):
+            with open(client.download_artifacts(run_id, item.path), encoding="utf-8") as fh:
+                out.append((item.path, json.load(fh)))
+    return out

@@ -12,6 +12,7 @@ import importlib.util
 import os
 
 from mg_mlflow.errors import MGError, MissingExtra
+from mg_mlflow.registry.loader import RewardHead
 from mg_mlflow.training import batching
 
 LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -84,14 +85,14 @@ def hf_load_kwargs(cfg, revision: str | None, skip_modules: list[str] | None = N
     return kwargs
 
 
-def load_hf(cfg, base: str, revision: str | None):
+def load_hf(cfg, base: str, revision: str | None, head: str = "causal-lm"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = hf_load_kwargs(cfg, revision)
     if _cuda():  # FlexAttention for padding-free / packed rows, SDPA for padded ones
         kwargs["attn_implementation"] = batching.attention_implementation(batching.resolve_batching(cfg, "hf"))
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
+        model = (AutoModelForCausalLM if head == "causal-lm" else RewardHead).from_pretrained(base, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(base, revision=revision) if revision else AutoTokenizer.from_pretrained(base)
     except OSError as exc:
         raise MGError(f"could not load base model {base!r}: {exc}",
@@ -105,7 +106,8 @@ def load_hf(cfg, base: str, revision: str | None):
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                 target_modules=_targets(cfg), task_type="CAUSAL_LM", bias="none")
+                                 target_modules=_targets(cfg), bias="none",
+                                 task_type="CAUSAL_LM" if head == "causal-lm" else "SEQ_CLS")
     return model, tokenizer, peft_config
 
 
@@ -138,10 +140,17 @@ def inference_attention(model) -> None:
         model.set_attn_implementation("sdpa")
 
 
-def load_model(backend: str, cfg, base: str, revision: str | None):
-    model, tok, peft_config = (load_unsloth if backend == "unsloth" else load_hf)(cfg, base, revision)
+def load_model(backend: str, cfg, base: str, revision: str | None, head: str = "causal-lm"):
+    """(model, tokenizer, peft_config); ``head``: causal-lm, or sequence-classification (a reward model:
+    the transformers loader, one score)."""
+    if head == "causal-lm":
+        model, tok, peft_config = (load_unsloth if backend == "unsloth" else load_hf)(cfg, base, revision)
+    else:
+        model, tok, peft_config = load_hf(cfg, base, revision, head)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if head != "causal-lm":
+        model.config.pad_token_id = tok.pad_token_id  # the score is read at the last non-pad token
     if not tok.chat_template:
         raise MGError(f"the tokenizer of {base!r} has no chat template",
                       hint="train from an instruct/chat model, or add a chat_template to tokenizer_config.json")

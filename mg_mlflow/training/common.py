@@ -60,6 +60,19 @@ def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
     return {"mg.modality": modality, "mg.backend": backend, "mg.method": method, "mg.run_kind": "training"}
 
 
+def log_objective(modality) -> None:
+    """The objective's resolved settings as params (a resumed run keeps its first values) and, for
+    objectives that keep one, what the reference model is (tag ``mg.reference``)."""
+    import mlflow
+
+    params = modality.run_params()
+    logged = mlflow.active_run().data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+    describe = getattr(modality, "reference_description", None)
+    if describe is not None and describe():
+        mlflow.set_tag("mg.reference", describe())
+
+
 def run_name(cfg, modality: str, backend: str) -> str:
     """What the run trained, e.g. ``tiny lora r16 lr0.003 60 steps (hf)`` (or ``2 epochs``); the
     user's name when given."""
@@ -69,7 +82,8 @@ def run_name(cfg, modality: str, backend: str) -> str:
     method = cfg.method if cfg.method == "full" else f"{cfg.method} r{cfg.lora_r}"
     kind = " vision" if modality == "vision" else ""
     length = f"{cfg.max_steps} steps" if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch{'' if cfg.epochs == 1 else 's'}"
-    return f"{stem}{kind} {method} lr{cfg.learning_rate:g} {length} ({backend})"
+    objective = f" {cfg.objective} beta{cfg.beta:g}" if cfg.objective != "sft" else ""
+    return f"{stem}{kind}{objective} {method} lr{cfg.learning_rate:g} {length} ({backend})"
 
 
 def source_tags(command: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Live training progress in the terminal: a rich progress bar with the latest loss."""
+"""Live training progress in the terminal: a rich progress bar with the latest loss (and, for grpo, the total
+reward next to it)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class TrainProgress:
 
     def update(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
         parts = []
-        for key in ("loss", "eval_loss", "learning_rate", "tokens_per_second"):
+        for key in ("loss", "reward", "eval_loss", "learning_rate", "tokens_per_second"):
             if key in metrics:
                 value = metrics[key]
                 parts.append(f"{key}={value:.3g}" if key != "tokens_per_second" else f"tok/s={value:,.0f}")

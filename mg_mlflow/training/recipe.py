@@ -20,8 +20,9 @@ from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
 from mg_mlflow.training import distributed
 from mg_mlflow.training.backends import choose_backend
-from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, run_name, run_tags, source_tags,
-                                       start_run_record, timed_train, train_summary, training_callbacks)
+from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, log_objective, run_name, run_tags,
+                                       source_tags, start_run_record, timed_train, train_summary,
+                                       training_callbacks)
 from mg_mlflow.training.progress import TrainProgress
 from mg_mlflow.training.result import TrainResult
 from mg_mlflow.training.targets import check_lora_targets
@@ -48,6 +49,7 @@ def preflight(cfg):
     modality = modality_for(cfg)
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
     base, revision = resolve_base_model(cfg.base_model)  # a missing or unusable base fails before any run
+    base, revision = modality.starting_point(base, revision)  # a registered adapter: its base, or merged
     check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
     modality.prepare(base, revision, train_data, eval_data)  # tokenized and masked, before any run exists
     return modality, train_data, eval_data, base, revision
@@ -72,7 +74,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                            write_checkpoints_atomically)
     from mg_mlflow.training import step_stats
 
-    tags = run_tags(modality.name, backend, cfg.method)
+    tags = {**run_tags(modality.name, backend, cfg.method), **modality.run_tags()}
     name = run_name(cfg, modality.name, backend)
     # several GPUs (torchrun): every rank trains; only rank 0 has an MLflow run and logs, saves, registers
     main = distributed.is_main()
@@ -86,6 +88,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
         run_id, output_dir = (start_run_record(cfg, run, why, tags, train_data, eval_data, modality.profiles)
                               if main else ("", None))
         if main:
+            log_objective(modality)
             distributed.log_world_size()
             distributed.record_run_id(run_id)
         output_dir = distributed.share(output_dir)  # checkpoints of every rank in rank 0's folder
@@ -102,7 +105,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                 metrics_cb, carbon_cb, default_callbacks = (training_callbacks(cfg, output_dir, progress, earlier)
                                                             if main else (None, None, []))
                 trainer = modality.trainer(model, processing, peft_config, output_dir, backend, train_data,
-                                           eval_data, [*default_callbacks, stopper, *callbacks])
+                                           eval_data, [*default_callbacks, stopper, *callbacks],
+                                           ref_model=modality.reference_model(backend, base, revision))
                 write_checkpoints_atomically(trainer)  # a checkpoint cut short never looks complete
                 guard = step_stats.install_guard(trainer, cfg)  # on every rank: a NaN/inf loss ends the run
                 step_stats.install(trainer, cfg, metrics_cb, guard)  # on a GPU: no step waits for its loss

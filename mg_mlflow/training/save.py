@@ -21,12 +21,11 @@ import shutil
 from pathlib import Path
 
 from mg_mlflow import metric_names as mn
-from mg_mlflow.registry.base_ref import default_registered_name, describe, local_base_reference, resolve_base
+from mg_mlflow.registry.base_ref import default_registered_name, describe, resolve_base
 from mg_mlflow.registry.loader import default_device
 from mg_mlflow.registry.metadata import write_metadata
 from mg_mlflow.registry.model_card import describe_version
-from mg_mlflow.registry.publish import (check_gap, effective_tolerance, logit_gap, make_base_reference,
-                                        model_logits, register, verify)
+from mg_mlflow.registry.publish import (check_gap, effective_tolerance, logit_gap, model_logits, register, verify)
 from mg_mlflow.tracking.params import git_commit
 from mg_mlflow.training.backends import torch_dtype
 from mg_mlflow.training.result import TrainResult
@@ -214,8 +213,7 @@ def save_and_register(cfg, modality, model, processor, backend: str, output_dir:
     model.eval()
     probe = modality.probe(processor, train_data, eval_data)
     trained_logits = model_logits(model, probe)  # the reference everything saved is held to
-    base_ref = (make_base_reference(cfg.base_model, modality.name, revision) if cfg.registers
-                else local_base_reference(cfg.base_model, revision))
+    base_ref = modality.base_reference(cfg.registers, revision)  # a local base: registered once
     meta = model_meta(modality.name, cfg, backend, run_id, base_ref, train_data, **modality.meta(model))
     result = TrainResult(run_id=run_id, output_dir=output_dir, model_dir=model_dir)
     if cfg.method == "full":

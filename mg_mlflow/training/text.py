@@ -1,8 +1,10 @@
-"""The text modality of the one training path: chat/instruction records -> TRL ``SFTTrainer``.
+"""The text modality of the one training path: text records -> the objective's TRL trainer.
 
 :mod:`mg_mlflow.training.recipe` holds the skeleton (data -> backend -> MLflow run -> train -> save
--> verify -> register); this strategy says what is text-specific: how records load, how the model and
-tokenizer load (per backend), how records become batches, and what probe verifies the reload.
+-> verify -> register); this strategy says what is text-specific: what the run starts from
+(:mod:`mg_mlflow.training.start`), how the model and tokenizer load (per backend), and what probe
+verifies the reload. What is optimised, on which records and with which TRL trainer is the
+objective's (:mod:`mg_mlflow.training.objectives`: sft, dpo, kto, orpo, simpo).
 """
 
 from __future__ import annotations
@@ -10,119 +12,106 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.data.chat_tokens import profile, tokenize_dataset
-from mg_mlflow.data.load import load_dataset_records, split_eval
-from mg_mlflow.data.stats import load_tokenizer, truncation_warning
-from mg_mlflow.errors import MGError
-from mg_mlflow.registry.publish import log_text_model, text_probe
-from mg_mlflow.training import batching
-from mg_mlflow.training.backends import inference_attention, load_model
-from mg_mlflow.training.common import no_answer_left, trainer_kwargs
+from mg_mlflow.data.stats import truncation_warning
+from mg_mlflow.training.backends import hf_load_kwargs, inference_attention, load_model
+from mg_mlflow.training.objectives import objective_for
+from mg_mlflow.training.objectives.sft import load_data, sft_config, token_rows
+from mg_mlflow.training.start import Start, continue_adapter, plain_start, plan_start
 
 __all__ = ["TextModality", "load_data", "sft_config", "token_rows"]
 
 
-def load_data(cfg: TrainConfig):
-    """Load and validate train/eval data before any model is loaded (fails fast with file:line)."""
-    train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split, cfg.columns,
-                                 cfg.ignore_columns)
-    if cfg.eval_dataset:
-        return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation", cfg.columns,
-                                           cfg.ignore_columns)
-    return split_eval(train, cfg.eval_split, cfg.seed)
-
-
-def token_rows(cfg: TrainConfig, tokenizer, data, base: str) -> list[dict]:
-    """The records of ``data`` as trainer rows: ``input_ids`` and ``labels`` (-100 where the role-based
-    mask is 0). TRL's SFTTrainer takes a labels column as is, truncates it and drops the examples left
-    with no label; a backend that patches the trainer (Unsloth) honours labels too."""
-    rows = tokenize_dataset(tokenizer, data, base, cfg.train_on_responses_only, cfg.train_on_tool_calls)
-    return [labelled(r) for r in rows]
-
-
-def labelled(row: dict) -> dict:
-    return {"input_ids": row["input_ids"],
-            "labels": [t if m else -100 for t, m in zip(row["input_ids"], row["assistant_masks"])]}
-
-
-def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str, mode: str | None = None):
-    """TRL's ``SFTConfig`` for the run, batching included (``mode``: the resolved batching, else
-    resolved here by :func:`mg_mlflow.training.batching.resolve_batching`)."""
-    from trl import SFTConfig
-
-    mode = mode or batching.resolve_batching(cfg, backend)
-    return SFTConfig(
-        **trainer_kwargs(cfg, output_dir, has_eval, backend),
-        max_length=cfg.max_seq_length, **batching.sft_kwargs(mode, backend),
-        dataset_num_proc=None,  # the rows come tokenized with their assistant_masks (token_rows)
-        pad_to_multiple_of=batching.resolve_pad_multiple(cfg, mode)[0] or None,
-    )
-
-
 class TextModality:
-    """Text records (instruction or messages) trained with TRL's ``SFTTrainer``."""
+    """Text records trained with the objective's TRL trainer (``SFTTrainer`` for sft)."""
 
     name = "text"
     command = "train"
-    extra_tags: dict = {}
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        self.rows: dict[str, list[dict]] = {}
-        self.profiles: dict[str, dict] = {}
+        self.objective = objective_for(cfg)
+        self.start: Start | None = None
+
+    @property
+    def extra_tags(self) -> dict:
+        """Version (and run) tags: the objective and, when the run started from a version, its parent."""
+        tags = {"mg.objective": self.cfg.objective}
+        if self.start is not None and self.start.parent:
+            tags["mg.parent_model"] = self.start.parent
+        return tags
+
+    def run_tags(self) -> dict:
+        tags = dict(self.extra_tags)
+        if self.start is not None:
+            tags["mg.start"] = self.start.how
+        return tags
+
+    def run_params(self) -> dict:
+        return self.objective.params()
 
     def load_data(self):
-        return load_data(self.cfg)
+        return self.objective.load_data()
+
+    def starting_point(self, base: str, revision: str | None) -> tuple[str, str | None]:
+        """What from_pretrained loads: the base, or for a registered adapter its base (continue) or
+        the merged copy (fresh); decided before any run exists."""
+        self.start = plan_start(self.cfg, base, revision)
+        return self.start.base, self.start.revision
+
+    def base_reference(self, registers: bool, revision: str | None) -> dict:
+        start = self.start or plain_start(self.cfg.base_model, revision, self.cfg.base_model)
+        return start.base_reference(self.cfg.base_model, self.name, registers, revision)
 
     def prepare(self, base: str, revision: str | None, train_data, eval_data) -> None:
-        """Tokenize every record through the base model's chat template with the role-based loss mask,
-        before any run exists: a template that cannot render the data, or a dataset that max_seq_length
-        leaves with no trained token, fails here. The profiles are logged with the dataset inputs."""
-        tokenizer = load_tokenizer(base, "base_model", revision)
-        for context, data in (("training", train_data), ("evaluation", eval_data)):
-            if data is not None:
-                rows = tokenize_dataset(tokenizer, data, self.cfg.base_model, self.cfg.train_on_responses_only,
-                                        self.cfg.train_on_tool_calls)
-                self.profiles[context] = profile(data, rows, self.cfg.max_seq_length)
-                self.rows[context] = [labelled(r) for r in rows]
-        if self.profiles["training"].get("no_trained_token") == len(train_data):
-            raise no_answer_left(len(train_data), self.cfg.max_seq_length)
+        """The objective's work on the records before any run exists (sft: tokenized and masked)."""
+        self.objective.prepare(base, revision, train_data, eval_data)
+
+    @property
+    def profiles(self) -> dict[str, dict]:
+        """Dataset profiles per context, logged with the dataset inputs."""
+        return self.objective.profiles
 
     def load(self, backend: str, base: str, revision: str | None):
-        """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft)."""
-        return load_model(backend, self.cfg, base, revision)
+        """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft); a
+        registered adapter being continued goes on the model, trainable, instead of a new one."""
+        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision, head=self.objective.head)
+        if self.start is not None and self.start.adapter is not None:
+            return continue_adapter(model, self.start), tokenizer, None
+        return model, tokenizer, peft_config
+
+    def reference_model(self, backend: str, base: str, revision: str | None):
+        """Full fine-tuning with an objective that keeps a reference: a frozen copy of what training
+        starts from, loaded explicitly. None with LoRA (TRL's reference is the adapter switched off,
+        or the frozen copy of a continued adapter)."""
+        if not self.objective.uses_reference or self.cfg.method != "full":
+            return None
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(base, **hf_load_kwargs(self.cfg, revision)).eval()
+        for param in ref.parameters():
+            param.requires_grad_(False)
+        return ref
+
+    def reference_description(self) -> str:
+        """The tag ``mg.reference`` of a preference run (empty for sft)."""
+        if self.cfg.objective == "sft":
+            return ""
+        if self.objective.reference_note() is not None:
+            return self.objective.reference_note()
+        if not self.objective.uses_reference:
+            return "none (the objective needs no reference model)"
+        if self.cfg.method == "full":
+            return "a frozen copy of the starting model, loaded explicitly"
+        if self.start is not None and self.start.adapter is not None:
+            return f"{self.start.parent}: a frozen copy of the adapter being continued"
+        if self.start is not None and self.start.parent:
+            return f"{self.start.parent} (the new adapter switched off)"
+        return "the base model (the adapter switched off)"
 
     def trainer(self, model, tokenizer, peft_config, output_dir: Path, backend: str, train_data, eval_data,
-                callbacks: list):
-        from datasets import Dataset
-        from trl import SFTTrainer
-
-        cfg = self.cfg
-        mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
-        batching.check_boundaries(model, mode, backend)
-        rows = self.rows.get("training") or token_rows(cfg, tokenizer, train_data, cfg.base_model)
-        eval_rows = (self.rows.get("evaluation") or token_rows(cfg, tokenizer, eval_data, cfg.base_model)
-                     if eval_data else None)
-        with batching.unsloth_choice(mode, backend):
-            trainer = SFTTrainer(
-                model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend, mode),
-                data_collator=batching.data_collator(mode, backend, tokenizer),
-                train_dataset=Dataset.from_list(rows),
-                eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-                processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-        got = batching.effective_mode(trainer)
-        if got != mode:  # e.g. Unsloth refusing packing for this model
-            raise MGError(f"batching={mode} was asked for, but the {backend} trainer turned it into {got}",
-                          hint="use --batching padded (or auto)")
-        flat = batching.unsloth_flat_attention(mode, backend)
-        if flat:
-            import mlflow
-
-            if mlflow.active_run():  # rank 0 only
-                mlflow.set_tag("mg.flat_attention", flat)
-        if len(trainer.train_dataset) == 0:  # TRL drops examples cut before their answer
-            raise no_answer_left(len(rows), cfg.max_seq_length)
-        return trainer
+                callbacks: list, ref_model=None):
+        return self.objective.trainer(model, tokenizer, peft_config, output_dir, backend, train_data, eval_data,
+                                      callbacks, ref_model=ref_model)
 
     def before_training(self, model, tokenizer, train_data, eval_data) -> None:
         """Metric ``truncated_share``: the share of training records longer than max_seq_length; a
@@ -139,19 +128,23 @@ class TextModality:
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
         inference_attention(model)  # the probe and the reloaded copies run the same attention
-        return {}
+        if "ref" in (getattr(model, "peft_config", None) or {}):  # TRL's frozen reference copy is not saved
+            model.delete_adapter("ref")
+        return self.objective.summary()
 
+    # the reload probe, the class a saved model loads with and how it is logged: the objective's (a causal LM
+    # for every objective but reward, whose sequence-classification model scores texts)
     def probe(self, tokenizer, train_data, eval_data) -> dict:
-        return text_probe(tokenizer)
+        return self.objective.probe(tokenizer, train_data, eval_data)
 
     def auto_cls(self):
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM
+        return self.objective.auto_cls()
 
     def log_model(self, model_dir: Path):
-        return log_text_model(model_dir)
+        return self.objective.log_model(model_dir)
 
     def meta(self, model) -> dict:
-        return {}
-
+        out = {"objective": self.cfg.objective, **self.objective.meta()}
+        if self.start is not None and self.start.parent:
+            out["parent_model"] = self.start.parent
+        return out

@@ -15,7 +15,8 @@ from mg_mlflow.data.vision import image_paths, load_vision_records
 from mg_mlflow.data.vision_stats import vision_profile
 from mg_mlflow.data.vision_processor import VisionProcessor, template_messages
 from mg_mlflow.errors import MGError
-from mg_mlflow.registry.publish import log_vision_model, vision_probe
+from mg_mlflow.registry.base_ref import local_base_reference
+from mg_mlflow.registry.publish import log_vision_model, make_base_reference, vision_probe
 from mg_mlflow.training.backends import hf_load_kwargs, torch_dtype
 from mg_mlflow.training.common import no_answer_left, trainer_kwargs
 from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator
@@ -135,6 +136,23 @@ class VisionModality:
             if data is not None:
                 self.profiles[context] = vision_profile(data, self.processor, cfg.max_seq_length)
 
+    def run_tags(self) -> dict:
+        return {}
+
+    def run_params(self) -> dict:
+        return {}
+
+    def starting_point(self, base: str, revision: str | None) -> tuple[str, str | None]:
+        return base, revision
+
+    def base_reference(self, registers: bool, revision: str | None) -> dict:
+        if registers:
+            return make_base_reference(self.cfg.base_model, self.name, revision)
+        return local_base_reference(self.cfg.base_model, revision)
+
+    def reference_model(self, backend: str, base: str, revision: str | None):
+        return None  # vision runs train with sft only
+
     def load(self, backend: str, base: str, revision: str | None):
         """(model, processor, None): the processor from the base folder, the model per backend."""
         cfg = self.cfg
@@ -144,7 +162,7 @@ class VisionModality:
         return model, processor, None
 
     def trainer(self, model, processor, peft_config, output_dir: Path, backend: str, train_data, eval_data,
-                callbacks: list):
+                callbacks: list, ref_model=None):
         from transformers import Trainer, TrainingArguments
 
         cfg = self.cfg

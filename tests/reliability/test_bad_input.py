@@ -413,7 +413,7 @@ def test_a_sweep_on_data_outside_the_allowed_folders_is_refused_before_any_trial
     cwd.mkdir()
     allowed.mkdir()
     proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
-                    "--no-carbon", "--no-system-metrics", "--grid", "lora_r=4,8", "--objective", "loss_final"], cwd=cwd,
+                    "--no-carbon", "--no-system-metrics", "--grid", "lora_r=4,8", "--metric", "loss_final"], cwd=cwd,
                    env={"MG_ALLOWED_DATA_DIRS": str(allowed)})
     assert proc.returncode == 2, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())

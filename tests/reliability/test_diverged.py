@@ -49,7 +49,7 @@ def test_sweep_fails_the_diverged_trial_and_registers_the_sound_one(mg_home, tin
 
     options = {"base_model": str(tiny_model), "dataset": str(sample_data), "max_steps": 6, "batch_size": 4,
                "system_metrics": False, "carbon": False, "register_as": "tiny-sweep-div"}
-    spec = SweepSpec(options=options, grid=["learning_rate=1e30,2e-3"], objective="loss_final", pruner="none",
+    spec = SweepSpec(options=options, grid=["learning_rate=1e30,2e-3"], metric="loss_final", pruner="none",
                      register="best")
     lines = []
     result = run_sweep(spec, echo=lines.append)
