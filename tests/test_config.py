@@ -103,7 +103,7 @@ def _generated_commands():
         "sweep": (sweep_cmd, [(TrainConfig, ("resume", "checkpoint_artifacts")), (SweepSpec, ())], recipe | {"resume"}),
         "evaluate": (evaluate_cmd, [(EvalOptions, ())], {"model_uri", "as_json"}),
         "deploy": (deploy_cmd, [(DeployOptions, ())], {"args", "dry_run", "foreground"}),
-        "deployments update": (update_cmd, [(DeployOptions, ("name",))], {"name", "args"}),
+        "deployments update": (update_cmd, [(DeployOptions, ("name",))], {"name", "args", "beside"}),
     }
 
 
