@@ -188,7 +188,7 @@ def test_cli_update_to_another_adapter_keeps_port_and_process(served, versions):
     assert (new.port, new.pid) == (old.port, old.pid) and new.uris == [f"models:/tiny-lora/{target}"]
     assert new.last_update["method"] == "hot-swap" and caller.failed == []
     status = " ".join(run_cli(["deployments", "status", NAME]).stdout.split())
-    assert "last update hot-swap (new adapters on the same base, engine and options)" in status
+    assert "last update" in status and "hot-swap (new adapters" in status
     assert _greedy(new, _folder(target)) != before
 
 
