@@ -140,6 +140,7 @@ class VisionModality:
         for context, data in (("training", train_data), ("evaluation", eval_data)):
             if data is not None:
                 self.profiles[context] = vision_profile(data, self.processor, cfg.max_seq_length)
+        self.check_answers_fit(self.processor, train_data)
 
     def load(self, backend: str, base: str, revision: str | None):
         """(model, processor, None): the processor from the base folder, the model per backend."""
