@@ -187,6 +187,8 @@ def test_cli_update_to_another_adapter_keeps_port_and_process(served, versions):
     new = state.get_record(NAME)
     assert (new.port, new.pid) == (old.port, old.pid) and new.uris == [f"models:/tiny-lora/{target}"]
     assert new.last_update["method"] == "hot-swap" and caller.failed == []
+    status = " ".join(run_cli(["deployments", "status", NAME]).stdout.split())
+    assert "last update" in status and "hot-swap (new adapters" in status
     assert _greedy(new, _folder(target)) != before
 
 

@@ -141,7 +141,7 @@ def test_every_example_truncated_before_its_answer_is_refused(mg_home, request, 
         _train(modality, request, max_steps=2, max_seq_length=length, register_as=f"cut-{modality}")
     assert registered_names() == []
     runs = _client().search_runs([e.experiment_id for e in _client().search_experiments()])
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs == []  # refused while the data is prepared, before any MLflow run exists
 
 
 @pytest.mark.parametrize("modality", MODALITIES)

@@ -158,6 +158,8 @@ def status_cmd(name):
             ("API key", "required" if r.api_key_required else "none")]
     for m in r.models:
         rows.append((f"model {m.served_name}", f"{m.kind}  {m.uri}  run {m.run_id or '-'}"))
+    if r.last_update:
+        rows.append(("last update", f"{r.last_update.get('method')} ({r.last_update.get('why')})"))
     rows.append(("command", r.command or None))
     print_kv(f"deployment {name}", rows)
 

@@ -26,5 +26,12 @@ def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
         ds = mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
     mlflow.log_input(ds, context=context, tags={"format": data.fmt, "records": str(len(data))})
     if profile is not None:
-        mlflow.log_dict({"dataset": data.name, "source": data.source, "context": context, **profile},
-                        f"datasets/{context}_profile.json")
+        log_dataset_profile(data, context, profile)
+
+
+def log_dataset_profile(data, context: str, profile: dict) -> None:
+    """A dataset's profile as the run artifact ``datasets/<context>_profile.json``."""
+    import mlflow
+
+    mlflow.log_dict({"dataset": data.name, "source": data.source, "context": context, **profile},
+                    f"datasets/{context}_profile.json")

@@ -131,10 +131,17 @@ class VisionModality:
         """The base's processor, and each dataset's profile (image sizes, visual tokens per example),
         before any run exists."""
         cfg = self.cfg
-        self.processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels, cfg.max_pixels)
+        try:
+            self.processor = VisionProcessor.from_dir(processor_folder(base, revision), cfg.min_pixels,
+                                                      cfg.max_pixels)
+        except MGError:
+            if Path(base).is_dir():
+                raise
+            return  # a hub model that cannot be reached: the model load, inside the run, records the error
         for context, data in (("training", train_data), ("evaluation", eval_data)):
             if data is not None:
                 self.profiles[context] = vision_profile(data, self.processor, cfg.max_seq_length)
+        self.check_answers_fit(self.processor, train_data)
 
     def run_tags(self) -> dict:
         return {}

@@ -15,7 +15,8 @@ from mg_mlflow.data.load import load_dataset_records, split_eval
 from mg_mlflow.data.preference import check_shape
 from mg_mlflow.data.stats import load_tokenizer
 from mg_mlflow.errors import MGError
-from mg_mlflow.training import batching
+from mg_mlflow.tracking.datasets import log_dataset_profile
+from mg_mlflow.training import batching, distributed
 from mg_mlflow.training.common import no_answer_left, trainer_kwargs
 from mg_mlflow.training.objectives.base import Objective
 
@@ -55,7 +56,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, has_eval: bool, backend: str,
     return SFTConfig(
         **trainer_kwargs(cfg, output_dir, has_eval, backend),
         max_length=cfg.max_seq_length, **batching.sft_kwargs(mode, backend),
-        dataset_num_proc=None,  # the rows come tokenized with their assistant_masks (token_rows)
+        dataset_num_proc=None,  # the rows come tokenized, with their labels (token_rows)
         pad_to_multiple_of=batching.resolve_pad_multiple(cfg, mode)[0] or None,
     )
 
@@ -76,16 +77,27 @@ class SFT(Objective):
     def prepare(self, base: str, revision: str | None, train_data, eval_data) -> None:
         """Tokenize every record through the base model's chat template with the role-based loss mask,
         before any run exists: a template that cannot render the data, or a dataset that max_seq_length
-        leaves with no trained token, fails here. The profiles are logged with the dataset inputs."""
-        tokenizer = load_tokenizer(base, "base_model", revision)
+        leaves with no trained token, fails here. The profiles are logged with the dataset inputs. A hub
+        model whose tokenizer cannot be fetched is left to the model load, inside the run, which records
+        the error."""
+        try:
+            tokenizer = load_tokenizer(base, "base_model", revision)
+        except MGError:
+            if Path(base).is_dir():
+                raise
+            return
+        self.tokenize(tokenizer, train_data, eval_data)
+
+    def tokenize(self, tokenizer, train_data, eval_data) -> None:
+        cfg = self.cfg
         for context, data in (("training", train_data), ("evaluation", eval_data)):
             if data is not None:
-                rows = tokenize_dataset(tokenizer, data, self.cfg.base_model, self.cfg.train_on_responses_only,
-                                        self.cfg.train_on_tool_calls)
-                self.profiles[context] = profile(data, rows, self.cfg.max_seq_length)
+                rows = tokenize_dataset(tokenizer, data, cfg.base_model, cfg.train_on_responses_only,
+                                        cfg.train_on_tool_calls)
+                self.profiles[context] = profile(data, rows, cfg.max_seq_length)
                 self.rows_by_context[context] = [labelled(r) for r in rows]
         if self.profiles["training"].get("no_trained_token") == len(train_data):
-            raise no_answer_left(len(train_data), self.cfg.max_seq_length)
+            raise no_answer_left(len(train_data), cfg.max_seq_length)
 
     def trainer(self, model, tokenizer, peft_config, output_dir: Path, backend: str, train_data, eval_data,
                 callbacks: list, ref_model=None):
@@ -95,9 +107,13 @@ class SFT(Objective):
         cfg = self.cfg
         mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
         batching.check_boundaries(model, mode, backend)
-        rows = self.rows_by_context.get("training") or token_rows(cfg, tokenizer, train_data, cfg.base_model)
-        eval_rows = (self.rows_by_context.get("evaluation") or token_rows(cfg, tokenizer, eval_data, cfg.base_model)
-                     if eval_data else None)
+        if "training" not in self.rows_by_context:  # not tokenized before the run (see prepare)
+            self.tokenize(tokenizer, train_data, eval_data)
+            if distributed.is_main():
+                for context, data in (("training", train_data), ("evaluation", eval_data)):
+                    if data is not None:
+                        log_dataset_profile(data, context, self.profiles[context])
+        rows, eval_rows = self.rows_by_context["training"], self.rows_by_context.get("evaluation")
         with batching.unsloth_choice(mode, backend):
             trainer = SFTTrainer(
                 model=model, args=sft_config(cfg, output_dir, eval_data is not None, backend, mode),
