@@ -12,7 +12,7 @@ from pathlib import Path
 from mg_mlflow.config import TrainConfig
 from mg_mlflow.data.chat_tokens import profile, tokenize_dataset
 from mg_mlflow.data.load import load_dataset_records, split_eval
-from mg_mlflow.data.stats import load_tokenizer, truncation_warning
+from mg_mlflow.data.stats import load_tokenizer
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.publish import log_text_model, text_probe
 from mg_mlflow.tracking.datasets import log_dataset_profile
@@ -141,17 +141,7 @@ class TextModality:
         return trainer
 
     def before_training(self, model, tokenizer, train_data, eval_data) -> None:
-        """Metric ``truncated_share``: the share of training records longer than max_seq_length; a
-        warning above :data:`~mg_mlflow.data.stats.TRUNCATION_WARN_SHARE`."""
-        import warnings
-
-        import mlflow
-
-        share = self.profiles.get("training", {}).get("truncated_share", 0.0)  # measured in prepare()
-        mlflow.log_metric("truncated_share", share)
-        warning = truncation_warning(share, self.cfg.max_seq_length, "max_seq_length")
-        if warning:
-            warnings.warn(warning, UserWarning, stacklevel=2)
+        pass
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
         inference_attention(model)  # the probe and the reloaded copies run the same attention
