@@ -18,7 +18,7 @@ COMMON_METRICS = {"loss", "learning_rate", "grad_norm", "epoch", "tokens_per_sec
                   "verify_max_logit_diff", "eval_loss", "eval_loss_first", "eval_loss_final",
                   "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "num_input_tokens_seen",
                   "train_loss_mean", "train_runtime_s", "train_samples_per_second", "train_steps_per_second",
-                  "train_tokens_per_second"}
+                  "train_tokens_per_second", "truncated_share"}
 VISION_METRICS = {"samples/exact_match_before", "samples/exact_match_after"}
 COMMON_VERSION_TAGS = {"mg.save_method", "mg.kind", "mg.base_model", "mg.backend", "mg.modality", "mg.method",
                        "mg.quantization", "mg.run_id", "mg.dataset_digest", "mg.git_commit", "mg.train_loss",
@@ -27,7 +27,7 @@ VISION_VERSION_TAGS = {"mg.family", "mg.min_pixels", "mg.max_pixels"}
 COMMON_RUN_TAGS = {"mg.modality", "mg.backend", "mg.method", "mg.backend_reason", "mg.batching_reason",
                    "mg.registered_model", "mg.git_commit",
                    "mg.pid", "mg.pid_start", "mg.host",
-                   "mg.registered_version"}
+                   "mg.registered_version", "mg.run_kind"}
 
 
 def _train(modality, request, **overrides):

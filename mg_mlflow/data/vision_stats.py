@@ -39,6 +39,8 @@ def vision_profile(data, processor=None, max_length: int | None = None) -> dict[
     out.update(visual_tokens=spread(visual), tokens=spread(lengths),
                trained_tokens=spread(trained), total_tokens=sum(lengths))
     if max_length:
-        out.update(max_length=max_length, truncated=sum(1 for n in lengths if n > max_length),
+        truncated = sum(1 for n in lengths if n > max_length)
+        out.update(max_length=max_length, truncated=truncated,
+                   truncated_share=round(truncated / len(lengths), 4) if lengths else 0.0,
                    no_trained_token=sum(1 for prompt in prompts if prompt >= max_length))
     return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from mg_mlflow.config import to_dict, trainer_args_for
 from mg_mlflow.env import mg_home
+from mg_mlflow.data.stats import truncation_warning
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking.datasets import log_dataset_input
 from mg_mlflow.tracking.params import log_run_metadata
@@ -52,6 +53,20 @@ def no_answer_left(records: int, max_seq_length: int) -> MGError:
                    f"is longer than max_seq_length={max_seq_length} before its answer starts",
                    hint="raise max_seq_length, or check lengths with `model-garden data validate FILE "
                         "--base-model MODEL --max-seq-length N`")
+
+
+def log_truncation(cfg, profiles: dict[str, dict]) -> None:
+    """Metric ``truncated_share``: the share of training examples longer than max_seq_length (from the
+    training data's profile), and a warning above :data:`~mg_mlflow.data.stats.TRUNCATION_WARN_SHARE`."""
+    import warnings
+
+    import mlflow
+
+    share = profiles.get("training", {}).get("truncated_share", 0.0)
+    mlflow.log_metric("truncated_share", share)
+    warning = truncation_warning(share, cfg.max_seq_length, "max_seq_length")
+    if warning:
+        warnings.warn(warning, UserWarning, stacklevel=2)
 
 
 def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:

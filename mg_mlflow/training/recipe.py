@@ -20,7 +20,7 @@ from mg_mlflow.registry.base_ref import loaded_revision, resolve_base_model
 from mg_mlflow.tracking.run import run_context, use_tracking_uri
 from mg_mlflow.training import distributed
 from mg_mlflow.training.backends import choose_backend
-from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, log_objective, run_name, run_tags,
+from mg_mlflow.training.common import (disk_full_is_clear, log_loss_curve, log_objective, log_truncation, run_name, run_tags,
                                        source_tags, start_run_record, timed_train, train_summary,
                                        training_callbacks)
 from mg_mlflow.training.progress import TrainProgress
@@ -99,6 +99,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
             model, processing, peft_config = modality.load(backend, base, revision)
             loaded = loaded_revision(base, revision)  # the hub commit actually loaded, for the lineage
             if main:  # e.g. the vision samples' answers before training, which rank 0 logs
+                log_truncation(cfg, modality.profiles)
                 modality.before_training(model, processing, train_data, eval_data)
             with TrainProgress(f"{modality.command} {backend}/{cfg.method}",
                                enabled=show_progress if main else False) as progress:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from mg_mlflow.config import TrainConfig
-from mg_mlflow.data.stats import truncation_warning
 from mg_mlflow.training.backends import hf_load_kwargs, inference_attention, load_model
 from mg_mlflow.training.objectives import objective_for
 from mg_mlflow.training.objectives.sft import load_data, sft_config, token_rows
@@ -114,17 +113,7 @@ class TextModality:
                                       callbacks, ref_model=ref_model)
 
     def before_training(self, model, tokenizer, train_data, eval_data) -> None:
-        """Metric ``truncated_share``: the share of training records longer than max_seq_length; a
-        warning above :data:`~mg_mlflow.data.stats.TRUNCATION_WARN_SHARE`."""
-        import warnings
-
-        import mlflow
-
-        share = self.profiles.get("training", {}).get("truncated_share", 0.0)  # measured in prepare()
-        mlflow.log_metric("truncated_share", share)
-        warning = truncation_warning(share, self.cfg.max_seq_length, "max_seq_length")
-        if warning:
-            warnings.warn(warning, UserWarning, stacklevel=2)
+        pass
 
     def after_training(self, model, tokenizer, output_dir: Path) -> dict[str, float]:
         inference_attention(model)  # the probe and the reloaded copies run the same attention
