@@ -116,3 +116,24 @@ def test_sweep_over_beta_trains_dpo_children_and_registers_the_best(mg_home, tin
     assert all(client.get_metric_history(r.info.run_id, "rewards/margins") for r in children)
     mv = client.get_model_version("dpo-sweep", "1")
     assert mv.tags["mg.objective"] == "dpo"
+
+
+def test_fresh_adapter_on_the_merged_sft_model(mg_home, tiny_model, prefs):
+    """reference=fresh: the registered SFT adapter is merged into its base (registered as a base of its
+    own), a new adapter trains on it, and the reference is the SFT model (the new adapter switched off)."""
+    _train(base_model=str(tiny_model), dataset=str(prefs["sft"]), max_steps=4, register_as="fresh-sft")
+    result = _train(base_model="models:/fresh-sft/1", dataset=str(prefs["pairs"]), objective="dpo",
+                    reference="fresh", lora_r=4, max_steps=3, register_as="fresh-dpo")
+    client = _client()
+    run = client.get_run(result.run_id)
+    assert run.data.params["reference"] == "fresh" and run.data.params["lora_r"] == "4"
+    assert "merged into its base (reference=fresh" in run.data.tags["mg.start"]
+    assert run.data.tags["mg.reference"] == "models:/fresh-sft/1 (the new adapter switched off)"
+    mv = client.get_model_version("fresh-dpo", "1")
+    assert mv.tags["mg.parent_model"] == "models:/fresh-sft/1"
+    assert mv.tags["mg.base_model"].startswith("models:/fresh-sft-v1-merged-base/")
+
+    from mg_mlflow.registry.loader import load_transformers
+
+    model, _ = load_transformers("models:/fresh-dpo/1")
+    assert model.peft_config["default"].r == 4  # the new adapter, on the merged SFT model
