@@ -169,3 +169,46 @@ def test_submit_objective_dpo_checks_the_pairs_and_queues_the_same_training(mg_h
     rebuilt = build_config(TrainConfig, ctx.params.pop("config_file"), {k: v for k, v in ctx.params.items()
                                                                         if k not in ("set_args", "progress")})
     assert rebuilt == cfg
+
+
+def test_vision_runs_refuse_a_preference_objective():
+    from mg_mlflow.errors import ConfigError
+    from mg_mlflow.options import build_config
+    from mg_mlflow.vision_config import VisionTrainConfig
+
+    with pytest.raises(ConfigError, match="vision runs train with sft only"):
+        build_config(VisionTrainConfig, overrides={"base_model": "m", "dataset": "d.jsonl", "objective": "dpo"})
+
+
+def test_evaluate_refuses_unpaired_records_before_any_run(mg_home, tmp_path):
+    from mg_mlflow.data.sample import write_preference_sample
+
+    data = str(write_preference_sample(tmp_path / "u.jsonl", 8, "unpaired"))
+    proc = invoke_cli(["evaluate", "models:/none/1", "--dataset", data, "--no-carbon"])
+    assert proc.returncode == 2 and "unpaired labelled answers" in proc.stdout + proc.stderr
+    assert _runs() == 0
+
+
+def test_preference_metrics_count_wins_per_sum_and_per_token(tiny_model):
+    """A pair scores a win when the chosen answer's summed (and, separately, per-token) log-probability
+    is higher; the margin is the mean summed difference. Checked against the same log-probabilities."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mg_mlflow.evaluation.data import EvalExample
+    from mg_mlflow.evaluation.local import answer_logps, preference_metrics
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = [{"role": "user", "content": "Name the colour: a red fox"}]
+    examples = [EvalExample(prompt, "red", "x:1", rejected="fox"), EvalExample(prompt, "fox", "x:2", rejected="red"),
+                EvalExample(prompt, "red", "x:3", rejected="red red red red")]
+    got = preference_metrics(model, tok, examples)
+    (red, fox, long), = [answer_logps(model, tok, [(prompt, "red"), (prompt, "fox"), (prompt, "red red red red")])]
+    wins = [red[0] > fox[0], fox[0] > red[0], red[0] > long[0]]
+    per_token = [red[0] / red[1] > fox[0] / fox[1], fox[0] / fox[1] > red[0] / red[1],
+                 red[0] / red[1] > long[0] / long[1]]
+    assert got["eval/preference_accuracy"] == pytest.approx(sum(wins) / 3)
+    assert got["eval/preference_accuracy_normalized"] == pytest.approx(sum(per_token) / 3)
+    assert got["eval/preference_margin"] == pytest.approx((red[0] - fox[0] + fox[0] - red[0] + red[0] - long[0]) / 3,
+                                                          rel=1e-5)
+    assert long[1] > red[1] and wins[2]  # a longer answer has more tokens and a lower summed log-probability
