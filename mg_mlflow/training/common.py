@@ -49,8 +49,8 @@ def no_answer_left(records: int, max_seq_length: int) -> MGError:
                         "--base-model MODEL --max-seq-length N`")
 
 
-def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
-    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method}
+def run_tags(modality: str, backend: str, method: str, objective: str = "sft") -> dict[str, str]:
+    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method, "mg.objective": objective}
 
 
 def log_objective(modality) -> None:
