@@ -181,8 +181,10 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
     base = ["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data)]
     proc = run_cli([*base, "--grid", "lora_rr=8,16", "--space", "learning_rate=normal:1:2"])
     assert proc.returncode == 2 and "lora_rr" in proc.stderr and "not a training option" in proc.stderr
-    proc = run_cli([*base, "--grid", "lora_r=8,16"])  # objective eval_loss_final without an eval set
-    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr
+    proc = run_cli([*base, "--grid", "lora_r=8,16"])  # metric eval_loss_final without an eval set
+    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr and "--metric loss_final" in proc.stderr
+    proc = run_cli([*base, "--grid", "lora_r=8,16", "--metric", "loss_final", "--objective", "kto"])
+    assert proc.returncode == 2 and "objective kto trains on unpaired" in proc.stderr  # the training objective
     proc = run_cli([*base, "--eval-split", "0.2", "--space", "learning_rate=loguniform:1e-3:1e-5", "--trials", "2"])
     assert proc.returncode == 2 and "must be below HIGH" in proc.stderr
     assert not (mg_home / "optuna.db").exists()
@@ -253,3 +255,9 @@ def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
     assert client.get_run(result.parent_run_id).data.tags["mg.modality"] == "vision"
     mv = client.get_model_version("vl-sweep", "1")  # the best vision trial, verified and registered
     assert result.registered == "models:/vl-sweep/1" and mv.tags["mg.modality"] == "vision"
+
+
+def test_a_study_stored_with_the_metric_named_objective_resumes():
+    from mg_mlflow.experiment.sweep import _spec_from_dict
+
+    assert _spec_from_dict({"objective": "loss_final", "trials": 2}).metric == "loss_final"

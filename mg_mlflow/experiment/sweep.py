@@ -28,6 +28,7 @@ from mg_mlflow.experiment.trial import run_trial, train_function
 from mg_mlflow.options import option
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.tracking.run import use_tracking_uri
+from mg_mlflow.training.recipe import modality_for
 from mg_mlflow.vision_config import VisionTrainConfig
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -125,6 +126,7 @@ def validate(spec: SweepSpec):
         raise MGError("bad sweep options:\n" + "\n".join(f"  - {p}" for p in problems))
     first = {d.name: (d.values[0] if d.values else (int(d.low) if "int" in d.kind else d.low)) for d in grid + space}
     cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
+    modality_for(cfg).load_data()  # every bad record (or a file of the wrong shape) before any run
     direction = sp.direction_for(spec.metric, spec.direction)
     if spec.metric.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
         raise MGError(f"--metric {spec.metric} needs an evaluation set",
