@@ -22,12 +22,12 @@ COMMON_METRICS = {"loss", "learning_rate", "grad_norm", "epoch", "tokens_per_sec
 VISION_METRICS = {"samples/exact_match_before", "samples/exact_match_after"}
 COMMON_VERSION_TAGS = {"mg.save_method", "mg.kind", "mg.base_model", "mg.backend", "mg.modality", "mg.method",
                        "mg.quantization", "mg.run_id", "mg.dataset_digest", "mg.git_commit", "mg.train_loss",
-                       "mg.eval_loss", "mg.verify_max_logit_diff"}
+                       "mg.eval_loss", "mg.verify_max_logit_diff", "mg.objective"}
 VISION_VERSION_TAGS = {"mg.family", "mg.min_pixels", "mg.max_pixels"}
 COMMON_RUN_TAGS = {"mg.modality", "mg.backend", "mg.method", "mg.backend_reason", "mg.batching_reason",
                    "mg.registered_model", "mg.git_commit",
                    "mg.pid", "mg.pid_start", "mg.host",
-                   "mg.registered_version", "mg.run_kind"}
+                   "mg.registered_version", "mg.run_kind", "mg.objective", "mg.start"}
 
 
 def _train(modality, request, **overrides):

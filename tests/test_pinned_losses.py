@@ -24,7 +24,7 @@ import yaml
 from conftest import ROOT
 
 PINNED = ROOT / "tests" / "data" / "pinned_losses.json"
-RECIPES = ["tiny-lora", "tiny-full-merged", "tiny-vision"]
+RECIPES = ["tiny-lora", "tiny-full-merged", "tiny-vision", "tiny-dpo"]
 DEFAULTS = "defaults"  # the quick start: options given on the command line, every other one a default
 STEPS = 10
 # Added to the recipe's own train command: short, and nothing registered (registering comes after the
@@ -46,10 +46,12 @@ def recipe_commands(recipe: str, workdir: Path) -> list[list[str]]:
         args = shlex.split(part.strip())
         if args[:3] != ["python", "-m", "mg_mlflow"]:
             continue  # the shell's workdir default
-        if args[3] in ("train", "train-vision"):
-            args += [item for o in OVERRIDES for item in ("--set", o)]
         steps.append(args[3:])
     assert steps and steps[-1][0] in ("train", "train-vision"), f"{recipe}: no train step in {command!r}"
+    for args in steps:  # an earlier train step (tiny-dpo's SFT) registers what the last one starts from
+        if args[0] in ("train", "train-vision"):
+            args += [item for o in OVERRIDES if args is steps[-1] or not o.startswith("register_as")
+                     for item in ("--set", o)]
     return steps
 
 

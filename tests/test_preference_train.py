@@ -97,3 +97,43 @@ def test_mlflow_run_entry_point_gives_the_cli_record(mg_home, tiny_model, prefs)
     assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= per_step
     tags = ("mg.objective", "mg.reference", "mg.method")
     assert [by_cli.data.tags[t] for t in tags] == [by_project.data.tags[t] for t in tags]
+
+
+def test_sweep_over_beta_trains_dpo_children_and_registers_the_best(mg_home, tiny_model, prefs):
+    """`sweep --objective dpo --grid beta=...`: --objective is the training objective, --metric the
+    figure the sweep optimises."""
+    proc = invoke_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(prefs["pairs"]), "--objective",
+                       "dpo", "--grid", "beta=0.05,0.3", "--metric", "loss_final", "--pruner", "none",
+                       "--max-steps", "3", "--no-carbon", "--no-system-metrics", "--register-as", "dpo-sweep"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    client = _client()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    parent = next(r for r in runs if r.data.tags.get("mg.run_kind") == "sweep")
+    assert parent.data.params["sweep.metric"] == "loss_final"
+    assert sorted(r.data.params["beta"] for r in children) == ["0.05", "0.3"]
+    assert {r.data.params["objective"] for r in children} == {"dpo"}
+    assert all(client.get_metric_history(r.info.run_id, "rewards/margins") for r in children)
+    mv = client.get_model_version("dpo-sweep", "1")
+    assert mv.tags["mg.objective"] == "dpo"
+
+
+def test_fresh_adapter_on_the_merged_sft_model(mg_home, tiny_model, prefs):
+    """reference=fresh: the registered SFT adapter is merged into its base (registered as a base of its
+    own), a new adapter trains on it, and the reference is the SFT model (the new adapter switched off)."""
+    _train(base_model=str(tiny_model), dataset=str(prefs["sft"]), max_steps=4, register_as="fresh-sft")
+    result = _train(base_model="models:/fresh-sft/1", dataset=str(prefs["pairs"]), objective="dpo",
+                    reference="fresh", lora_r=4, max_steps=3, register_as="fresh-dpo")
+    client = _client()
+    run = client.get_run(result.run_id)
+    assert run.data.params["reference"] == "fresh" and run.data.params["lora_r"] == "4"
+    assert "merged into its base (reference=fresh" in run.data.tags["mg.start"]
+    assert run.data.tags["mg.reference"] == "models:/fresh-sft/1 (the new adapter switched off)"
+    mv = client.get_model_version("fresh-dpo", "1")
+    assert mv.tags["mg.parent_model"] == "models:/fresh-sft/1"
+    assert mv.tags["mg.base_model"].startswith("models:/fresh-sft-v1-merged-base/")
+
+    from mg_mlflow.registry.loader import load_transformers
+
+    model, _ = load_transformers("models:/fresh-dpo/1")
+    assert model.peft_config["default"].r == 4  # the new adapter, on the merged SFT model

@@ -10,7 +10,8 @@ import pytest
 from conftest import BIN, ROOT
 
 
-@pytest.mark.parametrize("recipe,model", [("tiny-lora", "tiny-lora"), ("tiny-full-merged", "tiny-full")])
+@pytest.mark.parametrize("recipe,model", [("tiny-lora", "tiny-lora"), ("tiny-full-merged", "tiny-full"),
+                                          ("tiny-dpo", "tiny-dpo")])
 def test_recipe_runs_as_an_mlflow_project(mg_home, tmp_path, recipe, model):
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     cmd = [str(BIN / "mlflow"), "run", str(ROOT / "projects" / recipe), "--env-manager", "local",

@@ -182,7 +182,9 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
     proc = run_cli([*base, "--grid", "lora_rr=8,16", "--space", "learning_rate=normal:1:2"])
     assert proc.returncode == 2 and "lora_rr" in proc.stderr and "not a training option" in proc.stderr
     proc = run_cli([*base, "--eval-split", "0", "--grid", "lora_r=8,16"])  # eval_loss_final, no eval set on purpose
-    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr
+    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr and "--metric loss_final" in proc.stderr
+    proc = run_cli([*base, "--grid", "lora_r=8,16", "--metric", "loss_final", "--objective", "kto"])
+    assert proc.returncode == 2 and "objective kto trains on unpaired" in proc.stderr  # the training objective
     proc = run_cli([*base, "--eval-split", "0.2", "--space", "learning_rate=loguniform:1e-3:1e-5", "--trials", "2"])
     assert proc.returncode == 2 and "must be below HIGH" in proc.stderr
     assert not (mg_home / "optuna.db").exists()
@@ -312,3 +314,9 @@ def test_runs_list_shows_a_pruned_trial_as_pruned(mg_home):
     rows = {line.split("│")[2].strip(): line.split("│")[3].strip() for line in out.splitlines()
             if line.count("│") > 4 and "trial" in line}
     assert rows == {"trial-a": "pruned", "trial-b": "KILLED"}, out
+
+
+def test_a_study_stored_with_the_metric_named_objective_resumes():
+    from mg_mlflow.experiment.sweep import _spec_from_dict
+
+    assert _spec_from_dict({"objective": "loss_final", "trials": 2}).metric == "loss_final"

@@ -88,7 +88,7 @@ def validate_cmd(dataset, fmt, columns, ignore_columns, vision, base_model, max_
               show_default=True)
 @click.option("--vision", is_flag=True, help="write an image question-answer dataset (coloured shapes)")
 @click.option("--preference", type=click.Choice(list(PREFERENCE_KINDS)), default=None,
-              help="write a learnable preference set (shout the word: uppercase is better): pairs "
+              help="write a learnable preference set (asked for the colour, the colour beats the animal): pairs "
                    "{prompt, chosen, rejected} for dpo/orpo/simpo, unpaired {prompt, completion, label} for kto, "
                    "or sft (the same prompts answered either way, an SFT start with no preference)")
 @click.option("--prompts", is_flag=True, help="write prompts for reinforcement learning (grpo, evaluate --reward): "

@@ -48,7 +48,7 @@ def _submit_training(command, cls, vision, config_file, set_args, options, addre
     setup_env()
     cfg = build_config(cls, config_file, options, set_args)  # the same rules and errors as train
     absolute_paths(cfg)
-    validate_training(cfg, vision)                           # every bad record, file:line, before queueing
+    validate_training(cfg)                                   # every bad record, file:line, before queueing
     spec = JobSpec(command=training_argv(command, cfg), gpus=_gpus(gpus, address), address=address,
                    working_dir=working_dir, ship_code=ship_code, run_name=cfg.run_name, experiment=cfg.experiment)
     _report(submit(spec))

@@ -98,25 +98,26 @@ PREFERENCE_KINDS = ("pairs", "unpaired", "sft")
 
 
 def preference_records(n: int = 64, seed: int = 0, kind: str = "pairs") -> list[dict]:
-    """``n`` records of one learnable preference: asked to shout a word, the uppercased word is the
-    better answer and the word unchanged the worse one.
+    """``n`` records of one learnable preference: asked for the colour of "a red fox", the colour is the
+    better answer and the animal the worse one (both one word, so the summed log-probabilities of the
+    two answers compare like for like).
 
     ``pairs``: {prompt, chosen, rejected} (DPO, ORPO, SimPO); ``unpaired``: {prompt, completion, label}
-    with the good and the bad answer alternating (KTO); ``sft``: instruction records answering either
-    way, half and half (an SFT starting point that holds no preference)."""
+    with good and bad answers alternating (KTO); ``sft``: instruction records answered with the colour
+    or the animal, half and half (an SFT starting point that knows the answer's form but holds no
+    preference)."""
     rng = random.Random(seed)
-    words = _WORDS + _COLOURS + _ANIMALS
     out = []
     for i in range(n):
-        word = rng.choice(words)
-        prompt = f"Shout the word: {word}"
+        colour, animal = rng.choice(_COLOURS), rng.choice(_ANIMALS)
+        prompt = f"Name the colour: a {colour} {animal}"
         if kind == "pairs":
-            out.append({"prompt": prompt, "chosen": word.upper(), "rejected": word})
+            out.append({"prompt": prompt, "chosen": colour, "rejected": animal})
         elif kind == "unpaired":
             good = i % 2 == 0
-            out.append({"prompt": prompt, "completion": word.upper() if good else word, "label": good})
+            out.append({"prompt": prompt, "completion": colour if good else animal, "label": good})
         else:
-            out.append({"instruction": prompt, "output": word.upper() if i % 2 == 0 else word})
+            out.append({"instruction": prompt, "output": colour if i % 2 == 0 else animal})
     return out
 
 

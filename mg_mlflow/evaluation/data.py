@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mg_mlflow.data.load import digest_records, load_dataset_records
+from mg_mlflow.data.preference import PAIRS, SHAPES, UNPAIRED, load_preference_records, sniff_shape
 from mg_mlflow.errors import DataError, MGError
 
 _NO_REFERENCE = ("missing field 'output'", "field 'output' must be", "the last message must be the assistant")
@@ -17,8 +18,9 @@ _NO_REFERENCE = ("missing field 'output'", "field 'output' must be", "the last m
 @dataclass
 class EvalExample:
     prompt: list[dict]        # chat messages up to (not including) the answer
-    reference: str            # the expected answer
+    reference: str            # the expected answer (of a preference pair: the chosen one)
     location: str             # file:line
+    rejected: str | None = None  # of a preference pair: the rejected answer
 
     @property
     def prompt_text(self) -> str:
@@ -40,6 +42,11 @@ class EvalSet:
     def name(self) -> str:
         return self.data.name
 
+    @property
+    def preference(self) -> bool:
+        """Held-out preference pairs (chosen is the reference): preference accuracy is measured."""
+        return self.data.fmt == PAIRS
+
     def __len__(self) -> int:
         return len(self.examples)
 
@@ -49,7 +56,15 @@ def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None, colu
     """Load and validate ``source``; every record must carry a reference answer.
 
     Raises MGError naming each ``file:line`` without a reference, or DataError for other bad records.
+    A file of preference pairs (:mod:`mg_mlflow.data.preference`) is held-out pairs: the chosen answer
+    is the reference, and the rejected one is kept for the preference metrics.
     """
+    shape = sniff_shape(source)
+    if shape == PAIRS:
+        return _pairs_set(source, limit)
+    if shape == UNPAIRED:
+        raise MGError(f"dataset {source} holds {SHAPES[UNPAIRED]}: evaluate scores answers against references "
+                      "or preference pairs", hint=f"give {SHAPES[PAIRS]}, or conversations with reference answers")
     try:
         data = load_dataset_records(source, fmt, "test", columns, ignore_columns)
     except DataError as err:
@@ -70,4 +85,19 @@ def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None, colu
     for ex in examples:
         if not ex.prompt:
             raise MGError(f"{ex.location}: the record has an answer but no prompt before it")
+    return EvalSet(examples, data)
+
+
+def _pairs_set(source: str, limit: int | None) -> EvalSet:
+    data = load_preference_records(source, PAIRS, split="test")
+    if limit is not None and 0 < limit < len(data.records):
+        data.records, data.locations = data.records[:limit], data.locations[:limit]
+        data.digest = digest_records(data.records)
+    examples = []
+    for rec, loc in zip(data.records, data.locations):
+        if len(rec["chosen"]) != 1 or len(rec["rejected"]) != 1:
+            raise MGError(f"{loc}: chosen and rejected must each be one assistant answer to be scored",
+                          hint="put the earlier turns in 'prompt'")
+        examples.append(EvalExample(prompt=rec["prompt"], reference=rec["chosen"][0]["content"], location=loc,
+                                    rejected=rec["rejected"][0]["content"]))
     return EvalSet(examples, data)

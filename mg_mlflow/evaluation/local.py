@@ -29,19 +29,65 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def answer_row(tokenizer, prompt_turns: list[dict], answer: str, max_length: int = 2048) -> tuple[list, list]:
+    """(token ids, labels) of prompt + answer: the labels are -100 on the prompt, the ids elsewhere."""
+    prompt = _ids(tokenizer, render(tokenizer, prompt_turns, True))
+    full = _ids(tokenizer, render(tokenizer, prompt_turns + [{"role": "assistant", "content": answer}], False))
+    if full[:len(prompt)] != prompt:  # templates that rewrite earlier turns: fall back to concatenation
+        full = prompt + _ids(tokenizer, answer + (tokenizer.eos_token or ""))
+    full = full[:max_length]
+    return full, [-100] * min(len(prompt), len(full)) + full[len(prompt):]
+
+
+def answer_logps(model, tokenizer, items: list[tuple[list[dict], str]], batch_size: int = 8,
+                 max_length: int = 2048) -> list[tuple[float, int]]:
+    """(sum of the answer tokens' log-probabilities, answer tokens) for each (prompt turns, answer)."""
+    import torch
+
+    rows = [answer_row(tokenizer, prompt, answer, max_length) for prompt, answer in items]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=device)
+            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk], device=device)
+            logps = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float()[:, :-1], dim=-1)
+            target = labels[:, 1:]
+            keep = target != -100
+            picked = torch.gather(logps, 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep
+            out += [(float(s), int(n)) for s, n in zip(picked.sum(-1), keep.sum(-1))]
+    return out
+
+
+def preference_metrics(model, tokenizer, examples, batch_size: int = 8) -> dict[str, float]:
+    """On held-out pairs: how often the chosen answer gets the higher log-probability than the rejected
+    one, summed over its tokens (``eval/preference_accuracy``) and per token
+    (``eval/preference_accuracy_normalized``, fair to answers of different lengths), and the mean
+    difference of the summed log-probabilities (``eval/preference_margin``, > 0: chosen preferred).
+    A tie counts as half."""
+    chosen = answer_logps(model, tokenizer, [(ex.prompt, ex.reference) for ex in examples], batch_size)
+    rejected = answer_logps(model, tokenizer, [(ex.prompt, ex.rejected) for ex in examples], batch_size)
+
+    def wins(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    raw = [wins(c[0], r[0]) for c, r in zip(chosen, rejected)]
+    per_token = [wins(c[0] / max(c[1], 1), r[0] / max(r[1], 1)) for c, r in zip(chosen, rejected)]
+    n = len(examples)
+    return {"eval/preference_accuracy": sum(raw) / n, "eval/preference_accuracy_normalized": sum(per_token) / n,
+            "eval/preference_margin": sum(c[0] - r[0] for c, r in zip(chosen, rejected)) / n,
+            "eval/preference_pairs": float(n)}
+
+
 def answer_loss(model, tokenizer, examples, batch_size: int = 8, max_length: int = 2048) -> tuple[float, int]:
     """(mean loss per answer token, answer tokens counted) over ``examples``."""
     import torch
 
-    rows = []
-    for ex in examples:
-        prompt = _ids(tokenizer, render(tokenizer, ex.prompt, True))
-        full = _ids(tokenizer, render(tokenizer, ex.prompt + [{"role": "assistant", "content": ex.reference}], False))
-        if full[:len(prompt)] != prompt:  # templates that rewrite earlier turns: fall back to concatenation
-            full = prompt + _ids(tokenizer, ex.reference + (tokenizer.eos_token or ""))
-        full = full[:max_length]
-        labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
-        rows.append((full, labels))
+    rows = [answer_row(tokenizer, ex.prompt, ex.reference, max_length) for ex in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     total, count = 0.0, 0

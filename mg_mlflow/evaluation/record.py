@@ -13,6 +13,7 @@ import hashlib
 import json
 
 from mg_mlflow.registry.model_card import refresh_description
+from mg_mlflow.tracking.datasets import records_frame
 
 TABLE = "eval/examples.json"
 KEY_TAG = "mg.eval.key"
@@ -76,12 +77,9 @@ def find_earlier(key: str, experiment: str):
 
 def mlflow_dataset(eval_set):
     import mlflow
-    import pandas as pd
 
     data = eval_set.data
-    columns = list(data.records[0])  # messages; or prompt + the columns rewards read (evaluate --reward)
-    frame = pd.DataFrame({c: [v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-                              for v in (r.get(c) for r in data.records)] for c in columns})
+    frame = records_frame(data)
     return mlflow.data.from_pandas(frame, source=data.source, name=data.name, digest=data.digest)
 
 

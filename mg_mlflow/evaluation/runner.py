@@ -286,6 +286,8 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes, with_los
         model, tokenizer = load_model_dir(resolved.local_dir)
         metrics = local.loss_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8)) \
             if with_loss else {}
+        if eval_set.preference:
+            metrics.update(local.preference_metrics(model, tokenizer, examples, batch_size=min(opts.batch_size, 8)))
         gen = local.generate(model, tokenizer, examples, opts.max_new_tokens, opts.batch_size, step("generate"))
         return metrics, gen
     import math
@@ -293,6 +295,9 @@ def _measure(resolved, eval_set, opts, deployment, served, step, notes, with_los
     gen = remote.generate(deployment, served, examples, opts.max_new_tokens, opts.concurrency, opts.api_key,
                           step("generate"))
     metrics = remote.latency_metrics(gen)
+    if eval_set.preference:
+        notes.append("eval/preference_accuracy not measured through a deployment (it scores given answers "
+                     "token by token): evaluate without --deployment for the preference metrics")
     if not with_loss:
         return metrics, gen
     if not remote.logprobs_safe(deployment, served):

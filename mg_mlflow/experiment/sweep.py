@@ -29,6 +29,7 @@ from mg_mlflow.options import option
 from mg_mlflow.proc import wait_interruptibly
 from mg_mlflow.tracking.run import use_tracking_uri
 from mg_mlflow.training.recipe import preflight
+from mg_mlflow.training.recipe import modality_for
 from mg_mlflow.vision_config import VisionTrainConfig
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
@@ -129,6 +130,7 @@ def validate(spec: SweepSpec):
         raise MGError("bad sweep options:\n" + "\n".join(f"  - {p}" for p in problems))
     first = {d.name: (d.values[0] if d.values else (int(d.low) if "int" in d.kind else d.low)) for d in grid + space}
     cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
+    modality_for(cfg).load_data()  # every bad record (or a file of the wrong shape) before any run
     direction = sp.direction_for(spec.metric, spec.direction)
     if choose_defaults(spec, cfg, grid, direction):
         cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)

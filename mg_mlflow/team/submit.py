@@ -23,11 +23,10 @@ from urllib.parse import urlsplit
 import click
 
 import mg_mlflow
-from mg_mlflow.data.load import load_dataset_records
-from mg_mlflow.data.vision import load_vision_records
 from mg_mlflow.env import default_tracking_uri, mg_home
 from mg_mlflow.errors import MGError
 from mg_mlflow.options import to_argv
+from mg_mlflow.training.recipe import modality_for
 from mg_mlflow.team.jobs import client_for
 from mg_mlflow.team.ray_local import SLOT
 
@@ -65,17 +64,10 @@ def absolute_paths(cfg) -> None:
             setattr(cfg, name, str(path.absolute()))
 
 
-def validate_training(cfg, vision: bool) -> None:
-    """What ``train`` checks before loading a model: every record (and image), the base folder."""
-    if vision:
-        load_vision_records(cfg.dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
-        if cfg.eval_dataset:
-            load_vision_records(cfg.eval_dataset, cfg.dataset_format, cfg.columns, cfg.ignore_columns)
-    else:
-        load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split, cfg.columns, cfg.ignore_columns)
-        if cfg.eval_dataset:
-            load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation", cfg.columns,
-                                 cfg.ignore_columns)
+def validate_training(cfg) -> None:
+    """What ``train`` checks before loading a model: every record (and image) the way the run's
+    modality and objective load them (a file of the wrong shape is refused), the base folder."""
+    modality_for(cfg).load_data()
     base = cfg.base_model
     if base.startswith("/") and not Path(base).is_dir():
         raise MGError(f"base model folder {base} does not exist",

@@ -6,17 +6,23 @@ import json
 import warnings
 
 
-def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
-    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input: one column per
-    field of its normalised records (``messages``; preference records ``prompt``/``chosen``/``rejected``
-    or ``prompt``/``completion``/``label``), lists as JSON text; and its profile (format, turns, tool
-    calls, trained tokens after the mask) as ``datasets/<context>_profile.json``."""
-    import mlflow
+def records_frame(data):
+    """A :class:`~mg_mlflow.data.load.LoadedDataset` as a DataFrame: one column per field of its
+    normalised records (``messages``; preference records ``prompt``/``chosen``/``rejected`` or
+    ``prompt``/``completion``/``label``), lists as JSON text."""
     import pandas as pd
 
     columns = list(data.records[0]) if data.records else ["messages"]
-    frame = pd.DataFrame({c: [v if isinstance(v := r.get(c), (str, bool)) else json.dumps(v, ensure_ascii=False)
-                              for r in data.records] for c in columns})
+    return pd.DataFrame({c: [v if isinstance(v := r.get(c), (str, bool)) else json.dumps(v, ensure_ascii=False)
+                             for r in data.records] for c in columns})
+
+
+def log_dataset_input(data, context: str, profile: dict | None = None) -> None:
+    """Log a :class:`~mg_mlflow.data.load.LoadedDataset` as an MLflow dataset input, and its profile
+    (format, turns, tool calls, trained tokens after the mask) as ``datasets/<context>_profile.json``."""
+    import mlflow
+
+    frame = records_frame(data)
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice (schemes "" and "file") and warns that a path
         # "can be interpreted in multiple ways" while both are the same class of source

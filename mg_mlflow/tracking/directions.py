@@ -2,13 +2,14 @@
 ``promote`` and ``sweep`` read.
 
 A metric name is matched by its last part (``eval/rougeL`` -> ``rougel``, ``eval/arc/acc_norm`` ->
-``acc_norm``, ``carbon/total_emissions_kg`` -> ``total_emissions_kg``), word by word:
+``acc_norm``, ``carbon/total_emissions_kg`` -> ``total_emissions_kg``), word by word; a reward named by
+the user (``eval/reward/<name>``, ``rewards/<name>/mean``) is a quality, higher is better:
 
 ========================  =========  =======================================================
 kind                      better     words
 ========================  =========  =======================================================
 quality                   higher     exact_match, f1, rouge*, bleu, chrf, accuracy, acc, mcc,
-                                     json_valid (a valid-output rate), reward(s), margins
+                                     json_valid (a valid-output rate), reward(s), margin(s)
 quality                   lower      loss, perplexity, bits_per_byte
 cost                      lower      emissions, energy, seconds, latency, duration, ``*_s``
 throughput                higher     ``*_per_s``, ``*_per_second``
@@ -23,7 +24,7 @@ import re
 from dataclasses import dataclass
 
 QUALITY_UP = ("exact_match", "f1", "rouge", "bleu", "chrf", "accuracy", "accuracies", "acc", "mcc",
-              "json_valid", "reward", "rewards", "margins", "valid")
+              "json_valid", "reward", "rewards", "margin", "margins", "valid")
 QUALITY_DOWN = ("loss", "perplexity", "bits_per_byte")
 COST_DOWN = ("emissions", "energy", "seconds", "latency", "duration")
 
@@ -60,8 +61,11 @@ def _has(name: str, word: str) -> bool:
 def direction(metric: str) -> Direction:
     """The declared direction of ``metric`` (see the module's table)."""
     name = _last_part(metric)
-    if "stderr" in name:
+    if "stderr" in name or name == "std":
         return Direction(metric, "count", None)
+    parts = metric.lower().split("/")
+    if "reward" in parts[:-1] or (parts[0] == "rewards" and name == "mean"):
+        return Direction(metric, "quality", True)
     if name.endswith("_per_s") or name.endswith("_per_second"):
         return Direction(metric, "throughput", True)
     if any(_has(name, w) for w in QUALITY_DOWN):

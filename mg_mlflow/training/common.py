@@ -69,10 +69,11 @@ def log_truncation(cfg, profiles: dict[str, dict]) -> None:
         warnings.warn(warning, UserWarning, stacklevel=2)
 
 
-def run_tags(modality: str, backend: str, method: str) -> dict[str, str]:
+def run_tags(modality: str, backend: str, method: str, objective: str = "sft") -> dict[str, str]:
     """``mg.run_kind`` ``training`` (evaluation runs carry ``evaluation``): the training-runs link of
     ``model-garden ui`` filters the experiment's table on it."""
-    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method, "mg.run_kind": "training"}
+    return {"mg.modality": modality, "mg.backend": backend, "mg.method": method, "mg.run_kind": "training",
+            "mg.objective": objective}
 
 
 def log_objective(modality) -> None:

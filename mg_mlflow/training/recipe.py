@@ -74,7 +74,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
                                            write_checkpoints_atomically)
     from mg_mlflow.training import step_stats
 
-    tags = {**run_tags(modality.name, backend, cfg.method), **modality.run_tags()}
+    tags = {**run_tags(modality.name, backend, cfg.method, cfg.objective), **modality.run_tags()}
     name = run_name(cfg, modality.name, backend)
     # several GPUs (torchrun): every rank trains; only rank 0 has an MLflow run and logs, saves, registers
     main = distributed.is_main()

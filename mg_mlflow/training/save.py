@@ -181,7 +181,7 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
     name = cfg.register_as or default_registered_name(cfg.base_model, "lora" if meta["kind"] == "adapter" else "merged")
     tags = {"mg.save_method": cfg.save_method if cfg.method != "full" else "merged_16bit",
             "mg.kind": meta["kind"], "mg.base_model": describe(base_ref), "mg.backend": meta["backend"],
-            "mg.modality": meta["modality"], **extra_tags, "mg.method": cfg.method,
+            "mg.modality": meta["modality"], **extra_tags, "mg.method": cfg.method, "mg.objective": cfg.objective,
             **({"mg.family": meta["family"]} if meta.get("family") else {}),
             "mg.quantization": "bnb-4bit (training only)" if cfg.method == "qlora" else "none",
             "mg.run_id": meta["run_id"], "mg.dataset_digest": meta["dataset_digest"],

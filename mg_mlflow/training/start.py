@@ -40,6 +40,13 @@ class Start:
     parent: str = ""                # models:/NAME/VERSION the run starts from
     source: str = ""                # else: what the base reference is made from (default: base_model)
 
+    def version_tags(self) -> dict[str, str]:
+        """``mg.parent_model`` when the run started from a registered version."""
+        return {"mg.parent_model": self.parent} if self.parent else {}
+
+    def run_tags(self) -> dict[str, str]:
+        return {**self.version_tags(), "mg.start": self.how}
+
     def base_reference(self, base_model: str, modality: str, registers: bool, revision: str | None) -> dict:
         """The portable reference the saved model names as its base."""
         if self.base_ref is not None:

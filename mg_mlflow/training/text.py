@@ -33,17 +33,11 @@ class TextModality:
 
     @property
     def extra_tags(self) -> dict:
-        """Version (and run) tags: the objective and, when the run started from a version, its parent."""
-        tags = {"mg.objective": self.cfg.objective}
-        if self.start is not None and self.start.parent:
-            tags["mg.parent_model"] = self.start.parent
-        return tags
+        """Version tags: the parent version, when the run started from one."""
+        return self.start.version_tags() if self.start is not None else {}
 
     def run_tags(self) -> dict:
-        tags = dict(self.extra_tags)
-        if self.start is not None:
-            tags["mg.start"] = self.start.how
-        return tags
+        return self.start.run_tags() if self.start is not None else {}
 
     def run_params(self) -> dict:
         return self.objective.params()

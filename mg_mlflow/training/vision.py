@@ -19,6 +19,7 @@ from mg_mlflow.registry.base_ref import local_base_reference
 from mg_mlflow.registry.publish import log_vision_model, make_base_reference, vision_probe
 from mg_mlflow.training.backends import hf_load_kwargs, torch_dtype
 from mg_mlflow.training.common import no_answer_left, trainer_kwargs
+from mg_mlflow.training.start import plain_start
 from mg_mlflow.training.vision_collator import RecordDataset, VisionCollator
 from mg_mlflow.training.vision_samples import log_samples, pick_samples, sample_answers
 from mg_mlflow.vision_config import VisionTrainConfig
@@ -119,10 +120,12 @@ class VisionModality:
         self.before: list[str] = []
         self.processor: VisionProcessor | None = None
         self.profiles: dict[str, dict] = {}
+        self.start = None
 
     @property
     def extra_tags(self) -> dict:
-        return {"mg.min_pixels": self.cfg.min_pixels, "mg.max_pixels": self.cfg.max_pixels}
+        lineage = self.start.version_tags() if self.start is not None else {}
+        return {"mg.min_pixels": self.cfg.min_pixels, "mg.max_pixels": self.cfg.max_pixels, **lineage}
 
     def load_data(self):
         return load_vision_data(self.cfg)
@@ -144,12 +147,13 @@ class VisionModality:
         self.check_answers_fit(self.processor, train_data)
 
     def run_tags(self) -> dict:
-        return {}
+        return self.start.run_tags() if self.start is not None else {}
 
     def run_params(self) -> dict:
         return {}
 
     def starting_point(self, base: str, revision: str | None) -> tuple[str, str | None]:
+        self.start = plain_start(base, revision, self.cfg.base_model)
         return base, revision
 
     def base_reference(self, registers: bool, revision: str | None) -> dict:
