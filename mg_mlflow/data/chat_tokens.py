@@ -125,6 +125,8 @@ def readable(stats: dict[str, object]) -> list[tuple[str, object]]:
             continue  # shown with the count
         if key == "truncated" and "truncated_share" in stats:
             value = f"{value} ({100 * stats['truncated_share']:.1f}%)"
+        if key == "truncated" and "max_length" in stats:
+            key = f"truncated at {stats['max_length']}"
         if isinstance(value, dict) and {"min", "median", "max"} <= set(value):
             value = f"{value['min']}/{value['median']}/{value['max']} (mean {value['mean']})"
             key = f"{key} (min/median/max)"
