@@ -212,3 +212,25 @@ def test_preference_metrics_count_wins_per_sum_and_per_token(tiny_model):
     assert got["eval/preference_margin"] == pytest.approx((red[0] - fox[0] + fox[0] - red[0] + red[0] - long[0]) / 3,
                                                           rel=1e-5)
     assert long[1] > red[1] and wins[2]  # a longer answer has more tokens and a lower summed log-probability
+
+
+def test_a_preference_file_with_other_column_names_loads_through_the_column_map(tmp_path, mg_home, tiny_model):
+    """--columns maps a file's own names onto prompt/chosen/rejected, for validate and for training's
+    loader alike; without the map the file is refused naming the keys."""
+    from mg_mlflow.config import TrainConfig, build_config
+    from mg_mlflow.training.objectives import objective_for
+
+    data = _write(tmp_path / "qa.jsonl", [{"question": f"Name the colour: a red fox {i}", "good": "red",
+                                            "bad": "fox"} for i in range(4)])
+    columns = "prompt=question,chosen=good,rejected=bad"
+    proc = invoke_cli(["data", "validate", data, "--columns", columns])
+    assert proc.returncode == 0 and "--objective dpo" in proc.stdout, proc.stdout + proc.stderr
+    cfg = build_config(TrainConfig, overrides={"base_model": str(tiny_model), "dataset": data, "objective": "dpo",
+                                               "columns": {"prompt": "question", "chosen": "good",
+                                                           "rejected": "bad"}})
+    train, _ = objective_for(cfg).load_data()
+    assert train.records[0]["chosen"] == [{"role": "assistant", "content": "red"}]
+    assert train.records[0]["prompt"][-1] == {"role": "user", "content": "Name the colour: a red fox 0"}
+    refused = invoke_cli(["data", "validate", data])
+    assert refused.returncode == 2 and "question" in refused.stderr
+    assert _runs() == 0
