@@ -71,10 +71,10 @@ def test_bad_pairs_are_listed_by_file_and_line_before_any_run(mg_home, tiny_mode
     proc = _train(tiny_model, data, "--objective", "dpo")
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
-    assert f"{data}:2: chosen and rejected are the same answer" in out
+    assert f"{data}:2: 'chosen' and 'rejected' are the same answer" in out
     assert f"{data}:3: field 'chosen' is empty" in out
-    assert f"{data}:4: missing field 'rejected'" in out
-    assert f"{data}:6: conversations[0] must be" in out
+    assert f"{data}:4: missing field 'chosen' or 'rejected'" in out
+    assert f"{data}:6: conversations[0].from must be one of" in out
     assert f"{data}:7: not valid JSON" in out
     assert _runs() == 0
 

@@ -158,7 +158,7 @@ def _label(value: object) -> tuple[bool | None, str | None]:
     if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
         return BOOL_WORDS[value.strip().lower()], None
     if value is None or value == "":
-        return None, "missing 'label' (true for a good answer, false for a bad one)"
+        return None, "missing field 'label' (true for a good answer, false for a bad one)"
     return None, f"field 'label' must be true or false, got {value!r}"
 
 
@@ -202,7 +202,7 @@ def normalise(raw: object, kind: str) -> tuple[dict | None, str | None]:
             return None, "missing field 'chosen' or 'rejected' (a preference pair needs both)"
         return normalise_preference(raw)
     if "label" not in raw:
-        return None, "missing 'label' (true for a good answer, false for a bad one)"
+        return None, "missing field 'label' (true for a good answer, false for a bad one)"
     return normalise_kto(raw)
 
 

@@ -85,25 +85,8 @@ def preference_metrics(model, tokenizer, examples, batch_size: int = 8) -> dict[
 
 def answer_loss(model, tokenizer, examples, batch_size: int = 8, max_length: int = 2048) -> tuple[float, int]:
     """(mean loss per answer token, answer tokens counted) over ``examples``."""
-    import torch
-
-    rows = [answer_row(tokenizer, ex.prompt, ex.reference, max_length) for ex in examples]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=device)
-            labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk], device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(loss)
-            count += int((shift_labels != -100).sum())
+    scored = answer_logps(model, tokenizer, [(ex.prompt, ex.reference) for ex in examples], batch_size, max_length)
+    total, count = -sum(s for s, _ in scored), sum(n for _, n in scored)
     return (total / count if count else float("nan")), count
 
 
