@@ -84,8 +84,6 @@ def test_quick_start_runs_when_pasted(tmp_path):
     # the Quick start's two trainings, the recipe's third (which takes the champion alias), one merged
     assert json.loads(check.stdout) == [[1, 2, 3], 3, [1]], check.stdout + check.stderr
     assert "Traceback" not in text
-    records = list((home / "deployments").glob("*.json"))
-    assert records, "the deployment left no record"
     stopped = subprocess.run([str(BIN / "model-garden"), "deployments", "list", "--json"], cwd=clone, env=env,
                              capture_output=True, text=True, timeout=120)
-    assert '"running"' not in stopped.stdout, stopped.stdout
+    assert stopped.returncode == 0 and '"running"' not in stopped.stdout, stopped.stdout  # nothing left serving
