@@ -63,7 +63,7 @@ def text_when_shown(tmp_path: Path, url: str, shown: list[str], timeout: float =
       for (let i = 0; i < %d && !shown.every(s => document.body.innerText.includes(s)); i++) await sleep(500);
       await sleep(%d);
       const inputs = [...document.querySelectorAll('input')].map(i => i.value).filter(v => v);
-      return document.body.innerText + '\n' + inputs.join('\n');
+      return document.body.innerText + '\\n' + inputs.join('\\n');
     })()""" % (json.dumps(shown), int(timeout * 2), settle_ms)
     text = evaluate_in_page(tmp_path, url, wait, timeout + settle_ms / 1000 + 30, f"wait-{abs(hash(url))}")
     missing = [s for s in shown if s not in text]
