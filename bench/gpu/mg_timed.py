@@ -50,16 +50,18 @@ def patch(opts, meter_box: dict):
     text.TextModality.trainer = trainer
     undo = [lambda: setattr(text.TextModality, "trainer", original_trainer)]
 
-    if opts.no_tokens_seen:  # the name the text modality's sft_config calls
-        original_kwargs = text.trainer_kwargs
+    if opts.no_tokens_seen:  # the name the sft objective's sft_config calls
+        import mg_mlflow.training.objectives.sft as sft
+
+        original_kwargs = sft.trainer_kwargs
 
         def trainer_kwargs(*args, **kwargs):
             out = original_kwargs(*args, **kwargs)
             out["include_num_input_tokens_seen"] = "no"
             return out
 
-        text.trainer_kwargs = trainer_kwargs
-        undo.append(lambda: setattr(text, "trainer_kwargs", original_kwargs))
+        sft.trainer_kwargs = trainer_kwargs
+        undo.append(lambda: setattr(sft, "trainer_kwargs", original_kwargs))
 
     if opts.load_seq:
         original_load = backends.load_unsloth
