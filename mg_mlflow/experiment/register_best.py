@@ -37,7 +37,7 @@ def register_trial(sweep, best: dict) -> str:
     modality = modality_for(cfg)
     meta = read_metadata(model_dir)
     revision = (meta.get("base_model") or {}).get("revision")
-    modality.starting_point(*resolve_base_model(cfg.base_model))  # what the trial started from
+    modality.starting_point(*resolve_base_model(cfg.base_model, registered_adapter_ok=modality.name == "text"))
     base_ref = modality.base_reference(True, revision)  # a local base: registered once
     meta["base_model"] = base_ref
     if is_adapter_dir(model_dir):

@@ -111,12 +111,15 @@ def check_base_folder(folder: Path, given: str) -> None:
                            "(tokenizer.save_pretrained(FOLDER))")
 
 
-def resolve_base_model(base_model: str) -> tuple[str, str | None]:
+def resolve_base_model(base_model: str, registered_adapter_ok: bool = False) -> tuple[str, str | None]:
     """What from_pretrained takes for the base: a folder, a downloaded registry version, or a hub id.
-    Runs before any MLflow run exists, so a missing or unusable folder leaves no run behind."""
+    Runs before any MLflow run exists, so a missing or unusable folder leaves no run behind. With
+    ``registered_adapter_ok`` a registered LoRA adapter passes: the caller starts from it (continues it,
+    or merges it into its base; :mod:`mg_mlflow.training.start`)."""
     if base_model.startswith("models:/"):
         folder = resolve_model_uri(base_model).local_dir
-        check_base_folder(folder, base_model)
+        if not (registered_adapter_ok and (Path(folder) / "adapter_config.json").is_file()):
+            check_base_folder(folder, base_model)
         return str(folder), None
     path = Path(base_model).expanduser()
     if path.is_dir():

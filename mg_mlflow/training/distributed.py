@@ -192,7 +192,7 @@ def launch(cfg, command: str = "train", progress: bool | None = None) -> int:
     check_devices(n)
     if cfg.base_model.startswith("models:/"):  # download the registered base once, not N times at once
         use_tracking_uri()
-        resolve_base_model(cfg.base_model)
+        resolve_base_model(cfg.base_model, registered_adapter_ok=True)  # checked by each rank's preflight
     with tempfile.TemporaryDirectory(prefix="mg-ddp-") as tmp:
         config_file = Path(tmp) / "config.yaml"
         config_file.write_text(to_yaml(cfg))

@@ -48,7 +48,8 @@ def preflight(cfg):
     first trial."""
     modality = modality_for(cfg)
     train_data, eval_data = modality.load_data()  # every bad record, as file:line, before any model
-    base, revision = resolve_base_model(cfg.base_model)  # a missing or unusable base fails before any run
+    # a missing or unusable base fails before any run; a registered adapter is a start for text runs
+    base, revision = resolve_base_model(cfg.base_model, registered_adapter_ok=modality.name == "text")
     base, revision = modality.starting_point(base, revision)  # a registered adapter: its base, or merged
     check_lora_targets(cfg, base, revision)  # from the weight files' names, before any run exists
     modality.prepare(base, revision, train_data, eval_data)  # tokenized and masked, before any run exists
