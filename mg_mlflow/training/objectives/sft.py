@@ -108,8 +108,10 @@ class SFT(Objective):
         mode = batching.resolve_batching(cfg, backend)  # the mode logged as batching_resolved
         batching.check_boundaries(model, mode, backend)
         if "training" not in self.rows_by_context:  # not tokenized before the run (see prepare)
+            import mlflow
+
             self.tokenize(tokenizer, train_data, eval_data)
-            if distributed.is_main():
+            if distributed.is_main() and mlflow.active_run() is not None:  # never start a run here
                 for context, data in (("training", train_data), ("evaluation", eval_data)):
                     if data is not None:
                         log_dataset_profile(data, context, self.profiles[context])
