@@ -66,7 +66,7 @@ def test_kto_data_is_refused_for_sft_before_any_run_and_trains_when_the_label_is
             "--no-system-metrics", "--no-carbon", "--register-as", "none"]
     proc = invoke_cli(args, cwd=tmp_path)
     assert proc.returncode == 2
-    assert f"{data}:1: key 'label' is not used by the messages format" in proc.stderr
+    assert f"{data}:1: dataset {data} holds unpaired labelled answers" in proc.stderr
     assert "use `--objective kto`, or `--ignore-columns label`" in proc.stderr
     assert _runs() == []  # refused before any MLflow run
     assert invoke_cli([*args, "--ignore-columns", "label"], cwd=tmp_path).returncode == 0

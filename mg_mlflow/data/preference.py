@@ -60,27 +60,37 @@ def shape_of(raw: object) -> str | None:
     return None
 
 
-def sniff_shape(source: str) -> str | None:
-    """The shape of the first record of a local file (None: not a local file, or no record)."""
+def sniff_shape(source: str, columns: dict | None = None, ignore_columns=()) -> tuple[str | None, str]:
+    """(the shape of the first record of a local file after the column map, its location); None: not a
+    local file, or no record of a known shape."""
     if not is_local(source) or not Path(source).expanduser().is_file():
-        return None
+        return None, source
     try:
         rows, _ = read_rows(Path(source).expanduser())
     except (MGError, OSError):
-        return None  # the loader reports it
-    return next((shape_of(raw) for _, raw in rows if shape_of(raw)), None)
+        return None, source  # the loader reports it
+    ignore = names(ignore_columns)
+    for loc, raw in rows:
+        if isinstance(raw, dict):
+            raw, _ = apply_columns(raw, {t: c for t, c in (columns or {}).items() if c in raw}, ignore)
+        if shape_of(raw):
+            return shape_of(raw), loc
+    return None, source
 
 
-def check_shape(source: str, objective: str) -> None:
-    """Refuse, before anything loads, a file whose records have another shape than ``objective`` needs."""
-    shape, needed = sniff_shape(source), NEEDS[objective]
+def check_shape(source: str, objective: str, columns: dict | None = None, ignore_columns=()) -> None:
+    """Refuse, before anything loads, a file whose records have another shape than ``objective`` needs
+    (read after the column map and the ignored columns, as the loader reads them)."""
+    (shape, where), needed = sniff_shape(source, columns, ignore_columns), NEEDS[objective]
     if shape is None or shape == needed:
         return
     fits = sorted(o for o, s in NEEDS.items() if s == shape)
-    raise MGError(f"dataset {source} holds {SHAPES[shape]}; objective {objective} trains on {SHAPES[needed]}",
-                  hint=f"train this file with --objective {' or '.join(fits)}, or give --objective {objective} "
-                       "a dataset of the shape it needs (docs: Preference tuning)")
-
+    anyway = (", or `--ignore-columns label` to train on the answers anyway"
+              if shape == UNPAIRED and needed == CONVERSATION else "")
+    raise MGError(f"{where}: dataset {source} holds {SHAPES[shape]}; objective {objective} trains on "
+                  f"{SHAPES[needed]}",
+                  hint=f"use `--objective {' or '.join(fits)}`{anyway}, or give --objective {objective} a dataset "
+                       "of the shape it needs (docs: Preference tuning)")
 
 
 def detect_kind(raw: object) -> str | None:

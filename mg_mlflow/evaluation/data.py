@@ -59,9 +59,9 @@ def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None, colu
     A file of preference pairs (:mod:`mg_mlflow.data.preference`) is held-out pairs: the chosen answer
     is the reference, and the rejected one is kept for the preference metrics.
     """
-    shape = sniff_shape(source)
+    shape, _ = sniff_shape(source, columns, ignore_columns)
     if shape == PAIRS:
-        return _pairs_set(source, limit)
+        return _pairs_set(source, limit, columns, ignore_columns)
     if shape == UNPAIRED:
         raise MGError(f"dataset {source} holds {SHAPES[UNPAIRED]}: evaluate scores answers against references "
                       "or preference pairs", hint=f"give {SHAPES[PAIRS]}, or conversations with reference answers")
@@ -88,8 +88,8 @@ def load_eval_set(source: str, fmt: str = "auto", limit: int | None = None, colu
     return EvalSet(examples, data)
 
 
-def _pairs_set(source: str, limit: int | None) -> EvalSet:
-    data = load_preference_records(source, PAIRS, split="test")
+def _pairs_set(source: str, limit: int | None, columns: dict | None = None, ignore_columns=()) -> EvalSet:
+    data = load_preference_records(source, PAIRS, "test", columns, ignore_columns)
     if limit is not None and 0 < limit < len(data.records):
         data.records, data.locations = data.records[:limit], data.locations[:limit]
         data.digest = digest_records(data.records)

@@ -63,10 +63,10 @@ class Objective:
         """(train, eval) records, validated (file:line) before any model; a file of another shape is
         refused naming the shape this objective needs."""
         cfg = self.cfg
-        check_shape(cfg.dataset, self.name)
+        check_shape(cfg.dataset, self.name, cfg.columns, cfg.ignore_columns)
         train = self.load_records(cfg.dataset, cfg.dataset_split)
         if cfg.eval_dataset:
-            check_shape(cfg.eval_dataset, self.name)
+            check_shape(cfg.eval_dataset, self.name, cfg.columns, cfg.ignore_columns)
             return train, self.load_records(cfg.eval_dataset, "validation")
         return split_eval(train, cfg.eval_split, cfg.seed)
 

@@ -24,11 +24,11 @@ from mg_mlflow.training.objectives.base import Objective
 def load_data(cfg: TrainConfig):
     """Load and validate train/eval data before any model is loaded (fails fast with file:line); a
     preference file is refused naming the objective that trains on it."""
-    check_shape(cfg.dataset, "sft")
+    check_shape(cfg.dataset, "sft", cfg.columns, cfg.ignore_columns)
     train = load_dataset_records(cfg.dataset, cfg.dataset_format, cfg.dataset_split, cfg.columns,
                                  cfg.ignore_columns)
     if cfg.eval_dataset:
-        check_shape(cfg.eval_dataset, "sft")
+        check_shape(cfg.eval_dataset, "sft", cfg.columns, cfg.ignore_columns)
         return train, load_dataset_records(cfg.eval_dataset, cfg.dataset_format, "validation", cfg.columns,
                                            cfg.ignore_columns)
     return split_eval(train, cfg.eval_split, cfg.seed)
