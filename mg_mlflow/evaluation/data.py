@@ -45,7 +45,7 @@ class EvalSet:
     @property
     def preference(self) -> bool:
         """Held-out preference pairs (chosen is the reference): preference accuracy is measured."""
-        return self.data.fmt == PAIRS
+        return self.data.fmt == "preference"  # the loader's kind of pairs
 
     def __len__(self) -> int:
         return len(self.examples)
