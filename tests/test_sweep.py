@@ -97,15 +97,15 @@ def test_failed_trial_does_not_stop_the_sweep(mg_home, tiny_model, sample_data):
 
     from mg_mlflow.experiment.sweep import run_sweep
 
-    # max_seq_length=4 leaves no example whose answer fits: the recipe fails inside its run
-    spec = _spec(tiny_model, sample_data, grid=["max_seq_length=4,256"], pruner="none", register="none",
+    # learning_rate=1e30 diverges: the recipe fails inside its run (a bad config is refused before any run)
+    spec = _spec(tiny_model, sample_data, grid=["learning_rate=3e-3,1e30"], pruner="none", register="none",
                  metric="loss_final", options={"eval_split": 0.0, "eval_steps": 0})
     result = run_sweep(spec, echo=lambda _: None)
     client = MlflowClient()
-    by_len = {c.data.params.get("max_seq_length"): c for c in _children(client, result.parent_run_id)}
-    assert by_len["4"].info.status == "FAILED" and "no training example" in by_len["4"].data.tags["mg.error"]
-    assert by_len["256"].info.status == "FINISHED" and by_len["256"].data.metrics["loss_final"] > 0
-    assert result.best["run_id"] == by_len["256"].info.run_id
+    by_lr = {float(c.data.params.get("learning_rate")): c for c in _children(client, result.parent_run_id)}
+    assert by_lr[1e30].info.status == "FAILED" and "diverged" in by_lr[1e30].data.tags["mg.error"]
+    assert by_lr[3e-3].info.status == "FINISHED" and by_lr[3e-3].data.metrics["loss_final"] > 0
+    assert result.best["run_id"] == by_lr[3e-3].info.run_id
     assert sorted(o.state for o in result.outcomes) == ["COMPLETE", "FAIL"]
 
 
