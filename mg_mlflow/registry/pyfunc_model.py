@@ -89,6 +89,8 @@ def signature():
 class RewardModel(mlflow.pyfunc.PythonModel):
     """Scores texts with the reward model (one logit, sequence classification) under ``artifacts["model_dir"]``."""
 
+    _skip_type_hint_validation = True  # as TextModel: no type-hint wrapper, no warning at import
+
     def load_context(self, context):
         self.model, self.tokenizer = load_reward_dir(context.artifacts["model_dir"])
 
