@@ -23,6 +23,16 @@ EMISSIONS_RATE_G_PER_H = "emissions_rate_g_per_h"
 KG_PER_1K_TOKENS = "kg_per_1k_tokens"
 KG_PER_1K_GENERATED_TOKENS = "kg_per_1k_generated_tokens"
 
+# A training window split by phase (GRPO): ``system/carbon/<phase>/<name>`` with name ENERGY_KWH, EMISSIONS_KG or
+# DURATION_S. Generation is read off the run's one tracker at the start and end of every generation call;
+# optimisation is the rest of the window, so the two add up to the run's totals.
+GENERATION = "generation"
+OPTIMISATION = "optimisation"
+PHASES = (GENERATION, OPTIMISATION)
+PHASE_FIGURES = (ENERGY_KWH, EMISSIONS_KG, DURATION_S)
+GENERATION_SHARE_TIME = "generation_share_time"      # generation seconds / tracked seconds
+GENERATION_SHARE_ENERGY = "generation_share_energy"  # generation kWh / tracked kWh
+
 
 def carbon(name: str) -> str:
     """The MLflow metric key of carbon figure ``name`` (e.g. ``total_emissions_kg``)."""
@@ -37,6 +47,11 @@ def power(part: str) -> str:
 def total_energy(part: str) -> str:
     """Energy of ``part`` (cpu, gpu, ram) over the whole run, in kWh."""
     return carbon(f"total_{part}_energy_kwh")
+
+
+def phase(part: str, name: str) -> str:
+    """Carbon figure ``name`` of phase ``part`` (generation, optimisation): ``system/carbon/generation/energy_kwh``."""
+    return carbon(f"{part}/{name}")
 
 
 def is_carbon(key: str) -> bool:

@@ -65,6 +65,10 @@ def grouped_rows(data: dict, metrics: list[str] | None = None) -> list[tuple[str
     carbon = [[f"training {UNIT}", *(fmt(r["emissions_kg"], SCALE) for r in runs)],
               ["training energy Wh", *(fmt(r["energy_kwh"], SCALE) for r in runs)],
               ["energy source", *(r.get("energy_source") or "" for r in runs)]]
+    if any(r.get("generation_emissions_kg") is not None for r in runs):  # GRPO: the window split by phase
+        carbon += [[f"generation {UNIT}", *(fmt(r.get("generation_emissions_kg"), SCALE) for r in runs)],
+                   [f"optimisation {UNIT}", *(fmt(r.get("optimisation_emissions_kg"), SCALE) for r in runs)],
+                   ["generation share of energy", *(fmt(r.get("generation_share_energy")) for r in runs)]]
     if any(r.get("serving_emissions_kg") for r in runs):
         carbon.append([f"serving {UNIT} (apart)", *(fmt(r.get("serving_emissions_kg"), SCALE) for r in runs)])
     groups.append((f"carbon ({UNIT}, Wh)", carbon))

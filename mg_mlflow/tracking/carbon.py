@@ -14,12 +14,20 @@ at that step. The training loop itself only compares two numbers, so the tracker
 1% of a step (``bench/bench_carbon_overhead.py``). codecarbon also writes its raw CSV, which
 becomes the run artifact ``carbon/emissions.csv`` next to a BoAmps-style report.
 
+Phases (GRPO): ``with callback.phase("generation"):`` around a part of the training window reads the same
+tracker's cumulative energy at its start and end (codecarbon accrues energy only when it measures, so each
+reading makes it measure, ~0.2 ms on CPU). ``totals()`` then adds ``system/carbon/<phase>/*`` for that phase
+and for the rest of the window (``optimisation``), which add up to the run's totals, and the generation share
+of time and energy. codecarbon's task API (``start_task``) is not used: it restarts the tracker's clock, so the
+run's total duration would only cover the time since the last task began.
+
 Fail soft: any failure of codecarbon (start, flush, stop) is reported once as a ``RuntimeWarning``
 and the ``mg.carbon.status`` tag; training goes on and the metrics logged so far stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -33,6 +41,8 @@ from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking import boamps
 
 CSV_NAME = boamps.CSV_NAME
+PHASES_NOTE = ("generation: the run's tracker read at the start and end of every generation call (same sources "
+               "as the totals); optimisation: the rest of the tracked window")
 
 
 class CarbonCallback(TrainerCallback):
@@ -67,6 +77,9 @@ class CarbonCallback(TrainerCallback):
         self._last_queued = 0.0
         self._previous: dict | None = None
         self._previous_tokens = 0.0
+        self._lock = threading.Lock()  # one codecarbon measurement at a time from this side (worker, phases)
+        self.phases: dict[str, dict[str, float]] = {}  # phase -> seconds and kWh (energy, cpu, gpu, ram)
+        self.phase_error: str | None = None
 
     # ------------------------------------------------------------------ building blocks (overridable)
     def make_tracker(self):
@@ -126,10 +139,11 @@ class CarbonCallback(TrainerCallback):
 
     def _measure(self, step: int, tokens: float, final: bool = False) -> None:
         before = len(self.handler.records)
-        if final:
-            self.tracker.stop()
-        else:
-            self.tracker.flush()
+        with self._lock:
+            if final:
+                self.tracker.stop()
+            else:
+                self.tracker.flush()
         record = self._new_record(before, "stop" if final else "flush")
         metrics = boamps.interval_metrics(record, self._previous)  # per-token figure: in totals()
         self._previous, self._previous_tokens = record, tokens
@@ -148,6 +162,58 @@ class CarbonCallback(TrainerCallback):
                 self._measure(*item)
             except Exception as exc:  # noqa: BLE001 - fail soft
                 self._fail("codecarbon flush failed", exc)
+
+    # ------------------------------------------------------------------ phases
+    def _reading(self) -> dict[str, float] | None:
+        """The tracker's cumulative kWh now (it measures first); None when there is no tracker to read."""
+        tracker = self.tracker
+        if tracker is None or self.phase_error is not None:
+            return None
+        try:
+            with self._lock:
+                tracker._measure_power_and_energy()  # codecarbon 3.x: accrue the energy up to now
+                return {"energy": tracker._total_energy.kWh, "cpu": tracker._total_cpu_energy.kWh,
+                        "gpu": tracker._total_gpu_energy.kWh, "ram": tracker._total_ram_energy.kWh}
+        except Exception as exc:  # noqa: BLE001 - the totals go on without the split
+            self.phase_error = f"codecarbon could not be read at a phase boundary: {exc}"
+            warnings.warn(f"carbon: {self.phase_error}; the run logs its totals without the phase split",
+                          RuntimeWarning, stacklevel=3)
+            return None
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Add the time and energy of the block to phase ``name`` (``system/carbon/<name>/*`` in the totals)."""
+        start = self._reading()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - started
+            end = self._reading() if start is not None else None
+            if end is not None:
+                acc = self.phases.setdefault(name, {"seconds": 0.0, **{k: 0.0 for k in end}})
+                acc["seconds"] += seconds
+                for key, value in end.items():
+                    acc[key] += value - start[key]
+
+    def phase_totals(self, record: dict) -> dict[str, float]:
+        """Each measured phase and the rest of the window (optimisation) as metrics, from the final ``record``."""
+        if not self.phases or self.phase_error is not None:
+            return {}
+        energy, seconds = float(record["energy_consumed"]), float(record["duration"])
+        kg_per_kwh = float(record["emissions"]) / energy if energy > 0 else 0.0
+        parts = {name: (acc["energy"], acc["seconds"]) for name, acc in self.phases.items()}
+        parts[mn.OPTIMISATION] = (max(0.0, energy - sum(e for e, _ in parts.values())),
+                                  max(0.0, seconds - sum(s for _, s in parts.values())))
+        out: dict[str, float] = {}
+        for name, (kwh, secs) in parts.items():
+            out.update({mn.phase(name, mn.ENERGY_KWH): kwh, mn.phase(name, mn.EMISSIONS_KG): kwh * kg_per_kwh,
+                        mn.phase(name, mn.DURATION_S): secs})
+        if mn.GENERATION in parts:
+            kwh, secs = parts[mn.GENERATION]
+            out[mn.carbon(mn.GENERATION_SHARE_TIME)] = secs / seconds if seconds > 0 else 0.0
+            out[mn.carbon(mn.GENERATION_SHARE_ENERGY)] = kwh / energy if energy > 0 else 0.0
+        return out
 
     # ------------------------------------------------------------------ trainer events
     def on_train_begin(self, args, state, control, **kwargs):
@@ -207,6 +273,8 @@ class CarbonCallback(TrainerCallback):
             except Exception as exc:  # noqa: BLE001 - fail soft
                 self._fail("codecarbon stop failed", exc)
         self.tracker = None
+        if self.phases:
+            self._tag({"mg.carbon.phases": PHASES_NOTE if self.phase_error is None else f"off: {self.phase_error}"})
         self._log_artifacts()
 
     # ------------------------------------------------------------------ results
@@ -224,6 +292,8 @@ class CarbonCallback(TrainerCallback):
                                   (mn.carbon(mn.TOTAL_ENERGY_KWH), mn.carbon(mn.ENERGY_KWH))):
             if total in totals:
                 totals[total] += self.offsets.get(cumulative, 0.0)
+        if record is self.final:  # phases cover the whole window only once the tracker has stopped
+            totals.update(self.phase_totals(record))
         return totals
 
     def _log_artifacts(self) -> None:

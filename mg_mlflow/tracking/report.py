@@ -41,6 +41,8 @@ def run_row(run) -> dict[str, Any] | None:
     tokens = _first(m, "serving/total_generated_tokens", "serving/generated_tokens") if serving else m.get("trained_tokens")
     versions = json.loads(tags.get("mg.served_versions") or "[]") if serving else (
         [f"{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"] if tags.get("mg.registered_model") else [])
+    phases = {p: {n: m.get(mn.phase(p, n)) for n in mn.PHASE_FIGURES} for p in mn.PHASES
+              if mn.phase(p, mn.ENERGY_KWH) in m}
     return {"run_id": run.info.run_id, "name": run.info.run_name or "", "kind": "serving" if serving else "training",
             "status": run.info.status, "emissions_kg": emissions,
             "energy_kwh": _first(m, *_carbon(mn.TOTAL_ENERGY_KWH), *_carbon(mn.ENERGY_KWH)),
@@ -48,7 +50,10 @@ def run_row(run) -> dict[str, Any] | None:
             "tokens": tokens, "requests": _first(m, "serving/total_requests", "serving/requests") if serving else None,
             "kg_per_1k_tokens": emissions / tokens * 1000.0 if tokens else None,
             "estimated": tags.get("mg.carbon.estimated", "true") != "false", "versions": versions,
-            "carbon_status": tags.get("mg.carbon.status", "")}
+            "carbon_status": tags.get("mg.carbon.status", ""),
+            "phases": phases or None, "phases_source": tags.get("mg.carbon.phases") if phases else None,
+            "generation_share_time": m.get(mn.carbon(mn.GENERATION_SHARE_TIME)),
+            "generation_share_energy": m.get(mn.carbon(mn.GENERATION_SHARE_ENERGY))}
 
 
 def _experiment_runs(client, name: str, required: bool) -> list:
@@ -177,11 +182,35 @@ def print_tables(data: dict[str, Any], console) -> None:
                        _fmt(v["generated_tokens"], digits=6), _fmt(v["serving_kg_per_1k_tokens"], est, 1e3),
                        _fmt(v["total_emissions_kg"], est, 1e3))
         console.print(vt)
+    print_phases(data["runs"], console)
     t = data["totals"]
     console.print(f"total: {_fmt(t['emissions_kg'], t['estimated'], 1e3)} gCO2eq, "
                   f"{_fmt(t['energy_kwh'], t['estimated'], 1e3)} Wh over {t['runs']} run(s)")
     if t["estimated"]:
         console.print(data["note"])
+
+
+def print_phases(runs: list[dict[str, Any]], console) -> None:
+    """Runs whose window was split (GRPO): generation and optimisation side by side, with the generation share."""
+    split = [r for r in runs if r.get("phases")]
+    if not split:
+        return
+    from rich.table import Table
+
+    table = Table(title="carbon by phase (generation = sampling completions; optimisation = the rest)",
+                  title_justify="left")
+    for col in ("run", "name", "gen gCO2eq", "gen Wh", "gen s", "opt gCO2eq", "opt Wh", "opt s",
+                "gen share of time", "gen share of energy"):
+        table.add_column(col, overflow="fold")
+    for r in split:
+        est, gen, opt = r["estimated"], r["phases"].get(mn.GENERATION, {}), r["phases"].get(mn.OPTIMISATION, {})
+        share = lambda v: "-" if v is None else f"{v:.0%}"  # noqa: E731
+        table.add_row(r["run_id"][:8], r["name"], _fmt(gen.get(mn.EMISSIONS_KG), est, 1e3),
+                      _fmt(gen.get(mn.ENERGY_KWH), est, 1e3), _fmt(gen.get(mn.DURATION_S), digits=4),
+                      _fmt(opt.get(mn.EMISSIONS_KG), est, 1e3), _fmt(opt.get(mn.ENERGY_KWH), est, 1e3),
+                      _fmt(opt.get(mn.DURATION_S), digits=4), share(r["generation_share_time"]),
+                      share(r["generation_share_energy"]))
+    console.print(table)
 
 
 def bar_chart(data: dict[str, Any], out: str | Path) -> Path | None:

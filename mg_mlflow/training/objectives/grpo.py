@@ -16,6 +16,7 @@ the GPU, ``vllm_gpu_memory_utilization`` of it) on CUDA when vllm is installed, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import time
 from pathlib import Path
@@ -44,6 +45,13 @@ def resolve_generation(choice: str) -> tuple[str, str]:
         raise MGError(f"--generation vllm needs {missing}",
                       hint="use --generation generate (transformers' model.generate) or auto")
     return "generate", "no CUDA GPU" if not cuda else "vllm is not installed"
+
+
+def carbon_meter(trainer):
+    """The run's carbon callback among the trainer's callbacks (None when carbon is off)."""
+    from mg_mlflow.tracking.carbon import CarbonCallback
+
+    return next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CarbonCallback)), None)
 
 
 class GRPO(Objective):
@@ -123,25 +131,27 @@ class GRPO(Objective):
         # GRPOTrainer counts prompt + completion tokens itself (state.num_input_tokens_seen); transformers'
         # own count finds no input_ids in its batches and would warn every step
         trainer._track_num_input_tokens = lambda inputs: None
-        self._time_phase(trainer, "_generate", "generation")
+        self._time_phase(trainer, "_generate", "generation", carbon_meter(trainer))
         self._time_phase(trainer, "_calculate_rewards", "rewards")
         if self.cfg.sample_steps > 0:
             self._log_samples(trainer, self.cfg.sample_steps)
         return trainer
 
-    def _time_phase(self, trainer, method: str, phase: str) -> None:
-        """Wrap ``trainer.<method>`` (an instance attribute) to add its seconds to ``time/<phase>_s``."""
+    def _time_phase(self, trainer, method: str, phase: str, meter=None) -> None:
+        """Wrap ``trainer.<method>`` (an instance attribute) to add its seconds to ``time/<phase>_s``, and its
+        time and energy to the carbon phase ``phase`` when ``meter`` (the run's carbon callback) is given."""
         inner = getattr(trainer, method)
 
         def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return inner(*args, **kwargs)
-            finally:
-                seconds = time.perf_counter() - started
-                self.seconds[phase] += seconds
-                mode = "train" if trainer.model.training else "eval"
-                trainer._metrics[mode][f"time/{phase}_s"].append(seconds)
+            with meter.phase(phase) if meter is not None else contextlib.nullcontext():
+                started = time.perf_counter()
+                try:
+                    return inner(*args, **kwargs)
+                finally:
+                    seconds = time.perf_counter() - started
+                    self.seconds[phase] += seconds
+                    mode = "train" if trainer.model.training else "eval"
+                    trainer._metrics[mode][f"time/{phase}_s"].append(seconds)
 
         setattr(trainer, method, timed)
 
