@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import time
 
 import pytest
 
@@ -55,10 +56,25 @@ def prompts(tmp_path_factory):
 
 
 def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout_reward(mg_home, tiny_model,
-                                                                                        prompts):
+                                                                                        prompts, monkeypatch):
+    from trl import GRPOTrainer
+
+    from mg_mlflow import metric_names as mn
+
     common = {**GRPO, "base_model": str(tiny_model), "dataset": str(prompts["train"]), "register_as": "tiny-grpo"}
     start = _train(**{**common, "learning_rate": 1e-9}, max_steps=1, alias="champion")  # v1: the starting model
-    result = _train(**common, max_steps=STEPS)  # v2
+    generating = []  # an independent timer around TRL's generation method
+    inner = GRPOTrainer._generate
+
+    def timed(self, *args, **kwargs):
+        began = time.perf_counter()
+        try:
+            return inner(self, *args, **kwargs)
+        finally:
+            generating.append(time.perf_counter() - began)
+
+    monkeypatch.setattr(GRPOTrainer, "_generate", timed)
+    result = _train(**common, max_steps=STEPS, carbon=True, carbon_country="FRA")  # v2
     client = _client()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mg.objective"] == "grpo"
@@ -74,6 +90,17 @@ def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout
     assert last - first > 0.25, rewards  # the reward is -|chars - 16| / 16: a quarter is 4 characters closer
     summary = run.data.metrics
     assert 0 < summary["generation_share"] < 1 and summary["generation_seconds"] > 0
+
+    # carbon where it goes: generation and optimisation each measured, adding up to the run's totals
+    gen, opt = ({name: summary[mn.phase(p, name)] for name in mn.PHASE_FIGURES} for p in mn.PHASES)
+    assert gen[mn.ENERGY_KWH] > 0 and opt[mn.ENERGY_KWH] > 0 and gen[mn.EMISSIONS_KG] > 0 and opt[mn.EMISSIONS_KG] > 0
+    for name, total in ((mn.ENERGY_KWH, mn.TOTAL_ENERGY_KWH), (mn.EMISSIONS_KG, mn.TOTAL_EMISSIONS_KG),
+                        (mn.DURATION_S, mn.DURATION_S)):
+        assert gen[name] + opt[name] == pytest.approx(summary[mn.carbon(total)], rel=1e-6), name
+    assert len(generating) == STEPS  # one generation call per step here
+    assert gen[mn.DURATION_S] == pytest.approx(sum(generating), rel=0.02, abs=0.05)
+    assert 0 < summary[mn.carbon(mn.GENERATION_SHARE_TIME)] < 1 and 0 < summary[mn.carbon(mn.GENERATION_SHARE_ENERGY)] < 1
+    assert "start and end of every generation call" in run.data.tags["mg.carbon.phases"]
 
     # the sampled completions, with each reward's score, as tables at step 1 and every 10 steps
     names = sorted(a.path for a in client.list_artifacts(result.run_id, "samples"))
@@ -98,7 +125,9 @@ def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert str(client.get_model_version_by_alias("tiny-grpo", "champion").version) == result.registered_version
     print(f"rewards/length/mean first 5 steps {first:.3f}, last 5 {last:.3f}; held-out eval/reward/length "
-          f"{scored[0]['eval/reward/length']:.3f} -> {scored[1]['eval/reward/length']:.3f}")
+          f"{scored[0]['eval/reward/length']:.3f} -> {scored[1]['eval/reward/length']:.3f}; generation "
+          f"{gen[mn.DURATION_S]:.2f} s (timer {sum(generating):.2f} s), {gen[mn.ENERGY_KWH] * 1e3:.4f} Wh; optimisation "
+          f"{opt[mn.DURATION_S]:.2f} s, {opt[mn.ENERGY_KWH] * 1e3:.4f} Wh")
 
 
 def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home, tiny_model, prompts, tmp_path):

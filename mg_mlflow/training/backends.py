@@ -111,14 +111,15 @@ def load_hf(cfg, base: str, revision: str | None, head: str = "causal-lm"):
     return model, tokenizer, peft_config
 
 
-def load_unsloth(cfg, base: str, revision: str | None):
+def load_unsloth(cfg, base: str, revision: str | None, **extra):
+    """FastLanguageModel (``extra``: more ``from_pretrained`` settings, e.g. grpo's fast inference)."""
     from unsloth import FastLanguageModel
 
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=base, max_seq_length=cfg.max_seq_length, dtype=None if cfg.dtype == "auto" else torch_dtype(cfg.dtype),
             load_in_4bit=cfg.method == "qlora", full_finetuning=cfg.method == "full",
-            revision=revision, random_state=cfg.seed)
+            revision=revision, random_state=cfg.seed, **extra)
     except OSError as exc:
         raise MGError(f"could not load base model {base!r}: {exc}") from None
     if cfg.method in ("lora", "qlora"):
@@ -140,11 +141,14 @@ def inference_attention(model) -> None:
         model.set_attn_implementation("sdpa")
 
 
-def load_model(backend: str, cfg, base: str, revision: str | None, head: str = "causal-lm"):
+def load_model(backend: str, cfg, base: str, revision: str | None, head: str = "causal-lm",
+               extra: dict | None = None):
     """(model, tokenizer, peft_config); ``head``: causal-lm, or sequence-classification (a reward model:
-    the transformers loader, one score)."""
-    if head == "causal-lm":
-        model, tok, peft_config = (load_unsloth if backend == "unsloth" else load_hf)(cfg, base, revision)
+    the transformers loader, one score); ``extra``: more settings for the Unsloth loader."""
+    if head == "causal-lm" and backend == "unsloth":
+        model, tok, peft_config = load_unsloth(cfg, base, revision, **(extra or {}))
+    elif head == "causal-lm":
+        model, tok, peft_config = load_hf(cfg, base, revision)
     else:
         model, tok, peft_config = load_hf(cfg, base, revision, head)
     if tok.pad_token is None:

@@ -67,7 +67,8 @@ class TextModality:
     def load(self, backend: str, base: str, revision: str | None):
         """(model, tokenizer, peft_config): the backend's loader (Unsloth or transformers + peft); a
         registered adapter being continued goes on the model, trainable, instead of a new one."""
-        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision, head=self.objective.head)
+        model, tokenizer, peft_config = load_model(backend, self.cfg, base, revision, head=self.objective.head,
+                                                   extra=self.objective.load_kwargs(backend))
         if self.start is not None and self.start.adapter is not None:
             return continue_adapter(model, self.start), tokenizer, None
         return model, tokenizer, peft_config

@@ -78,6 +78,11 @@ class Objective:
         """The objective's settings (beta, loss_type, ...) in the settings class's names."""
         return {}
 
+    def load_kwargs(self, backend: str) -> dict:
+        """Extra ``from_pretrained`` settings of the backend's loader the objective needs (grpo on Unsloth:
+        fast inference)."""
+        return {}
+
     def params(self) -> dict[str, str]:
         """What the run logs about its objective beyond the config (e.g. the loss it resolved to)."""
         return {}

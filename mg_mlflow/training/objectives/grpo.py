@@ -21,6 +21,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+from mg_mlflow.config import trainer_args_for
 from mg_mlflow.data.prompts import check_columns, load_prompt_records, prompt_text
 from mg_mlflow.errors import MGError
 from mg_mlflow.training.common import trainer_kwargs
@@ -31,11 +32,15 @@ STEP_METRICS = ("reward", "reward_std", "kl", "completions/mean_length", "comple
                 "clip_ratio/region_mean", "time/generation_s", "time/rewards_s")
 
 
-def resolve_generation(choice: str) -> tuple[str, str]:
-    """(vllm | generate, why): vLLM in colocate mode needs CUDA and the vllm package."""
-    import torch
+def resolve_generation(choice: str, cuda: bool | None = None, vllm: bool | None = None) -> tuple[str, str]:
+    """(vllm | generate, why): vLLM in colocate mode needs CUDA and the vllm package (``cuda``/``vllm``: what
+    this machine has, found out when not given)."""
+    if cuda is None:
+        import torch
 
-    cuda, vllm = torch.cuda.is_available(), importlib.util.find_spec("vllm") is not None
+        cuda = torch.cuda.is_available()
+    if vllm is None:
+        vllm = importlib.util.find_spec("vllm") is not None
     if choice == "generate":
         return "generate", "asked for (--generation generate)"
     if cuda and vllm:
@@ -95,6 +100,21 @@ class GRPO(Objective):
                "use_vllm": self.generation == "vllm"}
         if self.generation == "vllm":
             out["vllm_mode"] = "colocate"
+        return out
+
+    def load_kwargs(self, backend: str) -> dict:
+        """Unsloth with vLLM generation and an adapter: Unsloth's fast inference (its vLLM engine shares the
+        weights being trained; TRL's colocated vLLM cannot take in 4-bit weights), vLLM's share of the GPU
+        from ``--trainer-arg vllm_gpu_memory_utilization`` when given (else Unsloth's default), adapters up to
+        ``lora_r``. Full fine-tuning keeps TRL's colocated vLLM: Unsloth's fast inference does not train
+        full weights."""
+        cfg = self.cfg
+        if backend != "unsloth" or self.generation != "vllm" or cfg.method == "full":
+            return {}
+        out = {"fast_inference": True, "max_lora_rank": cfg.lora_r}
+        share = trainer_args_for(cfg).get("vllm_gpu_memory_utilization")
+        if share is not None:
+            out["gpu_memory_utilization"] = share
         return out
 
     def params(self) -> dict[str, str]:
