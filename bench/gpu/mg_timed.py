@@ -1,6 +1,6 @@
 """`model-garden train`, in this process, with the bench's meter attached (and optional toggles).
 
-    python bench/gpu/mg_timed.py --meter-out run.json [--warmup 5] [TOGGLES] -- train --base-model ...
+    python bench/gpu/mg_timed.py --meter-out run.json [--warmup 5] [--meter grpo] [TOGGLES] -- train --base-model ...
 
 Everything after ``--`` is the ordinary `model-garden` command line and goes to the real CLI
 (``mg_mlflow.cli.main``), so the run is exactly what a user gets; the only additions are
@@ -42,8 +42,9 @@ def patch(opts, meter_box: dict):
         built = original_trainer(self, *args, **kwargs)
         if str(HERE) not in sys.path:
             sys.path.insert(0, str(HERE))
-        import meter
+        import importlib
 
+        meter = importlib.import_module("grpo_meter" if opts.meter == "grpo" else "meter")
         meter_box["meter"] = meter.attach(built, opts.warmup)
         return built
 
@@ -82,6 +83,8 @@ def run(argv: list[str]) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--meter-out", default="")
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--meter", choices=["sft", "grpo"], default="sft",
+                   help="meter.py (tokens of the training batches) or grpo_meter.py (completions, generation time)")
     p.add_argument("--no-tokens-seen", action="store_true")
     p.add_argument("--load-seq", type=int, default=0)
     opts = p.parse_args(argv[:cut])
