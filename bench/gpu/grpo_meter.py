@@ -67,10 +67,11 @@ class GrpoMeter:
 
 def effective_settings(trainer) -> dict:
     args = trainer.args
+    engine = getattr(getattr(trainer, "vllm_generation", None), "llm", None)
     return {"eff_use_vllm": bool(getattr(args, "use_vllm", False)),
             "eff_vllm_mode": str(getattr(args, "vllm_mode", "")) if getattr(args, "use_vllm", False) else "",
             "eff_vllm_gpu_memory_utilization": getattr(args, "vllm_gpu_memory_utilization", None),
-            "eff_vllm_engine": type(getattr(getattr(trainer, "vllm_generation", None), "llm", None)).__name__,
+            "eff_vllm_engine": type(engine).__name__ if engine is not None else "",
             "eff_num_generations": int(args.num_generations), "eff_batch": int(args.per_device_train_batch_size),
             "eff_max_completion_length": int(args.max_completion_length), "eff_loss_type": str(args.loss_type),
             "eff_beta": float(args.beta), "eff_trainer_class": type(trainer).__name__}
