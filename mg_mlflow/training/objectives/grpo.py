@@ -10,8 +10,10 @@ objective adds ``time/generation_s`` and ``time/rewards_s`` per step, a sampled-
 ``sample_steps`` steps (artifact ``samples/step_NNNNN.json``) and the run's time split in its summary.
 
 Completions are sampled by vLLM inside the training process (TRL's ``use_vllm``, colocate mode: vLLM shares
-the GPU, ``vllm_gpu_memory_utilization`` of it) on CUDA when vllm is installed, else by transformers'
-``model.generate`` (``--generation`` chooses).
+the GPU, ``vllm_gpu_memory_utilization`` of it; on the Unsloth backend with an adapter, Unsloth's fast inference)
+on CUDA when vllm is installed, else by transformers' ``model.generate`` (``--generation`` chooses). With carbon
+on, each generation call is a carbon phase of the run's tracker (``system/carbon/generation/*``; the rest of the
+window is ``system/carbon/optimisation/*``).
 """
 
 from __future__ import annotations
