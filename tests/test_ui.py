@@ -71,7 +71,8 @@ def _chromium(tmp_path, url: str, shot: str) -> str:
 def test_ui_prints_direct_links(ui):
     p = ui["pair"]
     assert ui["links"]["training runs of 'model-garden'"] == (
-        f"{ui['base']}/#/experiments/{p.experiment_id}/runs?searchFilter=tags.%60mg.run_kind%60%20%3D%20%27training%27")
+        f"{ui['base']}/#/experiments/{p.experiment_id}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60mg.run_kind%60%20%3D%20%27training%27")
     compare = ui["links"]["compare 2 runs"]
     assert compare.startswith(f"{ui['base']}/#/compare-runs?runs=")
     assert p.run_ids["lr-3e-3"] in compare and p.run_ids["lr-1e-4"] in compare
@@ -105,8 +106,21 @@ def test_runs_table_shows_the_runs(ui, tmp_path):
 
 def test_training_runs_link_lists_training_runs_only(ui, tmp_path):
     text = text_when_shown(tmp_path, ui["links"]["training runs of 'model-garden'"], ["lr-3e-3", "lr-1e-4"])
-    assert "evaluate lr-" not in text  # evaluation runs (mg.run_kind evaluation) are filtered out
+    assert "eval tiny-cmp v" not in text  # evaluation runs (mg.run_kind evaluation) are filtered out
     assert "tags.`mg.run_kind` = 'training'" in text  # in the table's search box, where a person can change it
+
+
+def test_printed_links_open_on_the_model_training_sidebar(ui, tmp_path):
+    """A fresh browser (no localStorage) opened on a link Model Garden prints shows MLflow's "Model
+    training" sidebar (Runs, Models, Model registry), not the GenAI one (Judges, Evaluation runs)."""
+    from mg_mlflow.tracking.ui_links import run_url
+
+    p = ui["pair"]
+    for url, shown, shot in ((ui["links"]["training runs of 'model-garden'"], ["lr-3e-3", "lr-1e-4"], "runs.png"),
+                             (run_url(ui["base"], p.experiment_id, p.run_ids["lr-3e-3"]), ["lr-3e-3", "Overview"],
+                              "run.png")):
+        text = text_when_shown(tmp_path, url, [*shown, "Settings"], shot=shot)  # Settings: the sidebar's foot
+        assert "Model registry" in text and "Judges" not in text and "Evaluation runs" not in text, text[:2000]
 
 
 def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
@@ -114,11 +128,15 @@ def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tm
     first screen of a run. Under system/carbon/ they are on the System metrics tab."""
     from mg_mlflow.tracking.ui_links import run_url
 
-    url = run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"])
+    def url(tab):
+        return run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], tab)
+
     # charts render as they scroll into view: the text is what the first screen shows
-    model = text_when_shown(tmp_path, url + "/model-metrics", ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"])
+    model = text_when_shown(tmp_path, url("model-metrics"), ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"],
+                            shot="model-metrics.png")
     assert "carbon" not in model, model[:3000]  # the first section is the run's own metrics, eval_loss on top
-    system = text_when_shown(tmp_path, url + "/system-metrics", ["System metrics", "emissions_kg", "energy_kwh"])
+    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh"],
+                             shot="system-metrics.png")
     assert "carbon" in system
 
 
