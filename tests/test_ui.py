@@ -46,14 +46,15 @@ def ui(pair_store):
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "BROWSER": str(browser), "MLFLOW_WORKERS": "1"})
         try:
-            deadline = time.time() + 180
-            while time.time() < deadline:
+            deadline, healthy = time.time() + 300, False
+            while not healthy and time.time() < deadline:
                 assert proc.poll() is None, log.read_text()[-3000:]
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                        break
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                        healthy = True
                 except OSError:
                     time.sleep(0.5)
+            assert healthy, f"mlflow server did not answer /health within 300 s:\n{log.read_text()[-3000:]}"
             links = dict(line.split(": ", 1) for line in log.read_text().splitlines()
                          if line.startswith(("training runs of", "compare 2 runs")))
             yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
