@@ -46,14 +46,15 @@ def ui(pair_store):
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
                                     env={**os.environ, "BROWSER": str(browser), "MLFLOW_WORKERS": "1"})
         try:
-            deadline = time.time() + 180
-            while time.time() < deadline:
+            deadline, healthy = time.time() + 300, False
+            while not healthy and time.time() < deadline:
                 assert proc.poll() is None, log.read_text()[-3000:]
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                        break
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                        healthy = True
                 except OSError:
                     time.sleep(0.5)
+            assert healthy, f"mlflow server did not answer /health within 300 s:\n{log.read_text()[-3000:]}"
             links = dict(line.split(": ", 1) for line in log.read_text().splitlines()
                          if line.startswith(("training runs of", "compare 2 runs")))
             yield {"pair": pair, "port": port, "links": links, "base": f"http://127.0.0.1:{port}", "opened": opened}
@@ -71,7 +72,8 @@ def _chromium(tmp_path, url: str, shot: str) -> str:
 def test_ui_prints_direct_links(ui):
     p = ui["pair"]
     assert ui["links"]["training runs of 'model-garden'"] == (
-        f"{ui['base']}/#/experiments/{p.experiment_id}/runs?searchFilter=tags.%60mg.run_kind%60%20%3D%20%27training%27")
+        f"{ui['base']}/#/experiments/{p.experiment_id}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60mg.run_kind%60%20%3D%20%27training%27")
     compare = ui["links"]["compare 2 runs"]
     assert compare.startswith(f"{ui['base']}/#/compare-runs?runs=")
     assert p.run_ids["lr-3e-3"] in compare and p.run_ids["lr-1e-4"] in compare
@@ -105,8 +107,21 @@ def test_runs_table_shows_the_runs(ui, tmp_path):
 
 def test_training_runs_link_lists_training_runs_only(ui, tmp_path):
     text = text_when_shown(tmp_path, ui["links"]["training runs of 'model-garden'"], ["lr-3e-3", "lr-1e-4"])
-    assert "evaluate lr-" not in text  # evaluation runs (mg.run_kind evaluation) are filtered out
+    assert "eval tiny-cmp v" not in text  # evaluation runs (mg.run_kind evaluation) are filtered out
     assert "tags.`mg.run_kind` = 'training'" in text  # in the table's search box, where a person can change it
+
+
+def test_printed_links_open_on_the_model_training_sidebar(ui, tmp_path):
+    """A fresh browser (no localStorage) opened on a link Model Garden prints shows MLflow's "Model
+    training" sidebar (Runs, Models, Model registry), not the GenAI one (Judges, Evaluation runs)."""
+    from mg_mlflow.tracking.ui_links import run_url
+
+    p = ui["pair"]
+    for url, shown, shot in ((ui["links"]["training runs of 'model-garden'"], ["lr-3e-3", "lr-1e-4"], "runs.png"),
+                             (run_url(ui["base"], p.experiment_id, p.run_ids["lr-3e-3"]), ["lr-3e-3", "Overview"],
+                              "run.png")):
+        text = text_when_shown(tmp_path, url, [*shown, "Settings"], shot=shot)  # Settings: the sidebar's foot
+        assert "Model registry" in text and "Judges" not in text and "Evaluation runs" not in text, text[:2000]
 
 
 def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
@@ -114,11 +129,15 @@ def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tm
     first screen of a run. Under system/carbon/ they are on the System metrics tab."""
     from mg_mlflow.tracking.ui_links import run_url
 
-    url = run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"])
+    def url(tab):
+        return run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], tab)
+
     # charts render as they scroll into view: the text is what the first screen shows
-    model = text_when_shown(tmp_path, url + "/model-metrics", ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"])
+    model = text_when_shown(tmp_path, url("model-metrics"), ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"],
+                            shot="model-metrics.png")
     assert "carbon" not in model, model[:3000]  # the first section is the run's own metrics, eval_loss on top
-    system = text_when_shown(tmp_path, url + "/system-metrics", ["System metrics", "emissions_kg", "energy_kwh"])
+    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh"],
+                             shot="system-metrics.png")
     assert "carbon" in system
 
 

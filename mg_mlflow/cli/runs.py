@@ -225,8 +225,9 @@ def _wait_healthy(url: str, proc, timeout: float = 120.0) -> bool:
 def ui_cmd(port, host, experiment, compare, open_browser, links_only):
     """Start the MLflow UI on the Model Garden store and print direct links into it.
 
-    The printed link opens the experiment's training-runs table (#/experiments/<id>/runs) directly:
-    MLflow 3 otherwise starts a fresh browser on the GenAI traces overview (mlflow #24498).
+    The printed link opens the experiment's training-runs table (#/experiments/<id>/runs) on MLflow's
+    "Model training" sidebar (workflowType=machine_learning): a fresh browser otherwise lands on the
+    GenAI sidebar, which MLflow 3 keeps per browser whatever the experiment's kind.
 
     \b
     Examples:
