@@ -92,13 +92,14 @@ def versions() -> dict:
 
 def prepare(a) -> tuple[str, dict]:
     """The model folder and both datasets (built once per workdir; lanes share them)."""
-    from bench_data import build
+    from bench_data import build, build_preference
     from bench_train import build_model
 
     work = Path(a.workdir)
     model = build_model(a.size, work / f"llama-{a.size}")
     data = {shape: build(model, work / f"data-{a.seq}-{a.rows}", shape, a.rows, a.seq, a.min_len)
             for shape in ("fixed", "var")}
+    data["pref"] = build_preference(model, work / f"data-{a.seq}-{a.rows}", a.rows, a.seq)
     return str(model), data
 
 
@@ -121,7 +122,8 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
     meter_json = logs / f"{tag}.meter.json"
     meter_json.unlink(missing_ok=True)
     ident = {"variant": v.name, "side": v.side, "backend": v.backend, "method": v.method, "shape": v.shape,
-             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "lane": a.lane, "round": round_}
+             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "objective": v.objective,
+             "ref": v.ref, "lane": a.lane, "round": round_}
     try:
         cmd = (V.bare_command(v, a, data[v.shape], model, meter_json) if v.side == "bare"
                else V.mg_command(v, a, data[v.shape], model, meter_json, experiment, run_name=tag))
