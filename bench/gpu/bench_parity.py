@@ -90,16 +90,17 @@ def versions() -> dict:
     return out
 
 
-def prepare(a) -> tuple[str, dict]:
-    """The model folder and both datasets (built once per workdir; lanes share them)."""
+def prepare(a, shapes=("fixed", "var", "pref")) -> tuple[str, dict]:
+    """The model folder and the datasets of ``shapes`` (built once per workdir; lanes share them)."""
     from bench_data import build, build_preference
     from bench_train import build_model
 
     work = Path(a.workdir)
     model = build_model(a.size, work / f"llama-{a.size}")
     data = {shape: build(model, work / f"data-{a.seq}-{a.rows}", shape, a.rows, a.seq, a.min_len)
-            for shape in ("fixed", "var")}
-    data["pref"] = build_preference(model, work / f"data-{a.seq}-{a.rows}", a.rows, a.seq)
+            for shape in ("fixed", "var") if shape in shapes}
+    if "pref" in shapes:
+        data["pref"] = build_preference(model, work / f"data-{a.seq}-{a.rows}", a.rows, a.seq)
     return str(model), data
 
 
@@ -229,7 +230,7 @@ def main(argv=None) -> dict:
     out, work = Path(a.out), Path(a.workdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, data = prepare(a)
+    model, data = prepare(a, {v.shape for _, v in plan})
     print(f"model + data ready in {time.perf_counter() - t0:.1f} s: {json.dumps(data)}", flush=True)
     if a.prepare_only:
         return {"model": model, "data": data}
