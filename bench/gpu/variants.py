@@ -32,7 +32,8 @@ class Variant:
     @property
     def name(self) -> str:
         if self.objective != "sft":
-            return f"{self.side}-{self.backend}-{self.method}-{self.objective}" + (f"-ref{self.ref}" if self.ref else "")
+            ref = f"-ref{self.ref}" if self.ref else ""
+            return f"{self.side}-{self.backend}-{self.method}-{self.objective}{ref}"
         base = f"{self.side}-{self.backend}-{self.method}-{self.shape}-{self.batching}"
         if self.toggle:
             base += f"-{self.toggle}"
@@ -43,7 +44,8 @@ class Variant:
     @property
     def cost_s(self) -> int:
         # dpo: the reference forward and the pair tokenization add ~15 s to the SFT figures
-        return COST[(self.side, self.backend)] + (20 if self.num_gpus > 1 else 0) + (15 if self.objective != "sft" else 0)
+        extra = (20 if self.num_gpus > 1 else 0) + (15 if self.objective != "sft" else 0)
+        return COST[(self.side, self.backend)] + extra
 
 
 TOGGLES = {  # what each attribution variant switches OFF, relative to full tracking
@@ -112,7 +114,8 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     # reference (adapter switched off) on both sides; bare hf also with an explicit reference copy (memory)
     dpo = [dpo_variant("bare", "hf"), dpo_variant("mg", "hf"), dpo_variant("bare", "hf", "model"),
            dpo_variant("bare", "unsloth"), dpo_variant("mg", "unsloth")]
-    return {"dpo": dpo, "dpo-h": dpo[:3], "packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
+    return {"dpo": dpo, "dpo-h": dpo[:3],
+            "packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
             "toggles-var": toggles_var,
             "parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp,
