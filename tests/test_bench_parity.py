@@ -229,3 +229,68 @@ def test_host_profile_splits_the_training_loop_by_phase(tmp_path):
     assert got["loop_samples"] == 100 and got["training_thread"] == "thread (7): MainThread"
     assert got["share"] == {"forward": 0.6, "backward": 0.2, "optimizer": 0.1, "callbacks": 0.1}
     assert got["other_threads_samples"] == {"mg-carbon": 3}
+
+
+def test_dpo_bare_and_platform_count_the_same_pair_tokens(tiny_model, mg_home, tmp_path):
+    """The dpo group: bare TRL DPOTrainer (implicit reference, and an explicit ref_model copy) and
+    `model-garden train --objective dpo` on the same pairs; the meter counts the real tokens of both
+    rows of every pair (prompt + chosen, prompt + rejected)."""
+    import bare_dpo
+    import bench_data
+    import mg_timed
+
+    pref = bench_data.build_preference(tiny_model, tmp_path, rows=4, seq=128)
+    assert pref["max_tokens"] < 128 and pref["min_tokens"] < pref["max_tokens"]  # nothing truncated, lengths vary
+    common_args = ["--model", str(tiny_model), "--data", pref["pc_data"], "--steps", "2", "--warmup", "1",
+                   "--batch", "4", "--seq", "128"]
+    implicit = bare_dpo.main(common_args)
+    explicit = bare_dpo.main([*common_args, "--ref", "model"])
+    platform = mg_timed.run(["--warmup", "1", "--meter-out", str(tmp_path / "m.json"), "--", "train",
+                             "--base-model", str(tiny_model), "--dataset", pref["data"], "--objective", "dpo",
+                             "--max-steps", "2", "--batch-size", "4", "--max-seq-length", "128",
+                             "--register-as", "none", "--no-carbon", "--no-system-metrics", "--no-progress",
+                             "--run-name", "bench-dpo-test"])
+    assert platform["exit_code"] == 0, platform
+    # batch = all 4 pairs: each step holds every chosen and rejected row, the total the data measured
+    assert implicit["tokens_per_step"] == pref["pair_tokens_total"]
+    assert explicit["tokens_per_step"] == platform["tokens_per_step"] == pref["pair_tokens_total"]
+    assert implicit["slots_per_step"] == platform["slots_per_step"] > pref["pair_tokens_total"]  # padded
+    assert {r["eff_trainer_class"] for r in (implicit, explicit, platform)} == {"DPOTrainer"}
+    assert (implicit["eff_ref_model"], platform["eff_ref_model"]) == ("NoneType", "NoneType")  # adapter off
+    assert explicit["eff_ref_model"] == "LlamaForCausalLM"
+
+
+def test_dpo_variants_build_both_command_lines(tmp_path):
+    import argparse
+
+    import variants
+
+    names = [v.name for v in variants.groups()["dpo"]]
+    assert names == ["bare-hf-lora-dpo", "mg-hf-lora-dpo", "bare-hf-lora-dpo-refmodel", "bare-unsloth-lora-dpo",
+                     "mg-unsloth-lora-dpo"]
+    a = argparse.Namespace(steps=80, warmup=30, batch=8, seq=512, gc=False)
+    data = {"data": "pref.jsonl", "pc_data": "pref.pc.jsonl"}
+    bare, mg, ref, *_ = variants.groups()["dpo"]
+    cmd = variants.bare_command(ref, a, data, "M", tmp_path / "x.json")
+    assert cmd[1].endswith("bare_dpo.py") and cmd[cmd.index("--ref") + 1] == "model"
+    assert cmd[cmd.index("--data") + 1] == "pref.pc.jsonl"
+    cli = variants.mg_command(mg, a, data, "M", tmp_path / "x.json", "exp")
+    assert cli[cli.index("--objective") + 1] == "dpo" and cli[cli.index("--dataset") + 1] == "pref.jsonl"
+    assert "batching=padded" not in " ".join(cli)  # preference trainers pad themselves
+    with pytest.raises(ValueError, match="no explicit reference"):
+        variants.mg_command(variants.dpo_variant("mg", "hf", "model"), a, data, "M", tmp_path / "x.json", "exp")
+
+
+def test_dpo_ratios_pair_the_implicit_reference_and_compare_the_copy():
+    dpo = {"shape": "pref", "objective": "dpo"}
+    rows = [*_rounds("bare-hf-dpo", "bare", "hf", [{"tokens_per_s": 10000.0, "peak_train_gb": 10.0}] * 2, **dpo),
+            *_rounds("mg-hf-dpo", "mg", "hf", [9600.0, 9800.0], **dpo),
+            *_rounds("bare-hf-dpo-refmodel", "bare", "hf",
+                     [{"tokens_per_s": 11000.0, "peak_train_gb": 12.5}] * 2, ref="model", **dpo),
+            *_rounds("mg-hf-sft", "mg", "hf", [20000.0, 20000.0])]
+    got = {(r["kind"], r["a"], r["b"]): r for r in parity_report.ratios(rows)}
+    assert got[("platform/bare tok/s", "mg-hf-dpo", "bare-hf-dpo")]["ratio"] == pytest.approx(0.97)
+    assert not any(k[0] == "platform/bare tok/s" and k[2] == "bare-hf-dpo-refmodel" for k in got)
+    assert got[("ref model/implicit peak GiB", "bare-hf-dpo-refmodel", "bare-hf-dpo")]["ratio"] == pytest.approx(1.25)
+    assert got[("ref model/implicit tok/s", "bare-hf-dpo-refmodel", "bare-hf-dpo")]["ratio"] == pytest.approx(1.1)
+    assert not any("mg-hf-sft" in k for k in got)  # an sft run pairs with no dpo run

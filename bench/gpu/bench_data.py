@@ -134,3 +134,73 @@ def build(model_dir: str | Path, out_dir: str | Path, shape: str, rows: int, seq
              "attn_mean_seq": sum(n * n for n in srt) / sum(srt), "seed": seed}
     stats_path.write_text(json.dumps(stats, indent=1))
     return stats
+
+
+# ---- preference pairs (the dpo group): prompt + chosen + rejected
+
+PREF_SYSTEM = "Answer the question about the text."
+
+
+def pair_tokens(tok, row: dict) -> tuple[int, int]:
+    """Tokens of (prompt + chosen, prompt + rejected) through the chat template, as TRL's DPO trainer
+    tokenizes a conversational pair (one row each; the prompt is counted in both)."""
+    return tuple(len(tok.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=False))
+                 for side in ("chosen", "rejected"))
+
+
+def _words(tok, lengths: _Lengths, target: int, rng: random.Random, vocab: list[str]) -> str:
+    words, used = [], 0
+    while used < target:
+        w = rng.choice(vocab)
+        used += lengths.cache.setdefault(w, lengths.word(w))
+        words.append(w)
+    return " ".join(words)
+
+
+def build_preference(model_dir: str | Path, out_dir: str | Path, rows: int, seq: int, seed: int = 0) -> dict:
+    """``pref.jsonl``: ``{"prompt", "chosen", "rejected"}`` as messages (what `model-garden train
+    --objective dpo` reads) and ``pref.pc.jsonl`` (the same rows through Model Garden's own
+    normalisation, what bare TRL reads). Lengths in tokens, log-uniform: prompt 48-240, each answer
+    24-208 (chosen and rejected drawn apart), so prompt + answer stays under ``seq`` (nothing is
+    truncated on either side); the stats give the measured rows (prompt + answer, template included)."""
+    from transformers import AutoTokenizer
+
+    from mg_mlflow.data.preference import normalise_preference
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path, pc_path, stats_path = out / "pref.jsonl", out / "pref.pc.jsonl", out / "pref.stats.json"
+    if path.is_file() and pc_path.is_file() and stats_path.is_file():
+        return json.loads(stats_path.read_text())
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    lengths, vocab, rng = _Lengths(tok), _vocab(), random.Random(seed + 7)
+    hi_p, hi_a = min(240, seq // 2), min(208, seq // 2 - 48)
+    lo_p, lo_a = min(48, hi_p // 2), min(24, hi_a // 2)
+
+    def draw(lo, hi):
+        return int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+
+    measured = []
+    with path.open("w") as fh, pc_path.open("w") as pc:
+        for _ in range(rows):
+            record = {"prompt": [{"role": "system", "content": PREF_SYSTEM},
+                                 {"role": "user", "content": _words(tok, lengths, draw(lo_p, hi_p), rng, vocab)}],
+                      "chosen": [{"role": "assistant", "content": _words(tok, lengths, draw(lo_a, hi_a), rng, vocab)}],
+                      "rejected": [{"role": "assistant",
+                                    "content": _words(tok, lengths, draw(lo_a, hi_a), rng, vocab)}]}
+            norm, problem = normalise_preference(record)
+            if problem:
+                raise ValueError(problem)
+            row = {k: norm[k] for k in ("prompt", "chosen", "rejected")}
+            measured += pair_tokens(tok, row)
+            fh.write(json.dumps(record) + "\n")
+            pc.write(json.dumps(row) + "\n")
+    srt = sorted(measured)
+    if srt[-1] >= seq:
+        raise ValueError(f"a preference row of {srt[-1]} tokens would be truncated at seq={seq}")
+    stats = {"shape": "pref", "rows": rows, "data": str(path), "pc_data": str(pc_path), "seq": seq,
+             "min_tokens": srt[0], "median_tokens": srt[len(srt) // 2], "max_tokens": srt[-1],
+             "mean_tokens": sum(srt) / len(srt), "pair_tokens_total": sum(srt),
+             "attn_mean_seq": sum(n * n for n in srt) / sum(srt), "seed": seed}
+    stats_path.write_text(json.dumps(stats, indent=1))
+    return stats

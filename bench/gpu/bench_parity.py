@@ -90,15 +90,17 @@ def versions() -> dict:
     return out
 
 
-def prepare(a) -> tuple[str, dict]:
-    """The model folder and both datasets (built once per workdir; lanes share them)."""
-    from bench_data import build
+def prepare(a, shapes=("fixed", "var", "pref")) -> tuple[str, dict]:
+    """The model folder and the datasets of ``shapes`` (built once per workdir; lanes share them)."""
+    from bench_data import build, build_preference
     from bench_train import build_model
 
     work = Path(a.workdir)
     model = build_model(a.size, work / f"llama-{a.size}")
     data = {shape: build(model, work / f"data-{a.seq}-{a.rows}", shape, a.rows, a.seq, a.min_len)
-            for shape in ("fixed", "var")}
+            for shape in ("fixed", "var") if shape in shapes}
+    if "pref" in shapes:
+        data["pref"] = build_preference(model, work / f"data-{a.seq}-{a.rows}", a.rows, a.seq)
     return str(model), data
 
 
@@ -121,7 +123,8 @@ def run_variant(v: V.Variant, a, model: str, data: dict, env: dict, lane_dir: Pa
     meter_json = logs / f"{tag}.meter.json"
     meter_json.unlink(missing_ok=True)
     ident = {"variant": v.name, "side": v.side, "backend": v.backend, "method": v.method, "shape": v.shape,
-             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "lane": a.lane, "round": round_}
+             "batching": v.batching, "toggle": v.toggle, "num_gpus": v.num_gpus, "objective": v.objective,
+             "ref": v.ref, "lane": a.lane, "round": round_}
     try:
         cmd = (V.bare_command(v, a, data[v.shape], model, meter_json) if v.side == "bare"
                else V.mg_command(v, a, data[v.shape], model, meter_json, experiment, run_name=tag))
@@ -227,7 +230,7 @@ def main(argv=None) -> dict:
     out, work = Path(a.out), Path(a.workdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, data = prepare(a)
+    model, data = prepare(a, {v.shape for _, v in plan})
     print(f"model + data ready in {time.perf_counter() - t0:.1f} s: {json.dumps(data)}", flush=True)
     if a.prepare_only:
         return {"model": model, "data": data}

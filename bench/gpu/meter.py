@@ -23,6 +23,12 @@ import statistics
 import time
 
 
+def _peak_gb():
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
 def _sync() -> None:
     import torch
 
@@ -43,6 +49,7 @@ class Meter:
         self.step0 = self.step1 = None
         self.ends: list[float] = []
         self.effective: dict = {}
+        self.peak_gb = None  # max_memory_allocated at the last step (both sides reset it before train())
 
     def count(self, inputs) -> None:
         import torch
@@ -67,6 +74,7 @@ class Meter:
         if state.max_steps and step >= state.max_steps and self.t0 is not None and self.t1 is None:
             _sync()
             self.t1, self.step1 = time.perf_counter(), step
+            self.peak_gb = _peak_gb()
 
     def result(self) -> dict:
         out = {"meter_warmup_steps": self.warmup, **self.effective}
@@ -81,7 +89,7 @@ class Meter:
                 "tokens_per_s": real / seconds, "tokens_per_step": real / steps,
                 "slots_per_step": slots / steps, "pad_fraction": 1 - real / slots if slots else None,
                 "micro_batches_per_step": (self.micro - self.micro_snapshot) / steps,
-                "host_step_median_s": host}
+                "host_step_median_s": host, "peak_train_gb": self.peak_gb}
 
 
 def effective_settings(trainer) -> dict:
@@ -96,6 +104,9 @@ def effective_settings(trainer) -> dict:
             "eff_tokens_seen": str(getattr(args, "include_num_input_tokens_seen", "")),
             "eff_gradient_checkpointing": bool(args.gradient_checkpointing),
             "eff_trainer_class": type(trainer).__name__,
+            # preference trainers: the reference (none: the adapter switched off, or precomputed log-probs)
+            "eff_ref_model": type(getattr(trainer, "ref_model", None)).__name__,
+            "eff_precompute_ref": bool(getattr(args, "precompute_ref_log_probs", False)),
             "eff_attn": str(getattr(getattr(trainer.model, "config", None), "_attn_implementation", ""))}
 
 

@@ -24,7 +24,7 @@ MIN_PAIRS = 2  # a ratio from one pair of runs is noise-sized on these launch-bo
 
 
 def _key(r: dict, *skip: str) -> tuple:
-    fields = ("backend", "method", "shape", "batching", "toggle", "num_gpus", "side")
+    fields = ("backend", "method", "shape", "batching", "toggle", "num_gpus", "side", "objective", "ref")
     return tuple(r.get(f) for f in fields if f not in skip)
 
 
@@ -100,6 +100,12 @@ def ratios(rows: list[dict], field: str = "tokens_per_s") -> list[dict]:
             for f in good:
                 if not f["toggle"] and _key(f, "toggle") == _key(r, "toggle"):
                     add("toggled/full tok/s", r, f, "> 1: switching it off is faster by this factor")
+    for r in good:  # dpo: an explicit reference copy (ref_model=) against the implicit one (adapter off)
+        if r.get("ref"):
+            for i in good:
+                if not i.get("ref") and _key(i, "ref") == _key(r, "ref"):
+                    add("ref model/implicit tok/s", r, i)
+                    add("ref model/implicit peak GiB", r, i, "GPU memory at the last step", value_field="peak_train_gb")
     for r in good:  # several GPUs, both from Model Garden's MLflow record (target >= 1.8)
         if r["num_gpus"] > 1:
             for s_ in good:
@@ -129,8 +135,8 @@ def lane_markdown(res: dict) -> str:
                                   f"(median {d['median_tokens']})" for s, d in m["data"].items())
              + f". Batch {m['args']['batch']}, accumulation 1, {m['args']['steps']} steps, timed after "
              f"{m['args']['warmup']}; gradient checkpointing {'on' if m['args']['gc'] else 'off'}.", "",
-             "| variant | round | s/step | tok/s (real) | MFU | pad % | batching used | attention | peak GiB "
-             "| MG tok/s (MLflow) | loss final (bare: mean of all steps) | note |", "|" + "---|" * 12]
+             "| variant | round | s/step | tok/s (real) | MFU | pad % | batching used | peak GiB (training) "
+             "| MG tok/s (MLflow) | loss final (bare: mean of all steps) | note |", "|" + "---|" * 11]
     for r in res["rows"]:
         used = "packed" if r.get("eff_packing") else "padding-free" if r.get("eff_padding_free") else \
             "padded" if "eff_padding_free" in r else "-"
@@ -140,7 +146,7 @@ def lane_markdown(res: dict) -> str:
         pad = r.get("pad_fraction")
         lines.append(f"| {r['variant']} | {r.get('round', 0)} | {_f(r.get('s_per_step'), '.3f')} | {_f(r.get('tokens_per_s'), ',.0f')} | "
                      f"{_f(r.get('mfu'), '.1%')} | {_f(None if pad is None else pad * 100, '.0f')} | {used} | "
-                     f"{_f(r.get('peak_gpu_gb'), '.2f')} | {_f(r.get('mg_tokens_per_s'), ',.0f')} | "
+                     f"{_f(r.get('peak_train_gb', r.get('peak_gpu_gb')), '.2f')} | {_f(r.get('mg_tokens_per_s'), ',.0f')} | "
                      f"{_f(r.get('loss_final', r.get('loss_mean')), '.3f')} | {note} |")
     lines += ["", "Per variant over its rounds (spread = (max - min) / median):", "",
               "| variant | runs | tok/s median | min | max | spread | MFU (median) |", "|---|---|---|---|---|---|---|"]

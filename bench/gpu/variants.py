@@ -26,9 +26,14 @@ class Variant:
     batching: str = "padded"  # padded | padded64 | padding_free | packed | default (bare: the library's own choice)
     toggle: str = ""  # attribution: "" (full tracking) | nolog | notok | nosys | nocarbon | loadseq | untracked
     num_gpus: int = 1
+    objective: str = "sft"  # sft | dpo (shape "pref": prompt + chosen + rejected)
+    ref: str = ""  # dpo: "" = implicit (the adapter switched off) | "model" (bare: a frozen copy as ref_model=)
 
     @property
     def name(self) -> str:
+        if self.objective != "sft":
+            ref = f"-ref{self.ref}" if self.ref else ""
+            return f"{self.side}-{self.backend}-{self.method}-{self.objective}{ref}"
         base = f"{self.side}-{self.backend}-{self.method}-{self.shape}-{self.batching}"
         if self.toggle:
             base += f"-{self.toggle}"
@@ -38,7 +43,9 @@ class Variant:
 
     @property
     def cost_s(self) -> int:
-        return COST[(self.side, self.backend)] + (20 if self.num_gpus > 1 else 0)
+        # dpo: the reference forward and the pair tokenization add ~15 s to the SFT figures
+        extra = (20 if self.num_gpus > 1 else 0) + (15 if self.objective != "sft" else 0)
+        return COST[(self.side, self.backend)] + extra
 
 
 TOGGLES = {  # what each attribution variant switches OFF, relative to full tracking
@@ -53,10 +60,15 @@ TOGGLES = {  # what each attribution variant switches OFF, relative to full trac
 }
 
 
+def dpo_variant(side: str, backend: str, ref: str = "") -> Variant:
+    return Variant(side, backend, shape="pref", objective="dpo", ref=ref)
+
+
 def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     if smoke:  # CPU: the hf plumbing only (bare + platform, both data shapes)
         return {"smoke": [Variant("bare", "hf", shape="var"), Variant("mg", "hf", shape="var")],
-                "smoke-toggles": [Variant("mg", "hf", shape="fixed", toggle="notok")]}
+                "smoke-toggles": [Variant("mg", "hf", shape="fixed", toggle="notok")],
+                "smoke-dpo": [dpo_variant("bare", "hf"), dpo_variant("mg", "hf"), dpo_variant("bare", "hf", "model")]}
     parity = []
     for shape in ("fixed", "var"):
         parity += [Variant("bare", "unsloth", shape=shape), Variant("mg", "unsloth", shape=shape),
@@ -98,7 +110,12 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     # the platform's per-step costs on variable-length rows, each switched off in turn
     toggles_var = [Variant("mg", "unsloth", batching="padded64")] + [
         Variant("mg", "unsloth", batching="padded64", toggle=t) for t in ("nosys", "nocarbon", "nolog")]
-    return {"packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
+    # DPO with LoRA: bare TRL DPOTrainer vs `model-garden train --objective dpo`, per backend, the implicit
+    # reference (adapter switched off) on both sides; bare hf also with an explicit reference copy (memory)
+    dpo = [dpo_variant("bare", "hf"), dpo_variant("mg", "hf"), dpo_variant("bare", "hf", "model"),
+           dpo_variant("bare", "unsloth"), dpo_variant("mg", "unsloth")]
+    return {"dpo": dpo, "dpo-h": dpo[:3],
+            "packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
             "toggles-var": toggles_var,
             "parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
             "batching-h": batching_h, "attrib": attrib, "attrib-fixed": attrib_fixed, "qlora": qlora, "ddp": ddp,
@@ -143,6 +160,12 @@ def schedule(spec: str, repeat: int, smoke: bool = False) -> list[tuple[int, Var
 
 
 def bare_command(v: Variant, a, data: dict, model: str, out_json: Path) -> list[str]:
+    if v.objective == "dpo":
+        cmd = [sys.executable, str(HERE / "bare_dpo.py"), "--backend", v.backend, "--model", model,
+               "--data", data["pc_data"], "--steps", str(a.steps), "--warmup", str(a.warmup),
+               "--batch", str(a.batch), "--grad-accum", "1", "--seq", str(a.seq), "--ref", v.ref or "implicit",
+               "--lora-r", "16", "--lora-alpha", "16", "--out", str(out_json)]
+        return cmd + (["--gc"] if a.gc else [])
     bucket = ["--pad-multiple", "64"] if v.batching == "padded64" else []
     cmd = [sys.executable, str(HERE / "bare_trl.py"), "--backend", v.backend, "--method", v.method,
            "--model", model, "--data", data["pc_data"], "--steps", str(a.steps), "--warmup", str(a.warmup),
@@ -190,7 +213,13 @@ def mg_command(v: Variant, a, data: dict, model: str, out_json: Path, experiment
            "--method", v.method, "--max-steps", str(a.steps), "--batch-size", str(a.batch), "--grad-accum", "1",
            "--max-seq-length", str(a.seq), "--lora-r", "16", "--lora-alpha", "16", "--learning-rate", "2e-4",
            "--gradient-checkpointing" if a.gc else "--no-gradient-checkpointing", "--register-as", "none",
-           "--experiment", experiment, "--run-name", run_name or v.name, "--no-progress", *batching_args(v.batching)]
+           "--experiment", experiment, "--run-name", run_name or v.name, "--no-progress"]
+    if v.objective == "dpo":
+        if v.ref:
+            raise ValueError("model-garden keeps no explicit reference copy with LoRA (the adapter switched off is it)")
+        cli += ["--objective", "dpo", "--beta", "0.1"]  # TRL's padded preference batches, as on the bare side
+    else:
+        cli += batching_args(v.batching)
     cli += ["--logging-steps", str(a.steps) if v.toggle in ("nolog", "untracked") else "1"]
     if v.toggle in ("nosys", "untracked"):
         cli.append("--no-system-metrics")
