@@ -150,7 +150,8 @@ class TrainConfig:
     reward_schema: str = _rl("", REWARD_HELP["reward_schema"])
     reward_length_target: int = _rl(0, REWARD_HELP["reward_length_target"])
     num_generations: int = _rl(4, "completions sampled per prompt: the group whose rewards are compared; "
-                                  "batch_size x grad_accum must be a multiple of it", trainer_keys=("num_generations",))
+                                  "batch_size x num_gpus x grad_accum must be a multiple of it (whole groups over "
+                                  "the ranks)", trainer_keys=("num_generations",))
     max_completion_length: int = _rl(64, "longest completion sampled, in tokens (a longer one is cut and counted in "
                                          "completions/clipped_ratio)", trainer_keys=("max_completion_length",))
     temperature: float = _rl(1.0, "sampling temperature of the completions (higher = more varied groups)",
@@ -351,9 +352,8 @@ class TrainConfig:
         if self.num_generations < 2:
             problems.append(f"num_generations must be >= 2 (rewards are compared within a group), got "
                             f"{self.num_generations}")
-        elif (self.batch_size * self.grad_accum) % self.num_generations:
-            problems.append(f"batch_size x grad_accum = {self.batch_size * self.grad_accum} completions per step "
-                            f"must be a multiple of num_generations={self.num_generations} (whole groups)")
+        else:
+            problems += self.group_problems()
         if self.max_completion_length < 1:
             problems.append(f"max_completion_length must be >= 1, got {self.max_completion_length}")
         if self.temperature <= 0:
@@ -366,6 +366,32 @@ class TrainConfig:
             problems.append(f"reward_length_target must be >= 0, got {self.reward_length_target}")
         return problems
 
+    def group_problems(self) -> list[str]:
+        """GRPO samples in rounds of whole prompt groups over every rank (TRL's GRPOConfig: the generation
+        batch, batch_size x num_gpus x grad_accum, and with an eval set the eval batch, batch_size x
+        num_gpus, must be multiples of num_generations): a round that splits a group fails inside TRL."""
+        n, ranks = self.num_generations, self.num_gpus
+        steps = _int_or(self.trainer_args.get("steps_per_generation"), self.grad_accum)
+        round_size = _int_or(self.trainer_args.get("generation_batch_size"), self.batch_size * ranks * steps)
+        problems = []
+        if round_size % n:
+            per_rank = next(b for b in range(self.batch_size, self.batch_size + n + 1) if (b * ranks * steps) % n == 0)
+            divisors = [d for d in range(2, round_size + 1) if round_size % d == 0]
+            fix = f"set --num-generations to {' or '.join(map(str, divisors[:4]))}, or " if divisors else "set "
+            problems.append(
+                f"batch_size x num_gpus x grad_accum = {self.batch_size} x {ranks} x {steps} = {round_size} completions "
+                f"per generation round must be a multiple of num_generations={n} (whole groups over the ranks): "
+                f"{fix}--batch-size {per_rank} (or change --grad-accum / --num-gpus)")
+        eval_n = _int_or(self.trainer_args.get("num_generations_eval"), n)
+        if (self.eval_dataset or self.eval_split) and (self.batch_size * ranks) % eval_n:
+            per_rank = next(b for b in range(self.batch_size, self.batch_size + eval_n + 1) if (b * ranks) % eval_n == 0)
+            problems.append(
+                f"with an eval set (eval_dataset / eval_split) the eval batch, batch_size x num_gpus = "
+                f"{self.batch_size} x {ranks} = {self.batch_size * ranks} completions, must be a multiple of "
+                f"num_generations={eval_n} (whole groups): set --batch-size {per_rank}, or --num-gpus, or drop the "
+                "eval set")
+        return problems
+
     @property
     def registers(self) -> bool:
         return self.register_as.lower() != "none"
@@ -375,6 +401,15 @@ def field_help(cls: type) -> dict[str, str]:
     import dataclasses
 
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def _int_or(value, default: int) -> int:
+    """``value`` as an int (a trainer_args string), else ``default`` (absent, or not a number: trainer_args
+    checks report that)."""
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
 
 
 # ---------------------------------------------------------------- trainer_args: the rest of SFTConfig

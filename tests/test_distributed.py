@@ -8,6 +8,7 @@ trained tokens (tokens are summed over the ranks, not counted on rank 0 only).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, isolated_home, run_cli, train_tiny
+from conftest import BIN, invoke_cli, isolated_home, run_cli, train_tiny
 
 STEPS = 6
 
@@ -71,6 +72,115 @@ def test_two_ranks_make_one_run_and_one_version(ddp_home, tiny_model, sample_dat
     for (_, a), (_, b) in zip(losses, single):
         assert a == pytest.approx(b, rel=2e-3)  # same rows, same global batch: the same loss curve
     assert metrics["trained_tokens"] == one.metrics["trained_tokens"] > 0
+
+
+@pytest.fixture(scope="module")
+def rl_data(tmp_path_factory):
+    from mg_mlflow.data.sample import write_preference_sample, write_prompt_sample
+
+    folder = tmp_path_factory.mktemp("rl-data")
+    return {"pairs": write_preference_sample(folder / "pairs.jsonl", 64, "pairs"),
+            "prompts": write_prompt_sample(folder / "prompts.jsonl", 64)}
+
+
+def _history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in _client().get_metric_history(run_id, key))
+
+
+DPO_STEPS = 4
+DPO_RECORD = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+              "logps/rejected")
+
+
+@pytest.mark.slow
+def test_dpo_on_two_ranks_is_one_process_with_twice_the_batch(ddp_home, tiny_model, rl_data):
+    """DPO on 2 ranks x 2 pairs = one process with 4 pairs, step for step. The implicit reference (LoRA:
+    the adapter switched off) is computed on each rank for its own pairs, and TRL gathers every pair
+    metric over the ranks before it is logged, so the same rows give the same record; each rank pads to
+    its own longest row, which the masks remove (float rounding is all that differs). Trained tokens are
+    chosen + rejected rows of both ranks."""
+    proc = run_cli(["train", "--objective", "dpo", "--base-model", str(tiny_model), "--dataset", str(rl_data["pairs"]),
+                    "--max-steps", str(DPO_STEPS), "--batch-size", "2", "--learning-rate", "3e-3", "--num-gpus", "2",
+                    "--register-as", "ddp-dpo", "--experiment", "ddp-dpo", "--no-progress", "--no-carbon",
+                    "--no-system-metrics"], env={"MG_DDP_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = _runs("ddp-dpo")  # one run: rank 1 opened none
+    assert (run.data.params["world_size"], run.data.params["objective"]) == ("2", "dpo")
+    (version,) = _client().search_model_versions("name='ddp-dpo'")
+    assert version.tags["mg.run_id"] == run.info.run_id and version.tags["mg.objective"] == "dpo"
+    assert run.data.metrics["verify_max_logit_diff"] <= 1e-3
+
+    one = train_tiny(tiny_model, rl_data["pairs"], objective="dpo", max_steps=DPO_STEPS, batch_size=4,
+                     register_as="none", experiment="ddp-dpo-one")
+    for key in DPO_RECORD:
+        two, single = _history(run.info.run_id, key), _history(one.run_id, key)
+        assert [s for s, _ in two] == [s for s, _ in single] == list(range(1, DPO_STEPS + 1)), key  # logged once
+        assert [v for _, v in two] == pytest.approx([v for _, v in single], rel=1e-4, abs=1e-5), key
+    assert _history(run.info.run_id, "rewards/margins")[-1][1] > 0  # trained: chosen pulled above rejected
+    assert run.data.metrics["trained_tokens"] == one.metrics["trained_tokens"] > 0
+    assert run.data.tags["mg.reference"] == _client().get_run(one.run_id).data.tags["mg.reference"] == \
+        "the base model (the adapter switched off)"
+
+
+GRPO_STEPS = 3
+
+
+@pytest.mark.slow
+def test_grpo_on_two_ranks_samples_on_each_and_logs_the_rewards_of_both(ddp_home, tiny_model, rl_data):
+    """GRPO on 2 ranks, one group of 4 completions per step spread over them (2 each): every rank samples
+    its share with model.generate (seeded per rank: 4 different completions), TRL gathers the rewards over
+    the ranks before the advantages and the log, and rank 0 logs them once. The per-step reads are the
+    GPU path's (metrics_sync_steps > 1), whose token count is GRPO's own."""
+    proc = run_cli(["train", "--objective", "grpo", "--base-model", str(tiny_model), "--dataset",
+                    str(rl_data["prompts"]), "--reward", "length", "--reward-length-target", "16",
+                    "--num-generations", "4", "--max-completion-length", "8", "--beta", "0", "--batch-size", "2",
+                    "--num-gpus", "2", "--max-steps", str(GRPO_STEPS), "--sample-steps", "1", "--learning-rate",
+                    "1e-2", "--register-as", "ddp-grpo", "--experiment", "ddp-grpo", "--no-progress", "--no-carbon",
+                    "--no-system-metrics", "--set", "metrics_sync_steps=2"],
+                   env={"MG_DDP_CPU": "1", "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client = _client()
+    (run,) = _runs("ddp-grpo")
+    params = run.data.params
+    assert (params["world_size"], params["num_gpus"], params["generation_resolved"]) == ("2", "2", "generate")
+    (version,) = client.search_model_versions("name='ddp-grpo'")
+    assert version.tags["mg.run_id"] == run.info.run_id and run.data.metrics["verify_max_logit_diff"] <= 1e-3
+    for key in ("reward", "rewards/length/mean", "completions/mean_length", "loss"):
+        steps = [s for s, _ in _history(run.info.run_id, key)]
+        assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == GRPO_STEPS, key  # once per point
+    table = json.loads(open(client.download_artifacts(run.info.run_id, "samples/step_00001.json")).read())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert len(rows) == 4 and len({r["prompt"] for r in rows}) == 1  # one group, gathered from both ranks
+    assert len({r["completion"] for r in rows}) == 4  # each rank sampled its own two
+    logged = dict(_history(run.info.run_id, "rewards/length/mean"))[1]
+    assert logged == pytest.approx(sum(r["length"] for r in rows) / 4, abs=1e-6)  # the mean over both ranks
+    assert run.data.metrics["trained_tokens"] > 0 and run.data.metrics["tokens_per_second"] > 0
+
+
+def test_grpo_groups_that_split_over_the_ranks_are_refused_before_any_run(mg_home, tiny_model, rl_data):
+    base = ["train", "--objective", "grpo", "--base-model", str(tiny_model), "--dataset", str(rl_data["prompts"]),
+            "--reward", "length", "--num-generations", "4", "--experiment", "ddp-groups", "--no-carbon"]
+    cases = [
+        (["--num-gpus", "2", "--batch-size", "1"],
+         ["batch_size x num_gpus x grad_accum = 1 x 2 x 1 = 2 completions", "multiple of num_generations=4",
+          "set --num-generations to 2", "--batch-size 2"]),
+        (["--num-gpus", "2", "--batch-size", "1", "--grad-accum", "2", "--eval-split", "0.25"],
+         ["the eval batch, batch_size x num_gpus = 1 x 2 = 2 completions", "set --batch-size 2"]),
+        (["--batch-size", "2", "--grad-accum", "2", "--eval-split", "0.25"],  # one device: TRL would fail in the run
+         ["the eval batch, batch_size x num_gpus = 2 x 1 = 2 completions", "set --batch-size 4"]),
+    ]
+    for extra, expected in cases:
+        proc = invoke_cli([*base, *extra], env={"MG_DDP_CPU": "1"})
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        for text in expected:
+            assert text in proc.stderr, (text, proc.stderr)
+    assert _runs("ddp-groups") == []
+    # a group spread over the ranks is fine: 2 per rank x 2 ranks = one group of 4
+    from mg_mlflow.config import TrainConfig, build_config
+
+    cfg = build_config(TrainConfig, overrides={"base_model": "m", "dataset": "d", "objective": "grpo",
+                                               "reward": ["length"], "batch_size": 2, "num_gpus": 2})
+    assert (cfg.batch_size, cfg.num_gpus, cfg.num_generations) == (2, 2, 4)
 
 
 def test_more_gpus_than_the_machine_has_is_a_clear_error(mg_home, tiny_model, sample_data, monkeypatch):

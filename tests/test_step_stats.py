@@ -57,3 +57,20 @@ def test_deferred_reads_keep_the_logging_grid(mg_home, tiny_model, sample_data):
     assert [s for s, _ in _history(result.run_id, "loss")] == [1, 3, 6, 7]
     assert [s for s, _ in _history(result.run_id, "tokens_per_second")] == [3, 7]  # reads at 4 and 7
     assert result.metrics["trained_tokens"] > 0
+
+
+def test_deferred_token_count_reads_every_batch_shape_of_the_objectives():
+    """The GPU path's token count (metrics_sync_steps > 1) on the batches each TRL trainer feeds its
+    training_step: a pair batch (ORPO, SimPO) counts its chosen and rejected rows, as the per-step path
+    does; GRPO's batch is prompts, whose tokens its trainer counts itself (None: nothing counted here)."""
+    import torch
+
+    from mg_mlflow.training.step_stats import count_tokens
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert int(count_tokens({"input_ids": torch.zeros(2, 4), "attention_mask": mask}, 0)) == 5  # sft, dpo, kto
+    assert int(count_tokens({"input_ids": torch.tensor([[5, 6, 0]])}, 0)) == 2  # no mask: not the pad id
+    pairs = {"prompt_input_ids": torch.ones(2, 2), "chosen_input_ids": torch.ones(2, 4), "chosen_attention_mask": mask,
+             "rejected_input_ids": torch.ones(2, 4), "rejected_attention_mask": torch.ones(2, 4, dtype=torch.int64)}
+    assert int(count_tokens(pairs, 0)) == 5 + 8
+    assert count_tokens([{"prompt": "Shout the word: red"}], 0) is None

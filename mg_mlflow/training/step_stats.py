@@ -36,10 +36,21 @@ def sync_every(cfg) -> int:
     return GPU_EVERY if torch.cuda.is_available() else 1
 
 
-def count_tokens(inputs: dict, pad_token_id: int | None):
-    """Real input tokens of one micro-batch, as a device tensor (the Trainer's non_padding rule)."""
+PAIR_MASKS = ("chosen_attention_mask", "rejected_attention_mask")  # ORPO/CPO batches: prompt + answer each
+
+
+def count_tokens(inputs, pad_token_id: int | None):
+    """Real input tokens of one micro-batch, as a device tensor (the Trainer's non_padding rule; the
+    chosen and rejected rows of a pair batch both count). None for a batch that is not tokens yet
+    (GRPO's prompts: its trainer counts prompt + completion tokens itself, summed over the ranks)."""
+    if not isinstance(inputs, dict):
+        return None
     if "attention_mask" in inputs:
         return inputs["attention_mask"].sum()
+    if all(k in inputs for k in PAIR_MASKS):
+        return sum(inputs[k].sum() for k in PAIR_MASKS)
+    if "input_ids" not in inputs:
+        return None
     ids = inputs["input_ids"]
     return (ids != pad_token_id).sum() if pad_token_id is not None else ids.new_tensor(ids.numel())
 
@@ -61,6 +72,7 @@ class DeferredStepStats(TrainerCallback):
         self._pad_id = None
         self._since = time.perf_counter()
         self.total_tokens = 0.0
+        self.trainer_counts = False  # the trainer keeps state.num_input_tokens_seen itself (GRPO)
 
     def attach(self, trainer) -> None:
         """Wrap ``trainer.training_step`` (an instance attribute: Unsloth's loop calls it too)."""
@@ -68,10 +80,15 @@ class DeferredStepStats(TrainerCallback):
         proc = getattr(trainer, "processing_class", None)
         self._pad_id = getattr(getattr(proc, "tokenizer", proc), "pad_token_id", None)
 
+        import torch
+
         def training_step(model, inputs, *args, **kwargs):
             loss = inner(model, inputs, *args, **kwargs)
             detached = loss.detach()
-            tokens = count_tokens(inputs, self._pad_id).to(detached.device)
+            tokens = count_tokens(inputs, self._pad_id)
+            if tokens is None:
+                self.trainer_counts, tokens = True, detached.new_zeros((), dtype=torch.int64)
+            tokens = tokens.to(detached.device)
             self._loss = detached if self._loss is None else self._loss + detached
             self._tokens = tokens if self._tokens is None else self._tokens + tokens
             return loss
@@ -118,7 +135,10 @@ class DeferredStepStats(TrainerCallback):
         loss_values, token_values = losses.tolist(), tokens.tolist()
         now = time.perf_counter()
         seconds, self._since = now - self._since, now
-        window_tokens = float(sum(token_values))
+        if self.trainer_counts:  # already summed over the ranks, the same on every rank
+            window_tokens = float(state.num_input_tokens_seen or 0) - self.total_tokens
+        else:
+            window_tokens = float(sum(token_values))
         self.total_tokens += window_tokens
         state.num_input_tokens_seen = int(self.total_tokens)  # for the carbon callback's per-token figures
         points = [(step, {"loss": loss, "learning_rate": lr, "epoch": epoch})
