@@ -279,6 +279,11 @@ def test_dpo_variants_build_both_command_lines(tmp_path):
     assert "batching=padded" not in " ".join(cli)  # preference trainers pad themselves
     with pytest.raises(ValueError, match="no explicit reference"):
         variants.mg_command(variants.dpo_variant("mg", "hf", "model"), a, data, "M", tmp_path / "x.json", "exp")
+    # the scaling pair: two runs that must not share a log file or an MLflow run name
+    one, two = variants.groups()["dpo-ddp"]
+    assert (one.name, two.name) == ("mg-hf-lora-dpo", "mg-hf-lora-dpo-2gpu")
+    cli2 = variants.mg_command(two, a, data, "M", tmp_path / "y.json", "exp")
+    assert "num_gpus=2" in cli2 and cli2[cli2.index("--objective") + 1] == "dpo"
 
 
 def test_dpo_ratios_pair_the_implicit_reference_and_compare_the_copy():

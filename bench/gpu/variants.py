@@ -33,7 +33,8 @@ class Variant:
     def name(self) -> str:
         if self.objective != "sft":
             ref = f"-ref{self.ref}" if self.ref else ""
-            return f"{self.side}-{self.backend}-{self.method}-{self.objective}{ref}"
+            gpus = f"-{self.num_gpus}gpu" if self.num_gpus > 1 else ""
+            return f"{self.side}-{self.backend}-{self.method}-{self.objective}{ref}{gpus}"
         base = f"{self.side}-{self.backend}-{self.method}-{self.shape}-{self.batching}"
         if self.toggle:
             base += f"-{self.toggle}"
@@ -114,7 +115,9 @@ def groups(smoke: bool = False) -> dict[str, list[Variant]]:
     # reference (adapter switched off) on both sides; bare hf also with an explicit reference copy (memory)
     dpo = [dpo_variant("bare", "hf"), dpo_variant("mg", "hf"), dpo_variant("bare", "hf", "model"),
            dpo_variant("bare", "unsloth"), dpo_variant("mg", "unsloth")]
-    return {"dpo": dpo, "dpo-h": dpo[:3],
+    # DPO scaling: the same platform run on 1 and 2 GPUs of one host (needs 2 GPUs)
+    dpo_ddp = [dpo_variant("mg", "hf"), Variant("mg", "hf", shape="pref", objective="dpo", num_gpus=2)]
+    return {"dpo": dpo, "dpo-h": dpo[:3], "dpo-ddp": dpo_ddp,
             "packing-h": packing_h, "packing-u": packing_u, "packing-track-u": packing_track_u,
             "toggles-var": toggles_var,
             "parity": parity, "attrib-bucket": attrib_bucket, "batching": batching_u + batching_h + bucket, "bucket": bucket, "batching-u": batching_u,
