@@ -7,8 +7,10 @@ Everything runs offline on CPU. Tests that need vLLM are marked ``vllm``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,10 +40,30 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
+_EMPTY_STORE: list[Path] = []  # the migrated empty store every new home starts from (made once)
+
+
+def empty_store(db: Path) -> None:
+    """Put an empty, fully migrated MLflow sqlite store at ``db`` (0600, as Model Garden creates it)
+    unless one is there. MLflow's schema migrations take about 1 s per new store; every new home
+    copies one made once per session instead."""
+    if db.exists():
+        return
+    if not _EMPTY_STORE:
+        from mg_mlflow.tracking.run import prepare_sqlite_store
+
+        template = Path(tempfile.mkdtemp(prefix="mg-empty-store-")) / "mlflow.db"
+        prepare_sqlite_store(f"sqlite:///{template}")
+        _EMPTY_STORE.append(template)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(_EMPTY_STORE[0], db)
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
     """One MG_HOME (and sqlite store) for the whole session; tests that need isolation use mg_home."""
     home = tmp_path_factory.mktemp("mg-home")
+    empty_store(home / "mlflow.db")
     os.environ["MG_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ["HF_HOME"] = str(home / "hf")
@@ -57,6 +79,7 @@ def isolated_home(home: Path):
     import mlflow
 
     home.mkdir(parents=True, exist_ok=True)
+    empty_store(home / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MG_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
@@ -276,3 +299,8 @@ def pytest_collection_modifyitems(config, items):
 
 # Session-wide PostgreSQL and S3 servers for the team-server tests (one database and bucket per module).
 from services_support import moto_endpoint, pg_cluster  # noqa: E402,F401 - fixtures
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for template in _EMPTY_STORE:
+        shutil.rmtree(template.parent, ignore_errors=True)
