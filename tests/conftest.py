@@ -301,6 +301,46 @@ def pytest_collection_modifyitems(config, items):
 from services_support import moto_endpoint, pg_cluster  # noqa: E402,F401 - fixtures
 
 
+# The repository root after a test run holds what it held before, plus the caches of the tools below.
+# A new mlflow.db, mlruns/ or mlartifacts/ there (or in the MG_HOME `.ci/test` falls back to) is a
+# store some test opened with the repository as its working folder; any other new entry is a file a
+# test wrote into its working folder instead of its tmp_path. The session fails and names the test
+# after which each entry first appeared.
+ROOT_CACHES = {".hypothesis", ".pytest_cache", "__pycache__", ".model-garden", ".ruff_cache"}
+FALLBACK_HOME = ROOT / ".model-garden" / "test-home"
+STORE_ENTRIES = ("mlflow.db", "mlruns", "mlartifacts", "outputs")
+_root_debris: dict[str, str] = {}  # entry -> the test after which it appeared
+_root_before: set[str] = set()
+
+
+def root_entries() -> set[str]:
+    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME."""
+    entries = {p.name for p in ROOT.iterdir()} - ROOT_CACHES
+    return entries | {f"{FALLBACK_HOME.relative_to(ROOT)}/{name}" for name in STORE_ENTRIES
+                      if (FALLBACK_HOME / name).exists()}
+
+
+def pytest_sessionstart(session):
+    _root_before.update(root_entries())
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    for entry in sorted(root_entries() - _root_before - set(_root_debris)):
+        _root_debris[entry] = nodeid
+
+
 def pytest_sessionfinish(session, exitstatus):
     for template in _EMPTY_STORE:
         shutil.rmtree(template.parent, ignore_errors=True)
+    gained = {entry: test for entry, test in _root_debris.items() if (ROOT / entry).exists()}
+    if gained:
+        lines = [f"the test run left new entries in the repository root {ROOT}:",
+                 *(f"  {entry}  (first seen after {test})" for entry, test in gained.items()),
+                 "write them under tmp_path (or a fixture's home), not the working folder"]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("=", "repository root debris", red=True)
+        for line in lines:
+            (reporter.write_line if reporter is not None else print)(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
