@@ -46,7 +46,11 @@ _EMPTY_STORE: list[Path] = []  # the migrated empty store every new home starts 
 def empty_store(db: Path) -> None:
     """Put an empty, fully migrated MLflow sqlite store at ``db`` (0600, as Model Garden creates it)
     unless one is there. MLflow's schema migrations take about 1 s per new store; every new home
-    copies one made once per session instead."""
+    copies one made once per session instead. The copy's Default experiment keeps its artifacts in
+    ``db``'s folder (``mlruns/0``), where a store created there would: MLflow fixes that location
+    when it creates the store, from the working folder of the process that creates it."""
+    import sqlite3
+
     if db.exists():
         return
     if not _EMPTY_STORE:
@@ -57,6 +61,10 @@ def empty_store(db: Path) -> None:
         _EMPTY_STORE.append(template)
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(_EMPTY_STORE[0], db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                     (str(db.parent.absolute() / "mlruns" / "0"),))
+    conn.close()
 
 
 @pytest.fixture(scope="session")
