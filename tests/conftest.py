@@ -234,7 +234,7 @@ LANES = {
         "test_distributed.py::test_a_dead_rank_fails_the_run_and_ctrl_c_kills_it",
         "test_mlproject.py::test_mlflow_run_keeps_the_recipe_values",
         "test_one_path.py",
-        "test_trainer_args.py",
+        "test_trainer_args.py::test_trainer_args_reach_the_trainer_and_are_logged",
         "reliability/test_diverged.py",
         "reliability/test_store_choice.py",
         "test_pinned_losses.py",
