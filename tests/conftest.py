@@ -7,8 +7,10 @@ Everything runs offline on CPU. Tests that need vLLM are marked ``vllm``.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,10 +40,38 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 
+_EMPTY_STORE: list[Path] = []  # the migrated empty store every new home starts from (made once)
+
+
+def empty_store(db: Path) -> None:
+    """Put an empty, fully migrated MLflow sqlite store at ``db`` (0600, as Model Garden creates it)
+    unless one is there. MLflow's schema migrations take about 1 s per new store; every new home
+    copies one made once per session instead. The copy's Default experiment keeps its artifacts in
+    ``db``'s folder (``mlruns/0``), where a store created there would: MLflow fixes that location
+    when it creates the store, from the working folder of the process that creates it."""
+    import sqlite3
+
+    if db.exists():
+        return
+    if not _EMPTY_STORE:
+        from mg_mlflow.tracking.run import prepare_sqlite_store
+
+        template = Path(tempfile.mkdtemp(prefix="mg-empty-store-")) / "mlflow.db"
+        prepare_sqlite_store(f"sqlite:///{template}")
+        _EMPTY_STORE.append(template)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(_EMPTY_STORE[0], db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                     (str(db.parent.absolute() / "mlruns" / "0"),))
+    conn.close()
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
     """One MG_HOME (and sqlite store) for the whole session; tests that need isolation use mg_home."""
     home = tmp_path_factory.mktemp("mg-home")
+    empty_store(home / "mlflow.db")
     os.environ["MG_HOME"] = str(home)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{home / 'mlflow.db'}"
     os.environ["HF_HOME"] = str(home / "hf")
@@ -57,6 +87,7 @@ def isolated_home(home: Path):
     import mlflow
 
     home.mkdir(parents=True, exist_ok=True)
+    empty_store(home / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MG_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
@@ -203,7 +234,7 @@ LANES = {
         "test_distributed.py::test_a_dead_rank_fails_the_run_and_ctrl_c_kills_it",
         "test_mlproject.py::test_mlflow_run_keeps_the_recipe_values",
         "test_one_path.py",
-        "test_trainer_args.py",
+        "test_trainer_args.py::test_trainer_args_reach_the_trainer_and_are_logged",
         "reliability/test_diverged.py",
         "reliability/test_store_choice.py",
         "test_pinned_losses.py",
@@ -276,3 +307,48 @@ def pytest_collection_modifyitems(config, items):
 
 # Session-wide PostgreSQL and S3 servers for the team-server tests (one database and bucket per module).
 from services_support import moto_endpoint, pg_cluster  # noqa: E402,F401 - fixtures
+
+
+# The repository root after a test run holds what it held before, plus the caches of the tools below.
+# A new mlflow.db, mlruns/ or mlartifacts/ there (or in the MG_HOME `.ci/test` falls back to) is a
+# store some test opened with the repository as its working folder; any other new entry is a file a
+# test wrote into its working folder instead of its tmp_path. The session fails and names the test
+# after which each entry first appeared.
+ROOT_CACHES = {".hypothesis", ".pytest_cache", "__pycache__", ".model-garden", ".ruff_cache"}
+FALLBACK_HOME = ROOT / ".model-garden" / "test-home"
+STORE_ENTRIES = ("mlflow.db", "mlruns", "mlartifacts", "outputs")
+_root_debris: dict[str, str] = {}  # entry -> the test after which it appeared
+_root_before: set[str] = set()
+
+
+def root_entries() -> set[str]:
+    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME."""
+    entries = {p.name for p in ROOT.iterdir()} - ROOT_CACHES
+    return entries | {f"{FALLBACK_HOME.relative_to(ROOT)}/{name}" for name in STORE_ENTRIES
+                      if (FALLBACK_HOME / name).exists()}
+
+
+def pytest_sessionstart(session):
+    _root_before.update(root_entries())
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    for entry in sorted(root_entries() - _root_before - set(_root_debris)):
+        _root_debris[entry] = nodeid
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for template in _EMPTY_STORE:
+        shutil.rmtree(template.parent, ignore_errors=True)
+    gained = {entry: test for entry, test in _root_debris.items() if (ROOT / entry).exists()}
+    if gained:
+        lines = [f"the test run left new entries in the repository root {ROOT}:",
+                 *(f"  {entry}  (first seen after {test})" for entry, test in gained.items()),
+                 "write them under tmp_path (or a fixture's home), not the working folder"]
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_sep("=", "repository root debris", red=True)
+        for line in lines:
+            (reporter.write_line if reporter is not None else print)(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from conftest import run_cli, train_tiny
+from conftest import invoke_cli, run_cli, train_tiny
 from vision_support import registered_names, shapes, tiny_vl, train_vl, write_jsonl  # noqa: F401
 
 MODALITIES = ["text", "vision"]
@@ -125,7 +125,7 @@ def test_register_as_none_logs_and_registers_nothing(mg_home, request, modality)
 def test_missing_base_folder_fails_before_any_run(mg_home, request, modality, tmp_path):
     data = request.getfixturevalue("sample_data" if modality == "text" else "shapes")
     command = "train" if modality == "text" else "train-vision"
-    proc = run_cli([command, "--base-model", str(tmp_path / "no-such-model"), "--dataset", str(data),
+    proc = invoke_cli([command, "--base-model", str(tmp_path / "no-such-model"), "--dataset", str(data),
                     "--no-carbon", "--no-system-metrics"])
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
     assert _client().search_runs(experiment_ids=[e.experiment_id for e in _client().search_experiments()]) == []

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, invoke_cli, run_cli
+from conftest import BIN, invoke_cli
 
 
 def _registered(home):
@@ -54,7 +54,7 @@ def test_bad_input_is_a_clear_error_with_nothing_left_behind(mg_home, tiny_model
     data = make_data(tmp_path) if make_data else sample_data
     args = ["train", "--base-model", str(tiny_model), "--dataset", str(data), "--max-steps", "2",
             "--no-system-metrics", "--no-carbon", *extra]
-    proc = run_cli(args, cwd=tmp_path)
+    proc = invoke_cli(args, cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, invoke_cli
 
 FAST = ["--max-steps", "2", "--batch-size", "2", "--no-system-metrics", "--no-carbon", "--register-as", "none"]
 
@@ -76,7 +76,7 @@ def test_without_trainer_args_nothing_changes(tiny_model, sample_data, tmp_path)
     (["--set", "trainer_args=optim=adamw_torch,per_device_train_batch_size=8"], "--batch-size"),
 ])
 def test_bad_trainer_args_exit_2_before_any_run(mg_home, tiny_model, sample_data, tmp_path, extra, expected):
-    proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), *FAST, *extra],
+    proc = invoke_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), *FAST, *extra],
                    cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert expected in proc.stderr and "--trainer-arg" in proc.stderr, proc.stderr
@@ -101,7 +101,7 @@ def test_yaml_trainer_args_work_the_same(mg_home, tiny_model, sample_data, tmp_p
         ("adamw_torch", 0.5, 5.0, 0.95)
     recipe.write_text(yaml.safe_dump({"base_model": str(tiny_model), "dataset": str(sample_data),
                                       "trainer_args": {"optimm": "adamw_torch", "learning_rate": 1}}))
-    proc = run_cli(["train", "--config", str(recipe), *FAST], cwd=tmp_path)
+    proc = invoke_cli(["train", "--config", str(recipe), *FAST], cwd=tmp_path)
     assert proc.returncode == 2 and "did you mean optim" in proc.stderr and "--learning-rate" in proc.stderr, \
         proc.stderr
     assert _runs() == []

@@ -18,6 +18,7 @@ import pytest
 from mg_mlflow.config import TrainConfig, build_config
 from mg_mlflow.data.load import load_dataset_records
 from mg_mlflow.errors import ConfigError, DataError, MGError
+from conftest import invoke_cli
 from reltrain_support import run_cli
 
 GOOD = {"instruction": "Say hi", "output": "hi"}
@@ -90,7 +91,7 @@ def test_bad_records_are_refused_by_validate_and_by_train_before_any_run(case, m
     for command in (["data", "validate", str(path)],
                     ["train", "--base-model", str(tiny_model), "--dataset", str(path), "--max-steps", "2",
                      "--no-system-metrics", "--no-carbon"]):
-        proc = run_cli(command, cwd=cwd)
+        proc = (run_cli if command[0] == "data" else invoke_cli)(command, cwd=cwd)  # train: in-process
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert expected.format(path=path) in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     _nothing_left(mg_home, cwd, [path.name])
@@ -299,7 +300,7 @@ def test_bad_names_and_values_are_refused_before_any_run(case, mg_home, tiny_mod
     if callable(args):
         recipe = args(cwd)
         inputs, args = [recipe.name], ["--config", str(recipe)]
-    proc = run_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+    proc = invoke_cli(["train", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
                     "--no-system-metrics", "--no-carbon", *args], cwd=cwd)
     assert proc.returncode == 2, proc.stderr
     assert expected in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
@@ -309,10 +310,10 @@ def test_bad_names_and_values_are_refused_before_any_run(case, mg_home, tiny_mod
 def test_sweep_and_promote_check_the_alias_first(mg_home, tiny_model, sample_data, tmp_path):
     tmp_path = tmp_path / "cwd"  # (MG_HOME is tmp_path / "mg-home")
     tmp_path.mkdir()
-    proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+    proc = invoke_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
                     "--no-carbon", "--grid", "lora_r=4,8", "--alias", "latest"], cwd=tmp_path)
     assert proc.returncode == 2 and "alias 'latest': 'latest' is reserved by MLflow" in proc.stderr, proc.stderr
-    proc = run_cli(["promote", "tiny-lora", "--alias", "v2"], cwd=tmp_path)
+    proc = invoke_cli(["promote", "tiny-lora", "--alias", "v2"], cwd=tmp_path)
     assert proc.returncode == 2 and "--alias 'v2': MLflow reserves v<number>" in proc.stderr, proc.stderr
     _nothing_left(mg_home, tmp_path)
 
@@ -321,7 +322,7 @@ def test_sweep_and_promote_check_the_alias_first(mg_home, tiny_model, sample_dat
 def test_deploy_port_out_of_range(port, mg_home, tmp_path):
     tmp_path = tmp_path / "cwd"
     tmp_path.mkdir()
-    proc = run_cli(["deploy", "models:/tiny-lora/1", "--dry-run", "--port", port], cwd=tmp_path)
+    proc = invoke_cli(["deploy", "models:/tiny-lora/1", "--dry-run", "--port", port], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert f"--port {port}: a port must be 1-65535" in proc.stderr
     _nothing_left(mg_home, tmp_path)
@@ -390,7 +391,7 @@ def test_unusable_base_models_are_refused_before_any_run(case, mg_home, tiny_mod
     base = make(tiny_model, tmp_path)
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = run_cli(["train", "--base-model", base, "--dataset", str(sample_data), "--max-steps", "2",
+    proc = invoke_cli(["train", "--base-model", base, "--dataset", str(sample_data), "--max-steps", "2",
                     "--no-system-metrics", "--no-carbon"], cwd=cwd)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     said = " ".join(proc.stderr.split())
@@ -409,7 +410,7 @@ def test_a_sweep_on_data_outside_the_allowed_folders_is_refused_before_any_trial
     allowed = tmp_path / "allowed"
     cwd.mkdir()
     allowed.mkdir()
-    proc = run_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
+    proc = invoke_cli(["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data), "--max-steps", "2",
                     "--no-carbon", "--no-system-metrics", "--grid", "lora_r=4,8", "--metric", "loss_final"], cwd=cwd,
                    env={"MG_ALLOWED_DATA_DIRS": str(allowed)})
     assert proc.returncode == 2, proc.stdout + proc.stderr
