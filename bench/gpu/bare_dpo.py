@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def parse(argv=None):
@@ -55,7 +54,10 @@ def main(argv=None) -> dict:
     a = parse(argv)
     if a.backend == "unsloth":
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
-        from unsloth import FastLanguageModel, PatchDPOTrainer  # before transformers / trl / peft
+        from unsloth import (  # before transformers / trl / peft
+            FastLanguageModel,
+            PatchDPOTrainer,
+        )
 
         PatchDPOTrainer()
     import torch
@@ -63,6 +65,7 @@ def main(argv=None) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     sys.path.insert(0, str(HERE))
+    import bare_lora
     import meter as meter_mod
 
     cuda = torch.cuda.is_available()
@@ -72,11 +75,8 @@ def main(argv=None) -> dict:
     if a.backend == "unsloth":
         model, tok = FastLanguageModel.from_pretrained(a.model, max_seq_length=a.seq, dtype=None,
                                                        load_in_4bit=False, random_state=a.seed)
-        model = FastLanguageModel.get_peft_model(model, r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=TARGETS, bias="none", random_state=a.seed,
-                                                 use_gradient_checkpointing="unsloth" if a.gc else False)
+        model = bare_lora.unsloth_adapter(model, a, gradient_checkpointing=a.gc)
     else:
-        from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
@@ -84,8 +84,7 @@ def main(argv=None) -> dict:
             kwargs["attn_implementation"] = "sdpa"  # Model Garden's choice for padded batches
         model = AutoModelForCausalLM.from_pretrained(a.model, **kwargs)
         tok = AutoTokenizer.from_pretrained(a.model)
-        peft_config = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM", bias="none")
+        peft_config = bare_lora.peft_config(a)
         if a.ref == "model":
             ref_model = AutoModelForCausalLM.from_pretrained(a.model, **kwargs).eval()
             for param in ref_model.parameters():

@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -61,6 +59,7 @@ def main(argv=None) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bare_lora
     import grpo_meter
 
     cuda = torch.cuda.is_available()
@@ -73,17 +72,13 @@ def main(argv=None) -> dict:
         fast = {"fast_inference": True, "max_lora_rank": a.lora_r, **share} if vllm else {}
         model, tok = FastLanguageModel.from_pretrained(a.model, max_seq_length=a.seq, dtype=None, load_in_4bit=False,
                                                        random_state=a.seed, **fast)
-        model = FastLanguageModel.get_peft_model(model, r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=TARGETS, bias="none", random_state=a.seed,
-                                                 use_gradient_checkpointing=False)
+        model = bare_lora.unsloth_adapter(model, a, gradient_checkpointing=False)
     else:
-        from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.bfloat16 if cuda else torch.float32)
         tok = AutoTokenizer.from_pretrained(a.model)
-        peft_config = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM", bias="none")
+        peft_config = bare_lora.peft_config(a)
     load_seconds = time.perf_counter() - t_load
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

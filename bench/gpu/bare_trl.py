@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BATCHING = ("padded", "padding_free", "packed", "default")
 
 
@@ -97,6 +96,7 @@ def main(argv=None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bare_lora
     import meter as meter_mod
 
     cuda = torch.cuda.is_available()
@@ -108,11 +108,8 @@ def main(argv=None) -> dict:
     if a.backend == "unsloth":
         model, tok = FastLanguageModel.from_pretrained(a.model, max_seq_length=a.load_seq or a.seq, dtype=None,
                                                        load_in_4bit=a.method == "qlora", random_state=a.seed)
-        model = FastLanguageModel.get_peft_model(model, r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0,
-                                                 target_modules=TARGETS, bias="none", random_state=a.seed,
-                                                 use_gradient_checkpointing="unsloth" if a.gc else False)
+        model = bare_lora.unsloth_adapter(model, a, gradient_checkpointing=a.gc)
     else:
-        from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         kwargs = {"dtype": torch.bfloat16 if cuda else torch.float32}
@@ -131,8 +128,7 @@ def main(argv=None) -> dict:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gc)
-        peft_config = LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM", bias="none")
+        peft_config = bare_lora.peft_config(a)
     load_seconds = time.perf_counter() - t_load
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
