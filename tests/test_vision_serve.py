@@ -64,7 +64,8 @@ def served(module_home, tiny_vl, messages_data):
     try:
         res = run_cli(["deploy", "models:/vl-served@prod", "models:/vl-served-lora@prod", "--name", "vl",
                        "--port", str(free_port()), "--max-model-len", "512", "--no-carbon", "--health-timeout", "300"],
-                      env={"PYTHONPATH": _torchvision_aside()}, timeout=400)
+                      env={"PYTHONPATH": os.pathsep.join([_torchvision_aside(), os.environ.get("PYTHONPATH", "")])},
+                      timeout=400)
         assert res.returncode == 0, res.stdout + res.stderr
         record = json.loads((module_home / "deployments" / "vl.json").read_text())
         yield {"record": record, "stdout": res.stdout, "merged": merged, "adapter": adapter}
@@ -124,11 +125,11 @@ def test_hook_makes_torchvision_import_when_its_operators_cannot_load():
     aside = _torchvision_aside()
     code = ("import torch, torchvision.transforms.v2.functional as F;"
             "print(tuple(F.resize(torch.zeros(3, 56, 56), [28, 28], antialias=True).shape))")
-    env = {**os.environ, "PYTHONPATH": aside}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([aside, os.environ.get("PYTHONPATH", "")])}
     bare = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert bare.returncode != 0 and "torchvision::nms does not exist" in bare.stderr
     hooked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                            env={**env, "PYTHONPATH": f"{SITE_DIR}{os.pathsep}{aside}"})
+                            env={**env, "PYTHONPATH": f"{SITE_DIR}{os.pathsep}{env['PYTHONPATH']}"})
     assert hooked.returncode == 0 and hooked.stdout.strip() == "(3, 28, 28)", hooked.stderr[-2000:]
     report = probe(sys.executable, env)
     assert report["ok"] and report["declared"] == ["nms", "qnms"]
