@@ -56,19 +56,24 @@ def messages_data(shapes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def served(module_home, tiny_vl, messages_data):
-    """models:/vl-served@prod (merged) and models:/vl-served-lora@prod (a LoRA on it), one vLLM server."""
+    """models:/vl-served@prod (merged) and two LoRA adapters trained on it, one vLLM server:
+    vl-served-lora (the language model's layers) and vl-served-tower (the vision tower's too)."""
     merged = train_vl(tiny_vl, messages_data, max_steps=40, save_method="merged_16bit", register_as="vl-served",
                       alias="prod", sample_images=0)
     adapter = train_vl("models:/vl-served@prod", messages_data, max_steps=30, save_method="lora",
                        register_as="vl-served-lora", alias="prod", sample_images=0, seed=7)
+    tower = train_vl("models:/vl-served@prod", messages_data, max_steps=30, save_method="lora",
+                     register_as="vl-served-tower", alias="prod", sample_images=0, seed=11,
+                     finetune_vision_layers=True, learning_rate=1e-2)
     try:
-        res = run_cli(["deploy", "models:/vl-served@prod", "models:/vl-served-lora@prod", "--name", "vl",
+        res = run_cli(["deploy", "models:/vl-served@prod", "models:/vl-served-lora@prod", "models:/vl-served-tower@prod",
+                       "--name", "vl",
                        "--port", str(free_port()), "--max-model-len", "512", "--no-carbon", "--health-timeout", "300"],
                       env={"PYTHONPATH": os.pathsep.join([_torchvision_aside(), os.environ.get("PYTHONPATH", "")])},
                       timeout=400)
         assert res.returncode == 0, res.stdout + res.stderr
         record = json.loads((module_home / "deployments" / "vl.json").read_text())
-        yield {"record": record, "stdout": res.stdout, "merged": merged, "adapter": adapter}
+        yield {"record": record, "stdout": res.stdout, "merged": merged, "adapter": adapter, "tower": tower}
     finally:
         stop_everything()
 
@@ -88,12 +93,13 @@ def test_served_image_answers_equal_the_registered_models_local_answers(served):
     import mlflow
 
     record = served["record"]
-    assert [(m["served_name"], m["kind"]) for m in record["models"]] == [("vl-served", "merged"),
-                                                                         ("vl-served-lora", "adapter")]
+    assert [(m["served_name"], m["kind"]) for m in record["models"]] == [
+        ("vl-served", "merged"), ("vl-served-lora", "adapter"), ("vl-served-tower", "adapter")]
+    assert "--enable-tower-connector-lora" in record["command"]  # the tower adapter's vision LoRA is applied
     # this environment's torchvision cannot load its C++ operators: the start-up hook made it import
     assert any("torchvision" in n and "Python transforms" in n for n in record["notes"]), record["notes"]
     answers = {}
-    for served_name in ("vl-served", "vl-served-lora"):
+    for served_name in ("vl-served", "vl-served-lora", "vl-served-tower"):
         local = mlflow.pyfunc.load_model(f"models:/{served_name}@prod")
         for colour, shape, question in CASES:
             url = _data_url(colour, shape)
@@ -103,8 +109,9 @@ def test_served_image_answers_equal_the_registered_models_local_answers(served):
                                  params={"max_new_tokens": MAX_TOKENS, "temperature": 0.0})[0]
             assert got == want, (served_name, colour, shape, question)
             answers[served_name, colour, shape, question] = got
-    # the adapter is applied: it answers differently from the merged model it was trained on
-    assert any(answers["vl-served", *c] != answers["vl-served-lora", *c] for c in CASES), answers
+    # the adapters are applied: each answers differently from the merged model it was trained on
+    for adapter in ("vl-served-lora", "vl-served-tower"):
+        assert any(answers["vl-served", *c] != answers[adapter, *c] for c in CASES), answers
 
 
 @pytest.mark.vllm

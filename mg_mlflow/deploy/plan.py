@@ -305,6 +305,8 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
         rank = opts.max_lora_rank or _lora_rank(max(i.lora_rank or 8 for _, i in adapters))
         argv += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
                  "--lora-modules", *[f"{m.served_name}={m.local_dir}" for m in models[1:]]]
+        if any(i.lora_vision_tower for _, i in adapters):  # else vLLM leaves the tower's LoRA weights unused
+            argv += ["--enable-tower-connector-lora"]
     argv = apply_overrides(argv, opts.extra_args)
     if opts.api_key:  # vLLM's own --api-key guards /v1 only: the key on every route but /health
         argv += ["--middleware", MIDDLEWARE]
