@@ -78,12 +78,12 @@ def served(module_home, tiny_vl, messages_data):
         stop_everything()
 
 
-def _ask(port: int, model: str, content: list) -> tuple[str, int]:
+def _ask(port: int, model: str, content: list, max_tokens: int = MAX_TOKENS) -> tuple[str, int]:
     from openai import OpenAI
 
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
     out = client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}],
-                                         max_tokens=MAX_TOKENS, temperature=0)
+                                         max_tokens=max_tokens, temperature=0)
     return out.choices[0].message.content, out.usage.prompt_tokens
 
 
@@ -95,7 +95,6 @@ def test_served_image_answers_equal_the_registered_models_local_answers(served):
     record = served["record"]
     assert [(m["served_name"], m["kind"]) for m in record["models"]] == [
         ("vl-served", "merged"), ("vl-served-lora", "adapter"), ("vl-served-tower", "adapter")]
-    assert "--enable-tower-connector-lora" in record["command"]  # the tower adapter's vision LoRA is applied
     # this environment's torchvision cannot load its C++ operators: the start-up hook made it import
     assert any("torchvision" in n and "Python transforms" in n for n in record["notes"]), record["notes"]
     answers = {}
@@ -112,6 +111,7 @@ def test_served_image_answers_equal_the_registered_models_local_answers(served):
     # the adapters are applied: each answers differently from the merged model it was trained on
     for adapter in ("vl-served-lora", "vl-served-tower"):
         assert any(answers["vl-served", *c] != answers[adapter, *c] for c in CASES), answers
+    assert "--enable-tower-connector-lora" in record["command"]  # vLLM applies the vision tower's LoRA too
 
 
 @pytest.mark.vllm
@@ -150,3 +150,25 @@ def test_vision_deploy_without_torchvision_is_refused_before_vllm_starts(mg_home
     assert res.returncode == 2, res.stdout + res.stderr
     assert "needs torchvision" in res.stderr and "--vllm-python" in res.stderr and "pip install" in res.stderr
     assert state.read_record("vl-none") is None and not state.log_path("vl-none").exists()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_the_documented_openai_image_example_answers(served, tmp_path, capsys):
+    import contextlib
+
+    from conftest import ROOT
+    from test_docs import python_blocks
+
+    (example,) = [b for b in python_blocks((ROOT / "docs" / "training.md").read_text()) if "image_url" in b]
+    port = served["record"]["port"]
+    url = _data_url("blue", "square")
+    (tmp_path / "shape.png").write_bytes(base64.b64decode(url.split(",", 1)[1]))
+    code = example.replace("http://127.0.0.1:8000/v1", f"http://127.0.0.1:{port}/v1").replace(
+        '"tiny-vision"', '"vl-served-lora"')
+    with contextlib.chdir(tmp_path):
+        exec(compile(code, "docs/training.md", "exec"), {})
+    printed = capsys.readouterr().out.strip()
+    answer, _ = _ask(port, "vl-served-lora", [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": "What colour is the shape?"}], max_tokens=16)
+    assert printed == answer.strip() and printed
