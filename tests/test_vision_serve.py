@@ -172,3 +172,22 @@ def test_the_documented_openai_image_example_answers(served, tmp_path, capsys):
     answer, _ = _ask(port, "vl-served-lora", [{"type": "image_url", "image_url": {"url": url}},
                                              {"type": "text", "text": "What colour is the shape?"}], max_tokens=16)
     assert printed == answer.strip() and printed
+
+
+def test_inspection_tells_an_adapter_with_lora_on_the_vision_tower(tmp_path):
+    import torch
+
+    from deploy_support import write_safetensors
+    from mg_mlflow.inspect import inspect_model
+
+    def adapter(name: str, tensors: list[str]):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "target_modules": "x"}))
+        write_safetensors(folder / "adapter_model.safetensors", {t: torch.zeros(8, 4) for t in tensors})
+        return inspect_model(folder)
+
+    lang = "base_model.model.model.language_model.layers.0.self_attn.q_proj.lora_A.weight"
+    tower = "base_model.model.model.visual.blocks.0.attn.qkv.lora_A.weight"
+    assert not adapter("language", [lang]).lora_vision_tower
+    assert adapter("tower", [lang, tower]).lora_vision_tower
