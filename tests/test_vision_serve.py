@@ -20,7 +20,7 @@ import sys
 import pytest
 
 from conftest import BIN, invoke_cli, run_cli
-from deploy_support import free_port, group_alive, stop_everything
+from deploy_support import free_port, stop_everything
 from vision_support import shapes, tiny_vl, train_vl, write_jsonl  # noqa: F401 - fixtures
 
 SERVE_TORCHVISION = BIN.parent / "serve-torchvision"
@@ -146,7 +146,8 @@ def test_vision_deploy_without_torchvision_is_refused_before_vllm_starts(mg_home
     from mg_mlflow.deploy import state
 
     monkeypatch.delenv("PYTHONPATH", raising=False)
-    res = invoke_cli(["deploy", str(tiny_vl), "--name", "vl-none", "--port", str(free_port()), "--no-carbon"])
+    res = invoke_cli(["deploy", str(tiny_vl), "--name", "vl-none", "--port", str(free_port()), "--no-carbon",
+                      "--engine", "vllm-cpu", "--skip-memory-check"])
     assert res.returncode == 2, res.stdout + res.stderr
     assert "needs torchvision" in res.stderr and "--vllm-python" in res.stderr and "pip install" in res.stderr
     assert state.read_record("vl-none") is None and not state.log_path("vl-none").exists()

@@ -175,7 +175,7 @@ def main() -> None:
 
 
 def summary(r: dict) -> str:
-    rows = [f"train: " + ", ".join(f"{k} rc {v['rc']} {v['seconds']} s" for k, v in r.get("train", {}).items())]
+    rows = ["train: " + ", ".join(f"{k} rc {v['rc']} {v['seconds']} s" for k, v in r.get("train", {}).items())]
     for key in ("vl", "vl_adapter_alone"):
         v = r.get(key) or {}
         answers = {m: a.get("all_equal") for m, a in (v.get("answers") or {}).items() if isinstance(a, dict) and "cases" in a}
