@@ -44,6 +44,7 @@ class Inspection:
     weight_bytes: int = 0
     lora_rank: int | None = None
     lora_target_modules: list[str] = field(default_factory=list)
+    lora_vision_tower: bool = False          # adapter weights on a vision tower / merger (``visual.``)
     base_model: dict | None = None           # portable base reference (adapters)
     has_chat_template: bool = False
     notes: list[str] = field(default_factory=list)
@@ -185,7 +186,9 @@ def _inspect_adapter(folder: Path, meta: dict) -> Inspection:
     if meta.get("modality") == "vision":
         result.modality = "vision"
     if weights[0].suffix == ".safetensors":
-        result.num_parameters, result.weight_bytes = _count(safetensors_header(weights[0]))
+        table = safetensors_header(weights[0])
+        result.num_parameters, result.weight_bytes = _count(table)
+        result.lora_vision_tower = any(".visual." in name or name.startswith("visual.") for name in table)
     return result
 
 

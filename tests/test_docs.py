@@ -2,6 +2,7 @@
 
 - the MkDocs site (``mkdocs.yml``, ``docs/``) builds with ``--strict``: a broken link or anchor, or a
   page missing from the navigation, fails;
+- every fenced ``python`` block parses as Python;
 - every ``model-garden ...`` command line in a fenced shell block of the README or a docs page names
   a real subcommand and real options: it is parsed by click's own parser (``Command.make_parser``)
   against ``mg_mlflow.cli.cli``. A context built by ``make_context(..., resilient_parsing=True)``
@@ -119,6 +120,33 @@ def test_every_documented_command_is_real():
         except click.UsageError as err:
             bad.append(f"{where}\n    {err.format_message()}")
     assert not bad, "commands in the docs that the CLI rejects:\n" + "\n".join(bad)
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The bodies of the fenced ``python`` code blocks, dedented."""
+    import textwrap
+
+    return [textwrap.dedent(m["body"]) for m in FENCE.finditer(markdown) if m["lang"] == "python"]
+
+
+def python_problems(path: str, markdown: str) -> list[str]:
+    import ast
+
+    bad = []
+    for block in python_blocks(markdown):
+        try:
+            ast.parse(block)
+        except SyntaxError as err:
+            bad.append(f"{path}: python block line {err.lineno}: {err.msg}\n{block}")
+    return bad
+
+
+def test_every_python_example_parses():
+    blocks = [b for path in doc_files() for b in python_blocks(path.read_text())]
+    assert any("image_url" in b and "chat.completions.create" in b for b in blocks), "no OpenAI image example"
+    bad = [p for path in doc_files() for p in python_problems(str(path.relative_to(ROOT)), path.read_text())]
+    assert not bad, "python examples in the docs that do not parse:\n" + "\n".join(bad)
+    assert python_problems("x.md", "```python\nclient.chat.completions.create(model='m'\n```\n")
 
 
 def test_the_command_check_rejects_what_the_cli_rejects():

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 from mg_mlflow.deploy import keyguard, state
+from mg_mlflow.deploy.vision import prepare_vision_runtime
 from mg_mlflow.deploy.plan import DeployOptions, Plan, plan_deployment
 from mg_mlflow.deploy.ports import Claim, claim_name, claim_port, pick_port
 from mg_mlflow.deploy.state import Deployment
@@ -135,6 +137,10 @@ def start_server(uris: list[str], plan: Plan, opts: DeployOptions, log_file,
     """Launch vLLM and its crash guard; (process, record). Nothing is written to the state folder here."""
     if plan.engine == "vllm-cpu" and opts.check_memory:
         check_memory(plan.weight_bytes, float(plan.env.get("VLLM_CPU_KVCACHE_SPACE", 1)))
+    if plan.modality == "vision" and not opts.engine_cmd:  # an engine command's environment is its own
+        extra, notes = prepare_vision_runtime(opts.vllm_python or sys.executable, {**os.environ, **plan.env})
+        plan.env.update(extra)
+        plan.notes.extend(notes)
     env = {**os.environ, **plan.env}
     env.pop("MG_API_KEY", None)  # vLLM reads VLLM_API_KEY only; the guard and vLLM need no other copy
     if opts.api_key:

@@ -100,6 +100,7 @@ class Plan:
     default_model: str                       # what chat/generate talk to by default
     weight_bytes: int = 0
     notes: list[str] = field(default_factory=list)
+    modality: str = "text"                   # of the served base: text | vision
 
     def display(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items()))
@@ -304,6 +305,8 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
         rank = opts.max_lora_rank or _lora_rank(max(i.lora_rank or 8 for _, i in adapters))
         argv += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(adapters)),
                  "--lora-modules", *[f"{m.served_name}={m.local_dir}" for m in models[1:]]]
+        if any(i.lora_vision_tower for _, i in adapters):  # else vLLM leaves the tower's LoRA weights unused
+            argv += ["--enable-tower-connector-lora"]
     argv = apply_overrides(argv, opts.extra_args)
     if opts.api_key:  # vLLM's own --api-key guards /v1 only: the key on every route but /health
         argv += ["--middleware", MIDDLEWARE]
@@ -318,4 +321,5 @@ def plan_deployment(resolved: list, inspections: list, opts: DeployOptions, gpus
         env["VLLM_CPU_KVCACHE_SPACE"] = str(opts.kv_cache_gib or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 1)
     default = models[1].served_name if adapters else models[0].served_name
     return Plan(argv=argv, env=env, models=models, engine=engine, host=opts.host, port=opts.port or 0,
-                default_model=default, weight_bytes=weight_bytes, notes=notes)
+                default_model=default, weight_bytes=weight_bytes, notes=notes,
+                modality=base_info.modality if base_info else "text")
