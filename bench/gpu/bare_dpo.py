@@ -100,18 +100,10 @@ def main(argv=None) -> dict:
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=ds, processing_class=tok,
                          peft_config=peft_config)
     meter = meter_mod.attach(trainer, a.warmup)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    trainer.train()
-    total = time.perf_counter() - t0
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    timed = bare_lora.train_timed(trainer)
     result = {"variant": f"bare-{a.backend}-dpo", "backend": a.backend, "objective": "dpo", "ref": a.ref,
               "batch": a.batch, "grad_accum": a.grad_accum, "steps": a.steps, "seq": a.seq,
-              "gradient_checkpointing": a.gc, "train_seconds": total, "load_seconds": load_seconds,
-              "loss_mean": losses[-1] if losses else None,
-              "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-              **meter.result()}
+              "gradient_checkpointing": a.gc, "load_seconds": load_seconds, **timed, **meter.result()}
     meter_mod.write(a.out, result)
     return result
 

@@ -94,16 +94,11 @@ def main(argv=None) -> dict:
     trainer = GRPOTrainer(model=model, reward_funcs=[make_reward(a.target)], args=cfg, train_dataset=ds,
                           processing_class=tok, peft_config=peft_config)
     meter = grpo_meter.attach(trainer, a.warmup)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    trainer.train()
-    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    timed = bare_lora.train_timed(trainer, last="reward")
     result = {"variant": f"bare-{a.backend}", "backend": a.backend, "steps": a.steps, "batch": a.batch,
               "num_generations": a.num_generations, "max_completion_length": a.max_completion_length,
-              "generation": "vllm" if vllm else "generate", "train_seconds": time.perf_counter() - t0,
-              "load_seconds": load_seconds, "reward_mean": rewards[-1] if rewards else None,
-              "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None, **meter.result()}
+              "generation": "vllm" if vllm else "generate", "load_seconds": load_seconds, **timed,
+              **meter.result()}
     grpo_meter.write(a.out, result)
     return result
 

@@ -1,4 +1,4 @@
-"""The LoRA of the bare baselines (`bare_trl.py`, `bare_dpo.py`, `bare_grpo.py`), set up once.
+"""What the bare baselines (`bare_trl.py`, `bare_dpo.py`, `bare_grpo.py`) share: their LoRA and the timed train.
 
 Both backends get the same adapter: rank `a.lora_r`, alpha `a.lora_alpha`, no dropout, no bias, on the seven
 projections of a Llama block (`all-linear` for peft, named for Unsloth, which takes no `all-linear`).
@@ -24,3 +24,21 @@ def peft_config(a):
 
     return LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                       task_type="CAUSAL_LM", bias="none")
+
+
+def train_timed(trainer, last: str = "loss") -> dict:
+    """Train with the peak memory counted from the first step: seconds, the last logged ``last`` (the Trainer's
+    mean over all steps when logged once at the end) and the peak GiB (None on CPU)."""
+    import time
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    logged = [h[last] for h in trainer.state.log_history if last in h]
+    return {"train_seconds": seconds, f"{last}_mean": logged[-1] if logged else None,
+            "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}

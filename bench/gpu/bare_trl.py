@@ -140,19 +140,11 @@ def main(argv=None) -> dict:
                     **sft_kwargs(a))
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     meter = meter_mod.attach(trainer, a.warmup)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    trainer.train()
-    total = time.perf_counter() - t0
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    timed = bare_lora.train_timed(trainer)
     result = {"variant": f"bare-{a.backend}", "backend": a.backend, "method": a.method, "batching": a.batching,
               "grad_accum": a.grad_accum, "batch": a.batch, "steps": a.steps, "seq": a.seq,
-              "load_seq": a.load_seq or a.seq, "gradient_checkpointing": a.gc, "train_seconds": total,
-              "load_seconds": load_seconds,
-              # logged once, at the last step: the Trainer's mean over all steps (not the last step's)
-              "loss_mean": losses[-1] if losses else None,
-              "peak_gpu_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+              "load_seq": a.load_seq or a.seq, "gradient_checkpointing": a.gc, "load_seconds": load_seconds,
+              **timed,
               "unsloth_env": {k: v for k, v in os.environ.items() if k.startswith("UNSLOTH_")},
               **meter.result()}
     meter_mod.write(a.out, result)
