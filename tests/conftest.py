@@ -352,3 +352,17 @@ def pytest_sessionfinish(session, exitstatus):
         for line in lines:
             (reporter.write_line if reporter is not None else print)(line)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test leaves the process environment as it found it. In-process code can set variables that
+    later subprocesses inherit: ``mlflow.set_experiment`` exports ``MLFLOW_EXPERIMENT_ID``, and a later
+    ``mlflow run --experiment-name`` then refuses both."""
+    saved = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
