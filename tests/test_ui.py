@@ -5,6 +5,7 @@ runs, a registered version's page. Screenshots are kept under the test's tmp dir
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -124,21 +125,68 @@ def test_printed_links_open_on_the_model_training_sidebar(ui, tmp_path):
         assert "Model registry" in text and "Judges" not in text and "Evaluation runs" not in text, text[:2000]
 
 
+# Every leaf element of the page whose text is one line, with its place: chart titles and chart labels.
+LEAVES = """[...document.querySelectorAll('body *')]
+  .filter(e => e.children.length === 0 && e.innerText && e.innerText.trim() && !e.innerText.includes('\\n'))
+  .map(e => { const r = e.getBoundingClientRect();
+              return {text: e.innerText.trim(), top: r.top, left: r.left, bottom: r.bottom}; })
+  .filter(l => l.bottom > 0)"""
+
+
+def _page_leaves(tmp_path, url: str, shown: list[str], shot: str) -> tuple[list[dict], float]:
+    """The page's one-line leaves (text, place) once ``shown`` is rendered, its window height, a screenshot."""
+    import json
+
+    from chromium_support import DevToolsPage
+
+    with DevToolsPage(tmp_path, url, shot.removesuffix(".png")) as page:
+        page.wait_until(f"{json.dumps(shown)}.every(s => document.body.innerText.includes(s))", 300,
+                        f"the text {shown}")
+        time.sleep(3)  # the rest of the first screen's charts render
+        page.screenshot(tmp_path / shot)
+        leaves, height = page.evaluate(LEAVES), page.evaluate("window.innerHeight")
+    (tmp_path / shot).with_suffix(".json").write_text(json.dumps(leaves, indent=1))
+    return leaves, height
+
+
 def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
-    """MLflow lists prefixed metric sections before "Model metrics": carbon charts there would fill the
-    first screen of a run. Under system/carbon/ they are on the System metrics tab."""
+    """MLflow sorts metric sections (prefixed ones before "Model metrics") and the charts within them by
+    name: ``eval/loss`` and ``train/loss`` are charts of the first screen, the evaluation section first;
+    carbon is on the System metrics tab."""
+    from mlflow.tracking import MlflowClient
+
+    import mg_mlflow.metric_names as mn
     from mg_mlflow.tracking.ui_links import run_url
 
-    def url(tab):
-        return run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], tab)
+    run_id = ui["pair"].run_ids["lr-3e-3"]
 
-    # charts render as they scroll into view: the text is what the first screen shows
-    model = text_when_shown(tmp_path, url("model-metrics"), ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"],
-                            shot="model-metrics.png")
-    assert "carbon" not in model, model[:3000]  # the first section is the run's own metrics, eval_loss on top
-    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh"],
-                             shot="system-metrics.png")
-    assert "carbon" in system
+    def url(tab):
+        return run_url(ui["base"], ui["pair"].experiment_id, run_id, tab)
+
+    logged = set(MlflowClient().get_run(run_id).data.metrics)
+    leaves, height = _page_leaves(tmp_path, url("model-metrics"), [mn.TRAIN_LOSS, mn.EVAL_LOSS], "model-metrics.png")
+    titles = [leaf for leaf in leaves if leaf["text"] in logged]
+    print("chart titles, first screen:", [(t["text"], round(t["top"])) for t in titles if t["top"] < height])
+    assert titles and titles[0]["text"] == mn.EVAL_LOSS, titles[:8]  # the first chart of the first section
+    first_screen = {t["text"] for t in titles if t["top"] < height}
+    assert {mn.EVAL_LOSS, mn.TRAIN_LOSS} <= first_screen, titles
+    assert not any(mn.is_carbon(t) for t in first_screen)
+    order = [t["text"] for t in titles]
+    assert order.index(mn.EVAL_LOSS) < order.index(mn.TRAIN_LOSS)  # DOM order: eval section, then train
+
+
+def test_carbon_totals_read_as_numbers_on_the_system_tab(ui, tmp_path):
+    """A single-value chart prints its value with 2 decimals: the emissions total of a seconds-long CPU
+    run is logged in a unit where it is not "0.00"."""
+    import mg_mlflow.metric_names as mn
+    from mg_mlflow.tracking.ui_links import run_url
+
+    url = run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], "system-metrics")
+    total = mn.carbon(mn.TOTAL_EMISSIONS)
+    leaves, _ = _page_leaves(tmp_path, url, ["System metrics", total], "system-metrics.png")
+    texts = [leaf["text"] for leaf in leaves]
+    label = next(t for t in texts[texts.index(total) + 1:] if re.fullmatch(r"-?[\d,]+\.\d\d", t))
+    assert float(label.replace(",", "")) > 0, (label, texts)  # the total's single-value chart, 2 decimals
 
 
 def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):
