@@ -198,10 +198,10 @@ def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):
     assert "learning_rate" in dom and "0.003" in dom and "0.0001" in dom
     # the metrics table is a 300 px virtualized grid: scroll it in the browser and read what it renders
     text = scrolled_text(tmp_path, url)
-    assert "eval_loss_final" in text and "loss_final" in text
+    assert "eval/loss_final" in text and "train/loss_final" in text
     client = MlflowClient()
     for run_id in ui["pair"].run_ids.values():
-        assert f"{client.get_run(run_id).data.metrics['eval_loss_final']:.4g}" in text
+        assert f"{client.get_run(run_id).data.metrics['eval/loss_final']:.4g}" in text
 
 
 def test_registered_version_page_renders(ui, tmp_path):
