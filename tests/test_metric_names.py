@@ -18,12 +18,15 @@ def test_trainer_keys_get_the_w_and_b_prefixes():
     assert {k: mn.trainer_metric(k) for k in ("loss", "eval_loss", "grad_norm", "rewards/chosen", "train_loss",
                                               "train_runtime", "eval_pairwise_accuracy")} == {
         "loss": "train/loss", "eval_loss": "eval/loss", "grad_norm": "train/grad_norm",
-        "rewards/chosen": "train/rewards/chosen", "train_loss": "train/loss_mean", "train_runtime": "train/runtime_s",
+        "rewards/chosen": "train/rewards/chosen", "train_loss": "train/loss_mean",
+        "train_runtime": "system/trainer/train_runtime_s",  # timings: on the System metrics tab
         "eval_pairwise_accuracy": "eval/pairwise_accuracy"}
+    assert mn.trainer_metric("eval_samples_per_second") == "system/trainer/eval_samples_per_second"
     # a name given the old way means the same metric; a name that never had a prefix stays as it is
-    assert [mn.canonical(k) for k in ("eval_loss_final", "loss_final", "train_loss_mean", "train_seconds",
-                                      "eval/exact_match", "bleu")] == [
-        "eval/loss_final", "train/loss_final", "train/loss_mean", "train_seconds", "eval/exact_match", "bleu"]
+    assert [mn.canonical(k) for k in ("eval_loss_final", "loss_final", "train_loss_mean", "eval_runtime",
+                                      "train_seconds", "eval/exact_match", "bleu")] == [
+        "eval/loss_final", "train/loss_final", "train/loss_mean", "system/trainer/eval_runtime", "train_seconds",
+        "eval/exact_match", "bleu"]
     assert mn.value({"loss_final": 1.0}, mn.LOSS_FINAL) == 1.0 and mn.value({}, mn.LOSS_FINAL, 9) == 9
     assert mn.value({"train/loss_final": 2.0, "loss_final": 1.0}, mn.LOSS_FINAL) == 2.0  # the new name first
 

@@ -13,13 +13,14 @@ from vision_support import registered_names, shapes, tiny_vl, train_vl, write_js
 MODALITIES = ["text", "vision"]
 
 # What every run records, whatever its modality (CPU, carbon and system metrics off).
-COMMON_METRICS = {"train/loss", "train/learning_rate", "train/grad_norm", "train/epoch", "train/tokens_per_second",
-                  "train_seconds",
-                  "trained_tokens", "train_steps", "step_time_median_s", "train/loss_first", "train/loss_final",
-                  "verify_max_logit_diff", "eval/loss", "eval/loss_first", "eval/loss_final",
-                  "eval/runtime", "eval/samples_per_second", "eval/steps_per_second", "train/num_input_tokens_seen",
-                  "train/loss_mean", "train/runtime_s", "train/samples_per_second", "train/steps_per_second",
-                  "train/tokens_per_second_mean", "truncated_share"}
+COMMON_METRICS = {"eval/loss", "eval/loss_final", "eval/loss_first", "step_time_median_s",
+                  "system/trainer/eval_runtime", "system/trainer/eval_samples_per_second",
+                  "system/trainer/eval_steps_per_second", "system/trainer/train_runtime_s",
+                  "system/trainer/train_samples_per_second", "system/trainer/train_steps_per_second",
+                  "system/trainer/train_tokens_per_second", "system/trainer/epoch", "train/grad_norm",
+                  "train/learning_rate", "train/loss", "train/loss_final", "train/loss_first", "train/loss_mean",
+                  "train/num_input_tokens_seen", "train/tokens_per_second", "train_seconds", "train_steps",
+                  "trained_tokens", "truncated_share", "verify_max_logit_diff"}
 VISION_METRICS = {"samples/exact_match_before", "samples/exact_match_after"}
 COMMON_VERSION_TAGS = {"mg.save_method", "mg.kind", "mg.base_model", "mg.backend", "mg.modality", "mg.method",
                        "mg.quantization", "mg.run_id", "mg.dataset_digest", "mg.git_commit", "mg.train_loss",

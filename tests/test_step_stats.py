@@ -20,7 +20,7 @@ def test_deferred_reads_log_the_same_point_at_every_step(mg_home, tiny_model, sa
                               metrics_sync_steps=every, save_steps=3, experiment=f"sync-{every}")
             for every in (1, 4)}
     per_step, deferred = runs[1], runs[4]
-    for key in ("train/loss", "train/learning_rate", "train/epoch"):
+    for key in ("train/loss", "train/learning_rate", "system/trainer/epoch"):
         a, b = dict(_history(per_step.run_id, key)), _history(deferred.run_id, key)
         assert [s for s, _ in b] == list(range(1, 8)), key  # every step, once (read at 3, 4, 6, 7)
         assert [v for _, v in b] == pytest.approx([a[s] for s, _ in b], rel=1e-5), key

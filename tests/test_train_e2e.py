@@ -74,7 +74,7 @@ def test_cli_train_logs_registers_and_reloads(mg_home, tiny_model, sample_data, 
     steps = [m.step for m in history]
     assert len(history) >= 30 and steps == sorted(steps) and steps[-1] == 30
     assert history[-1].value < history[0].value - 0.5, [m.value for m in history]
-    for key in ("train/learning_rate", "train/grad_norm", "train/epoch", "train/tokens_per_second"):
+    for key in ("train/learning_rate", "train/grad_norm", "system/trainer/epoch", "train/tokens_per_second"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 10, key
 
     from mg_mlflow.data.load import load_dataset_records

@@ -149,10 +149,28 @@ def _page_leaves(tmp_path, url: str, shown: list[str], shot: str) -> tuple[list[
     return leaves, height
 
 
+def _charts(leaves: list[dict], logged: set[str]) -> list[dict]:
+    """The chart titles of a run's metrics tab in page order, each with its full metric name: a section
+    header reads ``eval (3)``, and the charts under it are titled without the section's prefix."""
+    section, charts, previous = "", [], ""
+    for leaf in leaves:
+        if re.fullmatch(r"\S+ \(\d+\)", leaf["text"]):
+            section = leaf["text"].split(" ")[0]
+        elif re.fullmatch(r"\(\d+\)", leaf["text"]):  # the count in an element of its own
+            section = previous
+        elif f"{section}/{leaf['text']}" in logged:
+            charts.append({**leaf, "metric": f"{section}/{leaf['text']}"})
+        elif leaf["text"] in logged:
+            charts.append({**leaf, "metric": leaf["text"]})
+        previous = leaf["text"]
+    return charts
+
+
 def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
-    """MLflow sorts metric sections (prefixed ones before "Model metrics") and the charts within them by
-    name: ``eval/loss`` and ``train/loss`` are charts of the first screen, the evaluation section first;
-    carbon is on the System metrics tab."""
+    """MLflow shows sections of prefixed names first and sorts sections and charts by name, three a
+    row: the first screen of a run is the eval section (eval/loss first) and the train section, whose
+    grad_norm, learning_rate and loss charts come before the rest. Carbon and the trainer's epoch and
+    timings are on the System metrics tab."""
     from mlflow.tracking import MlflowClient
 
     import mg_mlflow.metric_names as mn
@@ -164,29 +182,20 @@ def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tm
         return run_url(ui["base"], ui["pair"].experiment_id, run_id, tab)
 
     logged = set(MlflowClient().get_run(run_id).data.metrics)
-    leaves, height = _page_leaves(tmp_path, url("model-metrics"), [mn.TRAIN_LOSS, mn.EVAL_LOSS], "model-metrics.png")
-    titles = [leaf for leaf in leaves if leaf["text"] in logged]
-    print("chart titles, first screen:", [(t["text"], round(t["top"])) for t in titles if t["top"] < height])
-    assert titles and titles[0]["text"] == mn.EVAL_LOSS, titles[:8]  # the first chart of the first section
-    first_screen = {t["text"] for t in titles if t["top"] < height}
-    assert {mn.EVAL_LOSS, mn.TRAIN_LOSS} <= first_screen, titles
-    assert not any(mn.is_carbon(t) for t in first_screen)
-    order = [t["text"] for t in titles]
-    assert order.index(mn.EVAL_LOSS) < order.index(mn.TRAIN_LOSS)  # DOM order: eval section, then train
-
-
-def test_carbon_totals_read_as_numbers_on_the_system_tab(ui, tmp_path):
-    """A single-value chart prints its value with 2 decimals: the emissions total of a seconds-long CPU
-    run is logged in a unit where it is not "0.00"."""
-    import mg_mlflow.metric_names as mn
-    from mg_mlflow.tracking.ui_links import run_url
-
-    url = run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], "system-metrics")
-    total = mn.carbon(mn.TOTAL_EMISSIONS)
-    leaves, _ = _page_leaves(tmp_path, url, ["System metrics", total], "system-metrics.png")
-    texts = [leaf["text"] for leaf in leaves]
-    label = next(t for t in texts[texts.index(total) + 1:] if re.fullmatch(r"-?[\d,]+\.\d\d", t))
-    assert float(label.replace(",", "")) > 0, (label, texts)  # the total's single-value chart, 2 decimals
+    leaves, height = _page_leaves(tmp_path, url("model-metrics"), [f"({mn.EVAL_LOSS})", f"({mn.LOSS})"],
+                                  "model-metrics.png")  # each chart's legend: "<run name> (<metric>)"
+    charts = _charts(leaves, logged)
+    first_screen = [c["metric"] for c in charts if c["top"] < height]
+    print("charts of the first screen:", [(c["metric"], round(c["top"])) for c in charts if c["top"] < height])
+    assert charts and charts[0]["metric"] == mn.EVAL_LOSS, charts[:8]  # the first chart of the first section
+    assert mn.LOSS in first_screen, charts[:8]
+    order = [c["metric"] for c in charts]
+    assert order.index(mn.EVAL_LOSS) < order.index(mn.LOSS)  # page order: the eval section, then train
+    assert not any(m.startswith("system/") for m in first_screen), first_screen
+    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh",
+                                                               "system/carbon (", "system/trainer ("],
+                             shot="system-metrics.png")
+    assert "System metrics" in system
 
 
 def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):

@@ -2,7 +2,8 @@
 
 Names are the ones transformers users know, with the prefixes of its W&B integration
 (:func:`mg_mlflow.metric_names.trainer_metric`): ``train/loss``, ``train/learning_rate``,
-``train/grad_norm``, ``train/epoch``, ``eval/loss``, plus ``train/tokens_per_second``. This callback is the
+``train/grad_norm``, ``eval/loss``, plus ``train/tokens_per_second`` (``epoch`` and the Trainer's timings
+under ``system/trainer/``). This callback is the
 one owner of metric logging during training (transformers' own MLflowCallback is switched off with
 ``report_to="none"``); its ``history`` is keyed by those MLflow names.
 
