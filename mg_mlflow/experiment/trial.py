@@ -109,7 +109,7 @@ def run_trial(ctx, trial) -> Outcome:
         outcome.state = "PRUNED"
         outcome.value = pruning.reported[-1][1]
         _end(client, child, "KILLED", {"mg.trial_state": "PRUNED", "mg.sweep.pruned_at_step": str(pruning.pruned_at),
-                                        "mg.sweep.pruned_reason": f"{ctx.spec.pruner} pruner: eval_loss "
+                                        "mg.sweep.pruned_reason": f"{ctx.spec.pruner} pruner: {mn.EVAL_LOSS} "
                                         f"{outcome.value:.4g} at step {pruning.pruned_at} was worse than the other trials'"})
         return outcome
     value = mn.value(outcome.metrics, ctx.spec.metric)
