@@ -52,7 +52,7 @@ def test_grid_2x2_makes_four_nested_children_and_registers_the_best(mg_home, tin
     losses = {c.info.run_id: c.data.metrics["eval/loss_final"] for c in children}
     best_id = min(losses, key=losses.get)
     assert parent.data.tags["mg.sweep.best_run_id"] == best_id == result.best["run_id"]
-    assert parent.data.metrics["best_eval_loss_final"] == pytest.approx(losses[best_id])
+    assert parent.data.metrics["sweep/best/eval/loss_final"] == pytest.approx(losses[best_id])
     best_child = client.get_run(best_id)
     assert best_child.data.params["learning_rate"] == "0.003"  # 1e-5 barely moves the loss in 8 steps
     # objective per trial as a metric history the UI can plot, one point per trial
