@@ -145,7 +145,7 @@ def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home
     client = _client()
     mv = client.get_model_version("tiny-rm", result.registered_version)
     assert mv.tags["mg.objective"] == "reward" and float(mv.tags["mg.verify_max_logit_diff"]) <= 1e-3
-    assert len(client.get_metric_history(result.run_id, "accuracy")) == 16
+    assert len(client.get_metric_history(result.run_id, "train/accuracy")) == 16
     assert 0.0 <= result.metrics["eval/pairwise_accuracy"] <= 1.0
     meta = json.loads((result.model_dir / "mg_model.json").read_text())
     assert meta["head"] == "sequence-classification"
