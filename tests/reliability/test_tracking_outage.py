@@ -96,7 +96,7 @@ def test_metrics_logged_during_an_outage_all_reach_the_server(tiny_model, sample
         # (key, step, value, timestamp) once): compare distinct points
         assert len(on_server) == len(set(on_server)) == len(set(expected))  # logged == on the server
         assert set(on_server) == set(expected)
-        steps = sorted(s for k, s, _, _ in expected if k == "loss")
+        steps = sorted(s for k, s, _, _ in expected if k == "train/loss")
         assert steps == list(range(steps[0], steps[0] + len(steps))) and steps[-1] == STEPS  # no gap
         assert finished.data.metrics["train_steps"] == STEPS
     finally:
