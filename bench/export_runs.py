@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-HISTORIES = ("loss", "tokens_per_second")
+HISTORIES = ("train/loss", "train/tokens_per_second", "loss", "tokens_per_second")  # and the names before train/
 
 
 def export(db: str | Path) -> Path:

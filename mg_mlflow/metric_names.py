@@ -4,6 +4,18 @@ Energy and CO2 figures live under ``system/carbon/``: MLflow's run page shows me
 ``system/...`` on its "System metrics" tab (beside CPU and memory), so a run opens on its loss and
 evaluation charts instead of ~15 carbon charts. Runs logged before this layout carry the same figures
 under ``carbon/``: :func:`carbon_value` reads either.
+
+The trainer's own figures carry the prefixes of transformers' W&B integration (``WandbCallback``'s
+``rewrite_logs``): ``eval_<x>`` is logged as ``eval/<x>``, anything else as ``train/<x>`` (TRL's
+``rewards/chosen`` as ``train/rewards/chosen``). MLflow's run page lists prefixed sections before
+"Model metrics" and sorts sections and the charts in them by name (three charts a row), so a run
+opens on the "eval" section (``eval/loss``, its final and first value) and then "train"
+(``grad_norm``, ``learning_rate``, ``loss``, ...). The Trainer's bookkeeping, ``epoch`` and its
+timings (``train_runtime``, ``eval_samples_per_second``, ...), is no model figure: it goes to the
+System metrics tab as ``system/trainer/<name>``, where it does not push ``train/loss`` below the
+first screen (MLflow's charts can still use ``epoch`` as their x axis).
+Runs logged before carry the figures unprefixed (``loss``, ``eval_loss_final``, ``eval_runtime``):
+:func:`value` reads either, :func:`canonical` turns a name a user gives the old way into the new one.
 """
 
 from __future__ import annotations
@@ -32,6 +44,84 @@ PHASES = (GENERATION, OPTIMISATION)
 PHASE_FIGURES = (ENERGY_KWH, EMISSIONS_KG, DURATION_S)
 GENERATION_SHARE_TIME = "generation_share_time"      # generation seconds / tracked seconds
 GENERATION_SHARE_ENERGY = "generation_share_energy"  # generation kWh / tracked kWh
+
+
+TRAIN = "train/"
+EVAL = "eval/"
+TRAINER_SYSTEM = "system/trainer/"
+# The Trainer's end-of-training mean loss (``train_loss``: not the last step's)
+LOSS_MEAN = TRAIN + "loss_mean"
+
+LOSS = TRAIN + "loss"
+LEARNING_RATE = TRAIN + "learning_rate"
+GRAD_NORM = TRAIN + "grad_norm"
+EPOCH = TRAINER_SYSTEM + "epoch"
+REWARD = TRAIN + "reward"
+TOKENS_PER_SECOND = TRAIN + "tokens_per_second"
+EVAL_LOSS = EVAL + "loss"
+# Model Garden's summaries of a run: the first and last logged point of each loss
+LOSS_FIRST = TRAIN + "loss_first"
+LOSS_FINAL = TRAIN + "loss_final"
+EVAL_LOSS_FIRST = EVAL + "loss_first"
+EVAL_LOSS_FINAL = EVAL + "loss_final"
+# names with no prefix before the rename that are not trainer figures, e.g. ``train_seconds``: not aliased
+_OLD_TRAIN = {"loss", "learning_rate", "grad_norm", "reward", "tokens_per_second", "loss_first",
+              "loss_final", "num_input_tokens_seen"}
+
+
+def _is_bookkeeping(key: str) -> bool:
+    return key == "epoch" or (key.startswith(("train_", "eval_"))
+                              and key.endswith(("_runtime", "_runtime_s", "_per_second")))
+
+
+def trainer_metric(key: str) -> str:
+    """The MLflow key of the Trainer's log key ``key``: ``eval_loss`` -> ``eval/loss``, ``loss`` ->
+    ``train/loss``, ``rewards/chosen`` -> ``train/rewards/chosen``, ``train_loss`` -> ``train/loss_mean``,
+    ``epoch`` -> ``system/trainer/epoch``, ``train_runtime`` -> ``system/trainer/train_runtime_s``."""
+    if _is_bookkeeping(key):
+        return TRAINER_SYSTEM + (key + "_s" if key == "train_runtime" else key)
+    if key == "train_loss":
+        return LOSS_MEAN
+    if key.startswith("eval_"):
+        return EVAL + key.removeprefix("eval_")
+    return TRAIN + key
+
+
+def old_name(name: str) -> str | None:
+    """The key ``name`` (``train/loss``, ``eval/loss_final``) had in runs logged before the prefixes."""
+    if name == LOSS_MEAN:
+        return "train_loss_mean"
+    if name.startswith(TRAINER_SYSTEM):
+        return name.removeprefix(TRAINER_SYSTEM)
+    if name.startswith(EVAL):
+        return "eval_" + name.removeprefix(EVAL)
+    if name.startswith(TRAIN):
+        return name.removeprefix(TRAIN)
+    return None
+
+
+def value(metrics: dict, name: str, default=None):
+    """Metric ``name`` of a run's metrics, under its key or the one it had before the prefixes."""
+    if name in metrics:
+        return metrics[name]
+    old = old_name(name)
+    return metrics.get(old, default) if old is not None else default
+
+
+def canonical(metric: str) -> str:
+    """The name of a metric given the way runs were logged before the prefixes (``eval_loss_final`` ->
+    ``eval/loss_final``, ``loss_final`` -> ``train/loss_final``); any other name as it is."""
+    if "/" in metric:
+        return metric
+    if _is_bookkeeping(metric):
+        return TRAINER_SYSTEM + metric
+    if metric == "train_loss_mean":
+        return LOSS_MEAN
+    if metric.startswith("eval_"):
+        return EVAL + metric.removeprefix("eval_")
+    if metric in _OLD_TRAIN:
+        return TRAIN + metric
+    return metric
 
 
 def carbon(name: str) -> str:

@@ -162,7 +162,7 @@ def test_run_records_requested_and_resolved_batching(mg_home, tiny_model, varlen
         assert result.metrics["train_steps"] == 3
     padded, free, packed = (runs[m].metrics for m in ("auto", "padding_free", "packed"))
     client = mlflow.tracking.MlflowClient()
-    curves = [[m.value for m in client.get_metric_history(runs[m].run_id, "loss")] for m in ("auto", "padding_free")]
+    curves = [[m.value for m in client.get_metric_history(runs[m].run_id, "train/loss")] for m in ("auto", "padding_free")]
     assert len(curves[0]) == 3 and curves[1] == pytest.approx(curves[0], rel=1e-5)  # measured: equal to 1e-6
     assert free["trained_tokens"] == padded["trained_tokens"]  # 1134 here: no pad token counted in either
     assert packed["trained_tokens"] > 1.5 * padded["trained_tokens"]  # 3 bins hold more than 3 examples

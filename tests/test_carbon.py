@@ -95,7 +95,7 @@ def test_unusable_carbon_output_folder_does_not_fail_training(mg_home, tiny_mode
     run = _client().get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["mg.carbon.status"].startswith("failed: codecarbon could not start")
-    assert "loss_final" in run.data.metrics and not any(k.startswith("system/carbon/") for k in run.data.metrics)
+    assert "train/loss_final" in run.data.metrics and not any(k.startswith("system/carbon/") for k in run.data.metrics)
 
 
 def _trainer(tiny_model, sample_data, out, callback, max_steps=20):

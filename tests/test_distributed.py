@@ -54,7 +54,7 @@ def test_two_ranks_make_one_run_and_one_version(ddp_home, tiny_model, sample_dat
     (run,) = _runs("ddp")  # rank 1 opened no run of its own
     params, metrics = run.data.params, run.data.metrics
     assert (run.info.status, params["num_gpus"], params["world_size"]) == ("FINISHED", "2", "2")
-    losses = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss"))
+    losses = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train/loss"))
     assert [s for s, _ in losses] == list(range(1, STEPS + 1))  # one point per step: nothing logged twice
     assert all(math.isfinite(v) for _, v in losses)
     (version,) = client.search_model_versions("name='ddp-tiny'")
@@ -67,7 +67,7 @@ def test_two_ranks_make_one_run_and_one_version(ddp_home, tiny_model, sample_dat
 
     one = train_tiny(tiny_model, sample_data, max_steps=STEPS, batch_size=4, learning_rate=3e-3,
                      register_as="none", experiment="ddp-baseline")
-    single = sorted((m.step, m.value) for m in client.get_metric_history(one.run_id, "loss"))
+    single = sorted((m.step, m.value) for m in client.get_metric_history(one.run_id, "train/loss"))
     assert [s for s, _ in single] == [s for s, _ in losses]
     for (_, a), (_, b) in zip(losses, single):
         assert a == pytest.approx(b, rel=2e-3)  # same rows, same global batch: the same loss curve
@@ -240,7 +240,7 @@ def test_a_dead_rank_fails_the_run_and_ctrl_c_kills_it(ddp_home, tiny_model, sam
     (run,) = _runs(f"ddp-{how}")
     assert run.info.status == ("FAILED" if how == "rank_dies" else "KILLED"), tail[-3000:]
     assert run.data.tags.get("mg.error")
-    steps = [m.step for m in _client().get_metric_history(run.info.run_id, "loss")]
+    steps = [m.step for m in _client().get_metric_history(run.info.run_id, "train/loss")]
     assert 2 <= len(steps) < 400 and len(steps) == len(set(steps))
     assert _client().search_model_versions("name='ddp-broken'") == []
     assert _left_in_session(proc.pid) == []  # no rank (nor torchrun) outlives the launcher

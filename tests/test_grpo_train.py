@@ -81,11 +81,11 @@ def test_grpo_learns_the_reward_logs_every_step_and_promote_moves_on_the_heldout
     assert run.data.params["generation_resolved"] == "generate" and run.data.params["rewards_resolved"] == "length:1"
 
     # every step records every reward, the total, the lengths and the clipped ratio
-    for key in ("rewards/length/mean", "rewards/length/std", "reward", "reward_std", "completions/mean_length",
-                "completions/clipped_ratio", "clip_ratio/region_mean", "time/generation_s"):
+    for key in ("train/rewards/length/mean", "train/rewards/length/std", "train/reward", "train/reward_std", "train/completions/mean_length",
+                "train/completions/clipped_ratio", "train/clip_ratio/region_mean", "train/time/generation_s"):
         steps = sorted(m.step for m in client.get_metric_history(result.run_id, key))
         assert steps == list(range(1, STEPS + 1)), key
-    rewards = _series(client, result.run_id, "rewards/length/mean")
+    rewards = _series(client, result.run_id, "train/rewards/length/mean")
     first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-5:])
     assert last - first > 0.25, rewards  # the reward is -|chars - 16| / 16: a quarter is 4 characters closer
     summary = run.data.metrics
@@ -145,8 +145,8 @@ def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home
     client = _client()
     mv = client.get_model_version("tiny-rm", result.registered_version)
     assert mv.tags["mg.objective"] == "reward" and float(mv.tags["mg.verify_max_logit_diff"]) <= 1e-3
-    assert len(client.get_metric_history(result.run_id, "accuracy")) == 16
-    assert 0.0 <= result.metrics["eval_pairwise_accuracy"] <= 1.0
+    assert len(client.get_metric_history(result.run_id, "train/accuracy")) == 16
+    assert 0.0 <= result.metrics["eval/pairwise_accuracy"] <= 1.0
     meta = json.loads((result.model_dir / "mg_model.json").read_text())
     assert meta["head"] == "sequence-classification"
 
@@ -160,7 +160,7 @@ def test_a_reward_model_trains_registers_reloads_and_rewards_grpo_by_uri(mg_home
     # a GRPO reward by URI, logged under the registered name; beta > 0: the KL to the starting model per step
     grpo = _train(**{**GRPO, "reward": [f"models:/tiny-rm/{result.registered_version}"], "beta": 0.04},
                   base_model=str(tiny_model), dataset=str(prompts["train"]), max_steps=2, register_as="none")
-    for key in ("rewards/tiny-rm/mean", "rewards/tiny-rm/std", "kl"):
+    for key in ("train/rewards/tiny-rm/mean", "train/rewards/tiny-rm/std", "train/kl"):
         assert len(client.get_metric_history(grpo.run_id, key)) == 2, key
 
     # a causal language model is no reward model: refused before any run

@@ -98,7 +98,7 @@ def _wait_steps(ray_env, job_id, n=3, timeout=300):
     deadline = time.time() + timeout
     while time.time() < deadline:
         client, runs = _runs(ray_env, job_id)
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= n:
+        if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= n:
             return client, runs[0]
         time.sleep(0.5)
     raise AssertionError(f"{job_id}: fewer than {n} logged steps in {timeout} s")
@@ -131,7 +131,7 @@ def test_three_jobs_queue_on_one_slot_and_a_cancelled_queued_job_never_starts(ra
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert runs[0].data.tags["mg.registered_model"] == "queued-lora"
         versions.add(runs[0].data.tags["mg.registered_version"])
-        assert len(client.get_metric_history(runs[0].info.run_id, "loss")) == STEPS
+        assert len(client.get_metric_history(runs[0].info.run_id, "train/loss")) == STEPS
         info = infos[j]
         assert secret not in info.entrypoint and secret not in json.dumps(info.metadata)
         assert info.runtime_env["env_vars"]["MLFLOW_TRACKING_PASSWORD"] == secret  # runtime env only
@@ -166,7 +166,7 @@ def test_cancelled_running_job_ends_killed_and_a_dead_process_fails_both_sides(r
     assert cancel.returncode == 0, cancel.stderr[-2000:]
     assert re.search(r"Ray state\s+│\s+STOPPED", cancel.stdout) and re.search(r"run status\s+│\s+KILLED", cancel.stdout)
     client, runs = _runs(ray_env, job)
-    assert runs[0].info.status == "KILLED" and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3
+    assert runs[0].info.status == "KILLED" and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3
 
     doomed = _submit(ray_env, "--max-steps", "100000", "--register-as", "none", "--run-name", "dies")
     _wait_steps(ray_env, doomed)

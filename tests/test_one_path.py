@@ -13,12 +13,14 @@ from vision_support import registered_names, shapes, tiny_vl, train_vl, write_js
 MODALITIES = ["text", "vision"]
 
 # What every run records, whatever its modality (CPU, carbon and system metrics off).
-COMMON_METRICS = {"loss", "learning_rate", "grad_norm", "epoch", "tokens_per_second", "train_seconds",
-                  "trained_tokens", "train_steps", "step_time_median_s", "loss_first", "loss_final",
-                  "verify_max_logit_diff", "eval_loss", "eval_loss_first", "eval_loss_final",
-                  "eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "num_input_tokens_seen",
-                  "train_loss_mean", "train_runtime_s", "train_samples_per_second", "train_steps_per_second",
-                  "train_tokens_per_second", "truncated_share"}
+COMMON_METRICS = {"eval/loss", "eval/loss_final", "eval/loss_first", "step_time_median_s",
+                  "system/trainer/eval_runtime", "system/trainer/eval_samples_per_second",
+                  "system/trainer/eval_steps_per_second", "system/trainer/train_runtime_s",
+                  "system/trainer/train_samples_per_second", "system/trainer/train_steps_per_second",
+                  "system/trainer/train_tokens_per_second", "system/trainer/epoch", "train/grad_norm",
+                  "train/learning_rate", "train/loss", "train/loss_final", "train/loss_first", "train/loss_mean",
+                  "train/num_input_tokens_seen", "train/tokens_per_second", "train_seconds", "train_steps",
+                  "trained_tokens", "truncated_share", "verify_max_logit_diff"}
 VISION_METRICS = {"samples/exact_match_before", "samples/exact_match_after"}
 COMMON_VERSION_TAGS = {"mg.save_method", "mg.kind", "mg.base_model", "mg.backend", "mg.modality", "mg.method",
                        "mg.quantization", "mg.run_id", "mg.dataset_digest", "mg.git_commit", "mg.train_loss",
@@ -61,7 +63,7 @@ def test_whole_path_gives_the_same_record_for_every_modality(mg_home, request, m
     metrics = set(run.data.metrics)
     own = metrics - (VISION_METRICS if modality == "vision" else set())
     assert own == COMMON_METRICS, sorted(own ^ COMMON_METRICS)
-    assert len(client.get_metric_history(result.run_id, "loss")) == 12  # flushed before the run ended
+    assert len(client.get_metric_history(result.run_id, "train/loss")) == 12  # flushed before the run ended
     from mg_mlflow.options import flat_params, to_dict
 
     # every field is a param; a mapping field (trainer_args) is logged key by key, empty here

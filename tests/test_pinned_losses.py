@@ -71,7 +71,7 @@ def recipe_losses(recipe: str, workdir: Path) -> list[float]:
     client = mlflow.tracking.MlflowClient()
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=1)
-    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
     return [m.value for m in history]
 
 

@@ -63,13 +63,13 @@ def test_sft_then_dpo_from_its_version_learns_the_preference(mg_home, tiny_model
     run = client.get_run(mv.run_id)
     assert run.data.params["objective"] == "dpo" and run.data.params["beta"] == "0.1"
     assert run.data.params["loss_type_resolved"] == "sigmoid"
-    for key in ("rewards/margins", "rewards/accuracies"):  # every step of the run
+    for key in ("train/rewards/margins", "train/rewards/accuracies"):  # every step of the run
         assert [m.step for m in sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)] \
             == list(range(1, 41)), key
-    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate",
-                "tokens_per_second"):
+    for key in ("train/rewards/chosen", "train/rewards/rejected", "train/logps/chosen", "train/logps/rejected", "train/learning_rate",
+                "train/tokens_per_second"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 30, key
-    margins = client.get_metric_history(run.info.run_id, "rewards/margins")
+    margins = client.get_metric_history(run.info.run_id, "train/rewards/margins")
     assert sorted(margins, key=lambda m: m.step)[-1].value > 0
 
     # lineage: the DPO version names its SFT parent, continues the SFT adapter on the same base

@@ -51,7 +51,8 @@ def test_each_objective_trains_logs_its_metrics_and_registers(mg_home, tiny_mode
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["objective"] == objective and run.data.tags["mg.objective"] == objective
-    for key in ("loss", "rewards/chosen", "rewards/margins", "logps/chosen", "tokens_per_second"):
+    for key in ("train/loss", "train/rewards/chosen", "train/rewards/margins", "train/logps/chosen",
+                "train/tokens_per_second"):
         assert len(client.get_metric_history(result.run_id, key)) >= 3, key
     mv = client.get_model_version(f"tiny-{objective}", "1")
     assert mv.tags["mg.objective"] == objective and mv.run_id == result.run_id
@@ -63,7 +64,7 @@ def test_dpo_full_fine_tuning_loads_an_explicit_frozen_reference(mg_home, tiny_m
                     save_method="merged_16bit", max_steps=3, learning_rate=1e-4, register_as="none")
     run = _client().get_run(result.run_id)
     assert run.data.tags["mg.reference"] == "a frozen copy of the starting model, loaded explicitly"
-    assert len(_client().get_metric_history(result.run_id, "rewards/accuracies")) == 3
+    assert len(_client().get_metric_history(result.run_id, "train/rewards/accuracies")) == 3
 
 
 def test_mlflow_run_entry_point_gives_the_cli_record(mg_home, tiny_model, prefs):
@@ -94,7 +95,7 @@ def test_mlflow_run_entry_point_gives_the_cli_record(mg_home, tiny_model, prefs)
     assert by_project.data.params["loss_type_resolved"] == "ipo"
     per_step = {k for k in by_cli.data.metrics if "/" in k}
     assert per_step == {k for k in by_project.data.metrics if "/" in k}
-    assert {"rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"} <= per_step
+    assert {"train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen", "train/logps/rejected"} <= per_step
     tags = ("mg.objective", "mg.reference", "mg.method")
     assert [by_cli.data.tags[t] for t in tags] == [by_project.data.tags[t] for t in tags]
 
@@ -110,10 +111,12 @@ def test_sweep_over_beta_trains_dpo_children_and_registers_the_best(mg_home, tin
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     parent = next(r for r in runs if r.data.tags.get("mg.run_kind") == "sweep")
-    assert parent.data.params["sweep.metric"] == "loss_final"
+    # loss_final, the name from before the train/ prefix, is read as train/loss_final and said so once
+    assert parent.data.params["sweep.metric"] == "train/loss_final"
+    assert proc.stdout.count("train/loss_final (the name loss_final had") == 1, proc.stdout[-3000:]
     assert sorted(r.data.params["beta"] for r in children) == ["0.05", "0.3"]
     assert {r.data.params["objective"] for r in children} == {"dpo"}
-    assert all(client.get_metric_history(r.info.run_id, "rewards/margins") for r in children)
+    assert all(client.get_metric_history(r.info.run_id, "train/rewards/margins") for r in children)
     mv = client.get_model_version("dpo-sweep", "1")
     assert mv.tags["mg.objective"] == "dpo"
 

@@ -25,7 +25,7 @@ def test_recipe_runs_as_an_mlflow_project(mg_home, tmp_path, recipe, model):
     run = client.get_run(mv.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["max_steps"] == "12"
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(history) >= 12 and history[-1].value < history[0].value
     assert not (ROOT / "projects" / recipe / ".model-garden").exists()  # nothing written into the recipe
 
@@ -41,5 +41,5 @@ def test_the_grpo_recipe_runs_offline_as_an_mlflow_project(mg_home, tmp_path):
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     run = client.get_run(client.get_model_version_by_alias("tiny-grpo", "champion").run_id)
     assert run.data.params["objective"] == "grpo" and run.data.params["rewards_resolved"] == "length:1,exact_match:0.5"
-    for key in ("rewards/length/mean", "rewards/exact_match/mean", "reward"):
+    for key in ("train/rewards/length/mean", "train/rewards/exact_match/mean", "train/reward"):
         assert len(client.get_metric_history(run.info.run_id, key)) == 4, key

@@ -52,7 +52,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     ref = invoke_cli(_args(tiny_model, sample_data, "uninterrupted"))
     assert ref.returncode == 0, ref.stderr[-2000:]
-    reference = {m.step: m.value for m in client.get_metric_history(_run(client, "uninterrupted").info.run_id, "loss")}
+    reference = {m.step: m.value for m in client.get_metric_history(_run(client, "uninterrupted").info.run_id, "train/loss")}
     assert sorted(reference) == list(range(1, STEPS + 1))
 
     args = _args(tiny_model, sample_data, "interrupted")
@@ -74,7 +74,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     assert done.returncode == 0, done.stderr[-2000:]
     final = client.get_run(run_id)
     assert final.info.status == "FINISHED" and final.data.tags.get("mg.resumed") == "true"
-    history = client.get_metric_history(run_id, "loss")
+    history = client.get_metric_history(run_id, "train/loss")
     steps = [m.step for m in history]
     assert sorted(steps) == list(range(1, STEPS + 1))  # no gap, no duplicate
     worst = max(abs(m.value - reference[m.step]) for m in history)
@@ -82,4 +82,4 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     energy = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "system/carbon/energy_kwh"))
     assert all(b[1] >= a[1] for a, b in zip(energy, energy[1:]))  # cumulative across segments
     assert final.data.metrics["system/carbon/total_energy_kwh"] > carbon_1
-    assert final.data.metrics["loss_first"] == reference[1]
+    assert final.data.metrics["train/loss_first"] == reference[1]

@@ -92,7 +92,7 @@ def test_training_registry_and_deploy_against_postgres_and_s3(pg_server, s3, tin
     client = mlflow.tracking.MlflowClient(url)
     mv = client.get_model_version_by_alias("team-lora", "champion")
     run = client.get_run(mv.run_id)
-    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "loss")) == 12
+    assert run.info.status == "FINISHED" and len(client.get_metric_history(run.info.run_id, "train/loss")) == 12
     s3_client, _ = s3
     keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket="mg-artifacts", Prefix="team/").get("Contents", [])]
     assert any(k.endswith("adapter_model.safetensors") for k in keys), keys[:20]

@@ -20,17 +20,17 @@ def test_deferred_reads_log_the_same_point_at_every_step(mg_home, tiny_model, sa
                               metrics_sync_steps=every, save_steps=3, experiment=f"sync-{every}")
             for every in (1, 4)}
     per_step, deferred = runs[1], runs[4]
-    for key in ("loss", "learning_rate", "epoch"):
+    for key in ("train/loss", "train/learning_rate", "system/trainer/epoch"):
         a, b = dict(_history(per_step.run_id, key)), _history(deferred.run_id, key)
         assert [s for s, _ in b] == list(range(1, 8)), key  # every step, once (read at 3, 4, 6, 7)
         assert [v for _, v in b] == pytest.approx([a[s] for s, _ in b], rel=1e-5), key
     assert deferred.metrics["trained_tokens"] == per_step.metrics["trained_tokens"] > 0  # no pad token counted
-    assert deferred.metrics["loss_final"] == pytest.approx(per_step.metrics["loss_final"], rel=1e-5)
+    assert deferred.metrics["train/loss_final"] == pytest.approx(per_step.metrics["train/loss_final"], rel=1e-5)
     # grad_norm comes from the Trainer's own log, every N steps (and the first); throughput per read window
-    assert {s for s, _ in _history(deferred.run_id, "grad_norm")} == {1, 4}
+    assert {s for s, _ in _history(deferred.run_id, "train/grad_norm")} == {1, 4}
     # one throughput point per read: every 4 steps, the last step, and before each checkpoint (3, 6)
-    assert {s for s, _ in _history(deferred.run_id, "tokens_per_second")} == {3, 4, 6, 7}
-    assert all(v > 0 for _, v in _history(deferred.run_id, "tokens_per_second"))
+    assert {s for s, _ in _history(deferred.run_id, "train/tokens_per_second")} == {3, 4, 6, 7}
+    assert all(v > 0 for _, v in _history(deferred.run_id, "train/tokens_per_second"))
     # checkpoints at 3 and 6 (between reads): read before saving, so a resume counts tokens exactly
     for step in (3, 6):
         states = [json.loads((r.output_dir / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json").read_text())
@@ -54,8 +54,8 @@ def test_deferred_reads_keep_the_logging_grid(mg_home, tiny_model, sample_data):
     read interval; throughput lands on the last point of each read."""
     result = train_tiny(tiny_model, sample_data, max_steps=7, batch_size=3, seed=3, register_as="none",
                         metrics_sync_steps=4, logging_steps=3, experiment="sync-grid")
-    assert [s for s, _ in _history(result.run_id, "loss")] == [1, 3, 6, 7]
-    assert [s for s, _ in _history(result.run_id, "tokens_per_second")] == [3, 7]  # reads at 4 and 7
+    assert [s for s, _ in _history(result.run_id, "train/loss")] == [1, 3, 6, 7]
+    assert [s for s, _ in _history(result.run_id, "train/tokens_per_second")] == [3, 7]  # reads at 4 and 7
     assert result.metrics["trained_tokens"] > 0
 
 

@@ -49,10 +49,10 @@ def test_grid_2x2_makes_four_nested_children_and_registers_the_best(mg_home, tin
     assert all(n.startswith("trial ") and " lr=" in n and " r=" in n for n in names), names
     assert {(c.data.params["learning_rate"], c.data.params["lora_r"]) for c in children} == {
         ("1e-05", "4"), ("1e-05", "8"), ("0.003", "4"), ("0.003", "8")}
-    losses = {c.info.run_id: c.data.metrics["eval_loss_final"] for c in children}
+    losses = {c.info.run_id: c.data.metrics["eval/loss_final"] for c in children}
     best_id = min(losses, key=losses.get)
     assert parent.data.tags["mg.sweep.best_run_id"] == best_id == result.best["run_id"]
-    assert parent.data.metrics["best_eval_loss_final"] == pytest.approx(losses[best_id])
+    assert parent.data.metrics["sweep/best/eval/loss_final"] == pytest.approx(losses[best_id])
     best_child = client.get_run(best_id)
     assert best_child.data.params["learning_rate"] == "0.003"  # 1e-5 barely moves the loss in 8 steps
     # objective per trial as a metric history the UI can plot, one point per trial
@@ -87,7 +87,7 @@ def test_search_prunes_bad_trials(mg_home, tiny_model, sample_data):
         stopped = int(c.data.tags["mg.sweep.pruned_at_step"])
         assert stopped < 12 and c.data.metrics["train_steps"] == stopped  # stopped early, record kept
     best = client.get_run(result.best["run_id"])
-    assert all(best.data.metrics["eval_loss_final"] <= c.data.metrics["eval_loss_final"]
+    assert all(best.data.metrics["eval/loss_final"] <= c.data.metrics["eval/loss_final"]
                for c in children if c.data.tags["mg.trial_state"] == "COMPLETE")
     assert client.get_run(result.parent_run_id).data.metrics["sweep/trials_pruned"] == len(pruned)
 
@@ -104,7 +104,7 @@ def test_failed_trial_does_not_stop_the_sweep(mg_home, tiny_model, sample_data):
     client = MlflowClient()
     by_lr = {float(c.data.params.get("learning_rate")): c for c in _children(client, result.parent_run_id)}
     assert by_lr[1e30].info.status == "FAILED" and "diverged" in by_lr[1e30].data.tags["mg.error"]
-    assert by_lr[3e-3].info.status == "FINISHED" and by_lr[3e-3].data.metrics["loss_final"] > 0
+    assert by_lr[3e-3].info.status == "FINISHED" and by_lr[3e-3].data.metrics["train/loss_final"] > 0
     assert result.best["run_id"] == by_lr[3e-3].info.run_id
     assert sorted(o.state for o in result.outcomes) == ["COMPLETE", "FAIL"]
 
@@ -145,7 +145,7 @@ def test_ctrl_c_marks_killed_and_resume_skips_finished_trials(mg_home, tiny_mode
             time.sleep(1)
             for exp in client.search_experiments():
                 for r in client.search_runs([exp.experiment_id], "params.max_steps = '200'"):
-                    if client.get_metric_history(r.info.run_id, "loss"):
+                    if client.get_metric_history(r.info.run_id, "train/loss"):
                         long_run = r
         assert long_run is not None, "the long trial never started training"
         proc.send_signal(signal.SIGINT)
@@ -181,8 +181,8 @@ def test_bad_sweep_options_are_reported_before_anything_runs(mg_home, tiny_model
     base = ["sweep", "--base-model", str(tiny_model), "--dataset", str(sample_data)]
     proc = run_cli([*base, "--grid", "lora_rr=8,16", "--space", "learning_rate=normal:1:2"])
     assert proc.returncode == 2 and "lora_rr" in proc.stderr and "not a training option" in proc.stderr
-    proc = run_cli([*base, "--eval-split", "0", "--grid", "lora_r=8,16"])  # eval_loss_final, no eval set on purpose
-    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr and "--metric loss_final" in proc.stderr
+    proc = run_cli([*base, "--eval-split", "0", "--grid", "lora_r=8,16"])  # eval/loss_final, no eval set on purpose
+    assert proc.returncode == 2 and "needs an evaluation set" in proc.stderr and "--metric train/loss_final" in proc.stderr
     proc = run_cli([*base, "--grid", "lora_r=8,16", "--metric", "loss_final", "--objective", "kto"])
     assert proc.returncode == 2 and "objective kto trains on unpaired" in proc.stderr  # the training objective
     proc = run_cli([*base, "--eval-split", "0.2", "--space", "learning_rate=loguniform:1e-3:1e-5", "--trials", "2"])
@@ -214,7 +214,7 @@ def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     params = parents[0].data.params
     assert (params["sweep.trials"], params["sweep.max_emissions_kg"], params["sweep.metric"],
-            params["sweep.pruner"], params["sweep.register"]) == ("2", "1.0", "loss_final", "none", "none")
+            params["sweep.pruner"], params["sweep.register"]) == ("2", "1.0", "train/loss_final", "none", "none")
     children = _children(client, parents[0].info.run_id)
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
     assert all(c.info.status == "FINISHED" and c.data.params["max_steps"] == "4" for c in children)
@@ -251,14 +251,14 @@ def test_vision_sweep_trains_vision_children(mg_home, tiny_vl, shapes):
     client = MlflowClient()
     children = _children(client, result.parent_run_id)
     assert len(children) == 2 and {c.data.tags["mg.modality"] for c in children} == {"vision"}
-    assert all(c.info.status == "FINISHED" and c.data.metrics["loss_final"] > 0 for c in children)
+    assert all(c.info.status == "FINISHED" and c.data.metrics["train/loss_final"] > 0 for c in children)
     assert client.get_run(result.parent_run_id).data.tags["mg.modality"] == "vision"
     mv = client.get_model_version("vl-sweep", "1")  # the best vision trial, verified and registered
     assert result.registered == "models:/vl-sweep/1" and mv.tags["mg.modality"] == "vision"
 
 
 def test_a_plain_grid_sweep_runs_and_logs_the_defaults_it_chose(mg_home, tiny_model, sample_data):
-    """The obvious command: no evaluation set and no pruner named. The objective (eval_loss_final)
+    """The obvious command: no evaluation set and no pruner named. The objective (eval/loss_final)
     needs an evaluation set, so 0.2 is held out; a grid tries every combination, so nothing is pruned;
     both choices are logged on the parent run."""
     from mlflow.tracking import MlflowClient
@@ -274,7 +274,7 @@ def test_a_plain_grid_sweep_runs_and_logs_the_defaults_it_chose(mg_home, tiny_mo
                                                                                     "tags.mg.run_kind = 'sweep'")]
     children = _children(client, parent.info.run_id)
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-    assert all(c.data.params["eval_split"] == "0.2" and c.data.metrics["eval_loss_final"] > 0 for c in children)
+    assert all(c.data.params["eval_split"] == "0.2" and c.data.metrics["eval/loss_final"] > 0 for c in children)
     chosen = json.loads(parent.data.tags["mg.sweep.defaults"])
     assert chosen["eval_split"].startswith("0.2") and "needs an evaluation set" in chosen["eval_split"]
     assert chosen["pruner"].startswith("none") and "grid" in chosen["pruner"]

@@ -70,11 +70,11 @@ def test_cli_train_logs_registers_and_reloads(mg_home, tiny_model, sample_data, 
     assert run.data.tags["mg.backend"] == "hf" and "no CUDA GPU" in run.data.tags["mg.backend_reason"]
     assert run.data.tags["mg.version.transformers"]
 
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     steps = [m.step for m in history]
     assert len(history) >= 30 and steps == sorted(steps) and steps[-1] == 30
     assert history[-1].value < history[0].value - 0.5, [m.value for m in history]
-    for key in ("learning_rate", "grad_norm", "epoch", "tokens_per_second"):
+    for key in ("train/learning_rate", "train/grad_norm", "system/trainer/epoch", "train/tokens_per_second"):
         assert len(client.get_metric_history(run.info.run_id, key)) >= 10, key
 
     from mg_mlflow.data.load import load_dataset_records
@@ -130,7 +130,7 @@ def test_mlflow_run_entry_point_gives_the_same_record(mg_home, tiny_model, sampl
 
     # every field is a param; a mapping field (trainer_args) is logged key by key, empty here
     assert set(flat_params(to_dict(TrainConfig()))) <= set(run.data.params)
-    history = client.get_metric_history(run.info.run_id, "loss")
+    history = client.get_metric_history(run.info.run_id, "train/loss")
     assert len(history) >= 20 and history[-1].value < history[0].value
     mv = client.get_model_version_by_alias("mlproject-merged", "champion")
     assert mv.run_id == run.info.run_id and mv.tags["mg.kind"] == "merged"

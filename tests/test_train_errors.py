@@ -90,7 +90,7 @@ def test_ctrl_c_ends_the_run_killed(mg_home, tiny_model, sample_data, tmp_path):
         run = None
         while time.time() < deadline:
             runs = _runs()
-            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 3:
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "train/loss")) >= 3:
                 run = runs[0]
                 break
             time.sleep(0.5)
@@ -104,5 +104,5 @@ def test_ctrl_c_ends_the_run_killed(mg_home, tiny_model, sample_data, tmp_path):
     run = client.get_run(run.info.run_id)
     assert run.info.status == "KILLED"
     assert "Ctrl-C" in run.data.tags["mg.error"]
-    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 3  # metrics kept
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3  # metrics kept
     assert _registered(mg_home) == []

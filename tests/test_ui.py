@@ -5,6 +5,7 @@ runs, a registered version's page. Screenshots are kept under the test's tmp dir
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -124,21 +125,76 @@ def test_printed_links_open_on_the_model_training_sidebar(ui, tmp_path):
         assert "Model registry" in text and "Judges" not in text and "Evaluation runs" not in text, text[:2000]
 
 
+# Every leaf element of the page whose text is one line, with its place: chart titles and chart labels.
+LEAVES = """[...document.querySelectorAll('body *')]
+  .filter(e => e.children.length === 0 && e.innerText && e.innerText.trim() && !e.innerText.includes('\\n'))
+  .map(e => { const r = e.getBoundingClientRect();
+              return {text: e.innerText.trim(), top: r.top, left: r.left, bottom: r.bottom}; })
+  .filter(l => l.bottom > 0)"""
+
+
+def _page_leaves(tmp_path, url: str, shown: list[str], shot: str) -> tuple[list[dict], float]:
+    """The page's one-line leaves (text, place) once ``shown`` is rendered, its window height, a screenshot."""
+    import json
+
+    from chromium_support import DevToolsPage
+
+    with DevToolsPage(tmp_path, url, shot.removesuffix(".png")) as page:
+        page.wait_until(f"{json.dumps(shown)}.every(s => document.body.innerText.includes(s))", 300,
+                        f"the text {shown}")
+        time.sleep(3)  # the rest of the first screen's charts render
+        page.screenshot(tmp_path / shot)
+        leaves, height = page.evaluate(LEAVES), page.evaluate("window.innerHeight")
+    (tmp_path / shot).with_suffix(".json").write_text(json.dumps(leaves, indent=1))
+    return leaves, height
+
+
+def _charts(leaves: list[dict], logged: set[str]) -> list[dict]:
+    """The chart titles of a run's metrics tab in page order, each with its full metric name: a section
+    header reads ``eval (3)``, and the charts under it are titled without the section's prefix."""
+    section, charts, previous = "", [], ""
+    for leaf in leaves:
+        if re.fullmatch(r"\S+ \(\d+\)", leaf["text"]):
+            section = leaf["text"].split(" ")[0]
+        elif re.fullmatch(r"\(\d+\)", leaf["text"]):  # the count in an element of its own
+            section = previous
+        elif f"{section}/{leaf['text']}" in logged:
+            charts.append({**leaf, "metric": f"{section}/{leaf['text']}"})
+        elif leaf["text"] in logged:
+            charts.append({**leaf, "metric": leaf["text"]})
+        previous = leaf["text"]
+    return charts
+
+
 def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tmp_path):
-    """MLflow lists prefixed metric sections before "Model metrics": carbon charts there would fill the
-    first screen of a run. Under system/carbon/ they are on the System metrics tab."""
+    """MLflow shows sections of prefixed names first and sorts sections and charts by name, three a
+    row: the first screen of a run is the eval section (eval/loss first) and the train section, whose
+    grad_norm, learning_rate and loss charts come before the rest. Carbon and the trainer's epoch and
+    timings are on the System metrics tab."""
+    from mlflow.tracking import MlflowClient
+
+    import mg_mlflow.metric_names as mn
     from mg_mlflow.tracking.ui_links import run_url
 
-    def url(tab):
-        return run_url(ui["base"], ui["pair"].experiment_id, ui["pair"].run_ids["lr-3e-3"], tab)
+    run_id = ui["pair"].run_ids["lr-3e-3"]
 
-    # charts render as they scroll into view: the text is what the first screen shows
-    model = text_when_shown(tmp_path, url("model-metrics"), ["Model metrics", "eval_loss", "lr-3e-3 (eval_loss)"],
-                            shot="model-metrics.png")
-    assert "carbon" not in model, model[:3000]  # the first section is the run's own metrics, eval_loss on top
+    def url(tab):
+        return run_url(ui["base"], ui["pair"].experiment_id, run_id, tab)
+
+    logged = set(MlflowClient().get_run(run_id).data.metrics)
+    leaves, height = _page_leaves(tmp_path, url("model-metrics"), [f"({mn.EVAL_LOSS})", f"({mn.LOSS})"],
+                                  "model-metrics.png")  # each chart's legend: "<run name> (<metric>)"
+    charts = _charts(leaves, logged)
+    first_screen = [c["metric"] for c in charts if c["top"] < height]
+    print("charts of the first screen:", [(c["metric"], round(c["top"])) for c in charts if c["top"] < height])
+    assert charts and charts[0]["metric"] == mn.EVAL_LOSS, charts[:8]  # the first chart of the first section
+    assert mn.LOSS in first_screen, charts[:8]
+    order = [c["metric"] for c in charts]
+    assert order.index(mn.EVAL_LOSS) < order.index(mn.LOSS)  # page order: the eval section, then train
+    assert not any(m.startswith("system/") for m in first_screen), first_screen
     system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh"],
                              shot="system-metrics.png")
-    assert "carbon" in system
+    assert "system/carbon" in system  # the section of the carbon charts
 
 
 def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):
@@ -150,10 +206,10 @@ def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):
     assert "learning_rate" in dom and "0.003" in dom and "0.0001" in dom
     # the metrics table is a 300 px virtualized grid: scroll it in the browser and read what it renders
     text = scrolled_text(tmp_path, url)
-    assert "eval_loss_final" in text and "loss_final" in text
+    assert "eval/loss_final" in text and "train/loss_final" in text
     client = MlflowClient()
     for run_id in ui["pair"].run_ids.values():
-        assert f"{client.get_run(run_id).data.metrics['eval_loss_final']:.4g}" in text
+        assert f"{client.get_run(run_id).data.metrics['eval/loss_final']:.4g}" in text
 
 
 def test_registered_version_page_renders(ui, tmp_path):

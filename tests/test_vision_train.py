@@ -35,10 +35,10 @@ def test_vision_run_has_the_text_record_plus_samples(vl_lora):
     assert run.info.status == "FINISHED" and run.data.tags["mg.modality"] == "vision"
     # every field is a param; a mapping field (trainer_args) is logged key by key, empty here
     assert set(flat_params(to_dict(VisionTrainConfig()))) <= set(run.data.params)
-    loss = [m.value for m in client.get_metric_history(run.info.run_id, "loss")]
+    loss = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(loss) >= 100
     assert sum(loss[-10:]) / 10 < 0.5 * sum(loss[:10]) / 10       # the loss goes down (8.7 -> <1 here)
-    assert client.get_metric_history(run.info.run_id, "eval_loss")
+    assert client.get_metric_history(run.info.run_id, "eval/loss")
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["data-train", "data-eval"]
     files = {a.path for top in ("samples", "plots", "config") for a in client.list_artifacts(run.info.run_id, top)}
     assert {"samples/answers.json", "samples/answers.png", "samples/images", "plots/loss_curve.png",

@@ -188,17 +188,17 @@ def mlflow_figures(run_name: str, experiment: str, warmup: int, uri: str) -> dic
                               order_by=["attributes.start_time DESC"], max_results=1)
     run = runs[0]
     m, t, p = run.data.metrics, run.data.tags, run.data.params
-    history = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "tokens_per_second"))
+    history = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "train/tokens_per_second"))
     tps = [v for step, v in history if step > warmup]
-    loss = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "loss"))
+    loss = sorted((x.step, x.value) for x in client.get_metric_history(run.info.run_id, "train/loss"))
     return {"run_id": run.info.run_id, "run_status": run.info.status,
             "mg_tokens_per_s": statistics.median(tps) if tps else None,
             # the last window (10 steps on a GPU): past the warm-up of every new padded length
             "mg_tokens_per_s_last": history[-1][1] if history else None, "mg_tokens_per_s_points": history,
             "mg_step_time_median_s": m.get("step_time_median_s"), "mg_trained_tokens": m.get("trained_tokens"),
             "mg_train_seconds": m.get("train_seconds"), "mg_train_steps": m.get("train_steps"),
-            "mg_peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("loss_first"),
-            "loss_final": m.get("loss_final"), "loss_curve": loss,
+            "mg_peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("train/loss_first"),
+            "loss_final": m.get("train/loss_final"), "loss_curve": loss,
             "carbon": {k: v for k, v in m.items() if k.startswith(("system/carbon/", "carbon/"))},
             "carbon_tags": {k: v for k, v in t.items() if k.startswith("mg.carbon")},
             "system_metric_keys": sorted(k for k in m if k.startswith("system/"))[:40],

@@ -123,7 +123,7 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
     run = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     m, t = run.data.metrics, run.data.tags
-    tps = [p.value for p in client.get_metric_history(run.info.run_id, "tokens_per_second") if p.step > 5]
+    tps = [p.value for p in client.get_metric_history(run.info.run_id, "train/tokens_per_second") if p.step > 5]
     return {"run_id": run.info.run_id, "backend": t.get("mg.backend"),
             "tok_s_steady": statistics.median(tps) if tps else None,
             "step_time_median_s": m.get("step_time_median_s"),
@@ -131,8 +131,8 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
             if m.get("step_time_median_s") else None,
             "tok_s_run": m.get("trained_tokens", 0) / m["train_seconds"] if m.get("train_seconds") else None,
             "s_per_step": m.get("train_seconds", 0) / max(m.get("train_steps", steps), 1),
-            "peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("loss_first"),
-            "loss_final": m.get("loss_final"), "gpu_power_w": m.get("system/carbon/gpu_power_w", m.get("carbon/gpu_power_w")),
+            "peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("train/loss_first"),
+            "loss_final": m.get("train/loss_final"), "gpu_power_w": m.get("system/carbon/gpu_power_w", m.get("carbon/gpu_power_w")),
             "emissions_kg": m.get("system/carbon/emissions_kg", m.get("carbon/emissions_kg")),
             "carbon_measured": {k: v for k, v in t.items() if k.startswith("mg.carbon")}}
 

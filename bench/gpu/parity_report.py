@@ -184,7 +184,7 @@ def fill_last_window(res: dict, exported: dict) -> None:
     last = {}
     for exp in exported.get("experiments", []):
         for run in exp.get("runs", []):
-            points = run.get("history", {}).get("tokens_per_second")
+            points = run.get("history", {}).get("train/tokens_per_second", run.get("history", {}).get("tokens_per_second"))
             if points:
                 last[run["name"]] = sorted(points)[-1][1]
     changed = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.cli.base import console
 from mg_mlflow.env import setup_env
 from mg_mlflow.errors import MGError
@@ -58,6 +59,9 @@ def promote_cmd(name, alias, metric, dataset_digest, min_improvement, max_emissi
     problem = alias_problem(alias, "--alias")
     if problem:
         raise MGError(problem, hint="e.g. --alias champion")
+    if metric.startswith("eval_"):  # a trainer name from before the eval/ prefix: eval_loss is eval/loss
+        click.echo(f"--metric {metric}: read as {mn.canonical(metric)}", err=True)
+        metric = mn.canonical(metric)
     decision = pr.promote(name, alias, metric, dataset_digest, min_improvement, max_emissions_kg, dry_run)
     rolled, serving = [], pr.deployments_serving(name, alias) if decision.applied else []
     if decision.applied and redeploy and serving:

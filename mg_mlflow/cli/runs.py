@@ -20,7 +20,7 @@ from mg_mlflow.tracking.spool import read_spool, replay
 from mg_mlflow.tracking.ui_links import base_url
 
 KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
-KEY_METRICS = ("loss_first", "loss_final", "eval_loss_final", "train_seconds")
+KEY_METRICS = (mn.LOSS_FIRST, mn.LOSS_FINAL, mn.EVAL_LOSS_FINAL, "train_seconds")
 KEY_CARBON = (mn.EMISSIONS_KG, mn.ENERGY_KWH)
 
 
@@ -47,7 +47,7 @@ def list_cmd(experiment, max_results):
     for col in ("run id", "name", "status", "backend/method", "loss", "registered", "started"):
         table.add_column(col)
     for r in runs:
-        loss = r["metrics"].get("loss_final")
+        loss = mn.value(r["metrics"], mn.LOSS_FINAL)
         status = r["status"]
         if status == "RUNNING" and process_state(r["tags"])[0] == DEAD:
             status, dead = "RUNNING (dead)", dead + 1
@@ -158,7 +158,7 @@ def show_cmd(run_id, samples):
             ("backend", f"{r['tags'].get('mg.backend', '')} ({r['tags'].get('mg.backend_reason', '')})"),
             ("registered", r["registered"]), ("git commit", r["tags"].get("mg.git_commit"))]
     rows += [(k, r["params"].get(k)) for k in KEY_PARAMS]
-    rows += [(k, f"{r['metrics'][k]:.5g}") for k in KEY_METRICS if k in r["metrics"]]
+    rows += [(k, f"{value:.5g}") for k in KEY_METRICS if (value := mn.value(r["metrics"], k)) is not None]
     rows += [(mn.carbon(k), f"{value:.5g}") for k in KEY_CARBON
              if (value := mn.carbon_value(r["metrics"], k)) is not None]
     rows += [("datasets", ", ".join(r["datasets"]))]

@@ -72,8 +72,8 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
 
     m = result.metrics
     rows = [("run id", result.run_id), ("tracking URI", mlflow.get_tracking_uri()),
-            ("loss", f"{m.get('loss_first', float('nan')):.4f} -> {m.get('loss_final', float('nan')):.4f}"),
-            ("eval loss", f"{m['eval_loss_final']:.4f}" if "eval_loss_final" in m else None),
+            ("loss", f"{m.get(mn.LOSS_FIRST, float('nan')):.4f} -> {m.get(mn.LOSS_FINAL, float('nan')):.4f}"),
+            ("eval loss", f"{m[mn.EVAL_LOSS_FINAL]:.4f}" if mn.EVAL_LOSS_FINAL in m else None),
             ("sample answers right", f"{m['samples/exact_match_before']:.0%} -> {m['samples/exact_match_after']:.0%}"
              if "samples/exact_match_after" in m else None),
             ("model folder", result.model_dir), ("logged model", result.model_uri)]

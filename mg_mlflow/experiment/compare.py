@@ -59,7 +59,7 @@ def resolve_run_ids(targets: list[str], experiment: str, max_runs: int = 20) -> 
         runs = client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'", max_results=max_runs * 3,
                                   order_by=["attributes.start_time DESC"])
         ids = [r.info.run_id for r in runs if r.data.tags.get("mg.run_kind", "training") not in NOT_TRAINING
-               and "loss_final" in r.data.metrics][:max_runs]
+               and mn.value(r.data.metrics, mn.LOSS_FINAL) is not None][:max_runs]
     unique = list(dict.fromkeys(ids))
     if len(unique) < 2:
         raise MGError(f"compare needs at least two runs, got {len(unique)}",
@@ -199,7 +199,7 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
             "work": work_key(r.data.params),
             "steps": m.get("train_steps"), "epochs": r.data.params.get("epochs") if r.data.params.get(
                 "max_steps", "-1") in ("-1", "") else None,
-            "loss_final": m.get("loss_final"), "eval_loss_final": m.get("eval_loss_final"),
+            "loss_final": mn.value(m, mn.LOSS_FINAL), "eval_loss_final": mn.value(m, mn.EVAL_LOSS_FINAL),
             "evaluations": evals, "eval": {},
             "energy_kwh": mn.carbon_value(m, mn.TOTAL_ENERGY_KWH), "emissions_kg": train_kg,
             "energy_source": _energy_source(r),

@@ -14,12 +14,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.experiment.compare_noise import SCALE, UNIT
 from mg_mlflow.tracking.directions import direction
 
 DEFAULT_QUALITY = ("eval/loss", "eval/token_f1", "eval/exact_match", "eval/rougeL", "eval/chrf", "eval/bleu")
 TRAINING_QUALITY = ("eval_loss_final", "loss_final")
+
+
+def _row_key(metric: str) -> str:
+    """A metric as compare's rows and ``--metric`` name it: ``eval/loss_final`` is the row's ``eval_loss_final``
+    (the training run's), ``bleu`` is ``eval/bleu`` (an evaluation's)."""
+    if mn.old_name(metric) in TRAINING_QUALITY:
+        return mn.old_name(metric)
+    return metric if metric.startswith("eval/") or metric in TRAINING_QUALITY else f"eval/{metric}"
 
 
 def _value(row: dict, key: str) -> float | None:
@@ -35,7 +44,7 @@ def quality_metric(data: dict, metric: str | None = None) -> tuple[str, bool] | 
     quality metric or that a run lacks."""
     runs = data["runs"]
     if metric:
-        key = metric if metric.startswith("eval/") or metric in TRAINING_QUALITY else f"eval/{metric}"
+        key = _row_key(metric)
         d = direction(key)
         if not d.is_quality:
             raise MGError(f"--metric {metric}: a {d.kind}, not a quality metric ({d.label})",
@@ -59,7 +68,7 @@ def quality_metric(data: dict, metric: str | None = None) -> tuple[str, bool] | 
 def bar_metrics(data: dict, quality: str | None, metrics: list[str] | None = None) -> list[str]:
     """The metrics of the middle panel: ``--metrics`` (those every run has), else the quality metric."""
     if metrics:
-        keys = [m if m.startswith("eval/") or m in TRAINING_QUALITY else f"eval/{m}" for m in metrics]
+        keys = [_row_key(m) for m in metrics]
         return [k for k in dict.fromkeys(keys) if any(_value(r, k) is not None for r in data["runs"])]
     return [quality] if quality else []
 
@@ -167,4 +176,5 @@ def loss_histories(run_ids: list[str]) -> dict[str, list[tuple[int, float]]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    return {i: sorted((m.step, m.value) for m in client.get_metric_history(i, "loss")) for i in run_ids}
+    return {i: sorted((m.step, m.value) for m in client.get_metric_history(i, mn.LOSS)
+                      or client.get_metric_history(i, mn.old_name(mn.LOSS))) for i in run_ids}

@@ -157,7 +157,7 @@ def finish(sweep, result):
     now = int(time.time() * 1000)
     metrics = [Metric(k, v, now, 0) for k, v in after.items()]
     if result.best:
-        metrics.append(Metric(f"best_{sweep.spec.metric}", result.best["value"], now, 0))
+        metrics.append(Metric(f"sweep/best/{sweep.spec.metric}", result.best["value"], now, 0))
     client.log_batch(sweep.parent_id, metrics=metrics)
     client.set_terminated(sweep.parent_id, "FINISHED")
     return result

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.config import TrainConfig, build_config
 from mg_mlflow.env import default_tracking_uri, mg_home, setup_env
 from mg_mlflow.errors import MGError
@@ -53,7 +54,7 @@ class SweepSpec:
                                   "int:LOW:HIGH[:STEP], logint:LOW:HIGH, choice:A,B", group=SWEEP,
                               metavar="NAME=KIND:ARGS")
     trials: int = option(0, "number of trials (default with --grid: the grid's size)", group=SWEEP)
-    metric: str = option("eval_loss_final", "metric of each trial to optimise (as promote --metric names it; "
+    metric: str = option(mn.EVAL_LOSS_FINAL, "metric of each trial to optimise (as promote --metric names it; "
                                             "--objective is the training objective, e.g. dpo)", group=SWEEP)
     direction: str = option("", "only for metrics whose direction is not known (losses are minimised, eval/* "
                                 "scores maximised)", ("minimize", "maximize"), group=SWEEP)
@@ -109,6 +110,9 @@ def optuna_storage() -> str:
 def validate(spec: SweepSpec):
     """Parse the dimensions and check a first configuration; raise before anything is created."""
     cls = config_class(spec.modality)
+    if (metric := mn.canonical(spec.metric)) != spec.metric:  # a name from before the train/ and eval/ prefixes
+        spec.chosen["metric"] = f"{metric} (the name {spec.metric} had in runs logged before the train/ and eval/ prefixes)"
+        spec.metric = metric
     grid, space = sp.parse_grid(spec.grid, cls), sp.parse_space(spec.space, cls)
     sp.check_dimensions(grid, space)
     problems = []
@@ -134,9 +138,9 @@ def validate(spec: SweepSpec):
     direction = sp.direction_for(spec.metric, spec.direction)
     if choose_defaults(spec, cfg, grid, direction):
         cfg = build_config(cls, spec.config_file or None, {**spec.options, **first}, spec.set_args)
-    if spec.metric.startswith("eval_") and not (cfg.eval_split or cfg.eval_dataset):
+    if spec.metric.startswith(mn.EVAL) and not (cfg.eval_split or cfg.eval_dataset):
         raise MGError(f"--metric {spec.metric} needs an evaluation set",
-                      hint="add --eval-split 0.2 (or --eval-dataset FILE), or use --metric loss_final")
+                      hint=f"add --eval-split 0.2 (or --eval-dataset FILE), or use --metric {mn.LOSS_FINAL}")
     if spec.pruner == "median" and direction == "minimize" and cfg.eval_steps <= 0 and (cfg.eval_split or cfg.eval_dataset):
         raise MGError("--pruner median stops bad trials at intermediate evaluations, and eval_steps is 0",
                       hint="add --eval-steps N (e.g. a fifth of max_steps), or --pruner none")
@@ -165,13 +169,13 @@ def choose_defaults(spec: SweepSpec, cfg, grid, direction: str) -> bool:
     """Fill what the user left out so that the obvious sweep runs; each choice (value and why) goes
     to ``spec.chosen`` and ``spec.options``. Returns whether a training option changed.
 
-    - an objective measured on evaluation data (``eval_*``) without an evaluation set: hold out
+    - an objective measured on evaluation data (``eval/*``) without an evaluation set: hold out
       ``eval_split`` 0.2 of the dataset;
     - no ``--pruner``: none on a grid (every combination is wanted), median on a search of a loss;
     - the median pruner without intermediate evaluations: ``eval_steps`` = a fifth of max_steps."""
     changed = False
     has_eval = bool(cfg.eval_split or cfg.eval_dataset)
-    if spec.metric.startswith("eval_") and not has_eval and not _given(spec, "eval_split"):
+    if spec.metric.startswith(mn.EVAL) and not has_eval and not _given(spec, "eval_split"):
         spec.options["eval_split"] = EVAL_SPLIT
         spec.chosen["eval_split"] = f"{EVAL_SPLIT:g}: metric {spec.metric} needs an evaluation set"
         has_eval, changed = True, True

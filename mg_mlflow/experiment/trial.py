@@ -109,10 +109,10 @@ def run_trial(ctx, trial) -> Outcome:
         outcome.state = "PRUNED"
         outcome.value = pruning.reported[-1][1]
         _end(client, child, "KILLED", {"mg.trial_state": "PRUNED", "mg.sweep.pruned_at_step": str(pruning.pruned_at),
-                                        "mg.sweep.pruned_reason": f"{ctx.spec.pruner} pruner: eval_loss "
+                                        "mg.sweep.pruned_reason": f"{ctx.spec.pruner} pruner: {mn.EVAL_LOSS} "
                                         f"{outcome.value:.4g} at step {pruning.pruned_at} was worse than the other trials'"})
         return outcome
-    value = outcome.metrics.get(ctx.spec.metric)
+    value = mn.value(outcome.metrics, ctx.spec.metric)
     if value is not None and not math.isfinite(value):  # on_divergence=continue: never a best trial
         outcome.error = f"training diverged: {ctx.spec.metric}={value}"
         trial.set_user_attr("error", outcome.error)
@@ -120,7 +120,7 @@ def run_trial(ctx, trial) -> Outcome:
         return outcome
     if value is None:
         outcome.error = (f"the run logged no {ctx.spec.metric!r} metric "
-                         f"(it has: {', '.join(sorted(k for k in outcome.metrics if '/' not in k)) or 'none'})")
+                         f"(it has: {', '.join(sorted(k for k in outcome.metrics if not k.startswith('system/'))) or 'none'})")
         trial.set_user_attr("error", outcome.error)
         _end(client, child, "FAILED", {"mg.trial_state": "FAIL", "mg.error": outcome.error})
         return outcome

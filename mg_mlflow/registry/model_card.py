@@ -28,7 +28,7 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
         bucket = f", padded to a multiple of {bucket}" if bucket not in ("0", "", None) else ""
         lines.append(f"- batching: {params['batching_resolved']}{bucket} (asked: {params.get('batching', '?')})")
     losses = [f"{label} {_fmt(summary[key])}" for key, label in
-              (("loss_final", "train loss"), ("eval_loss_final", "eval loss")) if key in summary]
+              ((mn.LOSS_FINAL, "train loss"), (mn.EVAL_LOSS_FINAL, "eval loss")) if key in summary]
     if losses:
         lines.append("- final " + ", ".join(losses))
     for key, value in sorted((evaluations or {}).items()):

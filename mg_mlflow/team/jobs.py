@@ -112,7 +112,8 @@ def job_row(details, runs: list) -> dict:
         row.update(run_id=run.info.run_id, run_status=run.info.status, run_name=run.info.run_name,
                    run_started=_time(run.info.start_time),
                    run_seconds=((run.info.end_time or time.time() * 1000) - run.info.start_time) / 1000,
-                   loss=m.get("loss_final", m.get("loss")), tokens_per_second=m.get("tokens_per_second"),
+                   loss=mn.value(m, mn.LOSS_FINAL, mn.value(m, mn.LOSS)),
+                   tokens_per_second=mn.value(m, mn.TOKENS_PER_SECOND),
                    emissions_kg=mn.carbon_value(m, mn.EMISSIONS_KG),
                    registered=(f"models:/{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"
                                if tags.get("mg.registered_model") else None))
@@ -216,12 +217,12 @@ def watch(job_id: str, address: str | None = None, interval: float = 2.0, timeou
 
 def _emit_new_steps(tracking, run_id: str, last_step: int, emit) -> int:
     history = {key: {m.step: m.value for m in tracking.get_metric_history(run_id, key)}
-               for key in ("loss", "tokens_per_second", mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))}
+               for key in (mn.LOSS, mn.TOKENS_PER_SECOND, mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))}
     carbon = sorted(history[mn.carbon(mn.EMISSIONS_KG)].items())
-    for step in sorted(s for s in history["loss"] if s > last_step):
-        parts = [f"step {step}", f"loss {history['loss'][step]:.4f}"]
-        if step in history["tokens_per_second"]:
-            parts.append(f"{history['tokens_per_second'][step]:.0f} tok/s")
+    for step in sorted(s for s in history[mn.LOSS] if s > last_step):
+        parts = [f"step {step}", f"loss {history[mn.LOSS][step]:.4f}"]
+        if step in history[mn.TOKENS_PER_SECOND]:
+            parts.append(f"{history[mn.TOKENS_PER_SECOND][step]:.0f} tok/s")
         known = [v for s, v in carbon if s <= step]
         if known:
             parts.append(f"CO2 {known[-1]:.3g} kg")

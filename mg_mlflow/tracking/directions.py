@@ -2,8 +2,8 @@
 ``promote`` and ``sweep`` read.
 
 A metric name is matched by its last part (``eval/rougeL`` -> ``rougel``, ``eval/arc/acc_norm`` ->
-``acc_norm``, ``carbon/total_emissions_kg`` -> ``total_emissions_kg``), word by word; a reward named by
-the user (``eval/reward/<name>``, ``rewards/<name>/mean``) is a quality, higher is better:
+``acc_norm``, ``system/carbon/total_emissions_kg`` -> ``total_emissions_kg``), word by word; a reward named by
+the user (``eval/reward/<name>``, ``train/rewards/<name>/mean``) is a quality, higher is better:
 
 ========================  =========  =======================================================
 kind                      better     words
@@ -63,7 +63,7 @@ def direction(metric: str) -> Direction:
     name = _last_part(metric)
     if "stderr" in name or name == "std":
         return Direction(metric, "count", None)
-    parts = metric.lower().split("/")
+    parts = metric.lower().removeprefix("train/").split("/")
     if "reward" in parts[:-1] or (parts[0] == "rewards" and name == "mean"):
         return Direction(metric, "quality", True)
     if name.endswith("_per_s") or name.endswith("_per_second"):

@@ -1,8 +1,11 @@
 """Per-step training metrics to MLflow, at the trainer's global step, with live loss in the terminal.
 
-Names are the ones transformers users know: ``loss``, ``learning_rate``, ``grad_norm``, ``epoch``,
-``eval_loss``, plus ``tokens_per_second``. This callback is the one owner of metric logging during
-training (transformers' own MLflowCallback is switched off with ``report_to="none"``).
+Names are the ones transformers users know, with the prefixes of its W&B integration
+(:func:`mg_mlflow.metric_names.trainer_metric`): ``train/loss``, ``train/learning_rate``,
+``train/grad_norm``, ``eval/loss``, plus ``train/tokens_per_second`` (``epoch`` and the Trainer's timings
+under ``system/trainer/``). This callback is the
+one owner of metric logging during training (transformers' own MLflowCallback is switched off with
+``report_to="none"``); its ``history`` is keyed by those MLflow names.
 
 Points go through a local spool (:mod:`mg_mlflow.tracking.spool`): appended to
 ``<output_dir>/mlflow_spool_<run id>.jsonl`` first, then sent in the background with retries, so a
@@ -22,11 +25,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.tracking.spool import MetricSpool
 
-RENAME = {"train_loss": "train_loss_mean", "train_runtime": "train_runtime_s",
-          "train_samples_per_second": "train_samples_per_second",
-          "train_steps_per_second": "train_steps_per_second"}
 # TRL-only statistics (and their eval_ twins): kept out so every modality logs the same names
 SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy",
         "eval_num_tokens", "eval_mean_token_accuracy", "eval_entropy"}
@@ -65,7 +66,7 @@ class MLflowMetricsCallback(TrainerCallback):
         for key, value in logs.items():
             if key in SKIP or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
-            out[RENAME.get(key, key)] = float(value)
+            out[key] = float(value)
         tokens = logs.get("num_input_tokens_seen")
         now = time.perf_counter()
         if tokens is not None:
@@ -110,7 +111,8 @@ class MLflowMetricsCallback(TrainerCallback):
         # (mg_mlflow.training.divergence) fails the run
         if not metrics:
             return
-        if step <= self.logged_through and "eval_loss" not in metrics:
+        metrics = {mn.trainer_metric(key): value for key, value in metrics.items()}
+        if step <= self.logged_through and mn.EVAL_LOSS not in metrics:
             return  # recomputed after a resume: the first segment's point is kept
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((step, value))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
+
 
 def loss_curve_png(history: dict[str, list[tuple[int, float]]], out: Path, title: str = "") -> Path | None:
-    """Plot ``loss`` (and ``eval_loss``) against the global step; None when there is nothing to plot."""
-    series = {k: v for k, v in history.items() if k in ("loss", "eval_loss") and v}
+    """Plot ``train/loss`` (and ``eval/loss``) against the global step; None when there is nothing to plot."""
+    series = {k: v for k, v in history.items() if k in (mn.LOSS, mn.EVAL_LOSS) and v}
     if not series:
         return None
     import matplotlib

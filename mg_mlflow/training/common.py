@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.config import to_dict, trainer_args_for
 from mg_mlflow.env import mg_home
 from mg_mlflow.data.stats import truncation_warning
@@ -226,11 +227,11 @@ def train_summary(trainer, metrics_cb, carbon_cb, train_seconds: float) -> dict[
 
 
 def add_loss_and_carbon(summary: dict, metrics_cb, carbon_cb) -> dict:
-    """``loss_first/final``, ``eval_loss_first/final`` and the carbon totals, added to ``summary``."""
-    for key in ("loss", "eval_loss"):
+    """``train/loss_first|final``, ``eval/loss_first|final`` and the carbon totals, added to ``summary``."""
+    for key, first, final in ((mn.LOSS, mn.LOSS_FIRST, mn.LOSS_FINAL), (mn.EVAL_LOSS, mn.EVAL_LOSS_FIRST, mn.EVAL_LOSS_FINAL)):
         if metrics_cb.first(key) is not None:
-            summary[f"{key}_first"] = metrics_cb.first(key)
-            summary[f"{key}_final"] = metrics_cb.last(key)
+            summary[first] = metrics_cb.first(key)
+            summary[final] = metrics_cb.last(key)
     if carbon_cb is not None:
         summary.update(carbon_cb.totals())
     return summary

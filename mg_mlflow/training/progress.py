@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from mg_mlflow import metric_names as mn
+
 
 class TrainProgress:
     """Context manager; ``advance`` after each step, ``update`` with the latest logged metrics."""
@@ -38,12 +40,13 @@ class TrainProgress:
 
     def update(self, step: int, total: int | None, metrics: dict[str, float]) -> None:
         parts = []
-        for key in ("loss", "reward", "eval_loss", "learning_rate", "tokens_per_second"):
+        for key in (mn.LOSS, mn.REWARD, mn.EVAL_LOSS, mn.LEARNING_RATE, mn.TOKENS_PER_SECOND):
             if key in metrics:
                 value = metrics[key]
-                parts.append(f"{key}={value:.3g}" if key != "tokens_per_second" else f"tok/s={value:,.0f}")
+                label = mn.old_name(key)  # the transformers name: loss, eval_loss, learning_rate
+                parts.append(f"{label}={value:.3g}" if key != mn.TOKENS_PER_SECOND else f"tok/s={value:,.0f}")
         self._last = " ".join(parts) or self._last
         if self._progress is not None:
             self._progress.update(self._task, completed=step, total=total or None, metrics=self._last)
-        elif "loss" in metrics or "eval_loss" in metrics:
+        elif mn.LOSS in metrics or mn.EVAL_LOSS in metrics:
             print(f"step {step}/{total}: {self._last}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.training.distributed import any_rank
 
-HISTORY_KEYS = ("loss", "eval_loss")
+HISTORY_KEYS = (mn.LOSS, mn.EVAL_LOSS)
 STAGING = ".partial"  # checkpoints are written under <output dir>/.partial, then renamed
 FULL_BELOW_BYTES = 1 << 20  # a failed write with less free space than this is a full disk
 CARBON_CUMULATIVE = (mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))
@@ -54,11 +54,12 @@ def earlier_segment(run_id: str) -> Earlier:
         raise MGError(f"--resume {run_id}: that run already FINISHED", hint="start a new run instead")
     earlier = Earlier(run_id)
     for key in HISTORY_KEYS:
-        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)
+                        or client.get_metric_history(run_id, mn.old_name(key)))  # a run begun before the prefixes
         if points:
             earlier.history[key] = points
-    if earlier.history.get("loss"):
-        earlier.logged_through = earlier.history["loss"][-1][0]
+    if earlier.history.get(mn.LOSS):
+        earlier.logged_through = earlier.history[mn.LOSS][-1][0]
     for key in CARBON_CUMULATIVE:
         points = client.get_metric_history(run_id, key)
         if points:

@@ -186,7 +186,7 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.quantization": "bnb-4bit (training only)" if cfg.method == "qlora" else "none",
             "mg.run_id": meta["run_id"], "mg.dataset_digest": meta["dataset_digest"],
             "mg.git_commit": meta["git_commit"],
-            "mg.train_loss": summary.get("loss_final"), "mg.eval_loss": summary.get("eval_loss_final"),
+            "mg.train_loss": summary.get(mn.LOSS_FINAL), "mg.eval_loss": summary.get(mn.EVAL_LOSS_FINAL),
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
     tags.update({f"mg.carbon.{mn.carbon_name(k)}": v for k, v in summary.items() if mn.is_carbon(k)})
     if meta.get("merge_rule"):  # how the merge was verified, and the values

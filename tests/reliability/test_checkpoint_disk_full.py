@@ -65,5 +65,5 @@ def test_disk_full_at_a_checkpoint_then_resume_from_the_newest_complete_one(mg_h
     assert after.info.status == "FINISHED" and after.data.metrics["train_steps"] == 8
     state = json.loads((folder / "checkpoint-5" / "trainer_state.json").read_text())
     assert state["global_step"] == 5  # rewritten by the resumed run, which started from checkpoint-4
-    steps = [m.step for m in client().get_metric_history(run.info.run_id, "loss")]
+    steps = [m.step for m in client().get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(set(steps)) == list(range(1, 9)) and len(steps) == len(set(steps))  # each step once

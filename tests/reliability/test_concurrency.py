@@ -33,7 +33,7 @@ def test_two_trainings_share_one_fresh_sqlite_store(tiny_model, sample_data, tmp
     assert sorted(r.info.run_name for r in finished) == ["job0", "job1"]
     for run in finished:
         assert run.info.status == "FINISHED"
-        steps = [m.step for m in client(uri).get_metric_history(run.info.run_id, "loss")]
+        steps = [m.step for m in client(uri).get_metric_history(run.info.run_id, "train/loss")]
         assert sorted(steps) == list(range(1, STEPS + 1)), run.info.run_name  # complete history
         assert run.data.metrics["train_steps"] == STEPS
     versions = [str(client(uri).get_latest_versions(f"concurrent-{i}")[0].version) for i in range(2)]

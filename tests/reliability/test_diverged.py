@@ -27,11 +27,11 @@ def test_diverged_run_exits_2_fails_logs_no_zero_and_registers_nothing(mg_home, 
     (run,) = runs()
     assert run.info.status == "FAILED"
     assert f"training diverged at step {step}" in run.data.tags.get("mg.error", ""), run.data.tags
-    history = sorted(client().get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    history = sorted(client().get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
     values = [m.value for m in history]
     assert values and math.isfinite(values[0]) and values[0] > 1.0, values
     assert 0.0 not in values, values  # a NaN is logged as NaN (or not at all), never as 0
-    assert run.data.metrics.get("loss_final", float("nan")) != 0.0
+    assert run.data.metrics.get("train/loss_final", float("nan")) != 0.0
     if "continue" in extra:  # trained to the end, every step's NaN recorded, still nothing registered
         assert "on_divergence=continue" in out and run.data.tags["mg.diverged_at"] == f"at step {step}"
         assert [m.step for m in history] == [1, 2, 3, 4, 5, 6] and math.isnan(values[-1]), values

@@ -16,7 +16,7 @@ def test_sigkilled_training_is_listed_dead_and_repaired_failed(mg_home, tiny_mod
                            "--max-steps", "100000", "--no-system-metrics", "--no-carbon"], cwd=tmp_path)
     try:
         run = wait_for(lambda: next((r for r in runs() if len(client().get_metric_history(
-            r.info.run_id, "loss")) >= 3), None), 180, "three logged losses")
+            r.info.run_id, "train/loss")) >= 3), None), 180, "three logged losses")
         tags = client().get_run(run.info.run_id).data.tags
         assert tags["mg.pid"] == str(proc.pid)  # the console script is the training process
         assert abs(float(tags["mg.pid_start"]) - psutil.Process(proc.pid).create_time()) < 1.0
@@ -46,7 +46,7 @@ def test_sigkilled_training_is_listed_dead_and_repaired_failed(mg_home, tiny_mod
     after = client().get_run(run.info.run_id)
     assert after.info.status == "FAILED" and after.info.end_time is not None
     assert f"process {proc.pid} on " in after.data.tags["mg.error"] and "is gone" in after.data.tags["mg.error"]
-    assert len(client().get_metric_history(run.info.run_id, "loss")) >= 3  # history kept
+    assert len(client().get_metric_history(run.info.run_id, "train/loss")) >= 3  # history kept
     from mg_mlflow.tracking.liveness import repair
 
     assert repair("model-garden") == []  # idempotent: nothing left to repair
@@ -77,10 +77,10 @@ def test_sync_spool_sends_what_a_training_kept_locally_once(mg_home, tmp_path):
     with mlflow.start_run(experiment_id=ensure_experiment("model-garden")) as run:
         pass
     spool = tmp_path / f"mlflow_spool_{run.info.run_id}.jsonl"
-    points = [{"key": "loss", "value": 5.0 - i / 10, "timestamp": 1_700_000_000_000 + i, "step": i + 1} for i in range(5)]
-    spool.write_text("".join(json.dumps(p) + "\n" for p in points) + '{"key": "loss", "val')  # cut by a crash
+    points = [{"key": "train/loss", "value": 5.0 - i / 10, "timestamp": 1_700_000_000_000 + i, "step": i + 1} for i in range(5)]
+    spool.write_text("".join(json.dumps(p) + "\n" for p in points) + '{"key": "train/loss", "val')  # cut by a crash
     for _ in range(2):  # idempotent
         proc = invoke_cli(["runs", "sync-spool", str(spool)], cwd=tmp_path)
         assert proc.returncode == 0 and "sent 5 metric point(s)" in proc.stdout and "1 unreadable" in proc.stdout
-    history = client().get_metric_history(run.info.run_id, "loss")
+    history = client().get_metric_history(run.info.run_id, "train/loss")
     assert sorted((m.step, m.value) for m in history) == [(p["step"], p["value"]) for p in points]

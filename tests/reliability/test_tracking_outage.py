@@ -67,7 +67,7 @@ def test_metrics_logged_during_an_outage_all_reach_the_server(tiny_model, sample
                             cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         run = wait_for(lambda: next((r for r in runs(server.url) if len(client(server.url).get_metric_history(
-            r.info.run_id, "loss")) >= 3), None), 180, "three losses on the server")
+            r.info.run_id, "train/loss")) >= 3), None), 180, "three losses on the server")
         print(f"first losses {time.time() - t0:.0f} s")
         spool = out_dir / f"mlflow_spool_{run.info.run_id}.jsonl"
         server.stop()
@@ -96,7 +96,7 @@ def test_metrics_logged_during_an_outage_all_reach_the_server(tiny_model, sample
         # (key, step, value, timestamp) once): compare distinct points
         assert len(on_server) == len(set(on_server)) == len(set(expected))  # logged == on the server
         assert set(on_server) == set(expected)
-        steps = sorted(s for k, s, _, _ in expected if k == "loss")
+        steps = sorted(s for k, s, _, _ in expected if k == "train/loss")
         assert steps == list(range(steps[0], steps[0] + len(steps))) and steps[-1] == STEPS  # no gap
         assert finished.data.metrics["train_steps"] == STEPS
     finally:

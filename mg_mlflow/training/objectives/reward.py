@@ -5,7 +5,7 @@ the rejected one (Bradley-Terry loss); TRL logs ``accuracy``, ``margin`` and ``m
 registered is that scoring model (LoRA adapter with its head, or merged): ``mg_model.json`` says ``head:
 sequence-classification``, the reload probe compares its scores, and the pyfunc returns one score per text.
 A registered reward model is a grpo reward by its URI (``--reward models:/NAME@ALIAS``). With an eval set
-(``eval_dataset`` or ``eval_split``) the summary has ``eval_pairwise_accuracy``: the share of held-out pairs
+(``eval_dataset`` or ``eval_split``) the summary has ``eval/pairwise_accuracy``: the share of held-out pairs
 whose chosen answer scores higher.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
 from mg_mlflow.registry.loader import REWARD_HEAD, RewardHead, reward_scores, reward_text
 from mg_mlflow.registry.publish import log_reward_model
@@ -65,4 +66,4 @@ class Reward(Objective):
         chosen = reward_scores(model, tok, [reward_text(tok, r["prompt"], r["chosen"]) for r in self._eval_records])
         rejected = reward_scores(model, tok, [reward_text(tok, r["prompt"], r["rejected"]) for r in self._eval_records])
         wins = sum(c > r for c, r in zip(chosen, rejected))
-        return {"eval_pairwise_accuracy": wins / len(chosen)}
+        return {mn.trainer_metric("eval_pairwise_accuracy"): wins / len(chosen)}
