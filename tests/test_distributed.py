@@ -88,8 +88,8 @@ def _history(run_id: str, key: str) -> list[tuple[int, float]]:
 
 
 DPO_STEPS = 4
-DPO_RECORD = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-              "logps/rejected")
+DPO_RECORD = tuple("train/" + k for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                                         "rewards/accuracies", "logps/chosen", "logps/rejected"))
 
 
 @pytest.mark.slow
@@ -116,7 +116,7 @@ def test_dpo_on_two_ranks_is_one_process_with_twice_the_batch(ddp_home, tiny_mod
         two, single = _history(run.info.run_id, key), _history(one.run_id, key)
         assert [s for s, _ in two] == [s for s, _ in single] == list(range(1, DPO_STEPS + 1)), key  # logged once
         assert [v for _, v in two] == pytest.approx([v for _, v in single], rel=1e-4, abs=1e-5), key
-    assert _history(run.info.run_id, "rewards/margins")[-1][1] > 0  # trained: chosen pulled above rejected
+    assert _history(run.info.run_id, "train/rewards/margins")[-1][1] > 0  # trained: chosen pulled above rejected
     assert run.data.metrics["trained_tokens"] == one.metrics["trained_tokens"] > 0
     assert run.data.tags["mg.reference"] == _client().get_run(one.run_id).data.tags["mg.reference"] == \
         "the base model (the adapter switched off)"
@@ -145,16 +145,16 @@ def test_grpo_on_two_ranks_samples_on_each_and_logs_the_rewards_of_both(ddp_home
     assert (params["world_size"], params["num_gpus"], params["generation_resolved"]) == ("2", "2", "generate")
     (version,) = client.search_model_versions("name='ddp-grpo'")
     assert version.tags["mg.run_id"] == run.info.run_id and run.data.metrics["verify_max_logit_diff"] <= 1e-3
-    for key in ("reward", "rewards/length/mean", "completions/mean_length", "loss"):
+    for key in ("train/reward", "train/rewards/length/mean", "train/completions/mean_length", "train/loss"):
         steps = [s for s, _ in _history(run.info.run_id, key)]
         assert steps == sorted(set(steps)) and steps[0] == 1 and steps[-1] == GRPO_STEPS, key  # once per point
     table = json.loads(open(client.download_artifacts(run.info.run_id, "samples/step_00001.json")).read())
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert len(rows) == 4 and len({r["prompt"] for r in rows}) == 1  # one group, gathered from both ranks
     assert len({r["completion"] for r in rows}) == 4  # each rank sampled its own two
-    logged = dict(_history(run.info.run_id, "rewards/length/mean"))[1]
+    logged = dict(_history(run.info.run_id, "train/rewards/length/mean"))[1]
     assert logged == pytest.approx(sum(r["length"] for r in rows) / 4, abs=1e-6)  # the mean over both ranks
-    assert run.data.metrics["trained_tokens"] > 0 and run.data.metrics["tokens_per_second"] > 0
+    assert run.data.metrics["trained_tokens"] > 0 and run.data.metrics["train/tokens_per_second"] > 0
 
 
 def test_grpo_groups_that_split_over_the_ranks_are_refused_before_any_run(mg_home, tiny_model, rl_data):

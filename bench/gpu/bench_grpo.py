@@ -116,7 +116,7 @@ def mlflow_figures(run_name: str, experiment: str, uri: str) -> dict:
     run = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     m, p = run.data.metrics, run.data.params
-    reward = [x.value for x in sorted(client.get_metric_history(run.info.run_id, "reward"), key=lambda x: x.step)]
+    reward = [x.value for x in sorted(client.get_metric_history(run.info.run_id, "train/reward"), key=lambda x: x.step)]
     return {"run_id": run.info.run_id, "run_status": run.info.status,
             "mg_generation_seconds": m.get("generation_seconds"), "mg_generation_share": m.get("generation_share"),
             "mg_optimisation_seconds": m.get("optimisation_seconds"), "mg_train_seconds": m.get("train_seconds"),
