@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bare_lora  # beside this script
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -38,12 +41,7 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=512, help="DPOConfig max_length (prompt + answer)")
     p.add_argument("--ref", choices=["implicit", "model"], default="implicit")
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--gc", action="store_true", help="gradient checkpointing")
-    p.add_argument("--out", default="")
+    bare_lora.add_arguments(p)
     a = p.parse_args(argv)
     if a.ref == "model" and a.backend != "hf":
         p.error("--ref model is for --backend hf")
@@ -65,7 +63,6 @@ def main(argv=None) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     sys.path.insert(0, str(HERE))
-    import bare_lora
     import meter as meter_mod
 
     cuda = torch.cuda.is_available()

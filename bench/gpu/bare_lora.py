@@ -9,6 +9,17 @@ from __future__ import annotations
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def add_arguments(p, lr: float = 2e-4, gc: bool = True) -> None:
+    """The options every bare baseline takes: the adapter, the learning rate, the seed, the result file."""
+    p.add_argument("--lora-r", type=int, default=16)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=42)
+    if gc:
+        p.add_argument("--gc", action="store_true", help="gradient checkpointing")
+    p.add_argument("--out", default="")
+
+
 def unsloth_adapter(model, a, gradient_checkpointing: bool = False):
     """Unsloth's own LoRA on ``model`` (a FastLanguageModel), as its notebooks set it up."""
     from unsloth import FastLanguageModel

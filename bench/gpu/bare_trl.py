@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bare_lora  # beside this script
+
 BATCHING = ("padded", "padding_free", "packed", "default")
 
 
@@ -48,12 +51,7 @@ def parse(argv=None):
                    help="hf attn_implementation; auto: flex_attention for padding_free/packed on CUDA "
                         "(Model Garden's rule), sdpa otherwise")
     p.add_argument("--pad-multiple", type=int, default=0, help="SFTConfig pad_to_multiple_of (0 = off)")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--gc", action="store_true", help="gradient checkpointing")
-    p.add_argument("--out", default="")
+    bare_lora.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -96,7 +94,6 @@ def main(argv=None) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bare_lora
     import meter as meter_mod
 
     cuda = torch.cuda.is_available()
