@@ -113,14 +113,12 @@ def canonical(metric: str) -> str:
     ``eval/loss_final``, ``loss_final`` -> ``train/loss_final``); any other name as it is."""
     if "/" in metric:
         return metric
-    if _is_bookkeeping(metric):
+    if _is_bookkeeping(metric):  # as logged before (``train_runtime_s`` already carried its unit)
         return TRAINER_SYSTEM + metric
     if metric == "train_loss_mean":
         return LOSS_MEAN
-    if metric.startswith("eval_"):
-        return EVAL + metric.removeprefix("eval_")
-    if metric in _OLD_TRAIN:
-        return TRAIN + metric
+    if metric.startswith("eval_") or metric in _OLD_TRAIN:
+        return trainer_metric(metric)
     return metric
 
 

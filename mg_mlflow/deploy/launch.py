@@ -14,13 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from mg_mlflow.deploy import keyguard, state
-from mg_mlflow.deploy.vision import prepare_vision_runtime
+from mg_mlflow.deploy.net import is_loopback
 from mg_mlflow.deploy.plan import DeployOptions, Plan, plan_deployment
 from mg_mlflow.deploy.ports import Claim, claim_name, claim_port, pick_port
 from mg_mlflow.deploy.state import Deployment
 from mg_mlflow.deploy.supervisor import check_memory, launch, log_tail, served_pid, stop_record, wait_healthy
+from mg_mlflow.deploy.vision import prepare_vision_runtime
 from mg_mlflow.env import setup_env
-from mg_mlflow.deploy.net import is_loopback
 from mg_mlflow.errors import AlreadyExistsError, InvalidInputError, ServerError
 from mg_mlflow.inspect import inspect_model
 from mg_mlflow.proc import pid_alive, process_start_time, stop_group, wait_interruptibly
