@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bare_lora  # beside this script
+
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,13 +34,9 @@ def parse(argv=None):
     p.add_argument("--max-completion-length", type=int, default=256)
     p.add_argument("--target", type=int, default=64, help="the length reward's target, in characters")
     p.add_argument("--seq", type=int, default=1024, help="Unsloth's max_seq_length")
-    p.add_argument("--lora-r", type=int, default=16)
-    p.add_argument("--lora-alpha", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--seed", type=int, default=42)
     p.add_argument("--generation", choices=["auto", "vllm", "generate"], default="auto")
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.0, help="0: the library's default")
-    p.add_argument("--out", default="")
+    bare_lora.add_arguments(p, lr=1e-5, gc=False)
     return p.parse_args(argv)
 
 
@@ -54,13 +53,10 @@ def main(argv=None) -> dict:
     if a.backend == "unsloth":
         os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         from unsloth import FastLanguageModel  # before transformers / trl / peft
+    import grpo_meter
     import torch
     from datasets import load_dataset
     from trl import GRPOConfig, GRPOTrainer
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import bare_lora
-    import grpo_meter
 
     cuda = torch.cuda.is_available()
     vllm = a.generation == "vllm" or (a.generation == "auto" and cuda and importlib.util.find_spec("vllm") is not None)
