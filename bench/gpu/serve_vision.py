@@ -125,8 +125,13 @@ def deployment(name: str, uris: list[str], port: int, flags: list[str], served: 
     res["stop"] = mg("deployments", "stop", name)
     if gpu:
         time.sleep(5)
-        res["gpu_processes_after_stop"] = gpu_processes()
+        res["gpu_processes_after_stop"] = others(gpu_processes())
     return res
+
+
+def others(procs: list[dict]) -> list[dict]:
+    """GPU processes other than this script (it holds a CUDA context once it has run a model locally)."""
+    return [p for p in procs if p["pid"] != os.getpid()]
 
 
 def main() -> None:
@@ -151,7 +156,8 @@ def main() -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(args.torchvision), os.environ.get("PYTHONPATH")) if p)
     flags = ["--max-model-len", "512"] + (["--enforce-eager"] if args.eager and not args.cpu else [])
     t0 = time.time()
-    RESULTS.update(cpu=args.cpu, steps=args.steps, gpus_before=None if args.cpu else gpu_processes())
+    RESULTS.update(cpu=args.cpu, steps=args.steps, pid=os.getpid(),
+                   gpus_before=None if args.cpu else gpu_processes())
     base = args.work / "tiny-vl"
     RESULTS["tiny_model"] = mg("dev", "tiny-model", "--vision", str(base))
     data = messages_dataset(args.work)
@@ -169,7 +175,7 @@ def main() -> None:
     RESULTS["vl_adapter_alone"] = deployment("vl-adapter", ["models:/vl-lora@prod"], 8301, flags, ["vl-lora"],
                                              env, args.out, not args.cpu)
     RESULTS["seconds"] = round(time.time() - t0, 1)
-    RESULTS["gpus_after"] = None if args.cpu else gpu_processes()
+    RESULTS["gpus_after"] = None if args.cpu else others(gpu_processes())
     save(args.out, "results.json", RESULTS)
     log(summary(RESULTS))
 
