@@ -20,7 +20,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 W=${STAGE_DIR:-wheels/serve}
 PART_MIB=${PART_MIB:-48}
-SPECS=${SPECS:-"vllm==0.26.0 mlflow==3.17.2 codecarbon==3.3.2"}
+# trl and datasets: the training half of serve_vision.py and bench_grpo.py
+SPECS=${SPECS:-"vllm==0.26.0 mlflow==3.17.2 codecarbon==3.3.2 trl==1.15.0 datasets==4.8.5"}
 PY312=${PY312:-$(command -v python3.12 || true)}
 [ -x "$PY312" ] || { echo "need a Python 3.12 (set PY312)"; exit 1; }
 mkdir -p "$W/tools"
