@@ -197,16 +197,25 @@ def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tm
     assert "system/carbon" in system  # the section of the carbon charts
 
 
-# The value label of each run's bar in the chart titled by a name starting with each of PREFIXES, once the
-# chart has rendered: MLflow draws a metric logged once (a total) as a bar chart labelled value.toFixed(2).
-# The chart's card is the nearest ancestor of its title holding one plotly chart (its own); the page's
-# charts render when scrolled into view, so the title is scrolled there first.
+# The value label of each run's bar in the chart titled by a name starting with each of PREFIXES (in page
+# order), once the chart has rendered: MLflow draws a metric logged once (a total) as a bar chart labelled
+# value.toFixed(2). The page renders the cards near the screen only, so it is scrolled down, as a person
+# would, until the title shows; the chart's card is the nearest ancestor of its title that holds one plotly
+# chart (its own).
 BAR_LABELS = """(async (prefixes) => {
   const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const find = prefix => [...document.querySelectorAll('body *')].find(
+    e => e.children.length === 0 && (e.innerText || '').trim().startsWith(prefix));
+  const scrollers = () => [...document.querySelectorAll('body *')].filter(
+    e => e.scrollHeight > e.clientHeight + 20 && /(auto|scroll)/.test(getComputedStyle(e).overflowY));
   const out = {};
   for (const prefix of prefixes) {
-    const title = [...document.querySelectorAll('body *')].find(
-      e => e.children.length === 0 && (e.innerText || '').trim().startsWith(prefix));
+    let title = find(prefix);
+    for (let i = 0; i < 200 && !title; i++) {
+      for (const s of scrollers()) s.scrollTop += 250;
+      await sleep(250);
+      title = find(prefix);
+    }
     if (!title) { out[prefix] = null; continue; }
     title.scrollIntoView({block: 'center'});
     let labels = [];
@@ -240,14 +249,14 @@ def test_run_page_shows_a_short_runs_carbon_totals_as_numbers_with_their_unit(ui
     url = run_url(ui["base"], ui["pair"].experiment_id, run_id, "system-metrics")
     prefixes = ["total_emissions_", "total_energy_"]
     with DevToolsPage(tmp_path, url, "carbon-totals") as page:
-        page.wait_until(f"{json.dumps(prefixes)}.every(p => [...document.querySelectorAll('body *')].some("
-                        "e => e.children.length === 0 && (e.innerText || '').trim().startsWith(p)))", 300,
-                        f"charts titled {prefixes}")
-        shown = page.evaluate(f"{BAR_LABELS}({json.dumps(prefixes)})", timeout=150)
+        page.wait_until("['system/carbon', 'cpu_power_w'].every(s => document.body.innerText.includes(s))", 300,
+                        "the carbon section")
+        shown = page.evaluate(f"{BAR_LABELS}({json.dumps(prefixes)})", timeout=240)
         page.screenshot(tmp_path / "carbon-totals.png")
     print("carbon totals shown:", shown)
     units = {"total_emissions_": "mg", "total_energy_": "j"}
     for prefix, unit in units.items():
+        assert shown[prefix], f"no chart titled {prefix}* on the System metrics tab"
         title, labels = shown[prefix]["title"], shown[prefix]["labels"]
         assert labels == [f"{logged['system/carbon/' + title]:.2f}"], (title, labels)  # the run's one bar
         assert float(labels[0]) > 0 and labels[0] != "0.00", (title, labels)
