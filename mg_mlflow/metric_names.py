@@ -197,7 +197,8 @@ def _unit_of(name: str) -> tuple[str, str] | None:
 
 def carbon_names(name: str) -> list[tuple[str, float]]:
     """Carbon figure ``name`` and the same figure in its other units, each with the factor that turns a value
-    under it into ``name``'s unit: ``total_emissions_mg`` -> [(``total_emissions_mg``, 1), (``total_emissions_kg``, 1e6)]."""
+    under it into ``name``'s unit: ``total_emissions_mg`` -> [(``total_emissions_mg``, 1),
+    (``total_emissions_kg``, 1e6)]."""
     out = [(name, 1.0)]
     found = _unit_of(name)
     if found is not None:

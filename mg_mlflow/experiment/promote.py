@@ -1,11 +1,11 @@
 """Move a registry alias to the best *evaluated* version, only when the evidence says so.
 
 A version is a candidate when it was evaluated (``model-garden evaluate``) on the same dataset
-digest as the current holder, and, with a carbon budget, its training emissions (version tag
-``mg.carbon.total_emissions_mg``; ``..._kg`` on versions registered before) fit the budget (in kg). The alias moves to the best candidate only if it
-beats the holder on the metric by more than ``min_improvement`` (direction: the declared one of
-:mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
-decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
+digest as the current holder, and, with a carbon budget (in kg), its training emissions (version tag
+``mg.carbon.total_emissions_mg``; ``..._kg`` on versions registered before) fit the budget. The alias
+moves to the best candidate only if it beats the holder on the metric by more than ``min_improvement``
+(direction: the declared one of :mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy
+and emissions are better lower). Otherwise nothing changes and the decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
 alias, previous holder, metric values, digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for
 the latest move; :func:`history` reads them back.
 """

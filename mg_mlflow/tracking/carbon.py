@@ -207,8 +207,8 @@ class CarbonCallback(TrainerCallback):
                                   max(0.0, seconds - sum(s for _, s in parts.values())))
         out: dict[str, float] = {}
         for name, (kwh, secs) in parts.items():
-            out.update({mn.phase(name, mn.ENERGY_J): kwh * mn.J_PER_KWH, mn.phase(name, mn.EMISSIONS_MG): kwh * mg_per_kwh,
-                        mn.phase(name, mn.DURATION_S): secs})
+            out.update({mn.phase(name, mn.ENERGY_J): kwh * mn.J_PER_KWH,
+                        mn.phase(name, mn.EMISSIONS_MG): kwh * mg_per_kwh, mn.phase(name, mn.DURATION_S): secs})
         if mn.GENERATION in parts:
             kwh, secs = parts[mn.GENERATION]
             out[mn.carbon(mn.GENERATION_SHARE_TIME)] = secs / seconds if seconds > 0 else 0.0
