@@ -5,9 +5,10 @@ digest as the current holder, and, with a carbon budget (in kg), its training em
 ``mg.carbon.total_emissions_mg``; ``..._kg`` on versions registered before) fit the budget. The alias
 moves to the best candidate only if it beats the holder on the metric by more than ``min_improvement``
 (direction: the declared one of :mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy
-and emissions are better lower). Otherwise nothing changes and the decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
-alias, previous holder, metric values, digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for
-the latest move; :func:`history` reads them back.
+and emissions are better lower). Otherwise nothing changes and the decision says why. Each move is
+recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON: alias, previous holder, metric values,
+digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for the latest move; :func:`history` reads
+them back.
 """
 
 from __future__ import annotations
