@@ -5,13 +5,14 @@ Energy and CO2 figures live under ``system/carbon/``: MLflow's run page shows me
 evaluation charts instead of ~15 carbon charts. Runs logged before this layout carry the same figures
 under ``carbon/``: :func:`carbon_value` reads either.
 
-Carbon figures are logged in milligrams of CO2eq (``*_mg``, ``mg_per_1k_*``) and joules (``*_j``); power stays
-W, intensity g/kWh. MLflow's run page shows a figure logged once (a total) as a bar labelled with
-``value.toFixed(2)`` and no unit formatter (MLflow 3.17's ``RunsChartsBarChart``), so a total in kg or kWh of a
-short run (4.4e-06 kg, 1e-05 kWh) reads "0.00"; in mg and J it reads 4.40 and 36.00, and a run of hours on
-GPUs (tens of kg, ~1e8 J) still reads as a plain number. Runs logged before carry the figures in kg and kWh
-(``emissions_kg``, ``energy_kwh``): :func:`carbon_value` converts between the units of a figure, so a reader
-asks for the unit it computes in and gets it from either run.
+Carbon figures are logged in milligrams of CO2eq (``*_mg``, ``mg_per_1k_*``) and joules (``*_j``); power
+stays W, intensity g/kWh. MLflow's run page draws a metric logged once (a total) as a bar labelled
+``value.toFixed(2)`` with no unit formatter (MLflow 3.17's ``RunsMetricsBarPlot``; its per-metric formatter
+table is empty), so a total in kg or kWh of a short run (4.4e-06 kg, 1e-05 kWh) reads "0.00"; in mg and J it
+reads 4.40 and 36.00, and a run of hours on GPUs (tens of kg, ~1e8 J) still reads as a plain number. Runs
+logged before carry the figures in kg and kWh (``emissions_kg``, ``energy_kwh``): :func:`carbon_value`
+converts between the units of a figure, so a reader asks for the unit it computes in and gets it from
+either run.
 
 The trainer's own figures carry the prefixes of transformers' W&B integration (``WandbCallback``'s
 ``rewrite_logs``): ``eval_<x>`` is logged as ``eval/<x>``, anything else as ``train/<x>`` (TRL's
