@@ -5,6 +5,15 @@ Energy and CO2 figures live under ``system/carbon/``: MLflow's run page shows me
 evaluation charts instead of ~15 carbon charts. Runs logged before this layout carry the same figures
 under ``carbon/``: :func:`carbon_value` reads either.
 
+Carbon figures are logged in milligrams of CO2eq (``*_mg``, ``mg_per_1k_*``) and joules (``*_j``); power
+stays W, intensity g/kWh. MLflow's run page draws a metric logged once (a total) as a bar labelled
+``value.toFixed(2)`` with no unit formatter (MLflow 3.17's ``RunsMetricsBarPlot``; its per-metric formatter
+table is empty), so a total in kg or kWh of a short run (4.4e-06 kg, 1e-05 kWh) reads "0.00"; in mg and J it
+reads 4.40 and 36.00, and a run of hours on GPUs (tens of kg, ~1e8 J) still reads as a plain number. Runs
+logged before carry the figures in kg and kWh (``emissions_kg``, ``energy_kwh``): :func:`carbon_value`
+converts between the units of a figure, so a reader asks for the unit it computes in and gets it from
+either run.
+
 The trainer's own figures carry the prefixes of transformers' W&B integration (``WandbCallback``'s
 ``rewrite_logs``): ``eval_<x>`` is logged as ``eval/<x>``, anything else as ``train/<x>`` (TRL's
 ``rewards/chosen`` as ``train/rewards/chosen``). MLflow's run page lists prefixed sections before
@@ -24,27 +33,42 @@ CARBON_PREFIX = "system/carbon/"
 LEGACY_CARBON_PREFIX = "carbon/"
 
 # Training: per step (cumulative) and at the end (totals); evaluation and serving runs use the same names.
-EMISSIONS_KG = "emissions_kg"
-ENERGY_KWH = "energy_kwh"
-TOTAL_EMISSIONS_KG = "total_emissions_kg"
-TOTAL_ENERGY_KWH = "total_energy_kwh"
+EMISSIONS_MG = "emissions_mg"
+ENERGY_J = "energy_j"
+TOTAL_EMISSIONS_MG = "total_emissions_mg"
+TOTAL_ENERGY_J = "total_energy_j"
 DURATION_S = "duration_s"
 ESTIMATED = "estimated"
 INTENSITY_G_PER_KWH = "intensity_g_per_kwh"
 EMISSIONS_RATE_G_PER_H = "emissions_rate_g_per_h"
-KG_PER_1K_TOKENS = "kg_per_1k_tokens"
-KG_PER_1K_GENERATED_TOKENS = "kg_per_1k_generated_tokens"
+MG_PER_1K_TOKENS = "mg_per_1k_tokens"
+MG_PER_1K_GENERATED_TOKENS = "mg_per_1k_generated_tokens"
+# The same figures in kg and kWh: the names runs logged before carry, and what a reader that computes in kg
+# (budgets, the compare and carbon-report rows) asks :func:`carbon_value` for.
+EMISSIONS_KG = "emissions_kg"
+ENERGY_KWH = "energy_kwh"
+TOTAL_EMISSIONS_KG = "total_emissions_kg"
+TOTAL_ENERGY_KWH = "total_energy_kwh"
+# A sweep's parent run: its finished trials' summed training figures
+SWEEP_TOTAL_EMISSIONS = "sweep/total_emissions_mg"
+SWEEP_TOTAL_ENERGY = "sweep/total_energy_j"
+# Registered versions carry a run's carbon totals as tags ``mg.carbon.<name>`` (e.g. ``mg.carbon.total_emissions_mg``)
+CARBON_TAG_PREFIX = "mg.carbon."
 
-# A training window split by phase (GRPO): ``system/carbon/<phase>/<name>`` with name ENERGY_KWH, EMISSIONS_KG or
+# A training window split by phase (GRPO): ``system/carbon/<phase>/<name>`` with name ENERGY_J, EMISSIONS_MG or
 # DURATION_S. Generation is read off the run's one tracker at the start and end of every generation call;
 # optimisation is the rest of the window, so the two add up to the run's totals.
 GENERATION = "generation"
 OPTIMISATION = "optimisation"
 PHASES = (GENERATION, OPTIMISATION)
-PHASE_FIGURES = (ENERGY_KWH, EMISSIONS_KG, DURATION_S)
+PHASE_FIGURES = (ENERGY_J, EMISSIONS_MG, DURATION_S)
 GENERATION_SHARE_TIME = "generation_share_time"      # generation seconds / tracked seconds
-GENERATION_SHARE_ENERGY = "generation_share_energy"  # generation kWh / tracked kWh
+GENERATION_SHARE_ENERGY = "generation_share_energy"  # generation energy / tracked energy
 
+MG_PER_KG = 1e6
+J_PER_KWH = 3.6e6
+# unit -> (quantity, its size in the quantity's reference unit)
+_UNITS = {"mg": ("mass", 1e-6), "kg": ("mass", 1.0), "j": ("energy", 1.0), "kwh": ("energy", J_PER_KWH)}
 
 TRAIN = "train/"
 EVAL = "eval/"
@@ -123,7 +147,7 @@ def canonical(metric: str) -> str:
 
 
 def carbon(name: str) -> str:
-    """The MLflow metric key of carbon figure ``name`` (e.g. ``total_emissions_kg``)."""
+    """The MLflow metric key of carbon figure ``name`` (e.g. ``total_emissions_mg``)."""
     return CARBON_PREFIX + name
 
 
@@ -133,13 +157,23 @@ def power(part: str) -> str:
 
 
 def total_energy(part: str) -> str:
-    """Energy of ``part`` (cpu, gpu, ram) over the whole run, in kWh."""
-    return carbon(f"total_{part}_energy_kwh")
+    """Energy of ``part`` (cpu, gpu, ram) over the whole run, in J."""
+    return carbon(total_energy_name(part))
+
+
+def total_energy_name(part: str, unit: str = "j") -> str:
+    """``total_cpu_energy_j``: the carbon figure name of ``part``'s energy (``unit`` kwh: the older name)."""
+    return f"total_{part}_energy_{unit}"
+
+
+def phase_name(part: str, name: str) -> str:
+    """``generation/energy_j``: carbon figure ``name`` of phase ``part`` (generation, optimisation)."""
+    return f"{part}/{name}"
 
 
 def phase(part: str, name: str) -> str:
-    """Carbon figure ``name`` of phase ``part`` (generation, optimisation): ``system/carbon/generation/energy_kwh``."""
-    return carbon(f"{part}/{name}")
+    """The key of carbon figure ``name`` of phase ``part``: ``system/carbon/generation/energy_j``."""
+    return carbon(phase_name(part, name))
 
 
 def is_carbon(key: str) -> bool:
@@ -147,12 +181,50 @@ def is_carbon(key: str) -> bool:
 
 
 def carbon_name(key: str) -> str:
-    """``total_emissions_kg`` for ``system/carbon/total_emissions_kg`` (or the older ``carbon/...``)."""
+    """``total_emissions_mg`` for ``system/carbon/total_emissions_mg`` (or the older ``carbon/...``)."""
     return key.removeprefix(CARBON_PREFIX).removeprefix(LEGACY_CARBON_PREFIX)
 
 
-def carbon_value(metrics: dict, name: str, default=None):
-    """Carbon figure ``name`` of a run's metrics, under its key or the older ``carbon/`` one."""
-    if carbon(name) in metrics:
-        return metrics[carbon(name)]
-    return metrics.get(LEGACY_CARBON_PREFIX + name, default)
+def _unit_of(name: str) -> tuple[str, str] | None:
+    """(a template with ``{}`` for the unit, the unit) of a figure name in mg/kg/J/kWh, else None:
+    ``total_emissions_mg`` -> (``total_emissions_{}``, mg), ``mg_per_1k_tokens`` -> (``{}_per_1k_tokens``, mg).
+    A rate (``intensity_g_per_kwh``) is none: its unit is a ratio."""
+    first, per, rest = name.partition("_per_")
+    if per:
+        return (f"{{}}_per_{rest}", first) if first in _UNITS else None
+    head, _, last = name.rpartition("_")
+    return (f"{head}_{{}}", last) if head and last in _UNITS else None
+
+
+def carbon_names(name: str) -> list[tuple[str, float]]:
+    """Carbon figure ``name`` and the same figure in its other units, each with the factor that turns a value
+    under it into ``name``'s unit: ``total_emissions_mg`` -> [(``total_emissions_mg``, 1),
+    (``total_emissions_kg``, 1e6)]."""
+    out = [(name, 1.0)]
+    found = _unit_of(name)
+    if found is not None:
+        template, unit = found
+        quantity, size = _UNITS[unit]
+        out += [(template.format(other), other_size / size) for other, (q, other_size) in _UNITS.items()
+                if q == quantity and other != unit]
+    return out
+
+
+def carbon_key(keys, name: str, prefixes: tuple[str, ...] = (CARBON_PREFIX, LEGACY_CARBON_PREFIX)
+               ) -> tuple[str, float] | None:
+    """(the key among ``keys`` that holds carbon figure ``name``, the factor into ``name``'s unit), trying
+    ``name`` under each prefix first, then the same figure in its other units; None when none is there."""
+    for candidate, factor in carbon_names(name):
+        for prefix in prefixes:
+            if prefix + candidate in keys:
+                return prefix + candidate, factor
+    return None
+
+
+def carbon_value(metrics: dict, name: str, default=None,
+                 prefixes: tuple[str, ...] = (CARBON_PREFIX, LEGACY_CARBON_PREFIX)):
+    """Carbon figure ``name`` of a run's metrics in ``name``'s unit, whichever prefix (``system/carbon/``,
+    the older ``carbon/``) and unit (mg or kg, J or kWh) the run logged it under. ``prefixes``: other
+    places, e.g. a version's tags (:data:`CARBON_TAG_PREFIX`; their values are parsed as numbers)."""
+    found = carbon_key(metrics, name, prefixes)
+    return default if found is None else float(metrics[found[0]]) * found[1]

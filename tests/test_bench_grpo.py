@@ -93,5 +93,5 @@ def test_cpu_smoke_times_both_sides_with_the_same_meter(tmp_path):
         assert r["gen_s_per_step"] + r["opt_s_per_step"] == pytest.approx(r["s_per_step"], rel=1e-9)
     mg = rows["mg-hf-grpo"]
     assert mg["mg_generation_resolved"] == "generate" and mg["run_status"] == "FINISHED"
-    assert mg["carbon"]["system/carbon/generation/energy_kwh"] > 0
+    assert mg["carbon"]["system/carbon/generation/energy_j"] > 0
     assert "mg/bare completions/s" in (tmp_path / "out" / "results.md").read_text()

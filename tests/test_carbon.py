@@ -29,7 +29,7 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
     client = _client()
 
     # >= 2 points at increasing steps, cumulative figures never go down
-    for key in ("system/carbon/emissions_kg", "system/carbon/energy_kwh"):
+    for key in ("system/carbon/emissions_mg", "system/carbon/energy_j"):
         history = sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.timestamp)
         steps = [m.step for m in history]
         values = [m.value for m in history]
@@ -43,17 +43,21 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
     run = client.get_run(result.run_id)
     assert run.data.metrics["system/carbon/cpu_power_w"] > 0 and run.data.metrics["system/carbon/gpu_power_w"] == 0
 
-    # totals are codecarbon's own last CSV record
+    # totals are codecarbon's own last CSV record (kg, kWh), logged in mg and J
     csv_path = client.download_artifacts(result.run_id, "carbon/emissions.csv", str(tmp_path))
     record = boamps.record_from_csv(csv_path)
     m = run.data.metrics
-    assert m["system/carbon/total_emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)
-    assert m["system/carbon/total_energy_kwh"] == pytest.approx(record["energy_consumed"], rel=1e-9)
+    assert not [k for k in m if k.endswith("_kg") or "kg_per" in k or k.endswith("_energy_kwh")], sorted(m)
+    assert m["system/carbon/total_emissions_mg"] == pytest.approx(record["emissions"] * 1e6, rel=1e-9)
+    assert m["system/carbon/total_energy_j"] == pytest.approx(record["energy_consumed"] * 3.6e6, rel=1e-9)
+    # a run of seconds on CPU: the totals read as plain numbers with two decimals (MLflow's bar label)
+    assert f"{m['system/carbon/total_emissions_mg']:.2f}" != "0.00" and f"{m['system/carbon/total_energy_j']:.2f}" != "0.00"
     assert m["system/carbon/duration_s"] == pytest.approx(record["duration"], rel=1e-9)
-    assert m["system/carbon/emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)  # last point = total
-    assert m["system/carbon/total_cpu_energy_kwh"] + m["system/carbon/total_ram_energy_kwh"] == pytest.approx(
-        record["energy_consumed"], rel=1e-6)
-    assert m["system/carbon/kg_per_1k_tokens"] == pytest.approx(record["emissions"] / m["trained_tokens"] * 1000, rel=1e-6)
+    assert m["system/carbon/emissions_mg"] == pytest.approx(record["emissions"] * 1e6, rel=1e-9)  # last point = total
+    assert m["system/carbon/total_cpu_energy_j"] + m["system/carbon/total_ram_energy_j"] == pytest.approx(
+        record["energy_consumed"] * 3.6e6, rel=1e-6)
+    assert m["system/carbon/mg_per_1k_tokens"] == pytest.approx(
+        record["emissions"] * 1e6 / m["trained_tokens"] * 1000, rel=1e-6)
     assert m["system/carbon/intensity_g_per_kwh"] == pytest.approx(record["emissions"] / record["energy_consumed"] * 1000)
     assert record["country_iso_code"] == "FRA"
 
@@ -64,9 +68,9 @@ def test_training_logs_carbon_points_totals_and_version_tags(mg_home, tiny_model
 
     # the registry page shows the footprint
     mv = client.get_model_version("tiny-carbon", result.registered_version)
-    assert float(mv.tags["mg.carbon.total_emissions_kg"]) == pytest.approx(record["emissions"], rel=1e-9)
-    assert float(mv.tags["mg.carbon.total_energy_kwh"]) == pytest.approx(record["energy_consumed"], rel=1e-9)
-    assert float(mv.tags["mg.carbon.duration_s"]) > 0 and float(mv.tags["mg.carbon.kg_per_1k_tokens"]) > 0
+    assert float(mv.tags["mg.carbon.total_emissions_mg"]) == pytest.approx(record["emissions"] * 1e6, rel=1e-9)
+    assert float(mv.tags["mg.carbon.total_energy_j"]) == pytest.approx(record["energy_consumed"] * 3.6e6, rel=1e-9)
+    assert float(mv.tags["mg.carbon.duration_s"]) > 0 and float(mv.tags["mg.carbon.mg_per_1k_tokens"]) > 0
     assert mv.tags["mg.carbon.estimated"] == "1.0"
 
     # the BoAmps-style report: every figure labelled, estimates marked
@@ -149,10 +153,10 @@ def test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged(mg_home, 
     said = [w for w in caught if "carbon tracking stopped" in str(w.message)]
     assert len(said) == 1 and "power sensor disappeared" in str(said[0].message)
     client = _client()
-    history = client.get_metric_history(run.info.run_id, "system/carbon/emissions_kg")
+    history = client.get_metric_history(run.info.run_id, "system/carbon/emissions_mg")
     assert [m.step for m in history] == [4]  # the point before the failure stays
     totals = callback.totals()
-    assert totals["system/carbon/total_emissions_kg"] == pytest.approx(history[0].value)
+    assert totals["system/carbon/total_emissions_mg"] == pytest.approx(history[0].value)
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["mg.carbon.status"].startswith("failed: codecarbon flush failed")
 

@@ -39,10 +39,10 @@ def test_a_phase_gets_its_own_time_and_energy_and_the_rest_adds_up_to_the_totals
     totals = cb.totals()
 
     gen, opt = (lambda name, p=p: totals[mn.phase(p, name)] for p in mn.PHASES)
-    assert gen(mn.ENERGY_KWH) > 0 and opt(mn.ENERGY_KWH) > 0
-    assert gen(mn.ENERGY_KWH) + opt(mn.ENERGY_KWH) == pytest.approx(totals[mn.carbon(mn.TOTAL_ENERGY_KWH)], rel=1e-9)
-    assert gen(mn.EMISSIONS_KG) + opt(mn.EMISSIONS_KG) == pytest.approx(
-        totals[mn.carbon(mn.TOTAL_EMISSIONS_KG)], rel=1e-9)
+    assert gen(mn.ENERGY_J) > 0 and opt(mn.ENERGY_J) > 0
+    assert gen(mn.ENERGY_J) + opt(mn.ENERGY_J) == pytest.approx(totals[mn.carbon(mn.TOTAL_ENERGY_J)], rel=1e-9)
+    assert gen(mn.EMISSIONS_MG) + opt(mn.EMISSIONS_MG) == pytest.approx(
+        totals[mn.carbon(mn.TOTAL_EMISSIONS_MG)], rel=1e-9)
     assert gen(mn.DURATION_S) + opt(mn.DURATION_S) == pytest.approx(totals[mn.carbon(mn.DURATION_S)], rel=1e-9)
     # the phase's seconds are the time inside it, within the reading's cost (~0.2 ms a reading here)
     assert gen(mn.DURATION_S) == pytest.approx(timed, abs=0.02)
@@ -64,7 +64,23 @@ def test_no_phase_no_split(tmp_path):
     assert totals and not any("/generation" in k or "/optimisation" in k or "share" in k for k in totals)
 
 
-def test_carbon_report_and_compare_show_the_split(mg_home):
+def _logged(figures: dict[str, float], units: str) -> dict[str, float]:
+    """Carbon figures given in kg and kWh as a run logs them: ``mg/J`` now, ``kg/kWh`` before, ``legacy``
+    (kg/kWh under ``carbon/``) before that."""
+    if units != "mg/J":
+        prefix = mn.LEGACY_CARBON_PREFIX if units == "legacy" else mn.CARBON_PREFIX
+        return {prefix + k: v for k, v in figures.items()}
+    new = {"_kg": ("_mg", mn.MG_PER_KG), "_kwh": ("_j", mn.J_PER_KWH)}
+    out = {}
+    for k, v in figures.items():
+        suffix = next((s for s in new if k.endswith(s)), None)
+        out[mn.carbon(k.removesuffix(suffix) + new[suffix][0] if suffix else k)] = v * (new[suffix][1] if suffix else 1)
+    return out
+
+
+@pytest.mark.parametrize("units", ["mg/J", "kg/kWh", "legacy"])
+def test_carbon_report_and_compare_show_the_split(mg_home, units):
+    """Runs logged in mg and J, and runs logged before in kg and kWh (under either prefix), read the same."""
     import mlflow
     from rich.console import Console
 
@@ -73,13 +89,17 @@ def test_carbon_report_and_compare_show_the_split(mg_home):
     from mg_mlflow.tracking import report
 
     mlflow.set_experiment("model-garden")
-    metrics = {mn.carbon(mn.TOTAL_EMISSIONS_KG): 0.004, mn.carbon(mn.TOTAL_ENERGY_KWH): 0.08,
-               mn.carbon(mn.DURATION_S): 100.0,
-               mn.phase(mn.GENERATION, mn.EMISSIONS_KG): 0.003, mn.phase(mn.GENERATION, mn.ENERGY_KWH): 0.06,
-               mn.phase(mn.GENERATION, mn.DURATION_S): 70.0,
-               mn.phase(mn.OPTIMISATION, mn.EMISSIONS_KG): 0.001, mn.phase(mn.OPTIMISATION, mn.ENERGY_KWH): 0.02,
-               mn.phase(mn.OPTIMISATION, mn.DURATION_S): 30.0,
-               mn.carbon(mn.GENERATION_SHARE_TIME): 0.7, mn.carbon(mn.GENERATION_SHARE_ENERGY): 0.75}
+    metrics = _logged({mn.TOTAL_EMISSIONS_KG: 0.004, mn.TOTAL_ENERGY_KWH: 0.08, mn.DURATION_S: 100.0,
+                       mn.phase_name(mn.GENERATION, mn.EMISSIONS_KG): 0.003,
+                       mn.phase_name(mn.GENERATION, mn.ENERGY_KWH): 0.06,
+                       mn.phase_name(mn.GENERATION, mn.DURATION_S): 70.0,
+                       mn.phase_name(mn.OPTIMISATION, mn.EMISSIONS_KG): 0.001,
+                       mn.phase_name(mn.OPTIMISATION, mn.ENERGY_KWH): 0.02,
+                       mn.phase_name(mn.OPTIMISATION, mn.DURATION_S): 30.0,
+                       mn.GENERATION_SHARE_TIME: 0.7, mn.GENERATION_SHARE_ENERGY: 0.75}, units)
+    if units == "mg/J":
+        assert metrics[mn.carbon(mn.TOTAL_EMISSIONS_MG)] == pytest.approx(4000.0)
+        assert metrics[mn.phase(mn.GENERATION, mn.ENERGY_J)] == pytest.approx(216000.0)
     with mlflow.start_run(run_name="grpo-run") as grpo:
         mlflow.log_metrics(metrics)
         mlflow.set_tags({"mg.carbon.estimated": "true", "mg.carbon.phases": "generation: read at each call"})
@@ -90,8 +110,9 @@ def test_carbon_report_and_compare_show_the_split(mg_home):
     data = report.collect("model-garden")
     rows = {r["name"]: r for r in data["runs"]}
     assert rows["sft-run"]["phases"] is None
-    assert rows["grpo-run"]["phases"][mn.GENERATION] == {mn.ENERGY_KWH: 0.06, mn.EMISSIONS_KG: 0.003,
-                                                         mn.DURATION_S: 70.0}
+    assert rows["grpo-run"]["phases"][mn.GENERATION] == pytest.approx({mn.ENERGY_KWH: 0.06, mn.EMISSIONS_KG: 0.003,
+                                                                       mn.DURATION_S: 70.0})
+    assert rows["grpo-run"]["emissions_kg"] == pytest.approx(0.004) and rows["grpo-run"]["energy_kwh"] == pytest.approx(0.08)
     assert rows["grpo-run"]["generation_share_energy"] == 0.75
     console = Console(record=True, width=200)
     report.print_tables(data, console)
@@ -105,6 +126,7 @@ def test_carbon_report_and_compare_show_the_split(mg_home):
     groups = dict(grouped_rows(cmp))
     carbon = {row[0]: row[1:] for row in next(v for k, v in groups.items() if k.startswith("carbon"))}
     assert carbon["generation gCO2eq"] == ["3", ""] and carbon["optimisation gCO2eq"] == ["1", ""]
+    assert carbon["training gCO2eq"] == ["4", "4"] and carbon["training energy Wh"] == ["80", "80"]
     assert carbon["generation share of energy"] == ["0.75", ""]
 
 
@@ -131,5 +153,5 @@ def test_a_tracker_that_cannot_be_read_at_a_boundary_keeps_its_totals_without_a_
         _busy(0.05)
     cb.on_train_end(None, state, None)
     totals = cb.totals()
-    assert totals[mn.carbon(mn.TOTAL_ENERGY_KWH)] > 0 and len(calls) >= 1
+    assert totals[mn.carbon(mn.TOTAL_ENERGY_J)] > 0 and len(calls) >= 1
     assert not any("/generation" in k or "/optimisation" in k for k in totals)

@@ -104,7 +104,7 @@ def served(trained, tmp_path_factory):
                                         fake.pid, interval_s=1.0, country="FRA", log_path=tmp / "monitor.log",
                                         run_id_file=tmp / "run_id")
         assert monitor is not None
-        run_id = _wait_points(_client(), tmp / "run_id", "system/carbon/emissions_kg", 3)
+        run_id = _wait_points(_client(), tmp / "run_id", "system/carbon/emissions_mg", 3)
         stop_file.write_text("stop")
         scrapes = int(fake.stdout.readline())
         fake.wait(timeout=30)
@@ -130,7 +130,7 @@ def test_monitor_follows_the_served_process_until_it_exits(served, trained, tmp_
     assert tags["mg.serving.end_reason"] == "served process exited"
     assert client.get_experiment(run.info.experiment_id).name == "model-garden-serving"
 
-    history = sorted(client.get_metric_history(served["run_id"], "system/carbon/emissions_kg"), key=lambda p: p.step)
+    history = sorted(client.get_metric_history(served["run_id"], "system/carbon/emissions_mg"), key=lambda p: p.step)
     assert len(history) >= 3 and [p.step for p in history] == sorted({p.step for p in history})
     assert all(b.value >= a.value for a, b in zip(history, history[1:])) and history[-1].value > 0
     # counters: summed over label sets, equal to what the server served on its last answered scrape
@@ -138,10 +138,10 @@ def test_monitor_follows_the_served_process_until_it_exits(served, trained, tmp_
     assert m["serving/total_generated_tokens"] == 100.0 * n
     assert m["serving/total_requests"] == 3.0 * n and m["serving/total_prompt_tokens"] == 50.0 * n
     assert m["serving/endpoint_up"] == 0.0  # the last scrape found the server gone
-    assert m["system/carbon/kg_per_1k_generated_tokens"] == pytest.approx(
-        m["system/carbon/total_emissions_kg"] / m["serving/total_generated_tokens"] * 1000, rel=1e-9)
+    assert m["system/carbon/mg_per_1k_generated_tokens"] == pytest.approx(
+        m["system/carbon/total_emissions_mg"] / m["serving/total_generated_tokens"] * 1000, rel=1e-9)
     record = boamps.record_from_csv(client.download_artifacts(served["run_id"], "carbon/emissions.csv", str(tmp_path)))
-    assert m["system/carbon/total_emissions_kg"] == pytest.approx(record["emissions"], rel=1e-9)
+    assert m["system/carbon/total_emissions_mg"] == pytest.approx(record["emissions"] * 1e6, rel=1e-9)
     report = json.loads(Path(client.download_artifacts(served["run_id"], "carbon/boamps_report.json",
                                                        str(tmp_path))).read_text())
     assert report["task"]["taskStage"] == "inference" and report["task"]["nbRequest"] == 3.0 * n
@@ -161,7 +161,7 @@ def test_monitor_ends_on_sigterm_and_tolerates_a_missing_endpoint(module_home, t
         monitor = start_serving_monitor(deployment, "http://127.0.0.1:9/metrics", sleeper.pid, interval_s=1.0,
                                         log_path=tmp_path / "m.log", run_id_file=tmp_path / "run_id")
         client = _client()
-        run_id = _wait_points(client, tmp_path / "run_id", "system/carbon/energy_kwh", 2)
+        run_id = _wait_points(client, tmp_path / "run_id", "system/carbon/energy_j", 2)
         monitor.send_signal(signal.SIGTERM)
         assert monitor.wait(timeout=60) == 0, (tmp_path / "m.log").read_text()
         assert sleeper.poll() is None  # the monitor never touches the served process
@@ -174,7 +174,7 @@ def test_monitor_ends_on_sigterm_and_tolerates_a_missing_endpoint(module_home, t
     assert run.info.status == "FINISHED" and run.data.tags["mg.serving.end_reason"] == "monitor got SIGTERM"
     m = run.data.metrics
     assert m["serving/endpoint_up"] == 0.0 and m["serving/total_generated_tokens"] == 0.0
-    assert m["system/carbon/total_energy_kwh"] > 0 and "system/carbon/kg_per_1k_generated_tokens" not in m
+    assert m["system/carbon/total_energy_j"] > 0 and "system/carbon/mg_per_1k_generated_tokens" not in m
 
 
 def test_prometheus_text_is_summed_over_labels():
@@ -207,8 +207,9 @@ def test_carbon_report_renders_in_every_format(served, trained, tmp_path):
     serve_m = client.get_run(served["run_id"]).data.metrics
     (version,) = data["versions"]
     assert version["training_runs"] == [trained.run_id] and version["serving_runs"] == [served["run_id"]]
-    assert version["training_emissions_kg"] == pytest.approx(train_m["system/carbon/total_emissions_kg"])
-    assert version["serving_emissions_kg"] == pytest.approx(serve_m["system/carbon/total_emissions_kg"])
+    # the report's JSON is in kg, the runs' metrics in mg
+    assert version["training_emissions_kg"] == pytest.approx(train_m["system/carbon/total_emissions_mg"] / 1e6)
+    assert version["serving_emissions_kg"] == pytest.approx(serve_m["system/carbon/total_emissions_mg"] / 1e6)
     assert version["total_emissions_kg"] == pytest.approx(version["training_emissions_kg"] + version["serving_emissions_kg"])
     assert version["generated_tokens"] == serve_m["serving/total_generated_tokens"] and version["estimated"] is True
     assert {r["kind"] for r in data["runs"]} == {"training", "serving"}
@@ -221,7 +222,7 @@ def test_carbon_report_renders_in_every_format(served, trained, tmp_path):
     assert set(by_stage) == {"training", "inference"}
     assert by_stage["training"]["header"]["reportId"] == trained.run_id
     assert by_stage["training"]["modelGarden"]["emissionsKgCO2eq"]["value"] == pytest.approx(
-        train_m["system/carbon/total_emissions_kg"], rel=1e-9)
+        train_m["system/carbon/total_emissions_mg"] / 1e6, rel=1e-9)
     assert by_stage["inference"]["modelGarden"]["energyKWh"]["cpu"]["estimated"] is True
 
     missing = run_cli(["carbon", "report", "--experiment", "no-such-experiment"])

@@ -102,7 +102,7 @@ def test_local_evaluation_is_recorded_on_the_model(local_eval, trained_merged, u
     assert m["eval/examples"] == N and 0 <= m["eval/exact_match"] <= 1 and 0 <= m["eval/token_f1"] <= 1
     assert 0 < m["eval/loss"] < 20 and m["eval/perplexity"] == pytest.approx(math.exp(m["eval/loss"]), rel=1e-6)
     assert 0 <= m["eval/bleu"] <= 100 and 0 <= m["eval/chrf"] <= 100 and 0 <= m["eval/rougeL"] <= 1
-    assert m["system/carbon/total_energy_kwh"] > 0 and m["system/carbon/duration_s"] > 0
+    assert m["system/carbon/total_energy_j"] > 0 and m["system/carbon/duration_s"] > 0
     report = json.loads(Path(mlflow.artifacts.download_artifacts(
         run_id=run.info.run_id, artifact_path="carbon/boamps_report.json")).read_text())
     assert report["task"]["taskStage"] == "inference"
@@ -268,4 +268,4 @@ def test_mlflow_run_evaluate_entry_point(uri, held):
     (run,) = client.search_runs([client.get_experiment_by_name("eval-project").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.project.entryPoint"] == "evaluate"
     assert run.data.tags["mg.run_kind"] == "evaluation" and run.data.metrics["eval/examples"] == 5
-    assert run.data.params["eval.max_new_tokens"] == "4" and "system/carbon/total_energy_kwh" not in run.data.metrics
+    assert run.data.params["eval.max_new_tokens"] == "4" and "system/carbon/total_energy_j" not in run.data.metrics

@@ -85,3 +85,65 @@ def test_sweep_metric_named_the_old_way_means_the_new_name(mg_home, metric, tiny
     validate(spec)
     assert spec.metric == "eval/loss_final"
     assert ("metric" in spec.chosen) == (metric == "eval_loss_final")  # printed once with the chosen defaults
+
+
+def test_carbon_figures_convert_between_their_units():
+    """Runs log mg and J; runs logged before carry kg and kWh (under ``system/carbon/`` or ``carbon/``):
+    a reader asks for the unit it computes in and gets it from either."""
+    import mg_mlflow.metric_names as mn
+
+    old = {"system/carbon/total_emissions_kg": 4.4e-6, "carbon/total_energy_kwh": 1e-5,
+           "carbon/generation/energy_kwh": 2e-6, "system/carbon/kg_per_1k_generated_tokens": 3e-7,
+           "system/carbon/intensity_g_per_kwh": 440.0}
+    assert mn.carbon_value(old, mn.TOTAL_EMISSIONS_MG) == pytest.approx(4.4)
+    assert mn.carbon_value(old, mn.TOTAL_ENERGY_J) == pytest.approx(36.0)
+    assert mn.carbon_value(old, mn.phase_name(mn.GENERATION, mn.ENERGY_J)) == pytest.approx(7.2)
+    assert mn.carbon_value(old, mn.MG_PER_1K_GENERATED_TOKENS) == pytest.approx(0.3)
+    assert mn.carbon_value(old, mn.INTENSITY_G_PER_KWH) == 440.0  # a rate keeps its unit
+    new = {"system/carbon/total_emissions_mg": 4.4, "system/carbon/total_cpu_energy_j": 36.0}
+    assert mn.carbon_value(new, mn.TOTAL_EMISSIONS_KG) == pytest.approx(4.4e-6)
+    assert mn.carbon_value(new, mn.total_energy_name("cpu", "kwh")) == pytest.approx(1e-5)
+    assert mn.carbon_value(new, mn.TOTAL_ENERGY_J, "none") == "none"
+    # the same figure under both names (never logged so): the name asked for wins
+    assert mn.carbon_value({**new, "system/carbon/total_emissions_kg": 1.0}, mn.TOTAL_EMISSIONS_MG) == 4.4
+    tags = {"mg.carbon.total_emissions_kg": "4.4e-06"}  # a version registered before
+    assert mn.carbon_value(tags, mn.TOTAL_EMISSIONS_MG, prefixes=(mn.CARBON_TAG_PREFIX,)) == pytest.approx(4.4)
+
+
+def test_runs_logged_in_kg_and_kwh_read_in_the_new_units(mg_home):
+    """``runs show`` prints the mg and J figures of an older run; compare, the carbon report and a resume
+    read its kg and kWh converted."""
+    from mlflow.tracking import MlflowClient
+
+    from mg_mlflow.experiment.compare import collect
+    from mg_mlflow.tracking import report
+    from mg_mlflow.tracking.run import ensure_experiment
+    from mg_mlflow.training.resume import earlier_segment
+
+    client = MlflowClient()
+    exp = ensure_experiment("model-garden")
+    ids = {}
+    for prefix in ("carbon/", "system/carbon/"):
+        run = client.create_run(exp, tags={"mg.run_kind": "training"}, run_name=prefix)
+        for step, kg in ((5, 2.2e-6), (10, 4.4e-6)):
+            client.log_metric(run.info.run_id, prefix + "emissions_kg", kg, step=step)
+            client.log_metric(run.info.run_id, prefix + "energy_kwh", kg / 0.44, step=step)
+        client.log_metric(run.info.run_id, "train/loss", 1.0, step=10)
+        ids[prefix] = run.info.run_id
+    for run_id in ids.values():
+        # a resumed run logs mg and J: it continues from the earlier segment's figures, converted
+        assert earlier_segment(run_id).carbon == {"system/carbon/emissions_mg": pytest.approx(4.4),
+                                                   "system/carbon/energy_j": pytest.approx(36.0)}
+        client.log_metric(run_id, ("carbon/" if run_id == ids["carbon/"] else "system/carbon/") + "total_emissions_kg",
+                          4.4e-6)
+        client.set_terminated(run_id)
+        shown = invoke_cli(["runs", "show", run_id])
+        assert shown.returncode == 0, shown.stdout
+        line = next(x for x in shown.stdout.splitlines() if "emissions_mg" in x)
+        assert "system/carbon/emissions_mg" in line and "4.4" in line, shown.stdout
+        assert any("system/carbon/energy_j" in x and "36" in x for x in shown.stdout.splitlines()), shown.stdout
+    rows = collect(list(ids.values()))["runs"]
+    assert [r["emissions_kg"] for r in rows] == [pytest.approx(4.4e-6)] * 2
+    carbon = report.collect("model-garden")["runs"]
+    assert sorted(r["emissions_kg"] for r in carbon) == [pytest.approx(4.4e-6)] * 2
+    assert sorted(r["energy_kwh"] for r in carbon) == [pytest.approx(1e-5)] * 2

@@ -49,9 +49,11 @@ def choice(trained_lora, trained_merged, tmp_path_factory):
     base_name, base_version = base_uri[len("models:/"):].split("/")
     sources = [client.get_model_version(base_name, base_version).source, trained_lora.model_uri,
                trained_merged.model_uri]
-    emissions = ["0.00001", "0.00002", "0.00005"]
-    for source, kg in zip(sources, emissions):
-        mv = mlflow.register_model(source, NAME, tags={"mg.carbon.total_emissions_kg": kg})
+    # training emissions 1e-5, 2e-5, 5e-5 kg: v1 tagged in kg (registered before the mg tags), v2 and v3 in mg
+    emissions = [("mg.carbon.total_emissions_kg", "0.00001"), ("mg.carbon.total_emissions_mg", "20"),
+                 ("mg.carbon.total_emissions_mg", "50")]
+    for source, (tag, value) in zip(sources, emissions):
+        mv = mlflow.register_model(source, NAME, tags={tag: value})
         assert mv.version
     held = write_sample(tmp_path_factory.mktemp("promote") / "held.jsonl", n=8, seed=21)
     results = {}
@@ -163,8 +165,10 @@ def test_metric_directions_and_scores():
     from mg_mlflow.tracking.directions import lower_is_better
 
     lower = [m for m in ("eval/loss", "eval/perplexity", "eval/latency_p95_s", "system/carbon/total_emissions_kg",
-                         "eval/exact_match", "eval/output_tokens_per_s", "eval/rougeL", "eval/t/acc") if lower_is_better(m)]
-    assert lower == ["eval/loss", "eval/perplexity", "eval/latency_p95_s", "system/carbon/total_emissions_kg"]
+                         "system/carbon/total_emissions_mg", "system/carbon/generation/energy_j", "eval/exact_match",
+                         "eval/output_tokens_per_s", "eval/rougeL", "eval/t/acc") if lower_is_better(m)]
+    assert lower == ["eval/loss", "eval/perplexity", "eval/latency_p95_s", "system/carbon/total_emissions_kg",
+                     "system/carbon/total_emissions_mg", "system/carbon/generation/energy_j"]
     corpus, rows = score(["The cat  is red.", "9", "b-l-u-e"], ["The cat is red.", "7", "blue cat"])
     assert [r["exact_match"] for r in rows] == [1.0, 0.0, 0.0]
     assert rows[0]["bleu"] == pytest.approx(100.0) and rows[0]["rougeL"] == pytest.approx(1.0)

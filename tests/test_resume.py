@@ -63,7 +63,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     stopped_at = int(run.data.tags["mg.error"].split("checkpoint-")[1].split(";")[0])
     checkpoints = mg_home / "outputs" / run_id / "checkpoints"
     assert (checkpoints / f"checkpoint-{stopped_at}").is_dir() and stopped_at >= 8
-    carbon_1 = max(client.get_metric_history(run_id, "system/carbon/energy_kwh"), key=lambda m: m.step).value
+    carbon_1 = max(client.get_metric_history(run_id, "system/carbon/energy_j"), key=lambda m: m.step).value
 
     # segment 2: resumed, then killed -9 (no cleanup at all: the run stays RUNNING, a checkpoint every 5)
     code = _stop_at(["train", "--resume", run_id, "--no-progress"], stopped_at + 9, signal.SIGKILL)
@@ -79,7 +79,7 @@ def test_sigterm_checkpoint_kill9_and_resume_continue_the_same_run(mg_home, tiny
     assert sorted(steps) == list(range(1, STEPS + 1))  # no gap, no duplicate
     worst = max(abs(m.value - reference[m.step]) for m in history)
     assert worst <= 1e-4, f"loss differs from the uninterrupted run by {worst}"
-    energy = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "system/carbon/energy_kwh"))
+    energy = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "system/carbon/energy_j"))
     assert all(b[1] >= a[1] for a, b in zip(energy, energy[1:]))  # cumulative across segments
-    assert final.data.metrics["system/carbon/total_energy_kwh"] > carbon_1
+    assert final.data.metrics["system/carbon/total_energy_j"] > carbon_1
     assert final.data.metrics["train/loss_first"] == reference[1]

@@ -122,9 +122,11 @@ def test_carbon_budget_stops_new_trials(mg_home, tiny_model, sample_data):
     children = _children(client, result.parent_run_id)
     parent = client.get_run(result.parent_run_id)
     assert len(children) == 1  # the first trial measured > 1e-12 kg: no second one started
-    spent = children[0].data.metrics["system/carbon/total_emissions_kg"]
-    assert spent > 1e-12
-    assert parent.data.metrics["sweep/total_emissions_kg"] == pytest.approx(spent)
+    spent = children[0].data.metrics["system/carbon/total_emissions_mg"]
+    assert spent > 1e-6  # mg: > 1e-12 kg
+    assert parent.data.metrics["sweep/total_emissions_mg"] == pytest.approx(spent)
+    assert parent.data.metrics["sweep/total_energy_j"] == pytest.approx(
+        children[0].data.metrics["system/carbon/total_energy_j"])
     assert "carbon budget" in parent.data.tags["mg.sweep.stopped"] and "carbon budget" in result.stopped_reason
 
 
@@ -218,7 +220,7 @@ def test_mlproject_sweep_entry_point(mg_home, tiny_model, sample_data, tmp_path)
     children = _children(client, parents[0].info.run_id)
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
     assert all(c.info.status == "FINISHED" and c.data.params["max_steps"] == "4" for c in children)
-    assert all(c.data.params["lora_r"] == "4" and "system/carbon/total_emissions_kg" not in c.data.metrics for c in children)
+    assert all(c.data.params["lora_r"] == "4" and "system/carbon/total_emissions_mg" not in c.data.metrics for c in children)
 
 
 def test_parallel_workers_share_one_study(mg_home, tiny_model, sample_data):

@@ -192,9 +192,75 @@ def test_run_page_opens_on_loss_charts_and_keeps_carbon_on_the_system_tab(ui, tm
     order = [c["metric"] for c in charts]
     assert order.index(mn.EVAL_LOSS) < order.index(mn.LOSS)  # page order: the eval section, then train
     assert not any(m.startswith("system/") for m in first_screen), first_screen
-    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_kg", "energy_kwh"],
+    system = text_when_shown(tmp_path, url("system-metrics"), ["System metrics", "emissions_mg", "energy_j"],
                              shot="system-metrics.png")
     assert "system/carbon" in system  # the section of the carbon charts
+
+
+# The value label of each run's bar in the chart titled by a name starting with each of PREFIXES (in page
+# order), once the chart has rendered: MLflow draws a metric logged once (a total) as a bar chart labelled
+# value.toFixed(2). The page renders the cards near the screen only, so it is scrolled down, as a person
+# would, until the title shows; the chart's card is the nearest ancestor of its title that holds one plotly
+# chart (its own).
+BAR_LABELS = """(async (prefixes) => {
+  const sleep = ms => new Promise(r => setTimeout(r, ms));
+  const find = prefix => [...document.querySelectorAll('body *')].find(
+    e => e.children.length === 0 && (e.innerText || '').trim().startsWith(prefix));
+  const scrollers = () => [...document.querySelectorAll('body *')].filter(
+    e => e.scrollHeight > e.clientHeight + 20 && /(auto|scroll)/.test(getComputedStyle(e).overflowY));
+  const out = {};
+  for (const prefix of prefixes) {
+    let title = find(prefix);
+    for (let i = 0; i < 200 && !title; i++) {
+      for (const s of scrollers()) s.scrollTop += 250;
+      await sleep(250);
+      title = find(prefix);
+    }
+    if (!title) { out[prefix] = null; continue; }
+    title.scrollIntoView({block: 'center'});
+    let labels = [];
+    for (let i = 0; i < 120 && !labels.length; i++) {
+      await sleep(500);
+      let card = title.parentElement;
+      while (card && card.querySelectorAll('.js-plotly-plot').length === 0) card = card.parentElement;
+      if (card && card.querySelectorAll('.js-plotly-plot').length === 1)
+        labels = [...card.querySelectorAll('.trace.bars text')].map(t => t.textContent.trim()).filter(t => t);
+    }
+    out[prefix] = {title: title.innerText.trim(), labels};
+  }
+  return out;
+})"""
+
+
+def test_run_page_shows_a_short_runs_carbon_totals_as_numbers_with_their_unit(ui, tmp_path):
+    """The run page's System metrics tab draws each carbon total (logged once) as a bar labelled with two
+    decimals and no unit: a run of 6 steps on CPU emits micrograms to milligrams of CO2eq and tens of
+    joules, so its totals must be logged in units where they read as numbers ("0.00" in kg and kWh), and
+    the chart's title, the metric name, says the unit."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from chromium_support import DevToolsPage
+    from mg_mlflow.tracking.ui_links import run_url
+
+    run_id = ui["pair"].run_ids["lr-3e-3"]
+    logged = MlflowClient().get_run(run_id).data.metrics
+    url = run_url(ui["base"], ui["pair"].experiment_id, run_id, "system-metrics")
+    prefixes = ["total_emissions_", "total_energy_"]
+    with DevToolsPage(tmp_path, url, "carbon-totals") as page:
+        page.wait_until("['system/carbon', 'cpu_power_w'].every(s => document.body.innerText.includes(s))", 300,
+                        "the carbon section")
+        shown = page.evaluate(f"{BAR_LABELS}({json.dumps(prefixes)})", timeout=240)
+        page.screenshot(tmp_path / "carbon-totals.png")
+    print("carbon totals shown:", shown)
+    units = {"total_emissions_": "mg", "total_energy_": "j"}
+    for prefix, unit in units.items():
+        assert shown[prefix], f"no chart titled {prefix}* on the System metrics tab"
+        title, labels = shown[prefix]["title"], shown[prefix]["labels"]
+        assert labels == [f"{logged['system/carbon/' + title]:.2f}"], (title, labels)  # the run's one bar
+        assert float(labels[0]) > 0 and labels[0] != "0.00", (title, labels)
+        assert title == f"{prefix}{unit}", title  # the unit in the chart's title
 
 
 def test_compare_view_shows_differing_params_and_eval_metrics(ui, tmp_path):

@@ -118,6 +118,8 @@ def run_bare(backend: str, model: Path, data: Path, args, env: dict) -> dict:
 def collect(run_name: str, experiment: str, steps: int) -> dict:
     import mlflow
 
+    from mg_mlflow import metric_names as mn
+
     client = mlflow.tracking.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     run = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
@@ -133,7 +135,7 @@ def collect(run_name: str, experiment: str, steps: int) -> dict:
             "s_per_step": m.get("train_seconds", 0) / max(m.get("train_steps", steps), 1),
             "peak_gpu_gb": m.get("peak_gpu_memory_gb"), "loss_first": m.get("train/loss_first"),
             "loss_final": m.get("train/loss_final"), "gpu_power_w": m.get("system/carbon/gpu_power_w", m.get("carbon/gpu_power_w")),
-            "emissions_kg": m.get("system/carbon/emissions_kg", m.get("carbon/emissions_kg")),
+            "emissions_kg": mn.carbon_value(m, mn.EMISSIONS_KG),  # runs log mg (or kg before): in kg
             "carbon_measured": {k: v for k, v in t.items() if k.startswith("mg.carbon")}}
 
 

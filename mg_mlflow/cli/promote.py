@@ -22,7 +22,8 @@ from mg_mlflow.names import alias_problem
 @click.option("--min-improvement", type=float, default=0.0, show_default=True,
               help="the candidate must beat the holder by more than this (metric units)")
 @click.option("--max-emissions-kg", type=float, default=None,
-              help="carbon budget: skip versions whose training emitted more (tag mg.carbon.total_emissions_kg)")
+              help="carbon budget in kg CO2eq: skip versions whose training emitted more (version tag "
+                   "mg.carbon.total_emissions_mg, in mg)")
 @click.option("--dry-run", is_flag=True, help="print the decision table and change nothing")
 @click.option("--redeploy", is_flag=True, help="roll deployments serving NAME@ALIAS onto the new version")
 @click.option("--history", is_flag=True, help="list the recorded moves of NAME's aliases and exit")

@@ -21,7 +21,7 @@ from mg_mlflow.tracking.ui_links import base_url
 
 KEY_PARAMS = ("base_model", "dataset", "backend", "method", "save_method", "max_steps", "learning_rate", "lora_r")
 KEY_METRICS = (mn.LOSS_FIRST, mn.LOSS_FINAL, mn.EVAL_LOSS_FINAL, "train_seconds")
-KEY_CARBON = (mn.EMISSIONS_KG, mn.ENERGY_KWH)
+KEY_CARBON = (mn.EMISSIONS_MG, mn.ENERGY_J)  # in mg and J, a run logged in kg/kWh converted
 
 
 @click.group("runs")

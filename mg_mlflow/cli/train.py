@@ -84,7 +84,7 @@ def _summary_rows(result, cfg) -> list[tuple[str, object]]:
         rows.append(("registered", f"models:/{result.registered_name}/{result.registered_version}"))
         if cfg.alias:
             rows.append(("alias", f"models:/{result.registered_name}@{cfg.alias}"))
-    for key, unit in ((mn.carbon(mn.TOTAL_EMISSIONS_KG), "kg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_KWH), "kWh")):
+    for key, unit in ((mn.carbon(mn.TOTAL_EMISSIONS_MG), "mg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_J), "J")):
         if key in m:
             rows.append((key, f"{m[key]:.3g} {unit}"))
     return rows

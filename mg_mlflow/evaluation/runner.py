@@ -154,7 +154,7 @@ class _Carbon:
             self.error = f"codecarbon stop failed: {exc}"
             return {}
         return boamps.totals_from_record(record, tokens, boamps.is_estimated(self.sources),
-                                         per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS))
+                                         per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS))
 
     def log_report(self, run_id: str, generated_tokens: float, requests: int) -> None:
         """``carbon/emissions.csv`` and a BoAmps-style report (``taskStage: inference``) on the run."""

@@ -203,9 +203,9 @@ def collect(targets: list[str], experiment: str = "model-garden", max_runs: int 
             "evaluations": evals, "eval": {},
             "energy_kwh": mn.carbon_value(m, mn.TOTAL_ENERGY_KWH), "emissions_kg": train_kg,
             "energy_source": _energy_source(r),
-            "generation_emissions_kg": m.get(mn.phase(mn.GENERATION, mn.EMISSIONS_KG)),
-            "optimisation_emissions_kg": m.get(mn.phase(mn.OPTIMISATION, mn.EMISSIONS_KG)),
-            "generation_share_energy": m.get(mn.carbon(mn.GENERATION_SHARE_ENERGY)),
+            "generation_emissions_kg": mn.carbon_value(m, mn.phase_name(mn.GENERATION, mn.EMISSIONS_KG)),
+            "optimisation_emissions_kg": mn.carbon_value(m, mn.phase_name(mn.OPTIMISATION, mn.EMISSIONS_KG)),
+            "generation_share_energy": mn.carbon_value(m, mn.GENERATION_SHARE_ENERGY),
             "serving_emissions_kg": serving.get(registered) if registered else None,
             "duration_s": seconds if seconds is not None else
             ((r.info.end_time - r.info.start_time) / 1000.0 if r.info.end_time else None),

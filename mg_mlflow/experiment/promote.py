@@ -1,13 +1,14 @@
 """Move a registry alias to the best *evaluated* version, only when the evidence says so.
 
 A version is a candidate when it was evaluated (``model-garden evaluate``) on the same dataset
-digest as the current holder, and, with a carbon budget, its training emissions (version tag
-``mg.carbon.total_emissions_kg``) fit the budget. The alias moves to the best candidate only if it
-beats the holder on the metric by more than ``min_improvement`` (direction: the declared one of
-:mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy and emissions are better lower). Otherwise nothing changes and the
-decision says why. Each move is recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON:
-alias, previous holder, metric values, digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for
-the latest move; :func:`history` reads them back.
+digest as the current holder, and, with a carbon budget (in kg), its training emissions (version tag
+``mg.carbon.total_emissions_mg``; ``..._kg`` on versions registered before) fit the budget. The alias
+moves to the best candidate only if it beats the holder on the metric by more than ``min_improvement``
+(direction: the declared one of :mod:`mg_mlflow.tracking.directions`; loss, perplexity, latency, energy
+and emissions are better lower). Otherwise nothing changes and the decision says why. Each move is
+recorded on the new holder as a ``mg.promotion.<ms>`` tag (JSON: alias, previous holder, metric values,
+digest, time, reason) plus ``mg.promoted.<alias>.*`` tags for the latest move; :func:`history` reads
+them back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.deploy import state
 from mg_mlflow.deploy.manager import redeploy
 from mg_mlflow.errors import MGError
@@ -25,7 +27,6 @@ from mg_mlflow.registry.resolve import known_models
 from mg_mlflow.tracking.directions import direction as metric_direction, lower_is_better
 from mg_mlflow.tracking.run import use_tracking_uri
 
-EMISSIONS_TAG = "mg.carbon.total_emissions_kg"
 HISTORY_PREFIX = "mg.promotion."
 
 
@@ -67,9 +68,10 @@ def _client():
     return mlflow.tracking.MlflowClient()
 
 
-def _float(value) -> float | None:
+def _emissions_kg(tags: dict) -> float | None:
+    """The training emissions a version's tags carry, in kg (tags in mg or, registered before, kg)."""
     try:
-        return float(value) if value not in (None, "") else None
+        return mn.carbon_value(tags, mn.TOTAL_EMISSIONS_KG, prefixes=(mn.CARBON_TAG_PREFIX,))
     except ValueError:
         return None
 
@@ -164,7 +166,7 @@ def decide(name: str, alias: str = "champion", metric: str = "eval/exact_match",
         tags = dict(mv.tags or {})
         version = str(mv.version)
         value = version_metric(tags, digest, metric)
-        emissions = _float(tags.get(EMISSIONS_TAG))
+        emissions = _emissions_kg(tags)
         run_id = tags.get(f"mg.eval.{digest}.run_id")
         eligible, note = True, "candidate"
         if version == holder:

@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from mg_mlflow import metric_names as mn
 from mg_mlflow.config import to_dict
 from mg_mlflow.env import mg_home
 from mg_mlflow.errors import MGError
@@ -87,7 +88,7 @@ def reopen_parent(run_id: str, storage: str, spec_from_dict, reopen: bool = True
 
 def _totals(sweep) -> dict:
     kg, kwh = sweep.spent()
-    return {"sweep/total_emissions_kg": kg, "sweep/total_energy_kwh": kwh,
+    return {mn.SWEEP_TOTAL_EMISSIONS: kg * mn.MG_PER_KG, mn.SWEEP_TOTAL_ENERGY: kwh * mn.J_PER_KWH,
             "sweep/trials_complete": float(len(sweep.trials("COMPLETE"))),
             "sweep/trials_pruned": float(len(sweep.trials("PRUNED"))),
             "sweep/trials_failed": float(len([t for t in sweep.trials("FAIL") if not t.user_attrs.get("interrupted")]))}

@@ -34,7 +34,7 @@ def model_card(name: str, version: str, tags: dict[str, Any], summary: dict[str,
     for key, value in sorted((evaluations or {}).items()):
         lines.append(f"- {key}: {_fmt(value)}")
     carbon = [f"{_fmt(summary[key])} {unit}" for key, unit in
-              ((mn.carbon(mn.TOTAL_EMISSIONS_KG), "kg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_KWH), "kWh")) if key in summary]
+              ((mn.carbon(mn.TOTAL_EMISSIONS_MG), "mg CO2eq"), (mn.carbon(mn.TOTAL_ENERGY_J), "J")) if key in summary]
     if carbon:
         lines.append("- training footprint: " + ", ".join(carbon))
     lines.append(f"- verified: reload max |logit diff| {tags.get('mg.verify_max_logit_diff')}")

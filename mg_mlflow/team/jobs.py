@@ -217,15 +217,17 @@ def watch(job_id: str, address: str | None = None, interval: float = 2.0, timeou
 
 def _emit_new_steps(tracking, run_id: str, last_step: int, emit) -> int:
     history = {key: {m.step: m.value for m in tracking.get_metric_history(run_id, key)}
-               for key in (mn.LOSS, mn.TOKENS_PER_SECOND, mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))}
-    carbon = sorted(history[mn.carbon(mn.EMISSIONS_KG)].items())
+               for key in (mn.LOSS, mn.TOKENS_PER_SECOND)}
+    # cumulative CO2 in mg (a run logged before the mg names: its kg, converted)
+    found = mn.carbon_key(tracking.get_run(run_id).data.metrics, mn.EMISSIONS_MG)
+    carbon = sorted((m.step, m.value * found[1]) for m in tracking.get_metric_history(run_id, found[0])) if found else []
     for step in sorted(s for s in history[mn.LOSS] if s > last_step):
         parts = [f"step {step}", f"loss {history[mn.LOSS][step]:.4f}"]
         if step in history[mn.TOKENS_PER_SECOND]:
             parts.append(f"{history[mn.TOKENS_PER_SECOND][step]:.0f} tok/s")
         known = [v for s, v in carbon if s <= step]
         if known:
-            parts.append(f"CO2 {known[-1]:.3g} kg")
+            parts.append(f"CO2 {known[-1]:.3g} mg")
         emit("  " + "  ".join(parts))
         last_step = step
     return last_step

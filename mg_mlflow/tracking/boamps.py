@@ -90,37 +90,39 @@ def make_tracker(output_dir: str | Path, handler: Any, *, country: str = "USA", 
 
 def interval_metrics(record: dict, previous: dict | None, tokens: float = 0.0,
                      per_tokens: str | None = None) -> dict[str, float]:
-    """Cumulative emissions/energy, the interval's mean power per component and emissions rate
-    (plus cumulative kg per 1k ``tokens`` under the name ``per_tokens`` when given)."""
+    """Cumulative emissions (mg) and energy (J), the interval's mean power per component (W) and emissions
+    rate (g/h), plus cumulative mg per 1k ``tokens`` under the name ``per_tokens`` when given. codecarbon's
+    kg and kWh become MLflow's mg and J here and in :func:`totals_from_record` (see :mod:`metric_names`)."""
     prev = previous or {"duration": 0.0, "emissions": 0.0, "cpu_energy": 0.0, "gpu_energy": 0.0,
                         "ram_energy": 0.0}
     dt = float(record["duration"]) - float(prev["duration"])
-    out = {mn.carbon(mn.EMISSIONS_KG): float(record["emissions"]),
-           mn.carbon(mn.ENERGY_KWH): float(record["energy_consumed"])}
+    out = {mn.carbon(mn.EMISSIONS_MG): float(record["emissions"]) * mn.MG_PER_KG,
+           mn.carbon(mn.ENERGY_J): float(record["energy_consumed"]) * mn.J_PER_KWH}
     for part in COMPONENTS:
         delta_kwh = float(record[f"{part}_energy"]) - float(prev[f"{part}_energy"])
         # kWh over the interval -> mean W (codecarbon's own power field is a whole-run average)
-        out[mn.power(part)] = delta_kwh * 3.6e6 / dt if dt > 1e-6 else float(record[f"{part}_power"])
+        out[mn.power(part)] = delta_kwh * mn.J_PER_KWH / dt if dt > 1e-6 else float(record[f"{part}_power"])
     delta_kg = float(record["emissions"]) - float(prev["emissions"])
     out[mn.carbon(mn.EMISSIONS_RATE_G_PER_H)] = delta_kg * 1000.0 * 3600.0 / dt if dt > 1e-6 else 0.0
     if per_tokens and tokens > 0:
-        out[per_tokens] = float(record["emissions"]) / tokens * 1000.0
+        out[per_tokens] = float(record["emissions"]) * mn.MG_PER_KG / tokens * 1000.0
     return out
 
 
 def totals_from_record(record: dict, tokens: float, estimated: bool,
-                       per_tokens: str = mn.carbon(mn.KG_PER_1K_TOKENS)) -> dict[str, float]:
-    """Final figures of a run (``system/carbon/total_*``), numbers only: they become metrics and version tags."""
-    out = {mn.carbon(mn.TOTAL_EMISSIONS_KG): float(record["emissions"]),
-           mn.carbon(mn.TOTAL_ENERGY_KWH): float(record["energy_consumed"]),
-           **{mn.total_energy(p): float(record[f"{p}_energy"]) for p in COMPONENTS},
+                       per_tokens: str = mn.carbon(mn.MG_PER_1K_TOKENS)) -> dict[str, float]:
+    """Final figures of a run (``system/carbon/total_*``, mg and J), numbers only: they become metrics and
+    version tags."""
+    out = {mn.carbon(mn.TOTAL_EMISSIONS_MG): float(record["emissions"]) * mn.MG_PER_KG,
+           mn.carbon(mn.TOTAL_ENERGY_J): float(record["energy_consumed"]) * mn.J_PER_KWH,
+           **{mn.total_energy(p): float(record[f"{p}_energy"]) * mn.J_PER_KWH for p in COMPONENTS},
            mn.carbon(mn.DURATION_S): float(record["duration"]),
            mn.carbon(mn.ESTIMATED): 1.0 if estimated else 0.0}
     intensity = intensity_g_per_kwh(record)
     if intensity is not None:
         out[mn.carbon(mn.INTENSITY_G_PER_KWH)] = intensity
     if tokens > 0:
-        out[per_tokens] = float(record["emissions"]) / tokens * 1000.0
+        out[per_tokens] = float(record["emissions"]) * mn.MG_PER_KG / tokens * 1000.0
     return out
 
 

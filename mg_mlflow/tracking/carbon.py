@@ -201,14 +201,14 @@ class CarbonCallback(TrainerCallback):
         if not self.phases or self.phase_error is not None:
             return {}
         energy, seconds = float(record["energy_consumed"]), float(record["duration"])
-        kg_per_kwh = float(record["emissions"]) / energy if energy > 0 else 0.0
+        mg_per_kwh = float(record["emissions"]) * mn.MG_PER_KG / energy if energy > 0 else 0.0
         parts = {name: (acc["energy"], acc["seconds"]) for name, acc in self.phases.items()}
         parts[mn.OPTIMISATION] = (max(0.0, energy - sum(e for e, _ in parts.values())),
                                   max(0.0, seconds - sum(s for _, s in parts.values())))
         out: dict[str, float] = {}
         for name, (kwh, secs) in parts.items():
-            out.update({mn.phase(name, mn.ENERGY_KWH): kwh, mn.phase(name, mn.EMISSIONS_KG): kwh * kg_per_kwh,
-                        mn.phase(name, mn.DURATION_S): secs})
+            out.update({mn.phase(name, mn.ENERGY_J): kwh * mn.J_PER_KWH,
+                        mn.phase(name, mn.EMISSIONS_MG): kwh * mg_per_kwh, mn.phase(name, mn.DURATION_S): secs})
         if mn.GENERATION in parts:
             kwh, secs = parts[mn.GENERATION]
             out[mn.carbon(mn.GENERATION_SHARE_TIME)] = secs / seconds if seconds > 0 else 0.0
@@ -288,8 +288,8 @@ class CarbonCallback(TrainerCallback):
             return {}
         # tokens seen when that record was taken (a tracker that failed mid-run covers fewer tokens)
         totals = boamps.totals_from_record(record, self._previous_tokens, boamps.is_estimated(self.sources))
-        for total, cumulative in ((mn.carbon(mn.TOTAL_EMISSIONS_KG), mn.carbon(mn.EMISSIONS_KG)),
-                                  (mn.carbon(mn.TOTAL_ENERGY_KWH), mn.carbon(mn.ENERGY_KWH))):
+        for total, cumulative in ((mn.carbon(mn.TOTAL_EMISSIONS_MG), mn.carbon(mn.EMISSIONS_MG)),
+                                  (mn.carbon(mn.TOTAL_ENERGY_J), mn.carbon(mn.ENERGY_J))):
             if total in totals:
                 totals[total] += self.offsets.get(cumulative, 0.0)
         if record is self.final:  # phases cover the whole window only once the tracker has stopped

@@ -2,7 +2,7 @@
 ``promote`` and ``sweep`` read.
 
 A metric name is matched by its last part (``eval/rougeL`` -> ``rougel``, ``eval/arc/acc_norm`` ->
-``acc_norm``, ``system/carbon/total_emissions_kg`` -> ``total_emissions_kg``), word by word; a reward named by
+``acc_norm``, ``system/carbon/total_emissions_mg`` -> ``total_emissions_mg``), word by word; a reward named by
 the user (``eval/reward/<name>``, ``train/rewards/<name>/mean``) is a quality, higher is better:
 
 ========================  =========  =======================================================
@@ -11,7 +11,8 @@ kind                      better     words
 quality                   higher     exact_match, f1, rouge*, bleu, chrf, accuracy, acc, mcc,
                                      json_valid (a valid-output rate), reward(s), margin(s)
 quality                   lower      loss, perplexity, bits_per_byte
-cost                      lower      emissions, energy, seconds, latency, duration, ``*_s``
+cost                      lower      emissions, energy, seconds, latency, duration, ``*_s``,
+                                     ``*_mg``, ``*_kg``, ``*_j``, ``*_kwh``
 throughput                higher     ``*_per_s``, ``*_per_second``
 count                     none       examples, tokens, records, steps, samples (and anything
                                      unknown): never ranked, never a quality axis
@@ -72,7 +73,7 @@ def direction(metric: str) -> Direction:
         return Direction(metric, "quality", False)
     if any(_has(name, w) for w in QUALITY_UP):
         return Direction(metric, "quality", True)
-    if any(_has(name, w) for w in COST_DOWN) or name.endswith("_s") or name.endswith("_kg") or name.endswith("_kwh"):
+    if any(_has(name, w) for w in COST_DOWN) or name.endswith(("_s", "_mg", "_kg", "_j", "_kwh")):
         return Direction(metric, "cost", False)
     return Direction(metric, "count", None)
 

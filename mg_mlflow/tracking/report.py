@@ -26,34 +26,33 @@ def _first(metrics: dict[str, float], *names: str) -> float | None:
     return next((metrics[n] for n in names if n in metrics), None)
 
 
-def _carbon(name: str) -> tuple[str, str]:
-    """The key of carbon figure ``name`` and its older ``carbon/`` key, in the order to read them."""
-    return mn.carbon(name), mn.LEGACY_CARBON_PREFIX + name
+# The report computes in kg and kWh (and prints grams and Wh); runs log mg and J, or kg and kWh before.
+PHASE_FIGURES = (mn.ENERGY_KWH, mn.EMISSIONS_KG, mn.DURATION_S)
 
 
 def run_row(run) -> dict[str, Any] | None:
     """One run's figures, or None when it has no carbon data."""
     m, tags = run.data.metrics, run.data.tags
-    emissions = _first(m, *_carbon(mn.TOTAL_EMISSIONS_KG), *_carbon(mn.EMISSIONS_KG))
+    emissions = mn.carbon_value(m, mn.TOTAL_EMISSIONS_KG, mn.carbon_value(m, mn.EMISSIONS_KG))
     if emissions is None:
         return None
     serving = tags.get("mg.kind") == "serving"
     tokens = _first(m, "serving/total_generated_tokens", "serving/generated_tokens") if serving else m.get("trained_tokens")
     versions = json.loads(tags.get("mg.served_versions") or "[]") if serving else (
         [f"{tags['mg.registered_model']}/{tags.get('mg.registered_version')}"] if tags.get("mg.registered_model") else [])
-    phases = {p: {n: m.get(mn.phase(p, n)) for n in mn.PHASE_FIGURES} for p in mn.PHASES
-              if mn.phase(p, mn.ENERGY_KWH) in m}
+    phases = {p: {n: mn.carbon_value(m, mn.phase_name(p, n)) for n in PHASE_FIGURES} for p in mn.PHASES
+              if mn.carbon_key(m, mn.phase_name(p, mn.ENERGY_KWH))}
     return {"run_id": run.info.run_id, "name": run.info.run_name or "", "kind": "serving" if serving else "training",
             "status": run.info.status, "emissions_kg": emissions,
-            "energy_kwh": _first(m, *_carbon(mn.TOTAL_ENERGY_KWH), *_carbon(mn.ENERGY_KWH)),
-            "duration_s": _first(m, *_carbon(mn.DURATION_S), "serving/duration_s"),
+            "energy_kwh": mn.carbon_value(m, mn.TOTAL_ENERGY_KWH, mn.carbon_value(m, mn.ENERGY_KWH)),
+            "duration_s": mn.carbon_value(m, mn.DURATION_S, m.get("serving/duration_s")),
             "tokens": tokens, "requests": _first(m, "serving/total_requests", "serving/requests") if serving else None,
             "kg_per_1k_tokens": emissions / tokens * 1000.0 if tokens else None,
             "estimated": tags.get("mg.carbon.estimated", "true") != "false", "versions": versions,
             "carbon_status": tags.get("mg.carbon.status", ""),
             "phases": phases or None, "phases_source": tags.get("mg.carbon.phases") if phases else None,
-            "generation_share_time": m.get(mn.carbon(mn.GENERATION_SHARE_TIME)),
-            "generation_share_energy": m.get(mn.carbon(mn.GENERATION_SHARE_ENERGY))}
+            "generation_share_time": mn.carbon_value(m, mn.GENERATION_SHARE_TIME),
+            "generation_share_energy": mn.carbon_value(m, mn.GENERATION_SHARE_ENERGY)}
 
 
 def _experiment_runs(client, name: str, required: bool) -> list:
@@ -142,7 +141,7 @@ def boamps_reports(data: dict[str, Any]) -> list[dict[str, Any]]:
                 m = run.data.metrics
                 record = {"emissions": row["emissions_kg"], "energy_consumed": row["energy_kwh"] or 0.0,
                           "duration": row["duration_s"] or 0.0,
-                          **{f"{p}_energy": mn.carbon_value(m, f"total_{p}_energy_kwh", 0.0) for p in boamps.COMPONENTS}}
+                          **{f"{p}_energy": mn.carbon_value(m, mn.total_energy_name(p, "kwh"), 0.0) for p in boamps.COMPONENTS}}
             stage = "inference" if row["kind"] == "serving" else "training"
             extra = ({"requests": row["requests"], "generated_tokens": row["tokens"], "served_models": row["versions"]}
                      if stage == "inference" else {"tokens": row["tokens"], "registered_versions": row["versions"]})

@@ -248,7 +248,7 @@ class ServingMonitor:
         record = self._carbon_record(final)
         if record is not None:
             metrics.update(boamps.interval_metrics(record, self.previous, totals["generated_tokens"],
-                                                   per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS)))
+                                                   per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS)))
             self.previous = record
         self.step += 1  # the n-th point (MLflow's "relative time" axis gives the seconds)
         now = int(time.time() * 1000)
@@ -264,7 +264,7 @@ class ServingMonitor:
         if self.previous is not None:
             summary.update(boamps.totals_from_record(self.previous, totals["generated_tokens"],
                                                      boamps.is_estimated(self.sources),
-                                                     per_tokens=mn.carbon(mn.KG_PER_1K_GENERATED_TOKENS)))
+                                                     per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS)))
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in summary.items()],
                               tags=_tags({"mg.serving.end_reason": self.stop_reason}))

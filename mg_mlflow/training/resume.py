@@ -28,7 +28,7 @@ from mg_mlflow.training.distributed import any_rank
 HISTORY_KEYS = (mn.LOSS, mn.EVAL_LOSS)
 STAGING = ".partial"  # checkpoints are written under <output dir>/.partial, then renamed
 FULL_BELOW_BYTES = 1 << 20  # a failed write with less free space than this is a full disk
-CARBON_CUMULATIVE = (mn.carbon(mn.EMISSIONS_KG), mn.carbon(mn.ENERGY_KWH))
+CARBON_CUMULATIVE = (mn.EMISSIONS_MG, mn.ENERGY_J)  # carbon figure names
 
 
 @dataclass
@@ -60,10 +60,11 @@ def earlier_segment(run_id: str) -> Earlier:
             earlier.history[key] = points
     if earlier.history.get(mn.LOSS):
         earlier.logged_through = earlier.history[mn.LOSS][-1][0]
-    for key in CARBON_CUMULATIVE:
-        points = client.get_metric_history(run_id, key)
+    for name in CARBON_CUMULATIVE:  # a segment logged before the mg/J names: its kg/kWh, converted
+        found = mn.carbon_key(run.data.metrics, name)
+        points = client.get_metric_history(run_id, found[0]) if found else []
         if points:
-            earlier.carbon[key] = max(points, key=lambda m: m.step).value
+            earlier.carbon[mn.carbon(name)] = max(points, key=lambda m: m.step).value * found[1]
     return earlier
 
 

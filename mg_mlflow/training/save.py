@@ -188,7 +188,7 @@ def register_trained(cfg, result, model_uri: str, meta: dict, base_ref: dict, su
             "mg.git_commit": meta["git_commit"],
             "mg.train_loss": summary.get(mn.LOSS_FINAL), "mg.eval_loss": summary.get(mn.EVAL_LOSS_FINAL),
             "mg.verify_max_logit_diff": f"{diff:.3g}"}
-    tags.update({f"mg.carbon.{mn.carbon_name(k)}": v for k, v in summary.items() if mn.is_carbon(k)})
+    tags.update({mn.CARBON_TAG_PREFIX + mn.carbon_name(k): v for k, v in summary.items() if mn.is_carbon(k)})
     if meta.get("merge_rule"):  # how the merge was verified, and the values
         tags.update({f"mg.{k}": f"{summary[k]:.3g}" for k in MERGE_KEYS if k in summary})
         tags["mg.merge_rule"] = meta["merge_rule"]
