@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, train_tiny
+from conftest import invoke_cli, run_cli, train_tiny
 from deploy_support import chat_prompt, free_port, hf_greedy, stop_everything
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))
@@ -187,7 +187,7 @@ def test_cli_update_to_another_adapter_keeps_port_and_process(served, versions):
     new = state.get_record(NAME)
     assert (new.port, new.pid) == (old.port, old.pid) and new.uris == [f"models:/tiny-lora/{target}"]
     assert new.last_update["method"] == "hot-swap" and caller.failed == []
-    status = " ".join(run_cli(["deployments", "status", NAME]).stdout.split())
+    status = " ".join(invoke_cli(["deployments", "status", NAME]).stdout.split())
     assert "last update" in status and "hot-swap (new adapters" in status
     assert _greedy(new, _folder(target)) != before
 
