@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from deploy_support import free_port, stop_everything
 from eval_support import DyingProxy, write_choice_task
 
@@ -184,7 +184,7 @@ def test_bad_input_fails_clearly_and_records_nothing(uri, held, tmp_path):
     from mg_mlflow.evaluation.runner import EvalOptions, evaluate
 
     before = _state(uri)
-    res = run_cli(["evaluate", "models:/no-such-model/1", "--dataset", str(held)])
+    res = invoke_cli(["evaluate", "models:/no-such-model/1", "--dataset", str(held)])
     assert res.returncode == 2 and "no registered model named 'no-such-model'" in res.stderr
     no_refs = tmp_path / "norefs.jsonl"
     no_refs.write_text('{"instruction": "Add the two numbers.", "input": "1 + 2", "output": "3"}\n'
