@@ -257,6 +257,7 @@ def test_sigkilled_api_server_shows_dead_and_leaves_no_engine(live):
     killed = time.monotonic()
     os.kill(live.pid, signal.SIGKILL)
     wait_for(lambda: client.get_deployment(NAME)["status"] == "dead", 30, "status dead")
+    assert {d["name"]: d["status"] for d in client.list_deployments()}[NAME] == "dead"
     wait_for(lambda: group_alive(live.pgid) == [], 60, "no process of the deployment left")
     print(f"\nkill -9 figures: {len(members)} processes in the group, all gone "
           f"{time.monotonic() - killed:.1f} s after the SIGKILL, without a stop")
