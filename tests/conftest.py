@@ -154,7 +154,6 @@ def trained_merged(session_home, tiny_model, sample_data):
                       save_method="merged_16bit", max_steps=60)
 
 
-MERGED_SERVER = "merged-chat"
 _MERGED_SERVER_HOME: list[Path] = []  # the MG_HOME of the running shared server
 _MERGED_SERVER_LAST: list[str] = []  # the test after which it stops (the last one that uses it)
 
@@ -169,7 +168,7 @@ def merged_server(session_home, trained_merged):
     ``stop_everything`` leaves it alone), so modules that call it share one start."""
     import subprocess
 
-    from deploy_support import free_port, stop_everything
+    from deploy_support import MERGED_SERVER, free_port, stop_everything
 
     from mg_mlflow.deploy import state
 
@@ -190,7 +189,7 @@ def merged_server(session_home, trained_merged):
 
 
 def _stop_merged_server() -> None:
-    from deploy_support import stop_deployment
+    from deploy_support import MERGED_SERVER, stop_deployment
 
     for home in _MERGED_SERVER_HOME:
         with pytest.MonkeyPatch.context() as mp:

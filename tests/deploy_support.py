@@ -48,7 +48,8 @@ def group_alive(pgid: int) -> list[int]:
 
 
 # The session's shared servers (tests/conftest.py: merged_server): each stops after the last test that uses it.
-SHARED_SERVERS = ("merged-chat",)
+MERGED_SERVER = "merged-chat"
+SHARED_SERVERS = (MERGED_SERVER,)
 
 
 def stop_everything(shared: bool = False) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from conftest import MERGED_SERVER
-from deploy_support import chat_prompt, free_port, group_alive, hf_greedy, stop_everything
+from deploy_support import MERGED_SERVER, chat_prompt, free_port, group_alive, hf_greedy, stop_everything
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 NAME = MERGED_SERVER

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MERGED_SERVER, invoke_cli, run_cli
+from conftest import invoke_cli, run_cli
+from deploy_support import MERGED_SERVER
 from eval_support import DyingProxy, write_choice_task
 
 pytestmark = pytest.mark.vllm
