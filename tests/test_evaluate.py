@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke_cli, run_cli
+from conftest import invoke_cli
 from deploy_support import MERGED_SERVER
 from eval_support import DyingProxy, write_choice_task
 
@@ -48,18 +48,14 @@ def server(merged_server):
     return merged_server()
 
 
-def _evaluate_cli(args, in_process=False):
-    """`model-garden evaluate ... --json`: the console script, or the same click command in-process."""
-    if in_process:
-        from click.testing import CliRunner
+def _evaluate_cli(args):
+    """`model-garden evaluate ... --json` in-process (tests/test_readme.py runs the console script)."""
+    from click.testing import CliRunner
 
-        from mg_mlflow.cli import cli
+    from mg_mlflow.cli import cli
 
-        res = CliRunner().invoke(cli, ["evaluate", *args, "--json"], catch_exceptions=False)
-        assert res.exit_code == 0, res.output[-3000:]
-        return json.loads(res.stdout)
-    res = run_cli(["evaluate", *args, "--json"])
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = CliRunner().invoke(cli, ["evaluate", *args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output[-3000:]
     return json.loads(res.stdout)
 
 
@@ -72,8 +68,7 @@ def local_eval(uri, held):
 def remote_eval(uri, held, server, tmp_path_factory):
     tasks = write_choice_task(tmp_path_factory.mktemp("lm_tasks"), held)
     return _evaluate_cli([uri, "--dataset", str(held), "--max-new-tokens", "16", "--deployment", MERGED_SERVER,
-                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)],
-                         in_process=True)
+                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)])
 
 
 def _table(run_id):
