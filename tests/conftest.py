@@ -6,6 +6,7 @@ Everything runs offline on CPU. Tests that need vLLM are marked ``vllm``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -153,6 +154,55 @@ def trained_merged(session_home, tiny_model, sample_data):
                       save_method="merged_16bit", max_steps=60)
 
 
+_MERGED_SERVER_HOME: list[Path] = []  # the MG_HOME of the running shared server
+_MERGED_SERVER_LAST: list[str] = []  # the test after which it stops (the last one that uses it)
+
+
+@pytest.fixture(scope="session")
+def merged_server(session_home, trained_merged):
+    """The session's vLLM server of models:/tiny-merged@prod (no API key, max_model_len 512, no carbon
+    monitor), made by the MLflow plugin (`mlflow deployments create -t vllm`), for tests that only call a
+    running server; a test that stops, kills or updates a server starts its own. A callable that returns
+    the server's record (a dict), starting the server when it is not running (first use, or a test before
+    this one, in whatever order, ended it). It stops after the last test that uses it (the other tests'
+    ``stop_everything`` leaves it alone), so modules that call it share one start."""
+    import subprocess
+
+    from deploy_support import MERGED_SERVER, free_port, stop_everything
+
+    from mg_mlflow.deploy import state
+
+    def running() -> dict:
+        record = state.read_record(MERGED_SERVER)
+        if record is None or state.status_of(record) != "running":
+            stop_everything(shared=True)
+            res = subprocess.run([str(BIN / "mlflow"), "deployments", "create", "-t", "vllm", "--name", MERGED_SERVER,
+                                  "-m", "models:/tiny-merged@prod", "-C", f"port={free_port()}",
+                                  "-C", "max_model_len=512", "-C", "carbon=false", "-C", "health_timeout=400"],
+                                 capture_output=True, text=True, timeout=500, env=dict(os.environ))
+            assert res.returncode == 0, res.stdout + res.stderr
+            _MERGED_SERVER_HOME[:] = [Path(os.environ["MG_HOME"])]
+        return json.loads(state.record_path(MERGED_SERVER).read_text())
+
+    yield running
+    _stop_merged_server()
+
+
+def _stop_merged_server() -> None:
+    from deploy_support import MERGED_SERVER, stop_deployment
+
+    for home in _MERGED_SERVER_HOME:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MG_HOME", str(home))
+            stop_deployment(MERGED_SERVER)
+    _MERGED_SERVER_HOME.clear()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if _MERGED_SERVER_LAST and item.nodeid == _MERGED_SERVER_LAST[0]:
+        _stop_merged_server()
+
+
 def run_cli(args: list[str], env: dict | None = None, cwd: Path | None = None, timeout: int = 600):
     """Run the real ``model-garden`` console script; returns CompletedProcess (text).
 
@@ -213,13 +263,13 @@ def pytest_report_header(config):
 LANES = {
     "vllm": [
         "test_deploy_serving.py::test_presets_parse_with_vllm",
-        "test_demo.py",
     ],
     "services": [
         "test_server.py", "test_ui.py", "test_jobs.py", "reliability/test_tracking_outage.py",
         "reliability/test_secrets.py",
     ],
     "slow": [
+        "test_demo.py",
         "test_carbon.py::test_training_logs_carbon_points_totals_and_version_tags",
         "test_carbon.py::test_unusable_carbon_output_folder_does_not_fail_training",
         "test_carbon.py::test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged",
@@ -260,7 +310,7 @@ LANES = {
     ],
 }
 FIXTURE_LANES = {"trained_lora": "slow", "trained_merged": "slow", "pg_cluster": "services",
-                 "moto_endpoint": "services"}
+                 "moto_endpoint": "services", "merged_server": "vllm"}
 TESTS = Path(__file__).resolve().parent
 
 
@@ -279,14 +329,23 @@ def pytest_collection_modifyitems(config, items):
     ``MG_TEST_ORDER=reverse`` or ``random[:SEED]``: run the suite in another order to catch tests
     that depend on each other. Tests of one module stay together (module-scoped servers start once);
     the modules and the tests inside each module are reordered."""
-    import random
-
     for item in items:
         for lane in sorted(lane_marks(item)):
             item.add_marker(lane)
     order = os.environ.get("MG_TEST_ORDER", "")
-    if not order:
-        return
+    if order:
+        reorder(items, order)
+
+
+def pytest_collection_finish(session):
+    """The shared server stops after the last test (as selected and ordered) that uses it."""
+    users = [item.nodeid for item in session.items if "merged_server" in getattr(item, "fixturenames", ())]
+    _MERGED_SERVER_LAST[:] = users[-1:]
+
+
+def reorder(items, order: str) -> None:
+    import random
+
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(str(item.fspath), []).append(item)

@@ -47,18 +47,35 @@ def group_alive(pgid: int) -> list[int]:
     return group_members(pgid)
 
 
-def stop_everything() -> None:
-    """Stop every recorded deployment of the current MG_HOME (test teardown safety net)."""
+# The session's shared servers (tests/conftest.py: merged_server): each stops after the last test that uses it.
+MERGED_SERVER = "merged-chat"
+SHARED_SERVERS = (MERGED_SERVER,)
+
+
+def stop_everything(shared: bool = False) -> None:
+    """Stop every recorded deployment of the current MG_HOME (test teardown safety net), but for the
+    session's shared servers unless ``shared``."""
     from mg_mlflow.deploy import state
-    from mg_mlflow.deploy.supervisor import stop_record
 
     if not os.environ.get("MG_HOME"):
         return
     for record in state.all_records():
-        try:
-            stop_record(record, grace=10.0)
-        finally:
-            state.remove_record(record.name)
+        if shared or record.name not in SHARED_SERVERS:
+            stop_deployment(record.name)
+
+
+def stop_deployment(name: str) -> None:
+    """Stop the deployment ``name`` of the current MG_HOME, if there is one, and remove its record."""
+    from mg_mlflow.deploy import state
+    from mg_mlflow.deploy.supervisor import stop_record
+
+    record = state.read_record(name)
+    if record is None:
+        return
+    try:
+        stop_record(record, grace=10.0)
+    finally:
+        state.remove_record(record.name)
 
 
 def chat_prompt(folder: Path, text: str) -> str:

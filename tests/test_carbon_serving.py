@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, train_tiny
+from conftest import invoke_cli, train_tiny
 
 EXPERIMENT = "carbon-report"
 MODEL = "carbon-served"
@@ -193,13 +193,14 @@ def test_prometheus_text_is_summed_over_labels():
 
 def test_carbon_report_renders_in_every_format(served, trained, tmp_path):
     chart = tmp_path / "chart.png"
-    table = run_cli(["carbon", "report", "--experiment", EXPERIMENT, "--chart", str(chart)], env={"COLUMNS": "200"})
+    table = invoke_cli(["carbon", "report", "--experiment", EXPERIMENT, "--chart", str(chart)],
+                       env={"COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
     assert trained.run_id[:8] in table.stdout and served["run_id"][:8] in table.stdout
     assert f"{MODEL}/{trained.registered_version}" in table.stdout and "estimated" in table.stdout
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    as_json = run_cli(["carbon", "report", "--model", MODEL, "--format", "json", "--no-chart"])
+    as_json = invoke_cli(["carbon", "report", "--model", MODEL, "--format", "json", "--no-chart"])
     assert as_json.returncode == 0, as_json.stderr
     data = json.loads(as_json.stdout)
     client = _client()
@@ -215,7 +216,7 @@ def test_carbon_report_renders_in_every_format(served, trained, tmp_path):
     assert {r["kind"] for r in data["runs"]} == {"training", "serving"}
 
     out = tmp_path / "boamps.json"
-    boamps = run_cli(["carbon", "report", "-e", EXPERIMENT, "-f", "boamps", "-o", str(out), "--no-chart"])
+    boamps = invoke_cli(["carbon", "report", "-e", EXPERIMENT, "-f", "boamps", "-o", str(out), "--no-chart"])
     assert boamps.returncode == 0, boamps.stderr
     reports = json.loads(out.read_text())["reports"]
     by_stage = {r["task"]["taskStage"]: r for r in reports}
@@ -225,5 +226,5 @@ def test_carbon_report_renders_in_every_format(served, trained, tmp_path):
         train_m["system/carbon/total_emissions_mg"] / 1e6, rel=1e-9)
     assert by_stage["inference"]["modelGarden"]["energyKWh"]["cpu"]["estimated"] is True
 
-    missing = run_cli(["carbon", "report", "--experiment", "no-such-experiment"])
+    missing = invoke_cli(["carbon", "report", "--experiment", "no-such-experiment"])
     assert missing.returncode == 2 and "no experiment named" in missing.stderr and "Traceback" not in missing.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 from deploy_support import free_port, group_alive
 
 
@@ -60,8 +60,8 @@ def test_missing_vllm(trained_lora, tmp_path):
 
 
 def test_dry_run_plans_adapter(trained_lora):
-    res = run_cli(["deploy", "models:/tiny-lora@prod", "--dry-run", "--port", str(free_port()),
-                   "--max-num-seqs", "4"], timeout=120)
+    res = invoke_cli(["deploy", "models:/tiny-lora@prod", "--dry-run", "--port", str(free_port()),
+                      "--max-num-seqs", "4"])
     assert res.returncode == 0, res.stderr
     cmd = res.stdout.strip().splitlines()[-1]
     assert "vllm.entrypoints.openai.api_server" in cmd and "--enable-lora" in cmd
@@ -129,7 +129,7 @@ def test_start_time_matches_records_written_from_proc(mg_home):
 
 
 def test_stop_unknown(mg_home):
-    res = run_cli(["deployments", "stop", "ghost"])
+    res = invoke_cli(["deployments", "stop", "ghost"])
     assert res.returncode == 2 and "no deployment named 'ghost'" in res.stderr
 
 

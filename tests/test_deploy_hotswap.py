@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, train_tiny
+from conftest import invoke_cli, run_cli, train_tiny
 from deploy_support import chat_prompt, free_port, hf_greedy, stop_everything
 
 sys.path.insert(0, str(Path(__file__).parent / "reliability"))
@@ -178,8 +178,9 @@ def test_cli_update_to_another_adapter_keeps_port_and_process(served, versions):
     current = next(m.version for m in old.models if m.name == "tiny-lora")
     target = versions[1] if current == versions[0] else versions[0]
     before = _greedy(old, _folder(current))
-    res, caller = _swap_while_calling(old, lambda: run_cli(["deployments", "update", NAME,
-                                                             f"models:/tiny-lora/{target}"], timeout=300))
+    # in-process: a console script would import torch and MLflow on cores the caller keeps busy (~30 s)
+    res, caller = _swap_while_calling(old, lambda: invoke_cli(["deployments", "update", NAME,
+                                                                f"models:/tiny-lora/{target}"]))
     assert res.returncode == 0, res.stderr[-2000:]
     out = " ".join(res.stdout.split())
     assert "hot-swapped the adapters in the running server" in out and f"same port {old.port}" in out
@@ -187,7 +188,7 @@ def test_cli_update_to_another_adapter_keeps_port_and_process(served, versions):
     new = state.get_record(NAME)
     assert (new.port, new.pid) == (old.port, old.pid) and new.uris == [f"models:/tiny-lora/{target}"]
     assert new.last_update["method"] == "hot-swap" and caller.failed == []
-    status = " ".join(run_cli(["deployments", "status", NAME]).stdout.split())
+    status = " ".join(invoke_cli(["deployments", "status", NAME]).stdout.split())
     assert "last update" in status and "hot-swap (new adapters" in status
     assert _greedy(new, _folder(target)) != before
 

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 
 # Fields deliberately absent from one surface, with the reason (anything else missing is a bug).
 NO_CLI_OPTION = {"extra_args": "given as trailing vLLM flags after the URIs"}
@@ -58,7 +58,7 @@ def test_help_texts_list_every_option(session_home):
     from mg_mlflow.deploy.plan import DeployOptions
     from mg_mlflow.options import cli_flags, plugin_keys
 
-    deploy_help = run_cli(["deploy", "--help"]).stdout
+    deploy_help = invoke_cli(["deploy", "--help"]).stdout
     for f in _fields():
         for flag in cli_flags(DeployOptions, f):
             assert flag.split("/")[0] in deploy_help, flag
@@ -102,9 +102,9 @@ def test_bad_plugin_values_are_all_reported_with_a_code():
 
 def test_cli_values_reach_the_plan_unchanged(tiny_model, session_home):
     """Generated options feed DeployOptions: the dry-run plan shows them (old flag names still work)."""
-    res = run_cli(["deploy", str(tiny_model), "--dry-run", "--port", "8123", "--max-model-len", "256",
-                   "--dtype", "float32", "--engine", "vllm-cpu", "--skip-memory-check", "--kv-cache-gib", "2",
-                   "--served-model-name", "tiny-x", "--max-num-seqs", "3"])
+    res = invoke_cli(["deploy", str(tiny_model), "--dry-run", "--port", "8123", "--max-model-len", "256",
+                      "--dtype", "float32", "--engine", "vllm-cpu", "--skip-memory-check", "--kv-cache-gib", "2",
+                      "--served-model-name", "tiny-x", "--max-num-seqs", "3"])
     assert res.returncode == 0, res.stderr
     cmd = res.stdout.strip().splitlines()[-1]
     assert cmd.startswith("VLLM_CPU_KVCACHE_SPACE=2.0 ")
@@ -112,5 +112,5 @@ def test_cli_values_reach_the_plan_unchanged(tiny_model, session_home):
                   "--max-model-len 256"):
         assert piece in cmd, cmd
     assert cmd.endswith("--max-num-seqs 3")
-    bad = run_cli(["deploy", str(tiny_model), "--dry-run", "--engine", "tgi"])
+    bad = invoke_cli(["deploy", str(tiny_model), "--dry-run", "--engine", "tgi"])
     assert bad.returncode == 2 and "--engine" in bad.stderr and "tgi" in bad.stderr

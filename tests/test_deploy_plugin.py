@@ -1,4 +1,5 @@
-"""`mlflow deployments ... -t vllm` end to end on the merged model (one real vLLM server)."""
+"""`mlflow deployments ... -t vllm` end to end on the merged model: the session's shared real vLLM server
+(conftest.py: merged_server, also used by test_evaluate.py), and run-local's own."""
 
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow.exceptions import MlflowException
 
-from deploy_support import chat_prompt, free_port, group_alive, hf_greedy, stop_everything
+from deploy_support import MERGED_SERVER, chat_prompt, free_port, group_alive, hf_greedy, stop_everything
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
-NAME = "merged-chat"
+NAME = MERGED_SERVER
 
 
 def _mlflow(*args, timeout=400):
@@ -77,27 +78,13 @@ def test_each_error_class_has_its_mlflow_code(tiny_model, mg_home, tmp_path):
         stop_everything()
 
 
-@pytest.fixture(scope="module")
-def module_cleanup(trained_merged):
-    yield
-    stop_everything()
-
-
 @pytest.fixture()
-def merged_deployment(module_cleanup):
-    """The module's deployment, running: created once, and again only when a test before this one (in
-    whatever order the tests run) ended it."""
+def merged_deployment(merged_server):
+    """The session's shared plugin deployment of models:/tiny-merged@prod (conftest.py), running."""
     from mg_mlflow.deploy import state
 
-    record = state.read_record(NAME)
-    if record is None or state.status_of(record) != "running":
-        stop_everything()
-        res = _mlflow("create", "-t", "vllm", "--name", NAME, "-m", "models:/tiny-merged@prod",
-                      "-C", f"port={free_port()}", "-C", "max_model_len=512", "-C", "carbon=false",
-                      "-C", "health_timeout=300")
-        assert res.returncode == 0, res.stdout + res.stderr
-        record = state.read_record(NAME)
-    return record
+    merged_server()
+    return state.read_record(NAME)
 
 
 @pytest.mark.vllm
@@ -137,26 +124,6 @@ def test_bad_update_keeps_the_deployment(merged_deployment):
     assert client.get_deployment(NAME)["status"] == "running"
 
 
-@pytest.mark.vllm
-def test_killed_server_shows_dead_then_delete_cleans_up(merged_deployment):
-    from mlflow.deployments import get_deploy_client
-
-    client = get_deploy_client("vllm")
-    info = client.get_deployment(NAME)
-    os.kill(info["pid"], signal.SIGKILL)
-    import time
-
-    deadline = time.time() + 30
-    while time.time() < deadline and client.get_deployment(NAME)["status"] != "dead":
-        time.sleep(0.2)
-    statuses = {d["name"]: d["status"] for d in client.list_deployments()}
-    assert statuses[NAME] == "dead"
-    res = _mlflow("delete", "-t", "vllm", "--name", NAME)
-    assert res.returncode == 0, res.stderr
-    assert group_alive(merged_deployment.pgid) == []  # orphaned engine processes are gone too
-    assert NAME not in {d["name"] for d in client.list_deployments()}
-
-
 def _completion(port: int, model: str, prompt: str = "Hello", max_tokens: int = 4) -> dict:
     import urllib.request
 
@@ -168,14 +135,15 @@ def _completion(port: int, model: str, prompt: str = "Hello", max_tokens: int = 
 
 
 # `mlflow deployments update -t vllm` (new version beside the old one, key kept, failed start leaves the
-# old one serving): tests/reliability/test_deploy_update.py
+# old one serving) and a SIGKILLed server (dead, then `mlflow deployments delete` leaves no process):
+# tests/reliability/test_deploy_update.py
 
 
 @pytest.mark.vllm
 def test_run_local_serves_until_interrupted(trained_merged, tmp_path):
     from mg_mlflow.deploy import state
 
-    stop_everything()  # one vLLM server at a time
+    stop_everything()  # one vLLM server at a time, besides the session's shared one
     port = free_port()
     record = None
     proc = subprocess.Popen([MLFLOW, "deployments", "run-local", "-t", "vllm", "--name", "dev",

