@@ -262,6 +262,7 @@ def pytest_report_header(config):
 #   slow      trains for several seconds, or runs the CLI as a subprocess around a training
 LANES = {
     "vllm": [
+        "test_demo.py",
         "test_deploy_serving.py::test_presets_parse_with_vllm",
     ],
     "services": [
@@ -269,7 +270,6 @@ LANES = {
         "reliability/test_secrets.py",
     ],
     "slow": [
-        "test_demo.py",
         "test_carbon.py::test_training_logs_carbon_points_totals_and_version_tags",
         "test_carbon.py::test_unusable_carbon_output_folder_does_not_fail_training",
         "test_carbon.py::test_tracker_that_raises_mid_run_keeps_training_and_what_it_logged",

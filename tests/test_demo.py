@@ -1,14 +1,9 @@
-"""The README's first command, ``bash .ci/demo``: the main job on the embedded default (a sqlite store
-under $MG_HOME, a tiny model built offline).
-
-It runs with ``--no-deploy``: the demo's serving steps are the commands the README's Quick start
-pastes on the same kind of model (a tiny LoRA adapter registered by `model-garden train`):
-`deploy models:/NAME@champion`, `generate`, `deployments stop`, which tests/test_readme.py runs against
-a real vLLM and checks that nothing is left serving. What only the demo shows is asserted here:
-the held-out exact match before and after training, read back from `model-garden evaluate`."""
+"""The README's first command, ``bash .ci/demo``: the main job end to end on the embedded default
+(a sqlite store under $MG_HOME, a tiny model built offline, a real vLLM), with nothing left running."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -17,15 +12,14 @@ import sys
 from conftest import ROOT
 
 
-def test_ci_demo_trains_registers_and_evaluates(tmp_path):
+def test_ci_demo_trains_registers_serves_and_stops(tmp_path):
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
     env["MG_HOME"] = str(home)
-    proc = subprocess.run(["bash", ".ci/demo", "--no-deploy"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(["bash", ".ci/demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "done" in out and "$ model-garden deploy" not in out  # --no-deploy: no serving step
+    assert "$ model-garden deploy models:/demo-lora@champion" in out and "done" in out
     # the demo shows what training changed: held-out exact match of the base and of the trained adapter
     found = re.search(r"held-out exact match ([\d.]+) \(base\) -> ([\d.]+) \(trained\)", out)
     assert found, out[-4000:]
@@ -40,3 +34,7 @@ def test_ci_demo_trains_registers_and_evaluates(tmp_path):
                            capture_output=True, text=True, timeout=120)
     assert check.stdout.split() == ["1", "FINISHED"], check.stdout + check.stderr
 
+    listed = subprocess.run([sys.executable, "-m", "mg_mlflow", "deployments", "list", "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    records = json.loads(listed.stdout or "[]")
+    assert [r.get("status") for r in records if r.get("name") == "demo"] in ([], ["stopped"]), listed.stdout
