@@ -31,17 +31,12 @@ HERE = Path(__file__).resolve().parent
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="prompt/chosen/rejected JSONL (bench_data.py writes it)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
     p.add_argument("--batch", type=int, default=8, help="pairs per micro-batch")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--seq", type=int, default=512, help="DPOConfig max_length (prompt + answer)")
     p.add_argument("--ref", choices=["implicit", "model"], default="implicit")
     p.add_argument("--beta", type=float, default=0.1)
-    bare_lora.add_arguments(p)
+    bare_lora.add_arguments(p, "prompt/chosen/rejected JSONL (bench_data.py writes it)")
     a = p.parse_args(argv)
     if a.ref == "model" and a.backend != "hf":
         p.error("--ref model is for --backend hf")

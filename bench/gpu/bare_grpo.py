@@ -24,11 +24,6 @@ import bare_lora  # beside this script
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="prompts JSONL (a prompt column)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--batch", type=int, default=16, help="completions per step (per_device_train_batch_size)")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--max-completion-length", type=int, default=256)
@@ -36,7 +31,7 @@ def parse(argv=None):
     p.add_argument("--seq", type=int, default=1024, help="Unsloth's max_seq_length")
     p.add_argument("--generation", choices=["auto", "vllm", "generate"], default="auto")
     p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.0, help="0: the library's default")
-    bare_lora.add_arguments(p, lr=1e-5, gc=False)
+    bare_lora.add_arguments(p, "prompts JSONL (a prompt column)", lr=1e-5, gc=False, warmup=10)
     return p.parse_args(argv)
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def add_arguments(p, lr: float = 2e-4, gc: bool = True) -> None:
-    """The options every bare baseline takes: the adapter, the learning rate, the seed, the result file."""
+def add_arguments(p, data_help: str, lr: float = 2e-4, gc: bool = True, warmup: int = 5) -> None:
+    """The options every bare baseline takes: the backend, model and data, the timed window, the adapter, the
+    learning rate, the seed, the result file."""
+    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=warmup, help="steps before the timed window")
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--lora-alpha", type=int, default=16)
     p.add_argument("--lr", type=float, default=lr)

@@ -36,12 +36,7 @@ BATCHING = ("padded", "padding_free", "packed", "default")
 
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", choices=["hf", "unsloth"], default="hf")
     p.add_argument("--method", choices=["lora", "qlora"], default="lora")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="prompt/completion JSONL (bench_data.py writes it)")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1, help="gradient_accumulation_steps (set explicitly)")
     p.add_argument("--seq", type=int, default=512)
@@ -51,7 +46,7 @@ def parse(argv=None):
                    help="hf attn_implementation; auto: flex_attention for padding_free/packed on CUDA "
                         "(Model Garden's rule), sdpa otherwise")
     p.add_argument("--pad-multiple", type=int, default=0, help="SFTConfig pad_to_multiple_of (0 = off)")
-    bare_lora.add_arguments(p)
+    bare_lora.add_arguments(p, "prompt/completion JSONL (bench_data.py writes it)")
     return p.parse_args(argv)
 
 
