@@ -47,8 +47,19 @@ DIARY = {
     "a commit hash": re.compile(r"(?<![\w-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}(?![\w-])"),
     "a work session": re.compile(r"\bsessions?\b", re.I),
     "a machine lease": re.compile(r"\bleases?\b", re.I),
-    "a file outside the repository": re.compile(r"DESIGN\.md|FACTS\.md|\.\./shared|/work/"),
 }
+# The repository's top-level entries and the names of its markdown files: a path that climbs out of the
+# checkout, or a page name that is none of its own, points at something a user does not have.
+TOP_LEVEL = {p.name for p in ROOT.iterdir()}
+MD_NAMES = {p.name for top in ("README.md", "docs", "bench", "serving", "projects", ".ci") for p in
+            ([ROOT / top] if top.endswith(".md") else (ROOT / top).rglob("*.md"))}
+PARENT_PATH = re.compile(r"(?<![\w.])((?:\.\./)+)([\w.-]+)")
+MD_NAME = re.compile(r"(?<![\w.-])[\w./-]*?([\w-]+\.md)\b")
+
+
+def outside_the_repository(line: str) -> bool:
+    climbs = any(len(ups) > 3 or name not in TOP_LEVEL for ups, name in PARENT_PATH.findall(line))
+    return climbs or any(name not in MD_NAMES for name in MD_NAME.findall(line))
 
 
 def doc_files() -> list[Path]:
@@ -190,7 +201,9 @@ def readme_problems(text: str) -> list[str]:
 def diary_hits(path: str, text: str) -> list[str]:
     return [f"{path}:{number}: {what}: {line.strip()}"
             for number, line in enumerate(text.splitlines(), 1)
-            for what, pattern in DIARY.items() if pattern.search(line)]
+            for what, pattern in DIARY.items() if pattern.search(line)] + \
+        [f"{path}:{number}: a file outside the repository: {line.strip()}"
+         for number, line in enumerate(text.splitlines(), 1) if outside_the_repository(line)]
 
 
 def test_readme_is_short():
@@ -206,14 +219,15 @@ def test_docs_read_as_product_text_not_a_diary():
 
 @pytest.mark.parametrize("line", [
     "the serving figures of issue 12", "fixed in Issues #14", "measured on commit bf7dc92",
-    "code 47a7520b9c", "in the fourth session", "the H100 lease", "see /work/notes/FACTS.md", "DESIGN.md says"])
+    "code 47a7520b9c", "in the fourth session", "the H100 lease", "see ../notes/PLAN.md", "as NOTES.md says", "../../elsewhere/x.py"])
 def test_diary_patterns_catch(line):
     assert diary_hits("x.md", line)
 
 
 @pytest.mark.parametrize("line", [
     "models:/m-<id>", "2026-11-28, H100 80GB", "release 1.2.0", "bf16 and fp8", "loss 1e-4", "deadbeef",
-    "python -m torch.distributed.run", "compare 3f2a9c 81be07", "sha256 digest", "1234567 tokens"])
+    "python -m torch.distributed.run", "compare 3f2a9c 81be07", "sha256 digest", "1234567 tokens",
+    "see [Training](training.md)", "[the README](../README.md)", "`bench/offline/README.md`"])
 def test_diary_patterns_spare_product_text(line):
     assert not diary_hits("x.md", line)
 
