@@ -1,6 +1,6 @@
 """The embedded default for jobs: one local Ray instance, started on demand, state under $MG_HOME.
 
-``ray start --head --block`` runs in its own session; its record (pid, dashboard URL, resources) is
+``ray start --head --block`` runs in its own POSIX session (setsid); its record (pid, dashboard URL, resources) is
 ``$MG_HOME/ray/cluster.json``. Ray's Unix sockets live under its temp dir and a socket path may not
 exceed ~107 bytes, so a long ``$MG_HOME`` gets a short temp dir in /tmp named after it. Resources: one
 custom resource ``mg_train_slot`` per concurrent training on a CPU machine (plus the GPUs Ray detects
