@@ -174,6 +174,21 @@ def test_quality_metric_has_a_declared_direction_and_counts_are_never_quality():
     assert pareto_front([(1.0, 5.0), (2.0, 4.0), (3.0, 4.5)], higher_is_better=False) == [0, 1]
 
 
+def test_a_gap_equal_to_the_spread_counts_as_equal_after_the_unit_change():
+    """compare measures the spread of the same work in kg and draws the front in g: two runs whose gap is
+    that spread (the two compared runs are the only repeated work) must count as equal for any values, not
+    only where kg -> g rounds their way (a third of random pairs did not)."""
+    import random
+
+    from mg_mlflow.experiment.compare_plot import pareto_front
+
+    rng = random.Random(20261206)
+    for _ in range(2000):
+        a, b = rng.uniform(1e-7, 1e-4), rng.uniform(1e-7, 1e-4)
+        spread = (max(a, b) - min(a, b)) / min(a, b)
+        assert pareto_front([(a * 1000, 2.0), (b * 1000, 1.0)], False, x_tolerance=spread) == [1], (a, b)
+
+
 def test_metric_directions_are_declared_once():
     from mg_mlflow.experiment.space import direction_for
     from mg_mlflow.tracking.directions import direction

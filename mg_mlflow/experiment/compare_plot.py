@@ -75,9 +75,10 @@ def bar_metrics(data: dict, quality: str | None, metrics: list[str] | None = Non
 
 def pareto_front(points: list[tuple[float, float]], higher_is_better: bool, x_tolerance: float = 0.0) -> list[int]:
     """Indices of points no other point beats on both footprint (lower) and quality; two footprints
-    whose relative gap is within ``x_tolerance`` count as equal."""
+    whose relative gap is within ``x_tolerance`` count as equal. The tolerance is a gap measured elsewhere
+    (in kg, where these footprints are in g), so a gap equal to it counts as equal up to rounding."""
     def same_x(a: float, b: float) -> bool:
-        return abs(a - b) <= x_tolerance * min(a, b)
+        return abs(a - b) <= x_tolerance * min(a, b) * (1 + 1e-9)
 
     def better(a: float, b: float) -> bool:
         return a > b if higher_is_better else a < b
