@@ -77,6 +77,32 @@ def test_the_ratio_needs_two_pairs_of_the_same_round():
     assert two["variants"]["mg-hf-grpo"]["rounds"] == 2
 
 
+def test_merged_calls_pair_only_runs_of_the_same_call_and_round(tmp_path):
+    def row(side, r, cps):
+        return {"variant": f"{side}-hf-grpo", "side": side, "backend": "hf", "round": r, "completions_per_s": cps,
+                "s_per_step": 1.0, "gen_s_per_step": 0.6, "opt_s_per_step": 0.4, "generation_share": 0.6}
+
+    def call(name, rows, card="NVIDIA H200"):
+        path = tmp_path / name / "results.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"meta": {"card": card, "cpu_smoke": False, "args": {
+            "size": "1b", "steps": 30, "warmup": 10, "batch": 16, "num_generations": 8, "max_completion_length": 256}},
+            "rows": rows}))
+        return str(path)
+
+    # each call alone has one pair per round 0; merged, the second call's round 0 is round 1, never paired
+    # with the first call's bare run
+    first = call("a", [row("bare", 0, 10.0), row("mg", 0, 8.0)])
+    second = call("b", [row("bare", 0, 20.0), row("mg", 0, 20.0)])
+    merged = bench_grpo.main(["--merge", first, second, "--out", str(tmp_path / "out")])
+    assert sorted(r["round"] for r in merged["rows"]) == [0, 0, 1, 1]
+    assert merged["summary"]["ratios"]["hf"] == {"pairs": 2, "median": pytest.approx(0.9), "min": 0.8, "max": 1.0}
+    assert "2 calls merged" in (tmp_path / "out" / "results.md").read_text()
+    with pytest.raises(SystemExit, match="different cards"):
+        bench_grpo.main(["--merge", first, call("c", [row("bare", 0, 1.0)], card="NVIDIA H100"),
+                         "--out", str(tmp_path / "x")])
+
+
 @pytest.mark.slow
 def test_cpu_smoke_times_both_sides_with_the_same_meter(tmp_path):
     proc = subprocess.run([sys.executable, str(GPU_DIR / "bench_grpo.py"), "--cpu-smoke", "--out", str(tmp_path / "out"),

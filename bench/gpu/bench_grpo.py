@@ -11,6 +11,7 @@ of completions/s is the median over pairs of the same round (none printed from f
     python bench/gpu/bench_grpo.py --out $OUT                      # on the GPU: hf and unsloth, 1B shape
     python bench/gpu/bench_grpo.py --plan                          # the runs and their device seconds, here
     python bench/gpu/bench_grpo.py --cpu-smoke --out /tmp/grpo     # plumbing on a CPU (model.generate, 3 steps)
+    python bench/gpu/bench_grpo.py --merge A/results.json B/results.json --out DIR   # one report from several calls
 
 Output: OUT/results.json and OUT/results.md (plus logs.tar.gz with every variant's log and the MLflow runs).
 """
@@ -33,9 +34,10 @@ sys.path[:0] = [str(HERE), str(ROOT)]
 import bench_parity  # noqa: E402
 from parity_report import MIN_PAIRS  # noqa: E402
 
-# rough wall seconds per variant on one H100 (process start, imports, model and vLLM engine load, 30 steps):
-# an estimate for --plan until the first GPU run calibrates it
-COST = {("bare", "hf"): 150, ("mg", "hf"): 170, ("bare", "unsloth"): 180, ("mg", "unsloth"): 200}
+# wall seconds per variant on one H200, 1B shape, 30 steps (process start, imports, model and vLLM engine load
+# included; the first run of a machine compiles and takes the upper end): measured 60-106 / 69-115 (hf),
+# 114-163 / 97-147 (unsloth)
+COST = {("bare", "hf"): 90, ("mg", "hf"): 100, ("bare", "unsloth"): 150, ("mg", "unsloth"): 140}
 SIDES = ("bare", "mg")
 
 
@@ -61,6 +63,8 @@ def parse(argv=None):
     p.add_argument("--variant-timeout", type=float, default=540)
     p.add_argument("--plan", action="store_true", help="print the runs and their estimated seconds, run nothing")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model, 3 steps, hf only: the plumbing on a CPU")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                   help="write one report (--out) from the results.json of several calls, their rounds kept apart")
     a = p.parse_args(argv)
     if a.cpu_smoke:
         a.size, a.steps, a.warmup, a.batch, a.num_generations = "tiny", 3, 1, 4, 2
@@ -173,13 +177,33 @@ def summary(rows: list[dict]) -> dict:
     return {"variants": variants, "ratios": ratios}
 
 
+def merge(paths: list[str]) -> dict:
+    """One result from several calls' ``results.json`` (one card): each call's rounds are renumbered after the
+    previous call's, so a pair is still bare and mg of the same round of the same call."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    cards = {r["meta"]["card"] for r in results}
+    if len(cards) != 1:
+        raise SystemExit(f"--merge: the results come from different cards ({', '.join(sorted(cards))}): "
+                         "a ratio pairs runs of one card only")
+    rows, offset = [], 0
+    for path, result in zip(paths, results):
+        for row in result["rows"]:
+            rows.append({**row, "round": row["round"] + offset, "source": str(path)})
+        offset += 1 + max((row["round"] for row in result["rows"]), default=-1)
+    meta = {**results[0]["meta"], "merged_from": [str(p) for p in paths],
+            "calls": [{k: r["meta"].get(k) for k in ("date", "versions", "wall_s", "complete")} for r in results]}
+    return {"meta": meta, "rows": rows, "summary": summary(rows)}
+
+
 def markdown(result: dict) -> str:
     meta, s = result["meta"], result["summary"]
     lines = [f"# GRPO: bare GRPOTrainer vs model-garden train --objective grpo ({meta['card']})", "",
              f"{meta['args']['size']} shape, {meta['args']['steps']} steps (timed after {meta['args']['warmup']}), "
              f"{meta['args']['batch']} completions per step, groups of {meta['args']['num_generations']}, "
              f"completions of up to {meta['args']['max_completion_length']} tokens"
-             + (" — CPU SMOKE: plumbing only, no speed figure" if meta["cpu_smoke"] else ""), "",
+             + (" — CPU SMOKE: plumbing only, no speed figure" if meta["cpu_smoke"] else "")
+             + (f"; {len(meta['merged_from'])} calls merged, rounds numbered across them" if meta.get("merged_from")
+                else ""), "",
              "| variant | rounds | completions/s | s/step | generation s/step | optimisation s/step | generation share |",
              "|---|---|---|---|---|---|---|"]
     for name, v in s["variants"].items():
@@ -196,6 +220,13 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     a = parse(argv)
+    if a.merge:
+        result, out = merge(a.merge), Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
+        (out / "results.md").write_text(markdown(result))
+        print(markdown(result))
+        return result
     plan = schedule(a)
     if a.plan:
         total = sum(COST[(side, backend)] for _, side, backend in plan)
