@@ -49,6 +49,28 @@ def test_both_sides_run_the_same_work_in_alternating_order(tmp_path):
     assert bench_grpo.main(["--plan", "--backends", "hf"])["estimate_s"] > 0
 
 
+def test_a_platform_variant_adds_its_options_and_is_paired_with_bare(tmp_path):
+    a = bench_grpo.parse(["--backends", "hf", "--mg-variant", "quiet=--no-carbon --logging-steps 30"])
+    assert bench_grpo.schedule(a) == [(0, "bare", "hf"), (0, "mg", "hf"), (0, "mg-quiet", "hf"),
+                                      (1, "mg-quiet", "hf"), (1, "mg", "hf"), (1, "bare", "hf")]
+    mg_cmd = bench_grpo.mg_command(a, "hf", "M", "P.jsonl", tmp_path / "m.json", "exp", "run", a.extra["mg-quiet"])
+    assert mg_cmd[-3:] == ["--no-carbon", "--logging-steps", "30"]
+
+    def row(side, r, cps, **args):
+        return {"variant": f"{side}-hf-grpo", "side": side, "backend": "hf", "round": r, "completions_per_s": cps,
+                "s_per_step": 1.0, "gen_s_per_step": 0.6, "opt_s_per_step": 0.4, "generation_share": 0.6,
+                "eff_args": {"output_dir": f"'/tmp/{side}'", "warmup_steps": "0", "reward_weights": "None",
+                             "gradient_checkpointing": "False", **args}}
+
+    out = bench_grpo.summary([row("bare", 0, 10.0), row("mg", 0, 9.0, warmup_steps="0.0", reward_weights="[1.0]"),
+                              row("mg-quiet", 0, 10.0), row("mg-quiet", 1, 9.5, gradient_checkpointing="True"),
+                              row("mg", 1, 9.0), row("bare", 1, 10.0)])
+    assert out["ratios"]["hf"]["median"] == pytest.approx(0.9)
+    assert out["ratios"]["hf mg-quiet"]["median"] == pytest.approx(0.975)
+    # where each side writes and equal values spelt apart are shared; a real difference is reported
+    assert out["unshared_settings"] == {"hf mg-quiet: gradient_checkpointing": "bare=False mg=True"}
+
+
 def test_the_bare_reward_is_model_gardens_length_reward():
     import bare_grpo
 
@@ -117,6 +139,8 @@ def test_cpu_smoke_times_both_sides_with_the_same_meter(tmp_path):
         assert r["completions_per_step"] == 4  # the batch: 2 prompts x 2 generations
         assert r["completions_per_s"] > 0 and 0 < r["generation_share"] < 1
         assert r["gen_s_per_step"] + r["opt_s_per_step"] == pytest.approx(r["s_per_step"], rel=1e-9)
+    # both sides trained with the same trainer settings, apart from where they write and the platform's tracking
+    assert result["summary"]["unshared_settings"] == {}
     mg = rows["mg-hf-grpo"]
     assert mg["mg_generation_resolved"] == "generate" and mg["run_status"] == "FINISHED"
     assert mg["carbon"]["system/carbon/generation/energy_j"] > 0

@@ -81,6 +81,7 @@ def main(argv=None) -> dict:
                      use_cpu=not cuda, num_generations=a.num_generations,
                      max_completion_length=a.max_completion_length, temperature=1.0, beta=0.0, loss_type="dapo",
                      epsilon=0.2, scale_rewards="group", logging_steps=a.steps, report_to="none", save_strategy="no",
+                     gradient_checkpointing=False,  # GRPOConfig's default is on; the platform run has it off
                      disable_tqdm=True, log_completions=False, **vllm_kw)
     trainer = GRPOTrainer(model=model, reward_funcs=[make_reward(a.target)], args=cfg, train_dataset=ds,
                           processing_class=tok, peft_config=peft_config)

@@ -39,6 +39,12 @@ from parity_report import MIN_PAIRS  # noqa: E402
 # 114-163 / 97-147 (unsloth)
 COST = {("bare", "hf"): 90, ("mg", "hf"): 100, ("bare", "unsloth"): 150, ("mg", "unsloth"): 140}
 SIDES = ("bare", "mg")
+# trainer settings that may differ between the sides: where each side writes, and the platform's own
+# tracking (what a user gets; its cost is part of the measurement). Any other difference is printed in the
+# report as a setting the two sides did not share.
+OWN_SETTINGS = {"output_dir", "logging_dir", "run_name", "report_to", "logging_steps", "logging_first_step",
+                "logging_nan_inf_filter", "include_num_input_tokens_seen", "disable_tqdm",
+                "per_device_eval_batch_size", "num_train_epochs"}  # max_steps ends both runs
 
 
 def parse(argv=None):
@@ -63,9 +69,19 @@ def parse(argv=None):
     p.add_argument("--variant-timeout", type=float, default=540)
     p.add_argument("--plan", action="store_true", help="print the runs and their estimated seconds, run nothing")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny model, 3 steps, hf only: the plumbing on a CPU")
+    p.add_argument("--mg-variant", action="append", default=[], metavar='NAME="OPTIONS"',
+                   help="one more platform side with extra train options, e.g. "
+                        "quiet=\"--no-carbon --no-system-metrics --logging-steps 30\" (side mg-NAME, paired "
+                        "with bare like mg): what a piece of tracking costs")
     p.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                    help="write one report (--out) from the results.json of several calls, their rounds kept apart")
     a = p.parse_args(argv)
+    a.extra = {}
+    for spec in a.mg_variant:
+        name, sep, opts = spec.partition("=")
+        if not sep or not name.isidentifier():
+            p.error(f"--mg-variant {spec!r}: give NAME=\"OPTIONS\", e.g. quiet=\"--no-carbon\"")
+        a.extra[f"mg-{name}"] = opts.split()
     if a.cpu_smoke:
         a.size, a.steps, a.warmup, a.batch, a.num_generations = "tiny", 3, 1, 4, 2
         a.max_completion_length, a.target, a.prompts, a.repeat, a.backends = 8, 16, 16, 1, "hf"
@@ -73,11 +89,13 @@ def parse(argv=None):
 
 
 def schedule(a) -> list[tuple[int, str, str]]:
-    """(round, side, backend) in run order: per backend, bare then mg, then mg then bare (ABBA)."""
+    """(round, side, backend) in run order: per backend, bare then mg (then the mg variants), then the same
+    sides reversed (ABBA)."""
+    sides = (*SIDES, *getattr(a, "extra", {}))
     out = []
     for backend in a.backends.split(","):
         for r in range(a.repeat):
-            out += [(r, side, backend) for side in (SIDES if r % 2 == 0 else SIDES[::-1])]
+            out += [(r, side, backend) for side in (sides if r % 2 == 0 else sides[::-1])]
     return out
 
 
@@ -97,7 +115,8 @@ def bare_command(a, backend: str, model: str, prompts: str, out_json: Path) -> l
     return cmd
 
 
-def mg_command(a, backend: str, model: str, prompts: str, out_json: Path, experiment: str, run_name: str) -> list[str]:
+def mg_command(a, backend: str, model: str, prompts: str, out_json: Path, experiment: str, run_name: str,
+               extra: tuple[str, ...] = ()) -> list[str]:
     cli = ["train", "--objective", "grpo", "--base-model", model, "--dataset", prompts, "--backend", backend,
            "--method", "lora", "--lora-r", "16", "--lora-alpha", "16", "--reward", "length",
            "--reward-length-target", str(a.target), "--num-generations", str(a.num_generations),
@@ -107,6 +126,7 @@ def mg_command(a, backend: str, model: str, prompts: str, out_json: Path, experi
            "--experiment", experiment, "--run-name", run_name, "--no-progress"]
     if a.vllm_gpu_memory_utilization:
         cli += ["--trainer-arg", f"vllm_gpu_memory_utilization={a.vllm_gpu_memory_utilization}"]
+    cli += list(extra)
     return [sys.executable, str(HERE / "mg_timed.py"), "--meter", "grpo", "--meter-out", str(out_json),
             "--warmup", str(a.warmup), "--", *cli]
 
@@ -138,7 +158,7 @@ def run_variant(a, r: int, side: str, backend: str, model: str, prompts: str, en
     meter_json.unlink(missing_ok=True)
     experiment = f"bench-grpo-{a.size}"
     cmd = (bare_command(a, backend, model, prompts, meter_json) if side == "bare"
-           else mg_command(a, backend, model, prompts, meter_json, experiment, tag))
+           else mg_command(a, backend, model, prompts, meter_json, experiment, tag, getattr(a, "extra", {}).get(side, ())))
     env = {**env, "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "0")}
     started = time.perf_counter()
     proc = bench_parity.run_bounded(cmd, env, lane_dir, a.variant_timeout)
@@ -150,7 +170,7 @@ def run_variant(a, r: int, side: str, backend: str, model: str, prompts: str, en
     if proc.returncode != 0 or row.get("exit_code") or row.get("meter_error"):
         tail = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()][-3:]
         row["error"] = row.get("meter_error") or " | ".join(tail)[-600:] or f"exit {proc.returncode}"
-    if side == "mg":
+    if side != "bare":
         try:
             row.update(mlflow_figures(tag, experiment, env["MLFLOW_TRACKING_URI"]))
         except Exception as exc:  # noqa: BLE001 - recorded, the lane goes on
@@ -167,14 +187,36 @@ def summary(rows: list[dict]) -> dict:
         variants[name] = {k: statistics.median(r[k] for r in mine) for k in (
             "completions_per_s", "s_per_step", "gen_s_per_step", "opt_s_per_step", "generation_share")}
         variants[name]["rounds"] = len(mine)
-    ratios = {}
+    ratios, differences = {}, {}
     for backend in sorted({r["backend"] for r in good}):
         by = {(r["side"], r["round"]): r for r in good if r["backend"] == backend}
-        pairs = [by[("mg", n)]["completions_per_s"] / by[("bare", n)]["completions_per_s"]
-                 for (side, n) in by if side == "mg" and ("bare", n) in by]
-        ratios[backend] = {"pairs": len(pairs), "median": statistics.median(pairs) if len(pairs) >= MIN_PAIRS else None,
+        for platform in sorted({side for side, _ in by if side != "bare"}, key=lambda s: (s != "mg", s)):
+            pairs = [by[(platform, n)]["completions_per_s"] / by[("bare", n)]["completions_per_s"]
+                     for (side, n) in by if side == platform and ("bare", n) in by]
+            key = backend if platform == "mg" else f"{backend} {platform}"
+            ratios[key] = {"pairs": len(pairs), "median": statistics.median(pairs) if len(pairs) >= MIN_PAIRS else None,
                            "min": min(pairs, default=None), "max": max(pairs, default=None)}
-    return {"variants": variants, "ratios": ratios}
+            for (side, n), row in by.items():
+                if side == platform and ("bare", n) in by:
+                    differences.update({f"{key}: {k}": v for k, v in unshared(by[("bare", n)], row).items()})
+    return {"variants": variants, "ratios": ratios, "unshared_settings": differences}
+
+
+def unshared(bare: dict, mg: dict) -> dict[str, str]:
+    """The trainer settings (``eff_args``) the two rows did not share, outside the platform's own
+    (``OWN_SETTINGS``): ``{name: "bare=... mg=..."}``. Equal numbers in other types (0 and 0.0) and a single
+    reward's weight (None and [1.0]) count as shared."""
+    def same(x: str | None, y: str | None) -> bool:
+        if x == y:
+            return True
+        try:
+            return float(x) == float(y)
+        except (TypeError, ValueError):
+            return {x, y} == {"None", "[1.0]"}
+
+    a, b = bare.get("eff_args") or {}, mg.get("eff_args") or {}
+    return {k: f"bare={a.get(k)} mg={b.get(k)}" for k in sorted(set(a) | set(b))
+            if k not in OWN_SETTINGS and not same(a.get(k), b.get(k))}
 
 
 def merge(paths: list[str]) -> dict:
@@ -214,6 +256,9 @@ def markdown(result: dict) -> str:
         mid = f"{ratio['median']:.3f}" if ratio["median"] is not None else f"n/a (< {MIN_PAIRS} pairs)"
         rng = f"{ratio['min']:.3f}-{ratio['max']:.3f}" if ratio["pairs"] else "-"
         lines.append(f"| {backend} | {mid} | {ratio['pairs']} | {rng} |")
+    unshared_lines = [f"- {k}: {v}" for k, v in s.get("unshared_settings", {}).items()]
+    if unshared_lines:
+        lines += ["", "Trainer settings the sides did not share (the ratio compares different work):", *unshared_lines]
     errors = [f"- {r['variant']} r{r['round']}: {r['error']}" for r in result["rows"] if r.get("error")]
     return "\n".join(lines + (["", "Errors:", *errors] if errors else [])) + "\n"
 
@@ -229,9 +274,10 @@ def main(argv=None) -> dict:
         return result
     plan = schedule(a)
     if a.plan:
-        total = sum(COST[(side, backend)] for _, side, backend in plan)
+        cost = {(side, backend): COST[("bare" if side == "bare" else "mg", backend)] for _, side, backend in plan}
+        total = sum(cost[(side, backend)] for _, side, backend in plan)
         for r, side, backend in plan:
-            print(f"{COST[(side, backend)]:5d} s  {side}-{backend}-grpo (round {r})")
+            print(f"{cost[(side, backend)]:5d} s  {side}-{backend}-grpo (round {r})")
         print(f"{len(plan)} runs, ~{total} s ({total / 60:.1f} min) + ~30 s model/prompts")
         return {"plan": [f"{side}-{backend}-grpo.r{r}" for r, side, backend in plan], "estimate_s": total}
     if a.gpu:

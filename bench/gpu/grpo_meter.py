@@ -74,7 +74,8 @@ def effective_settings(trainer) -> dict:
             "eff_vllm_engine": type(engine).__name__ if engine is not None else "",
             "eff_num_generations": int(args.num_generations), "eff_batch": int(args.per_device_train_batch_size),
             "eff_max_completion_length": int(args.max_completion_length), "eff_loss_type": str(args.loss_type),
-            "eff_beta": float(args.beta), "eff_trainer_class": type(trainer).__name__}
+            "eff_beta": float(args.beta), "eff_trainer_class": type(trainer).__name__,
+            "eff_args": {k: repr(v) for k, v in sorted(args.to_dict().items())}}
 
 
 def attach(trainer, warmup: int = 5) -> GrpoMeter:
