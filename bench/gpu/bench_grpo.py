@@ -158,7 +158,8 @@ def run_variant(a, r: int, side: str, backend: str, model: str, prompts: str, en
     meter_json.unlink(missing_ok=True)
     experiment = f"bench-grpo-{a.size}"
     cmd = (bare_command(a, backend, model, prompts, meter_json) if side == "bare"
-           else mg_command(a, backend, model, prompts, meter_json, experiment, tag, getattr(a, "extra", {}).get(side, ())))
+           else mg_command(a, backend, model, prompts, meter_json, experiment, tag,
+                           getattr(a, "extra", {}).get(side, ())))
     env = {**env, "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "0")}
     started = time.perf_counter()
     proc = bench_parity.run_bounded(cmd, env, lane_dir, a.variant_timeout)

@@ -164,17 +164,25 @@ def digest_records(records: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
+def read_local(source: str, sample: str = "model-garden data sample"
+               ) -> tuple[Path, list[tuple[str, object]], list[str]]:
+    """A local dataset file's path, its (location, raw row) pairs and parse problems; refused when the file is
+    missing or outside the allowed folders. ``sample``: the command the hint offers to write one."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise MGError(f"dataset file {source} does not exist",
+                      hint=f"give a JSONL/JSON/CSV/Parquet file, or write one with `{sample}`")
+    refused = outside_allowed(path, "dataset file")
+    if refused:
+        raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
+    rows, problems = read_rows(path)
+    return path, rows, problems
+
+
 def source_rows(source: str, split: str = "train") -> tuple[list[tuple[str, object]], list[str], str, str]:
     """(location, raw row) pairs, parse problems, the source (absolute path or hub name), a short name."""
     if is_local(source):
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise MGError(f"dataset file {source} does not exist",
-                          hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample`")
-        refused = outside_allowed(path, "dataset file")
-        if refused:
-            raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
-        rows, problems = read_rows(path)
+        path, rows, problems = read_local(source)
         src, name = str(path.resolve()), path.stem
     else:
         rows, problems = _hub_rows(source, split), []

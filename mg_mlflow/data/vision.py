@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 
 from mg_mlflow.data import formats
-from mg_mlflow.data.load import LoadedDataset, read_rows, is_local, message_list
+from mg_mlflow.data.load import LoadedDataset, is_local, message_list, read_local
 from mg_mlflow.data.paths import outside_allowed
 from mg_mlflow.errors import DataError, MGError
 
@@ -261,14 +261,7 @@ def load_vision_records(source: str, fmt: str = "auto", columns: dict | None = N
     if not is_local(source):
         raise MGError(f"vision dataset {source!r} must be a local file",
                       hint="write one with `model-garden data sample --vision FILE`")
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise MGError(f"dataset file {source} does not exist",
-                      hint="give a JSONL/JSON/CSV/Parquet file, or write one with `model-garden data sample --vision FILE`")
-    refused = outside_allowed(path, "dataset file")
-    if refused:
-        raise MGError(refused, hint="copy the data into an allowed folder (links out of it are not followed)")
-    rows, problems = read_rows(path)
+    path, rows, problems = read_local(source, sample="model-garden data sample --vision FILE")
     base = path.resolve().parent
     records, locations, cache, hashes, unused = [], [], {}, {}, {}
     columns, ignore = dict(columns or {}), formats.names(ignore_columns)
