@@ -179,6 +179,15 @@ def run_variant(a, r: int, side: str, backend: str, model: str, prompts: str, en
     return row
 
 
+def write_chat_prompts(path: Path, records: list[dict]) -> Path:
+    """The prompts as one user turn each, for both sides: Model Garden turns a text prompt into the user's turn
+    (the chat template applies), where TRL given text would generate from it raw, a shorter prompt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({**r, "prompt": [{"role": "user", "content": r["prompt"]}]}) + "\n"
+                            for r in records))
+    return path
+
+
 def summary(rows: list[dict]) -> dict:
     """Per variant: medians over its good rounds; per backend: mg/bare completions/s over same-round pairs."""
     good = [r for r in rows if not r.get("error") and r.get("completions_per_s")]
@@ -215,7 +224,8 @@ def unshared(bare: dict, mg: dict) -> dict[str, str]:
         except (TypeError, ValueError):
             return {x, y} == {"None", "[1.0]"}
 
-    a, b = bare.get("eff_args") or {}, mg.get("eff_args") or {}
+    a = {**(bare.get("eff_args") or {}), "prompt format": bare.get("eff_prompt_format")}
+    b = {**(mg.get("eff_args") or {}), "prompt format": mg.get("eff_prompt_format")}
     return {k: f"bare={a.get(k)} mg={b.get(k)}" for k in sorted(set(a) | set(b))
             if k not in OWN_SETTINGS and not same(a.get(k), b.get(k))}
 
@@ -285,13 +295,13 @@ def main(argv=None) -> dict:
         os.environ["CUDA_VISIBLE_DEVICES"] = a.gpu
     from bench_train import build_model
 
-    from mg_mlflow.data.sample import write_prompt_sample
+    from mg_mlflow.data.sample import prompt_records
 
     out, work = Path(a.out), Path(a.workdir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = str(build_model(a.size, work / f"llama-{a.size}"))
-    prompts = str(write_prompt_sample(work / f"prompts-{a.prompts}.jsonl", a.prompts))
+    prompts = str(write_chat_prompts(work / f"prompts-{a.prompts}.chat.jsonl", prompt_records(a.prompts)))
     import torch
 
     card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -75,7 +75,16 @@ def effective_settings(trainer) -> dict:
             "eff_num_generations": int(args.num_generations), "eff_batch": int(args.per_device_train_batch_size),
             "eff_max_completion_length": int(args.max_completion_length), "eff_loss_type": str(args.loss_type),
             "eff_beta": float(args.beta), "eff_trainer_class": type(trainer).__name__,
-            "eff_args": {k: repr(v) for k, v in sorted(args.to_dict().items())}}
+            "eff_args": {k: repr(v) for k, v in sorted(args.to_dict().items())},
+            "eff_prompt_format": prompt_format(trainer.train_dataset)}
+
+
+def prompt_format(dataset) -> str:
+    """"conversational" (messages: the chat template applies) or "text" (generated from as it is)."""
+    try:
+        return "conversational" if isinstance(dataset[0]["prompt"], list) else "text"
+    except (TypeError, KeyError, IndexError):
+        return "unknown"
 
 
 def attach(trainer, warmup: int = 5) -> GrpoMeter:
