@@ -239,18 +239,39 @@ def invoke_cli(args: list[str], env: dict | None = None, cwd: Path | None = None
 HYPOTHESIS_SEED = 20261204
 
 
+def xdist_worker(config) -> str | None:
+    """The pytest-xdist worker id (gw0, gw1, ...) of this process, None in the controller or without xdist."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else None
+
+
 def pytest_configure(config):
     from hypothesis import core
 
+    # Every process draws the same examples: the workers get the controller's options (so its seed).
     if config.getoption("--hypothesis-seed") is None:
         core.global_force_seed = HYPOTHESIS_SEED
+    worker = xdist_worker(config)
+    if worker and os.environ.get("MG_HOME"):
+        # Each worker its own fallback home: a test that leaves MG_HOME as `.ci/test` set it writes there.
+        os.environ["MG_HOME"] = f"{os.environ['MG_HOME']}-{worker}"
+    order = os.environ.get("MG_TEST_ORDER", "")
+    if order == "random" and worker is None:
+        # One seed for the run, drawn before the workers start (they inherit the environment and must
+        # all collect the same order); the header shows it.
+        import random
+
+        os.environ["MG_TEST_ORDER"] = f"random:{random.randrange(10**6)}"
 
 
 def pytest_report_header(config):
     from hypothesis import core
 
     fixed = "the suite's fixed seed" if core.global_force_seed == HYPOTHESIS_SEED else "from --hypothesis-seed"
-    return f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"
+    lines = [f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"]
+    if os.environ.get("MG_TEST_ORDER"):
+        lines.append(f"test order: MG_TEST_ORDER={os.environ['MG_TEST_ORDER']}")
+    return lines
 
 
 # The lanes. `bash .ci/test --fast` runs what carries none of the marks slow, vllm, services, gpu: the
@@ -335,6 +356,43 @@ def pytest_collection_modifyitems(config, items):
     order = os.environ.get("MG_TEST_ORDER", "")
     if order:
         reorder(items, order)
+    if xdist_worker(config) and getattr(config.option, "loadgroup", False):
+        group_for_workers(items)
+
+
+# Under pytest-xdist (`.ci/test` runs `--dist loadgroup`), a group runs whole on one worker, in order.
+# Every module is a group (its module-scoped servers start once). Modules with a real vLLM server
+# (the `vllm` lane, and the session's `merged_server`) form one group, so one worker starts them one
+# after another: two vLLM servers at once would each take a core and gigabytes, and `merged_server`
+# starts once. Modules on the session's PostgreSQL and S3 servers form another, for the same reason.
+# The groups go out longest first (vLLM, then the servers, then the other slow modules), so the other
+# worker fills in with short modules at the end.
+SESSION_SERVER_FIXTURES = {"pg_cluster", "moto_endpoint"}
+
+
+def xdist_group_of(module_items) -> tuple[int, str]:
+    """(rank, group) of one module's items: rank 0 goes out first."""
+    marks = {m.name for item in module_items for m in item.iter_markers()}
+    fixtures = {f for item in module_items for f in getattr(item, "fixturenames", ())}
+    if "vllm" in marks:
+        return 0, "vllm"
+    if fixtures & SESSION_SERVER_FIXTURES:
+        return 1, "pg-s3"
+    module = Path(module_items[0].path).resolve().relative_to(TESTS).as_posix()
+    return (2 if marks & {"slow", "services"} else 3), module
+
+
+def group_for_workers(items) -> None:
+    modules: dict[Path, list] = {}
+    for item in items:
+        modules.setdefault(Path(item.path), []).append(item)
+    ranked = []
+    for position, module_items in enumerate(modules.values()):
+        rank, group = xdist_group_of(module_items)
+        for item in module_items:
+            item.add_marker(pytest.mark.xdist_group(group))
+        ranked.append((rank, position, module_items))
+    items[:] = [item for _, _, module_items in sorted(ranked, key=lambda r: r[:2]) for item in module_items]
 
 
 def pytest_collection_finish(session):
@@ -354,7 +412,8 @@ def reorder(items, order: str) -> None:
         groups = [list(reversed(g)) for g in reversed(groups)]
     elif order.startswith("random"):
         seed = int(order.split(":", 1)[1]) if ":" in order else random.randrange(10**6)
-        print(f"MG_TEST_ORDER=random:{seed}")
+        if ":" not in order:
+            print(f"MG_TEST_ORDER=random:{seed}")
         rng = random.Random(seed)
         rng.shuffle(groups)
         for group in groups:
@@ -381,17 +440,28 @@ _root_before: set[str] = set()
 
 
 def root_entries() -> set[str]:
-    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME."""
+    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME (each
+    xdist worker's: ``test-home-gw0``, ...)."""
     entries = {p.name for p in ROOT.iterdir()} - ROOT_CACHES
-    return entries | {f"{FALLBACK_HOME.relative_to(ROOT)}/{name}" for name in STORE_ENTRIES
-                      if (FALLBACK_HOME / name).exists()}
+    homes = [FALLBACK_HOME, *sorted(FALLBACK_HOME.parent.glob(f"{FALLBACK_HOME.name}-gw*"))]
+    return entries | {f"{home.relative_to(ROOT)}/{name}" for home in homes for name in STORE_ENTRIES
+                      if (home / name).exists()}
+
+
+# The check runs in the process that reports: the controller under xdist (it sees every worker's tests
+# finish, in order), the only process without.
+_checks_root: list[bool] = []
 
 
 def pytest_sessionstart(session):
-    _root_before.update(root_entries())
+    _checks_root[:] = [xdist_worker(session.config) is None]
+    if _checks_root[0]:
+        _root_before.update(root_entries())
 
 
 def pytest_runtest_logfinish(nodeid, location):
+    if not _checks_root or not _checks_root[0]:
+        return
     for entry in sorted(root_entries() - _root_before - set(_root_debris)):
         _root_debris[entry] = nodeid
 
@@ -399,6 +469,8 @@ def pytest_runtest_logfinish(nodeid, location):
 def pytest_sessionfinish(session, exitstatus):
     for template in _EMPTY_STORE:
         shutil.rmtree(template.parent, ignore_errors=True)
+    if xdist_worker(session.config) is not None:
+        return
     gained = {entry: test for entry, test in _root_debris.items() if (ROOT / entry).exists()}
     if gained:
         lines = [f"the test run left new entries in the repository root {ROOT}:",
