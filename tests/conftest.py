@@ -356,43 +356,57 @@ def pytest_collection_modifyitems(config, items):
     order = os.environ.get("MG_TEST_ORDER", "")
     if order:
         reorder(items, order)
-    if xdist_worker(config) and getattr(config.option, "loadgroup", False):
-        group_for_workers(items)
+    if xdist_worker(config):
+        order_for_workers(items)
 
 
-# Under pytest-xdist (`.ci/test` runs `--dist loadgroup`), a group runs whole on one worker, in order.
-# Every module is a group (its module-scoped servers start once). Modules with a real vLLM server
-# (the `vllm` lane, and the session's `merged_server`) form one group, so one worker starts them one
-# after another: two vLLM servers at once would each take a core and gigabytes, and `merged_server`
-# starts once. Modules on the session's PostgreSQL and S3 servers form another, for the same reason.
-# The groups go out longest first (vLLM, then the servers, then the other slow modules), so the other
-# worker fills in with short modules at the end.
-SESSION_SERVER_FIXTURES = {"pg_cluster", "moto_endpoint"}
+# Under pytest-xdist (`.ci/test` runs `-n 2 --dist loadscope`), a scope runs whole on one worker, in
+# order, and the scope of a test is its module (its module-scoped servers start once) but for the
+# modules with a real vLLM server (the `vllm` lane, the session's `merged_server`): they are one scope,
+# so one worker starts their servers one after another (two vLLM servers at once would each take a core
+# and gigabytes) and `merged_server` starts once. tests/test_lanes.py checks that VLLM_MODULES are
+# exactly the modules with a `vllm` test. The scopes go out longest first (vLLM, then the slow and
+# service modules), so the other worker fills in with short modules at the end.
+VLLM_MODULES = {
+    "reliability/test_deploy_update.py", "test_demo.py", "test_deploy_hotswap.py", "test_deploy_plugin.py",
+    "test_deploy_serving.py", "test_deploy_vllm.py", "test_evaluate.py", "test_readme.py", "test_vision_serve.py",
+}
+VLLM_SCOPE = "vllm servers"
 
 
-def xdist_group_of(module_items) -> tuple[int, str]:
-    """(rank, group) of one module's items: rank 0 goes out first."""
-    marks = {m.name for item in module_items for m in item.iter_markers()}
-    fixtures = {f for item in module_items for f in getattr(item, "fixturenames", ())}
-    if "vllm" in marks:
-        return 0, "vllm"
-    if fixtures & SESSION_SERVER_FIXTURES:
-        return 1, "pg-s3"
-    module = Path(module_items[0].path).resolve().relative_to(TESTS).as_posix()
-    return (2 if marks & {"slow", "services"} else 3), module
+def worker_scope(nodeid: str) -> str:
+    """The scope (as above) of the test ``nodeid`` (``tests/x.py::test_y[...]``)."""
+    module = nodeid.split("::", 1)[0]
+    return VLLM_SCOPE if module.removeprefix("tests/") in VLLM_MODULES else module
 
 
-def group_for_workers(items) -> None:
-    modules: dict[Path, list] = {}
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with the scopes of ``worker_scope``."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModelGardenScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_scope(nodeid)
+
+    return ModelGardenScopes(config, log)
+
+
+def order_for_workers(items) -> None:
+    """Scopes in the order they go out: the vLLM one, then those with a slow or services test, then
+    the rest (each in collection order)."""
+    def rank(item) -> int:
+        if worker_scope(item.nodeid) == VLLM_SCOPE:
+            return 0
+        return 1 if {m.name for m in item.iter_markers()} & {"slow", "services"} else 2
+
+    scopes: dict[str, list] = {}
     for item in items:
-        modules.setdefault(Path(item.path), []).append(item)
-    ranked = []
-    for position, module_items in enumerate(modules.values()):
-        rank, group = xdist_group_of(module_items)
-        for item in module_items:
-            item.add_marker(pytest.mark.xdist_group(group))
-        ranked.append((rank, position, module_items))
-    items[:] = [item for _, _, module_items in sorted(ranked, key=lambda r: r[:2]) for item in module_items]
+        scopes.setdefault(worker_scope(item.nodeid), []).append(item)
+    ranked = sorted(scopes.values(), key=lambda scope: min(rank(item) for item in scope))
+    items[:] = [item for scope in ranked for item in scope]
 
 
 def pytest_collection_finish(session):
