@@ -239,18 +239,39 @@ def invoke_cli(args: list[str], env: dict | None = None, cwd: Path | None = None
 HYPOTHESIS_SEED = 20261204
 
 
+def xdist_worker(config) -> str | None:
+    """The pytest-xdist worker id (gw0, gw1, ...) of this process, None in the controller or without xdist."""
+    workerinput = getattr(config, "workerinput", None)
+    return workerinput["workerid"] if workerinput else None
+
+
 def pytest_configure(config):
     from hypothesis import core
 
+    # Every process draws the same examples: the workers get the controller's options (so its seed).
     if config.getoption("--hypothesis-seed") is None:
         core.global_force_seed = HYPOTHESIS_SEED
+    worker = xdist_worker(config)
+    if worker and os.environ.get("MG_HOME"):
+        # Each worker its own fallback home: a test that leaves MG_HOME as `.ci/test` set it writes there.
+        os.environ["MG_HOME"] = f"{os.environ['MG_HOME']}-{worker}"
+    order = os.environ.get("MG_TEST_ORDER", "")
+    if order == "random" and worker is None:
+        # One seed for the run, drawn before the workers start (they inherit the environment and must
+        # all collect the same order); the header shows it.
+        import random
+
+        os.environ["MG_TEST_ORDER"] = f"random:{random.randrange(10**6)}"
 
 
 def pytest_report_header(config):
     from hypothesis import core
 
     fixed = "the suite's fixed seed" if core.global_force_seed == HYPOTHESIS_SEED else "from --hypothesis-seed"
-    return f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"
+    lines = [f"hypothesis seed: {core.global_force_seed} ({fixed}; explore with --hypothesis-seed N)"]
+    if os.environ.get("MG_TEST_ORDER"):
+        lines.append(f"test order: MG_TEST_ORDER={os.environ['MG_TEST_ORDER']}")
+    return lines
 
 
 # The lanes. `bash .ci/test --fast` runs what carries none of the marks slow, vllm, services, gpu: the
@@ -335,6 +356,57 @@ def pytest_collection_modifyitems(config, items):
     order = os.environ.get("MG_TEST_ORDER", "")
     if order:
         reorder(items, order)
+    if xdist_worker(config):
+        order_for_workers(items)
+
+
+# Under pytest-xdist (`.ci/test` runs `-n 2 --dist loadscope`), a scope runs whole on one worker, in
+# order, and the scope of a test is its module (its module-scoped servers start once) but for the
+# modules with a real vLLM server (the `vllm` lane, the session's `merged_server`): they are one scope,
+# so one worker starts their servers one after another (two vLLM servers at once would each take a core
+# and gigabytes) and `merged_server` starts once. tests/test_lanes.py checks that VLLM_MODULES are
+# exactly the modules with a `vllm` test. The scopes go out longest first (vLLM, then the slow and
+# service modules), so the other worker fills in with short modules at the end.
+VLLM_MODULES = {
+    "reliability/test_deploy_update.py", "test_demo.py", "test_deploy_hotswap.py", "test_deploy_plugin.py",
+    "test_deploy_serving.py", "test_deploy_vllm.py", "test_evaluate.py", "test_readme.py", "test_vision_serve.py",
+}
+VLLM_SCOPE = "vllm servers"
+
+
+def worker_scope(nodeid: str) -> str:
+    """The scope (as above) of the test ``nodeid`` (``tests/x.py::test_y[...]``)."""
+    module = nodeid.split("::", 1)[0]
+    return VLLM_SCOPE if module.removeprefix("tests/") in VLLM_MODULES else module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` with the scopes of ``worker_scope``."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModelGardenScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_scope(nodeid)
+
+    return ModelGardenScopes(config, log)
+
+
+def order_for_workers(items) -> None:
+    """Scopes in the order they go out: the vLLM one, then those with a slow or services test, then
+    the rest (each in collection order)."""
+    def rank(item) -> int:
+        if worker_scope(item.nodeid) == VLLM_SCOPE:
+            return 0
+        return 1 if {m.name for m in item.iter_markers()} & {"slow", "services"} else 2
+
+    scopes: dict[str, list] = {}
+    for item in items:
+        scopes.setdefault(worker_scope(item.nodeid), []).append(item)
+    ranked = sorted(scopes.values(), key=lambda scope: min(rank(item) for item in scope))
+    items[:] = [item for scope in ranked for item in scope]
 
 
 def pytest_collection_finish(session):
@@ -354,7 +426,8 @@ def reorder(items, order: str) -> None:
         groups = [list(reversed(g)) for g in reversed(groups)]
     elif order.startswith("random"):
         seed = int(order.split(":", 1)[1]) if ":" in order else random.randrange(10**6)
-        print(f"MG_TEST_ORDER=random:{seed}")
+        if ":" not in order:
+            print(f"MG_TEST_ORDER=random:{seed}")
         rng = random.Random(seed)
         rng.shuffle(groups)
         for group in groups:
@@ -381,17 +454,28 @@ _root_before: set[str] = set()
 
 
 def root_entries() -> set[str]:
-    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME."""
+    """The repository root's entries (less tool caches) and the stores in the fallback MG_HOME (each
+    xdist worker's: ``test-home-gw0``, ...)."""
     entries = {p.name for p in ROOT.iterdir()} - ROOT_CACHES
-    return entries | {f"{FALLBACK_HOME.relative_to(ROOT)}/{name}" for name in STORE_ENTRIES
-                      if (FALLBACK_HOME / name).exists()}
+    homes = [FALLBACK_HOME, *sorted(FALLBACK_HOME.parent.glob(f"{FALLBACK_HOME.name}-gw*"))]
+    return entries | {f"{home.relative_to(ROOT)}/{name}" for home in homes for name in STORE_ENTRIES
+                      if (home / name).exists()}
+
+
+# The check runs in the process that reports: the controller under xdist (it sees every worker's tests
+# finish, in order), the only process without.
+_checks_root: list[bool] = []
 
 
 def pytest_sessionstart(session):
-    _root_before.update(root_entries())
+    _checks_root[:] = [xdist_worker(session.config) is None]
+    if _checks_root[0]:
+        _root_before.update(root_entries())
 
 
 def pytest_runtest_logfinish(nodeid, location):
+    if not _checks_root or not _checks_root[0]:
+        return
     for entry in sorted(root_entries() - _root_before - set(_root_debris)):
         _root_debris[entry] = nodeid
 
@@ -399,6 +483,8 @@ def pytest_runtest_logfinish(nodeid, location):
 def pytest_sessionfinish(session, exitstatus):
     for template in _EMPTY_STORE:
         shutil.rmtree(template.parent, ignore_errors=True)
+    if xdist_worker(session.config) is not None:
+        return
     gained = {entry: test for entry, test in _root_debris.items() if (ROOT / entry).exists()}
     if gained:
         lines = [f"the test run left new entries in the repository root {ROOT}:",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
+
+from procs import free_port  # noqa: F401 - the deploy tests import it from here
 
 BIN = Path(sys.executable).parent
 
@@ -33,12 +34,6 @@ def make_folder(root: Path, config: dict, tensors: dict, files: dict | None = No
     for name, content in (files or {}).items():
         (root / name).write_text(content if isinstance(content, str) else json.dumps(content))
     return root
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def group_alive(pgid: int) -> list[int]:

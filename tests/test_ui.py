@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -16,16 +15,10 @@ import pytest
 from chromium_support import CHROMIUM, dump_and_shot, scrolled_text, text_when_shown
 from compare_support import pair_store  # noqa: F401 - fixture
 from conftest import BIN, isolated_home
-from procs import stop_process
+from procs import free_port, stop_process
 # In CI (.ci/test installs Chromium) a missing browser fails the tests instead of skipping them.
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                                 reason="headless Chromium is not installed")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +26,7 @@ def ui(pair_store):
     """Two runs + evaluations (the session's pair store), and `model-garden ui --compare A --compare B` serving it."""
     with isolated_home(pair_store[0]) as home:
         pair = pair_store[1]
-        port = _free_port()
+        port = free_port()
         log = home / "ui.log"
         cmd = [str(BIN / "model-garden"), "ui", "--port", str(port), "--open",
                "--compare", pair.run_ids["lr-3e-3"], "--compare", pair.run_ids["lr-1e-4"]]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from procs import stop_process
+from procs import free_port, stop_process
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +59,6 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> None:
     """A training or server started in its own session: ``sig`` to its group, SIGKILL after ``timeout``."""
     stop_process(proc, sig, timeout, group=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from conftest import run_cli
-from deploy_rel_support import cmdlines, fake_engine_args, listening_addresses, mode, processes_with
+from deploy_rel_support import cmdlines, fake_engine_args, listening_addresses, mode, processes_with, wait_for
 from deploy_support import group_alive, stop_everything
 
 KEY = "sk-sec-31d4c0ffee5eed"
@@ -127,6 +127,9 @@ def test_the_serving_monitor_scrapes_a_protected_metrics_endpoint(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     served = subprocess.Popen(["sleep", "60"], env={**os.environ, "VLLM_API_KEY": KEY})
     try:
+        # Popen returns once the child is in execve, before the kernel has laid out its new environment
+        # (/proc/PID/environ reads empty until then): wait for the started process, as a deployment's is.
+        wait_for(lambda: psutil.Process(served.pid).environ(), 30, "the served process's environment")
         url = f"http://127.0.0.1:{server.server_port}/metrics"
         assert served_key(served.pid) == KEY
         assert scrape(url, api_key=served_key(served.pid)) == {"vllm:request_success_total": 3.0}
