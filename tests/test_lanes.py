@@ -67,7 +67,7 @@ def test_the_vllm_scope_is_every_module_with_a_vllm_test():
     import subprocess
     import sys
 
-    from conftest import VLLM_MODULES
+    from workers import VLLM_MODULES
 
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", "-m", "vllm"],
                           capture_output=True, text=True, cwd=ROOT)
@@ -97,7 +97,7 @@ def test_two_workers_keep_the_vllm_modules_on_one_worker_in_order(tmp_path):
 
     repo = tmp_path / "repo"
     (repo / "tests").mkdir(parents=True)
-    for helper in ("conftest.py", "services_support.py", "procs.py"):
+    for helper in ("conftest.py", "workers.py", "services_support.py", "procs.py"):
         shutil.copy2(TESTS / helper, repo / "tests" / helper)
     shutil.copy2(ROOT / "pyproject.toml", repo / "pyproject.toml")
     names = {"test_demo": "demo", "test_readme": "readme", "test_alpha": "alpha", "test_beta": "beta"}

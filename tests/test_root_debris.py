@@ -36,7 +36,7 @@ def _run(repo, write: bool):
 def test_a_store_left_in_the_repository_root_fails_the_session_and_names_the_test(tmp_path):
     repo = tmp_path / "repo"
     (repo / "tests").mkdir(parents=True)
-    for helper in ("conftest.py", "services_support.py", "procs.py"):
+    for helper in ("conftest.py", "workers.py", "services_support.py", "procs.py"):
         shutil.copy2(TESTS / helper, repo / "tests" / helper)
     (repo / "tests" / "test_probe.py").write_text(PROBE)
     (repo / "notes.txt").write_text("there before the run\n")

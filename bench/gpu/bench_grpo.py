@@ -91,7 +91,7 @@ def parse(argv=None):
 def schedule(a) -> list[tuple[int, str, str]]:
     """(round, side, backend) in run order: per backend, bare then mg (then the mg variants), then the same
     sides reversed (ABBA)."""
-    sides = (*SIDES, *getattr(a, "extra", {}))
+    sides = (*SIDES, *a.extra)
     out = []
     for backend in a.backends.split(","):
         for r in range(a.repeat):
@@ -159,7 +159,7 @@ def run_variant(a, r: int, side: str, backend: str, model: str, prompts: str, en
     experiment = f"bench-grpo-{a.size}"
     cmd = (bare_command(a, backend, model, prompts, meter_json) if side == "bare"
            else mg_command(a, backend, model, prompts, meter_json, experiment, tag,
-                           getattr(a, "extra", {}).get(side, ())))
+                           a.extra.get(side, ())))
     env = {**env, "CUDA_VISIBLE_DEVICES": env.get("CUDA_VISIBLE_DEVICES", "0")}
     started = time.perf_counter()
     proc = bench_parity.run_bounded(cmd, env, lane_dir, a.variant_timeout)
