@@ -180,3 +180,38 @@ def test_labels_follow_how_each_figure_was_obtained():
     assert report["modelGarden"]["energyKWh"]["cpu"]["estimated"] is True
     assert report["modelGarden"]["emissionsKgCO2eq"]["source"].startswith("estimated")
     assert report["environment"]["powerSourceCarbonIntensity"] == pytest.approx(0.002 / 0.041 * 1000)
+
+
+def test_a_stop_right_after_a_flush_does_not_report_zero_watts(tmp_path):
+    """codecarbon's stop() does not sample again within 50 ms of the last sample: the final record then
+    carries no energy of its own, and its interval must not read as 0 W (it joins the interval before)."""
+    import time
+
+    from mg_mlflow.tracking import boamps
+
+    handler = boamps.recording_output()
+    tracker = boamps.make_tracker(tmp_path, handler, country="FRA", measure_secs=0.1)
+    tracker.start()
+    intervals = boamps.Intervals()
+    time.sleep(0.3)
+    tracker.flush()
+    intervals.metrics(handler.records[-1])
+    tracker.stop()  # usually within 50 ms of the flush's sample
+    final = intervals.metrics(handler.records[-1])
+    assert final["system/carbon/cpu_power_w"] > 0 and final["system/carbon/ram_power_w"] > 0
+
+    # the same sequence written out, so that it does not depend on how fast stop() came
+    flushed = dict(handler.records[-2])
+    stopped = {**flushed, "duration": flushed["duration"] + 0.01}
+    assert boamps.interval_metrics(stopped, flushed)["system/carbon/cpu_power_w"] == 0.0  # the trap
+    intervals = boamps.Intervals()
+    first = intervals.metrics(flushed)
+    merged = intervals.metrics(stopped)
+    # the merged interval is the whole window (here, from the start): the energy over all of it
+    assert merged["system/carbon/cpu_power_w"] == pytest.approx(
+        flushed["cpu_energy"] * 3.6e6 / stopped["duration"], rel=1e-9) and merged["system/carbon/cpu_power_w"] > 0
+    assert merged["system/carbon/energy_j"] == pytest.approx(first["system/carbon/energy_j"])
+    assert intervals.metrics({**stopped, "duration": stopped["duration"] + 1.0,
+                              "cpu_energy": stopped["cpu_energy"] + 1e-6,
+                              "energy_consumed": stopped["energy_consumed"] + 1e-6})[
+        "system/carbon/cpu_power_w"] == pytest.approx(3.6, rel=1e-6)  # a sampled record: its own interval

@@ -109,6 +109,24 @@ def interval_metrics(record: dict, previous: dict | None, tokens: float = 0.0,
     return out
 
 
+class Intervals:
+    """Successive codecarbon records of one tracker -> :func:`interval_metrics`, each against the record before.
+
+    A record taken without a new power sample has no power of its own (codecarbon's ``stop()`` does not
+    sample again within 50 ms of the last sample, so a flush just before it leaves the energy unchanged):
+    its interval joins the one before, instead of reporting 0 W for every component."""
+
+    def __init__(self) -> None:
+        self.previous: dict | None = None
+        self._base: dict | None = None  # the start of the previous record's interval
+
+    def metrics(self, record: dict, tokens: float = 0.0, per_tokens: str | None = None) -> dict[str, float]:
+        sampled = self.previous is None or float(record["energy_consumed"]) != float(self.previous["energy_consumed"])
+        base = self.previous if sampled else self._base
+        self._base, self.previous = base, record
+        return interval_metrics(record, base, tokens, per_tokens)
+
+
 def totals_from_record(record: dict, tokens: float, estimated: bool,
                        per_tokens: str = mn.carbon(mn.MG_PER_1K_TOKENS)) -> dict[str, float]:
     """Final figures of a run (``system/carbon/total_*``, mg and J), numbers only: they become metrics and

@@ -75,7 +75,7 @@ class CarbonCallback(TrainerCallback):
         self.logged_through = -1  # ... and the last step it logged (recomputed steps log no point)
         self._worker: threading.Thread | None = None
         self._last_queued = 0.0
-        self._previous: dict | None = None
+        self._intervals = boamps.Intervals()
         self._previous_tokens = 0.0
         self._lock = threading.Lock()  # one codecarbon measurement at a time from this side (worker, phases)
         self.phases: dict[str, dict[str, float]] = {}  # phase -> seconds and kWh (energy, cpu, gpu, ram)
@@ -145,8 +145,8 @@ class CarbonCallback(TrainerCallback):
             else:
                 self.tracker.flush()
         record = self._new_record(before, "stop" if final else "flush")
-        metrics = boamps.interval_metrics(record, self._previous)  # per-token figure: in totals()
-        self._previous, self._previous_tokens = record, tokens
+        metrics = self._intervals.metrics(record)  # per-token figure: in totals()
+        self._previous_tokens = tokens
         if final:
             self.final = record
         self._log(metrics, step)
@@ -279,7 +279,7 @@ class CarbonCallback(TrainerCallback):
 
     # ------------------------------------------------------------------ results
     def last_record(self) -> dict | None:
-        return self.final or self._previous
+        return self.final or self._intervals.previous
 
     def totals(self) -> dict[str, float]:
         """Final figures (empty when codecarbon never produced a record)."""

@@ -154,7 +154,7 @@ class ServingMonitor:
         self.tracker: Any = None
         self.handler: Any = None
         self.sources: dict[str, str] = {}
-        self.previous: dict | None = None
+        self.intervals = boamps.Intervals()
         self.error: str | None = None
         self.started = time.monotonic()
         self.step = 0
@@ -247,9 +247,8 @@ class ServingMonitor:
                    "serving/generated_tokens": totals["generated_tokens"], "serving/prompt_tokens": totals["prompt_tokens"]}
         record = self._carbon_record(final)
         if record is not None:
-            metrics.update(boamps.interval_metrics(record, self.previous, totals["generated_tokens"],
-                                                   per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS)))
-            self.previous = record
+            metrics.update(self.intervals.metrics(record, totals["generated_tokens"],
+                                                  per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS)))
         self.step += 1  # the n-th point (MLflow's "relative time" axis gives the seconds)
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in metrics.items()])
@@ -261,8 +260,8 @@ class ServingMonitor:
         summary = {"serving/total_requests": totals["requests"], "serving/total_generated_tokens": totals["generated_tokens"],
                    "serving/total_prompt_tokens": totals["prompt_tokens"],
                    "serving/duration_s": time.monotonic() - self.started}
-        if self.previous is not None:
-            summary.update(boamps.totals_from_record(self.previous, totals["generated_tokens"],
+        if self.intervals.previous is not None:
+            summary.update(boamps.totals_from_record(self.intervals.previous, totals["generated_tokens"],
                                                      boamps.is_estimated(self.sources),
                                                      per_tokens=mn.carbon(mn.MG_PER_1K_GENERATED_TOKENS)))
         now = int(time.time() * 1000)
@@ -271,10 +270,10 @@ class ServingMonitor:
         csv_path = self.out_dir / boamps.CSV_NAME
         if csv_path.is_file():
             self.client.log_artifact(self.run_id, str(csv_path), "carbon")
-        if self.previous is not None:
+        if self.intervals.previous is not None:
             run = self.client.get_run(self.run_id)
             versions = (self.deployment.get("versions") or self.deployment.get("resolved") or [])
-            report = boamps.build_report(self.previous, run_id=self.run_id, stage="inference", tags=run.data.tags,
+            report = boamps.build_report(self.intervals.previous, run_id=self.run_id, stage="inference", tags=run.data.tags,
                                          extra={"requests": totals["requests"], "generated_tokens": totals["generated_tokens"],
                                                 "served_models": [f"{v.get('name')}/{v.get('version')}" for v in versions]})
             path = boamps.write_report(report, self.out_dir / "boamps_report.json")
