@@ -1,7 +1,8 @@
 """A local spool for per-step metrics: no point is lost when the tracking server goes away.
 
 Every metric is first appended to a JSONL file (``key, value, timestamp, step``) and then sent by a
-background thread with ``MlflowClient.log_batch``. A failed send (server down, "database is locked")
+background thread with ``MlflowClient.log_batch``, at most once per ``linger_secs`` (the points of
+several fast steps go in one batch). A failed send (server down, "database is locked")
 keeps the points queued and is retried every ``retry_secs``; training never waits for the store.
 Before the run ends, :func:`flush_all` waits (bounded by ``MG_SPOOL_FLUSH_TIMEOUT``, default 300 s)
 until every point reached the store. Sending a point twice is harmless: MLflow stores a metric
@@ -22,6 +23,10 @@ from pathlib import Path
 
 _log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
+# One log_batch to a local sqlite store costs about 9 ms of CPU (measured on a 2-core machine), whatever
+# the number of points: sent at every step, GRPO's tiny CPU steps (0.13 s) lost that time to the sender.
+# Points wait up to this long for the next batch; a flush or close sends at once.
+LINGER_SECS = 1.0
 _ACTIVE: list["MetricSpool"] = []
 _ACTIVE_LOCK = threading.Lock()
 
@@ -36,10 +41,11 @@ def flush_timeout() -> float:
 class MetricSpool:
     """Append-then-send metric logging for one run (thread-safe)."""
 
-    def __init__(self, path: Path, run_id: str, tracking_uri: str | None = None, retry_secs: float = 2.0):
+    def __init__(self, path: Path, run_id: str, tracking_uri: str | None = None, retry_secs: float = 2.0,
+                 linger_secs: float = LINGER_SECS):
         import mlflow
 
-        self.path, self.run_id, self.retry_secs = Path(path), run_id, retry_secs
+        self.path, self.run_id, self.retry_secs, self.linger_secs = Path(path), run_id, retry_secs, linger_secs
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._client = mlflow.tracking.MlflowClient(tracking_uri or mlflow.get_tracking_uri())
@@ -47,7 +53,9 @@ class MetricSpool:
         self._cond = threading.Condition()
         self._closed = False
         self._sending = False
-        self.logged = self.sent = self.failures = 0
+        self._flushing = 0  # flush() callers waiting: no lingering then
+        self._last_send = float("-inf")
+        self.logged = self.sent = self.sends = self.failures = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._send_loop, name=f"mg-metric-spool-{run_id[:8]}",
                                         daemon=True)
@@ -83,9 +91,15 @@ class MetricSpool:
                     self._cond.wait()
                 if not self._pending and self._closed:
                     return
+                while not (self._closed or self._flushing or len(self._pending) >= MAX_BATCH):
+                    wait = self._last_send + self.linger_secs - time.monotonic()
+                    if wait <= 0:
+                        break
+                    self._cond.wait(wait)
                 batch = self._pending[:MAX_BATCH]
                 self._sending = True
             try:
+                self._last_send = time.monotonic()
                 self._client.log_batch(self.run_id, metrics=batch, synchronous=True)
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the points, retry
                 with self._cond:
@@ -100,6 +114,7 @@ class MetricSpool:
             with self._cond:
                 del self._pending[:len(batch)]
                 self.sent += len(batch)
+                self.sends += 1
                 self._sending = False
                 self._cond.notify_all()
 
@@ -112,11 +127,16 @@ class MetricSpool:
         """Wait until every point reached the store (True) or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + (flush_timeout() if timeout is None else timeout)
         with self._cond:
-            while self._pending or self._sending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 1.0))
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._pending or self._sending:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(min(left, 1.0))
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float | None = None) -> bool:
