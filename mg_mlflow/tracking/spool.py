@@ -23,9 +23,9 @@ from pathlib import Path
 
 _log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # MLflow's log_batch limit for metrics
-# One log_batch to a local sqlite store costs about 9 ms of CPU (measured on a 2-core machine), whatever
-# the number of points: sent at every step, GRPO's tiny CPU steps (0.13 s) lost that time to the sender.
-# Points wait up to this long for the next batch; a flush or close sends at once.
+# One log_batch to a local sqlite store costs about 4 ms of CPU plus 0.12 ms a point (measured on a 2-core
+# machine): one batch for ten steps of 30 points costs half of ten batches, and over HTTP each request adds a
+# round trip and a server transaction. Points wait up to this long for the next batch; flush/close send at once.
 LINGER_SECS = 1.0
 _ACTIVE: list["MetricSpool"] = []
 _ACTIVE_LOCK = threading.Lock()
