@@ -274,9 +274,10 @@ class ServingMonitor:
             run = self.client.get_run(self.run_id)
             versions = (self.deployment.get("versions") or self.deployment.get("resolved") or [])
             served = [f"{v.get('name')}/{v.get('version')}" for v in versions]
+            extra = {"requests": totals["requests"], "generated_tokens": totals["generated_tokens"],
+                     "served_models": served}
             report = boamps.build_report(self.intervals.previous, run_id=self.run_id, stage="inference",
-                                         tags=run.data.tags, extra={"requests": totals["requests"], "served_models": served,
-                                                                    "generated_tokens": totals["generated_tokens"]})
+                                         tags=run.data.tags, extra=extra)
             path = boamps.write_report(report, self.out_dir / "boamps_report.json")
             self.client.log_artifact(self.run_id, str(path), "carbon")
         self.client.set_terminated(self.run_id, status)
