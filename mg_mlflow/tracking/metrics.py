@@ -20,13 +20,12 @@ waits for it) through :meth:`MLflowMetricsCallback.on_steps`; the Trainer's own 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from mg_mlflow import metric_names as mn
-from mg_mlflow.tracking.spool import MetricSpool
+from mg_mlflow.tracking.spool import MetricSpool, spool_file
 
 # TRL-only statistics (and their eval_ twins): kept out so every modality logs the same names
 SKIP = {"total_flos", "num_tokens", "mean_token_accuracy", "entropy",
@@ -56,11 +55,6 @@ class MLflowMetricsCallback(TrainerCallback):
         self.history = {k: list(v) for k, v in earlier.history.items()}
         self.logged_through = earlier.logged_through
 
-    def spool_path(self, output_dir: str | Path, run_id: str) -> Path:
-        """Next to the run's outputs (the trainer's output_dir is ``<output_dir>/checkpoints``)."""
-        out = Path(output_dir)
-        return (out.parent if out.name == "checkpoints" else out) / f"mlflow_spool_{run_id}.jsonl"
-
     def _metrics_from(self, logs: dict[str, Any]) -> dict[str, float]:
         out = {}
         for key, value in logs.items():
@@ -84,7 +78,7 @@ class MLflowMetricsCallback(TrainerCallback):
         self._max_steps = state.max_steps
         run = mlflow.active_run()
         if run is not None and self.spool is None:
-            self.spool = MetricSpool(self.spool_path(args.output_dir, run.info.run_id), run.info.run_id)
+            self.spool = MetricSpool(spool_file(args.output_dir, run.info.run_id), run.info.run_id)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = dict(logs or {})

@@ -164,6 +164,12 @@ class MetricSpool:
         return done
 
 
+def spool_file(output_dir: str | Path, run_id: str) -> Path:
+    """A run's spool, next to its outputs (the trainer's output_dir is ``<output_dir>/checkpoints``)."""
+    out = Path(output_dir)
+    return (out.parent if out.name == "checkpoints" else out) / f"mlflow_spool_{run_id}.jsonl"
+
+
 def flush_all(timeout: float | None = None) -> bool:
     """Close every open spool (called before a run's status changes); True when all points were sent."""
     with _ACTIVE_LOCK:

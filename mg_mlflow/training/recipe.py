@@ -72,7 +72,7 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
     import torch
 
     from mg_mlflow.training.resume import (StopOnSignal, checkpoint_to_resume, earlier_segment,
-                                           write_checkpoints_atomically)
+                                           with_spooled_points, write_checkpoints_atomically)
     from mg_mlflow.training import step_stats
 
     tags = {**run_tags(modality.name, backend, cfg.method, cfg.objective), **modality.run_tags()}
@@ -89,6 +89,8 @@ def train(cfg, show_progress: bool | None = None, callbacks=()) -> TrainResult:
         run_id, output_dir = (start_run_record(cfg, run, why, tags, train_data, eval_data, modality.profiles)
                               if main else ("", None))
         if main:
+            if earlier is not None:
+                earlier = with_spooled_points(earlier, output_dir)
             log_objective(modality)
             distributed.log_world_size()
             distributed.record_run_id(run_id)
