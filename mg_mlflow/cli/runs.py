@@ -70,8 +70,9 @@ def list_cmd(experiment, max_results):
 @click.option("--fix", is_flag=True, help="also delete the registry leftovers of dead or failed runs (versions "
                                           "an alias points at are kept)")
 def repair_cmd(experiment, dry_run, fix):
-    """End runs left RUNNING by a killed or crashed training as FAILED, with the reason, and report the
-    registry leftovers of dead or failed runs (--fix deletes them).
+    """End runs left RUNNING by a killed or crashed training as FAILED, with the reason (after sending the
+    metrics the run kept in its local spool), and report the registry leftovers of dead or failed runs
+    (--fix deletes them).
 
     A run records its process (mg.pid, mg.pid_start, mg.host); a RUNNING run of this machine whose
     process is gone (SIGKILL, out of memory, power loss) is dead. Runs of other hosts are left alone.

@@ -46,7 +46,14 @@ def test_sigkilled_training_is_listed_dead_and_repaired_failed(mg_home, tiny_mod
     after = client().get_run(run.info.run_id)
     assert after.info.status == "FAILED" and after.info.end_time is not None
     assert f"process {proc.pid} on " in after.data.tags["mg.error"] and "is gone" in after.data.tags["mg.error"]
-    assert len(client().get_metric_history(run.info.run_id, "train/loss")) >= 3  # history kept
+    history = client().get_metric_history(run.info.run_id, "train/loss")
+    assert len(history) >= 3  # history kept
+    # and completed: what the killed process kept in its spool and never sent was sent by the repair
+    from mg_mlflow.tracking.spool import read_spool
+
+    spool = next(mg_home.rglob(f"mlflow_spool_{run.info.run_id}.jsonl"))
+    spooled = [p["step"] for p in read_spool(spool)[0] if p["key"] == "train/loss"]
+    assert sorted(m.step for m in history) == sorted(spooled)
     from mg_mlflow.tracking.liveness import repair
 
     assert repair("model-garden") == []  # idempotent: nothing left to repair
