@@ -29,6 +29,12 @@ def mg_home() -> Path:
     return Path(os.environ.get("MG_HOME") or Path.cwd() / ".model-garden").absolute()
 
 
+def run_outputs(run_id: str, output_dir: str | Path = "") -> Path:
+    """Where a training run writes its checkpoints, model and metric spool: ``output_dir`` when given, else
+    ``mg_home()/outputs/<run id>``."""
+    return Path(output_dir or mg_home() / "outputs" / run_id).absolute()
+
+
 def default_tracking_uri() -> str:
     """``$MLFLOW_TRACKING_URI`` if set, else the embedded sqlite store in ``mg_home()``."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")

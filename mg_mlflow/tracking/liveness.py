@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import socket
 import time
-import warnings
 
-from mg_mlflow.env import mg_home
+from mg_mlflow.env import run_outputs
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking.run import use_tracking_uri
-from mg_mlflow.tracking.spool import replay, spool_file
+from mg_mlflow.tracking.spool import send_kept
 
 ALIVE, DEAD, UNKNOWN = "alive", "dead", "unknown"
 START_TOLERANCE_S = 1.0  # process start times are kept to 0.01 s; clock ticks make them drift a little
@@ -78,21 +77,9 @@ def repair(experiment: str, dry_run: bool = False) -> list[tuple[str, str]]:
     repaired = []
     for run, why in dead:
         if not dry_run:
-            send_spooled_points(run)
+            # what the killed process kept in its spool and never sent (MLflow stores a point once)
+            send_kept(run_outputs(run.info.run_id, run.data.params.get("output_dir", "")), run.info.run_id)
             end_open_run(client, run.info.run_id, "FAILED", f"{why}; marked FAILED by `model-garden runs repair`")
         repaired.append((run.info.run_id, why))
     return repaired
 
-
-def send_spooled_points(run) -> None:
-    """Send the metric points a killed training kept in its local spool and never sent (its last second
-    or so, or all of them when the store was down); MLflow stores a point sent twice once."""
-    run_id = run.info.run_id
-    path = spool_file(run.data.params.get("output_dir") or mg_home() / "outputs" / run_id, run_id)
-    if not path.is_file():
-        return
-    try:
-        replay(path, run_id)
-    except Exception as exc:  # noqa: BLE001 - the run is still ended; the file keeps the points
-        warnings.warn(f"run {run_id}: the metrics kept in {path} could not be sent ({exc}); send them later "
-                      f"with `model-garden runs sync-spool {path}`", RuntimeWarning, stacklevel=2)

@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 _log = logging.getLogger(__name__)
@@ -191,14 +192,32 @@ def read_spool(path: Path) -> tuple[list[dict], int]:
     return points, bad
 
 
-def replay(path: Path, run_id: str, tracking_uri: str | None = None) -> int:
-    """Send every point of a spool file to ``run_id`` (idempotent); number of points sent."""
+def replay(path: Path, run_id: str, tracking_uri: str | None = None, from_step: int | None = None) -> int:
+    """Send every point of a spool file to ``run_id`` (idempotent), or those of ``from_step`` on; number of
+    points sent."""
     import mlflow
     from mlflow.entities import Metric
 
     points, _ = read_spool(path)
+    if from_step is not None:
+        points = [p for p in points if p["step"] >= from_step]
     client = mlflow.tracking.MlflowClient(tracking_uri or mlflow.get_tracking_uri())
     metrics = [Metric(p["key"], p["value"], p["timestamp"], p["step"]) for p in points]
     for i in range(0, len(metrics), MAX_BATCH):
         client.log_batch(run_id, metrics=metrics[i:i + MAX_BATCH], synchronous=True)
     return len(metrics)
+
+
+def send_kept(output_dir: str | Path, run_id: str, from_step: int | None = None) -> int | None:
+    """Send what a training of ``run_id`` kept in its spool under ``output_dir`` and may never have sent (a
+    process killed with SIGKILL sends nothing more), from ``from_step`` on: the number of points sent (0:
+    no spool), or None when the store refused them (with a warning; the file keeps them)."""
+    path = spool_file(output_dir, run_id)
+    if not path.is_file():
+        return 0
+    try:
+        return replay(path, run_id, from_step=from_step)
+    except Exception as exc:  # noqa: BLE001 - the caller goes on; the file keeps the points
+        warnings.warn(f"run {run_id}: the metrics kept in {path} could not be sent ({exc}); send them later "
+                      f"with `model-garden runs sync-spool {path}`", RuntimeWarning, stacklevel=2)
+        return None

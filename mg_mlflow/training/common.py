@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mg_mlflow import metric_names as mn
 from mg_mlflow.config import to_dict, trainer_args_for
-from mg_mlflow.env import mg_home
+from mg_mlflow.env import run_outputs
 from mg_mlflow.data.stats import truncation_warning
 from mg_mlflow.errors import MGError
 from mg_mlflow.tracking.datasets import log_dataset_input
@@ -119,7 +119,7 @@ def start_run_record(cfg, run, why: str, tags: dict, train_data, eval_data,
     params, the run tags, the dataset inputs, the detected format (``dataset_format_resolved``) and
     each dataset's profile (``datasets/<context>_profile.json``)."""
     run_id = run.info.run_id
-    output_dir = Path(cfg.output_dir or mg_home() / "outputs" / run_id).absolute()
+    output_dir = run_outputs(run_id, cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log_run_metadata(to_dict(cfg), {"mg.backend_reason": why, **tags})
     log_batching(cfg, run_id, tags.get("mg.backend", "hf"), train_data.fmt)

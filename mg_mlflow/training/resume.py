@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from transformers import TrainerCallback
 
 from mg_mlflow import metric_names as mn
 from mg_mlflow.errors import MGError
-from mg_mlflow.tracking.spool import replay, spool_file
+from mg_mlflow.tracking.spool import send_kept
 from mg_mlflow.training.distributed import any_rank
 
 HISTORY_KEYS = (mn.LOSS, mn.EVAL_LOSS)
@@ -71,19 +70,11 @@ def earlier_segment(run_id: str) -> Earlier:
 
 
 def with_spooled_points(earlier: Earlier, output_dir: Path) -> Earlier:
-    """``earlier`` after sending what the earlier segment kept in its local spool and never sent (a
-    process killed with SIGKILL sends nothing more): the resumed segment then neither leaves a gap nor
-    logs a step twice. A store that refuses the points leaves ``earlier`` as it was, with a warning."""
-    path = spool_file(output_dir, earlier.run_id)
-    if not path.is_file():
-        return earlier
-    try:
-        replay(path, earlier.run_id)
-    except Exception as exc:  # noqa: BLE001 - the resumed run goes on; the spool keeps the points
-        warnings.warn(f"the earlier segment's metrics in {path} could not be sent ({exc}); send them later "
-                      f"with `model-garden runs sync-spool {path}`", RuntimeWarning, stacklevel=2)
-        return earlier
-    return earlier_segment(earlier.run_id)
+    """``earlier`` after sending what the earlier segment kept in its local spool and never sent: the
+    resumed segment then neither leaves a gap nor logs a step twice. The store holds the spool's points in
+    the order they were written, up to somewhere after its last loss step: only what follows is sent."""
+    sent = send_kept(output_dir, earlier.run_id, from_step=earlier.logged_through)
+    return earlier_segment(earlier.run_id) if sent else earlier
 
 
 def is_complete(folder: Path) -> bool:
